@@ -1,1 +1,34 @@
+//! The gateway's durable store-and-forward queue.
+//!
+//! An item is appended by a device adapter and acknowledged to the device
+//! only with the [`Committed`] proof in hand: that value exists only once the
+//! payload file is fsynced and renamed, its directory fsynced, and the index
+//! row committed with `synchronous=FULL`. The uplink then [`Spool::lease`]s
+//! items by lane, and [`Spool::ack`]s them when central answered COMMITTED;
+//! nothing undelivered is ever evicted.
+//!
+//! Layout of a spool directory:
+//! - `index.sqlite` (+ WAL): one row per item, small payloads inline;
+//! - `payload/<upload_id>`: large payloads, complete and fsynced;
+//! - `tmp/`: payloads being written; emptied at open, never read.
+//!
+//! All index writes go through one writer thread that commits whatever
+//! requests are waiting in one transaction (group commit), so many devices
+//! appending at once share one fsync.
 
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod files;
+mod item;
+mod queries;
+mod schema;
+mod spool;
+mod writer;
+
+pub use config::SpoolConfig;
+pub use error::SpoolError;
+pub use files::{Payload, SpoolWriter};
+pub use item::{Committed, ItemState, ItemSummary, Lane, LaneStats, Lease, NackOutcome, NewItem, SpoolStats};
+pub use spool::Spool;

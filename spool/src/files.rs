@@ -1,0 +1,187 @@
+//! Payload files: streaming writes that hash as they go, the fsync sequence
+//! that makes a payload durable, and reads for the uplink.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::item::{Committed, NewItem};
+use crate::spool::Spool;
+use crate::writer::InsertRow;
+use crate::SpoolError;
+
+/// Fsyncs a directory so that a rename or unlink inside it is durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| SpoolError::io("fsync directory", dir, e))
+}
+
+pub(crate) fn new_upload_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    hex::encode(bytes)
+}
+
+/// Streams one payload into the spool. Nothing is visible to the uplink
+/// until [`SpoolWriter::commit`] returns; dropping the writer discards it.
+pub struct SpoolWriter {
+    spool: Spool,
+    item: NewItem,
+    upload_id: String,
+    hasher: Sha256,
+    written: u64,
+    /// Payloads start in memory and move to a file past the inline limit.
+    memory: Vec<u8>,
+    file: Option<(PathBuf, BufWriter<File>)>,
+    failed: Option<String>,
+}
+
+impl SpoolWriter {
+    pub(crate) fn new(spool: Spool, item: NewItem) -> Result<Self, SpoolError> {
+        spool.check_room(0)?;
+        Ok(Self {
+            spool,
+            item,
+            upload_id: new_upload_id(),
+            hasher: Sha256::new(),
+            written: 0,
+            memory: Vec::new(),
+            file: None,
+            failed: None,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends payload bytes. Refuses early, with [`SpoolError::Full`], once
+    /// the payload would take the spool over its high watermark, so a large
+    /// object does not fill the disk before being refused.
+    pub fn write_bytes(&mut self, data: &[u8]) -> Result<(), SpoolError> {
+        if let Some(why) = &self.failed {
+            return Err(SpoolError::Damaged {
+                upload_id: self.upload_id.clone(),
+                detail: format!("an earlier write failed: {why}"),
+            });
+        }
+        let result = self.write_inner(data);
+        if let Err(e) = &result {
+            self.failed = Some(e.to_string());
+        }
+        result
+    }
+
+    fn write_inner(&mut self, data: &[u8]) -> Result<(), SpoolError> {
+        self.spool.check_room(self.written + data.len() as u64)?;
+        self.hasher.update(data);
+        self.written += data.len() as u64;
+        if self.file.is_none() && self.memory.len() + data.len() <= self.spool.config().inline_threshold {
+            self.memory.extend_from_slice(data);
+            return Ok(());
+        }
+        if self.file.is_none() {
+            let path = self.spool.tmp_dir().join(format!("{}.part", self.upload_id));
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| SpoolError::io("create payload file", &path, e))?;
+            let mut w = BufWriter::with_capacity(1024 * 1024, f);
+            w.write_all(&self.memory)
+                .map_err(|e| SpoolError::io("write payload file", &path, e))?;
+            self.memory = Vec::new();
+            self.file = Some((path, w));
+        }
+        if let Some((path, w)) = &mut self.file {
+            w.write_all(data)
+                .map_err(|e| SpoolError::io("write payload file", path.as_path(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the payload durable and indexes it. Returns only after file
+    /// fsync, rename, directory fsync and the index commit.
+    pub fn commit(mut self) -> Result<Committed, SpoolError> {
+        if let Some(why) = self.failed.take() {
+            return Err(SpoolError::Damaged {
+                upload_id: self.upload_id.clone(),
+                detail: format!("a write failed: {why}"),
+            });
+        }
+        let sha256: [u8; 32] = self.hasher.clone().finalize().into();
+        let (inline, payload_path) = match self.file.take() {
+            None => (Some(std::mem::take(&mut self.memory)), None),
+            Some((tmp, w)) => {
+                let f = w
+                    .into_inner()
+                    .map_err(|e| SpoolError::io("flush payload file", &tmp, e.into_error()))?;
+                f.sync_all()
+                    .map_err(|e| SpoolError::io("fsync payload file", &tmp, e))?;
+                drop(f);
+                let dest = self.spool.payload_dir().join(&self.upload_id);
+                fs::rename(&tmp, &dest).map_err(|e| SpoolError::io("rename payload file", &tmp, e))?;
+                sync_dir(self.spool.payload_dir())?;
+                (None, Some(dest))
+            }
+        };
+        let row = InsertRow {
+            upload_id: std::mem::take(&mut self.upload_id),
+            item: self.item.clone(),
+            size: self.written,
+            sha256,
+            inline,
+            payload_path,
+        };
+        self.spool.insert(row)
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        if let Some((path, _)) = self.file.take() {
+            // Best effort: tmp/ is emptied at the next open anyway.
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+impl Write for SpoolWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_bytes(buf).map_err(io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A leased item's payload, for the uplink to read.
+#[derive(Debug)]
+pub enum Payload {
+    Inline(Vec<u8>),
+    File(File),
+}
+
+impl Payload {
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        match self {
+            Payload::Inline(data) => {
+                let start = usize::try_from(offset).map_err(io::Error::other)?;
+                let end = start
+                    .checked_add(buf.len())
+                    .filter(|e| *e <= data.len())
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the payload"))?;
+                buf.copy_from_slice(&data[start..end]);
+                Ok(())
+            }
+            Payload::File(f) => f.read_exact_at(buf, offset),
+        }
+    }
+}

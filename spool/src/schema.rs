@@ -1,0 +1,62 @@
+//! The index schema and connection settings.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::SpoolError;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS items(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    upload_id TEXT NOT NULL UNIQUE,
+    lane INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 BLOB NOT NULL,
+    inline_payload BLOB,
+    dedup_key TEXT UNIQUE,
+    state INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+    received_ms INTEGER NOT NULL,
+    delivered_ms INTEGER,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS items_by_state_lane ON items(state, lane, id);
+";
+
+/// Opens the index for writing: WAL, and `synchronous=FULL` so that a
+/// commit returns only after the WAL is fsynced.
+pub(crate) fn open_rw(path: &Path) -> Result<Connection, SpoolError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(SpoolError::SchemaTooNew {
+            path: path.to_owned(),
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    conn.execute_batch(SCHEMA)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(conn)
+}
+
+/// Opens the index read-only, for `status` while the gateway runs.
+pub(crate) fn open_ro(path: &Path) -> Result<Connection, SpoolError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}

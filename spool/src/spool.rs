@@ -1,0 +1,316 @@
+//! The public handle.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, SyncSender};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::params;
+
+use crate::config::SpoolConfig;
+use crate::files::{Payload, SpoolWriter};
+use crate::item::{Committed, ItemSummary, Lane, Lease, NackOutcome, NewItem, SpoolStats};
+use crate::writer::{InsertRow, Op, Reply, Request, Usage, Writer};
+use crate::{SpoolError, queries, schema};
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct Inner {
+    config: SpoolConfig,
+    payload_dir: PathBuf,
+    tmp_dir: PathBuf,
+    tx: SyncSender<Request>,
+    usage: Arc<Usage>,
+}
+
+/// A handle to an open spool; cheap to clone, usable from many threads.
+/// All methods block: call them from a blocking context.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool").field("dir", &self.inner.config.dir).finish()
+    }
+}
+
+impl Spool {
+    /// Opens (creating if needed) and recovers a spool: removes payloads that
+    /// were being written, returns leased items to ready, removes payload
+    /// files no index row refers to, and dead-letters rows whose payload file
+    /// is gone (which fsync ordering makes impossible short of disk damage).
+    pub fn open(config: SpoolConfig) -> Result<Spool, SpoolError> {
+        config.validate().map_err(SpoolError::Config)?;
+        let dir = config.dir.clone();
+        let payload_dir = dir.join("payload");
+        let tmp_dir = dir.join("tmp");
+        for d in [&dir, &payload_dir, &tmp_dir] {
+            fs::create_dir_all(d).map_err(|e| SpoolError::io("create spool directory", d, e))?;
+        }
+        let removed_partial = clear_dir(&tmp_dir)?;
+        let conn = schema::open_rw(&dir.join("index.sqlite"))?;
+        let released = conn.execute("UPDATE items SET state = 0 WHERE state = 1", [])?;
+        let (orphans, missing) = reconcile_payloads(&conn, &payload_dir)?;
+        if removed_partial + released + orphans + missing > 0 {
+            tracing::info!(
+                partial_payloads_removed = removed_partial,
+                leases_returned = released,
+                orphan_payloads_removed = orphans,
+                missing_payloads = missing,
+                "spool recovered after an unclean stop"
+            );
+        }
+        let used: i64 = conn.query_row("SELECT COALESCE(SUM(size), 0) FROM items", [], |r| r.get(0))?;
+        let usage = Arc::new(Usage::default());
+        usage.used.store(used as u64, Ordering::SeqCst);
+        usage
+            .refusing
+            .store(used as u64 > config.high_mark(), Ordering::SeqCst);
+
+        let (tx, rx) = mpsc::sync_channel::<Request>(1024);
+        let writer = Writer {
+            conn,
+            config: config.clone(),
+            usage: usage.clone(),
+        };
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| SpoolError::io("start spool writer thread", &dir, e))?;
+        Ok(Spool {
+            inner: Arc::new(Inner {
+                config,
+                payload_dir,
+                tmp_dir,
+                tx,
+                usage,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &SpoolConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn payload_dir(&self) -> &Path {
+        &self.inner.payload_dir
+    }
+
+    pub(crate) fn tmp_dir(&self) -> &Path {
+        &self.inner.tmp_dir
+    }
+
+    fn call(&self, op: Op) -> Result<Reply, SpoolError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.inner
+            .tx
+            .send(Request { op, reply: tx })
+            .map_err(|_| SpoolError::Closed)?;
+        rx.recv().map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Refuses early when adding `extra` bytes would pass the high mark.
+    pub(crate) fn check_room(&self, extra: u64) -> Result<(), SpoolError> {
+        let used = self.inner.usage.used.load(Ordering::SeqCst);
+        let refusing = self.inner.usage.refusing.load(Ordering::SeqCst);
+        let high = self.inner.config.high_mark();
+        // While refusing, the writer thread decides (it may evict delivered
+        // items first), so only the plain size check refuses here.
+        if !refusing && used + extra > high {
+            self.inner.usage.refusing.store(true, Ordering::SeqCst);
+            return Err(SpoolError::Full {
+                used,
+                high_mark: high,
+                low_mark: self.inner.config.low_mark(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn insert(&self, row: InsertRow) -> Result<Committed, SpoolError> {
+        match self.call(Op::Insert(row))? {
+            Reply::Committed(c) => Ok(c),
+            _ => Err(SpoolError::Closed),
+        }
+    }
+
+    /// Stores a payload held in memory. Returns after it is durable.
+    pub fn append(&self, item: NewItem, payload: &[u8]) -> Result<Committed, SpoolError> {
+        let mut w = self.writer(item)?;
+        w.write_bytes(payload)?;
+        w.commit()
+    }
+
+    /// Starts a streaming append for a payload too large for memory.
+    pub fn writer(&self, item: NewItem) -> Result<SpoolWriter, SpoolError> {
+        SpoolWriter::new(self.clone(), item)
+    }
+
+    /// Leases the oldest ready item of the first lane in `lanes` that has one.
+    pub fn lease(&self, lanes: &[Lane]) -> Result<Option<Lease>, SpoolError> {
+        let now_ms = now_ms();
+        for &lane in lanes {
+            if let Reply::Lease(Some(l)) = self.call(Op::Lease { lane, now_ms })? {
+                return Ok(Some(l));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Opens a leased item's payload for reading.
+    pub fn payload(&self, lease: &Lease) -> Result<Payload, SpoolError> {
+        if lease.inline {
+            let conn = schema::open_ro(&self.inner.config.dir.join("index.sqlite"))?;
+            let data: Vec<u8> = conn.query_row(
+                "SELECT inline_payload FROM items WHERE id = ?1",
+                params![lease.id],
+                |r| r.get(0),
+            )?;
+            return Ok(Payload::Inline(data));
+        }
+        let path = self.inner.payload_dir.join(&lease.upload_id);
+        let f = fs::File::open(&path).map_err(|e| SpoolError::io("open payload", &path, e))?;
+        let len = f
+            .metadata()
+            .map_err(|e| SpoolError::io("stat payload", &path, e))?
+            .len();
+        if len != lease.size {
+            return Err(SpoolError::Damaged {
+                upload_id: lease.upload_id.clone(),
+                detail: format!("file holds {len} bytes, index says {}", lease.size),
+            });
+        }
+        Ok(Payload::File(f))
+    }
+
+    /// Central committed the item: mark it delivered.
+    pub fn ack(&self, lease: Lease) -> Result<(), SpoolError> {
+        self.call(Op::Ack {
+            id: lease.id,
+            now_ms: now_ms(),
+        })
+        .map(|_| ())
+    }
+
+    /// The attempt failed through no fault of the item (link down): ready
+    /// again at once, no attempt counted.
+    pub fn release(&self, lease: Lease) -> Result<(), SpoolError> {
+        self.call(Op::Release { id: lease.id }).map(|_| ())
+    }
+
+    /// The attempt failed because of the item (central rejected it): retry
+    /// with backoff, and dead-letter it after `max_attempts`. Other items
+    /// keep flowing meanwhile.
+    pub fn nack(&self, lease: Lease, error: &str) -> Result<NackOutcome, SpoolError> {
+        match self.call(Op::Nack {
+            id: lease.id,
+            error: error.to_owned(),
+            now_ms: now_ms(),
+        })? {
+            Reply::Nack(n) => Ok(n),
+            _ => Err(SpoolError::Closed),
+        }
+    }
+
+    /// Dead-lettered items, newest first.
+    pub fn dead_letters(&self, limit: u32) -> Result<Vec<ItemSummary>, SpoolError> {
+        match self.call(Op::List { dead_only: true, limit })? {
+            Reply::Items(v) => Ok(v),
+            _ => Err(SpoolError::Closed),
+        }
+    }
+
+    /// Puts a dead-lettered item back in its lane with a fresh attempt count.
+    pub fn requeue(&self, id: i64) -> Result<(), SpoolError> {
+        self.call(Op::Requeue { id }).map(|_| ())
+    }
+
+    /// Removes delivered items older than the retention. Returns how many.
+    pub fn purge_expired(&self) -> Result<u64, SpoolError> {
+        match self.call(Op::Purge { now_ms: now_ms() })? {
+            Reply::Count(n) => Ok(n),
+            _ => Err(SpoolError::Closed),
+        }
+    }
+
+    pub fn stats(&self) -> Result<SpoolStats, SpoolError> {
+        match self.call(Op::Stats)? {
+            Reply::Stats(s) => Ok(s),
+            _ => Err(SpoolError::Closed),
+        }
+    }
+
+    /// The newest items in any state, newest first.
+    pub fn recent(&self, limit: u32) -> Result<Vec<ItemSummary>, SpoolError> {
+        match self.call(Op::List { dead_only: false, limit })? {
+            Reply::Items(v) => Ok(v),
+            _ => Err(SpoolError::Closed),
+        }
+    }
+
+    /// Reads a spool directory without opening it for writing, e.g. for
+    /// `status` while the gateway runs.
+    pub fn inspect(dir: &Path, limit: u32) -> Result<(SpoolStats, Vec<ItemSummary>), SpoolError> {
+        let conn = schema::open_ro(&dir.join("index.sqlite"))?;
+        let stats = queries::stats(&conn)?;
+        let items = queries::list(&conn, false, limit)?;
+        Ok((stats, items))
+    }
+}
+
+fn clear_dir(dir: &Path) -> Result<usize, SpoolError> {
+    let mut n = 0;
+    for entry in fs::read_dir(dir).map_err(|e| SpoolError::io("list", dir, e))? {
+        let entry = entry.map_err(|e| SpoolError::io("list", dir, e))?;
+        fs::remove_file(entry.path()).map_err(|e| SpoolError::io("remove partial payload", entry.path(), e))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn reconcile_payloads(conn: &rusqlite::Connection, payload_dir: &Path) -> Result<(usize, usize), SpoolError> {
+    let mut known = std::collections::HashSet::new();
+    let mut missing = 0;
+    {
+        let mut stmt = conn.prepare(
+            "SELECT id, upload_id, size, state FROM items WHERE inline_payload IS NULL",
+        )?;
+        let rows: Vec<(i64, String, i64, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        for (id, upload_id, size, state) in rows {
+            let path = payload_dir.join(&upload_id);
+            let ok = fs::metadata(&path).map(|m| m.len() == size as u64).unwrap_or(false);
+            if !ok && state != 3 {
+                tracing::error!(item = id, upload_id = %upload_id, "spool payload file missing or wrong size; item dead-lettered");
+                conn.execute(
+                    "UPDATE items SET state = 3, last_error = 'payload file missing or wrong size at spool open' WHERE id = ?1",
+                    params![id],
+                )?;
+                missing += 1;
+            }
+            known.insert(upload_id);
+        }
+    }
+    let mut orphans = 0;
+    for entry in fs::read_dir(payload_dir).map_err(|e| SpoolError::io("list", payload_dir, e))? {
+        let entry = entry.map_err(|e| SpoolError::io("list", payload_dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !known.contains(&name) {
+            // Renamed into place but the process died before the index
+            // commit: never acknowledged, so safe to remove.
+            fs::remove_file(entry.path()).map_err(|e| SpoolError::io("remove orphan payload", entry.path(), e))?;
+            orphans += 1;
+        }
+    }
+    Ok((orphans, missing))
+}

@@ -1,0 +1,363 @@
+//! The one thread that writes the index. Requests that arrive while a
+//! transaction commits wait in the channel and are committed together in
+//! the next one: one fsync for many appends (group commit).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::config::SpoolConfig;
+use crate::item::{Committed, Lane, Lease, NackOutcome, NewItem, SpoolStats, ItemSummary};
+use crate::queries;
+use crate::SpoolError;
+
+/// Most requests committed in one transaction.
+const MAX_GROUP: usize = 512;
+
+pub(crate) struct InsertRow {
+    pub upload_id: String,
+    pub item: NewItem,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub inline: Option<Vec<u8>>,
+    /// The payload file already renamed into place, removed again if the
+    /// insert is refused or turns out to be a duplicate.
+    pub payload_path: Option<PathBuf>,
+}
+
+pub(crate) enum Op {
+    Insert(InsertRow),
+    Lease { lane: Lane, now_ms: i64 },
+    Ack { id: i64, now_ms: i64 },
+    Release { id: i64 },
+    Nack { id: i64, error: String, now_ms: i64 },
+    Requeue { id: i64 },
+    Purge { now_ms: i64 },
+    Stats,
+    List { dead_only: bool, limit: u32 },
+}
+
+pub(crate) enum Reply {
+    Committed(Committed),
+    Lease(Option<Lease>),
+    Nack(NackOutcome),
+    Count(u64),
+    Stats(SpoolStats),
+    Items(Vec<ItemSummary>),
+    Done,
+}
+
+pub(crate) struct Request {
+    pub op: Op,
+    pub reply: SyncSender<Result<Reply, SpoolError>>,
+}
+
+/// Accounting shared with appenders for early refusal.
+#[derive(Debug, Default)]
+pub(crate) struct Usage {
+    pub used: AtomicU64,
+    pub refusing: AtomicBool,
+}
+
+pub(crate) struct Writer {
+    pub conn: Connection,
+    pub config: SpoolConfig,
+    pub usage: Arc<Usage>,
+}
+
+impl Writer {
+    pub fn run(mut self, rx: Receiver<Request>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.run_batch(batch);
+        }
+    }
+
+    fn run_batch(&mut self, batch: Vec<Request>) {
+        let mut results = Vec::with_capacity(batch.len());
+        let mut unlink_after_commit: Vec<PathBuf> = Vec::new();
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "spool index: cannot begin a transaction");
+            let code = e.sqlite_error_code();
+            for req in batch {
+                let err = match code {
+                    Some(_) => SpoolError::Db(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                        Some(e.to_string()),
+                    )),
+                    None => SpoolError::Closed,
+                };
+                let _ = req.reply.send(Err(err));
+            }
+            return;
+        }
+        let used_before = self.usage.used.load(Ordering::SeqCst);
+        let mut replies = Vec::with_capacity(batch.len());
+        for req in batch {
+            // Each request in its own savepoint: one failing request must not
+            // undo the others in the group.
+            let r = self
+                .conn
+                .execute_batch("SAVEPOINT op")
+                .map_err(SpoolError::from)
+                .and_then(|_| self.apply(req.op, &mut unlink_after_commit));
+            let end = if r.is_ok() { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+            let r = match (r, self.conn.execute_batch(end)) {
+                (Ok(v), Ok(())) => Ok(v),
+                (Err(e), _) => Err(e),
+                (Ok(_), Err(e)) => Err(SpoolError::Db(e)),
+            };
+            results.push(r);
+            replies.push(req.reply);
+        }
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                for path in unlink_after_commit {
+                    let _ = fs::remove_file(&path);
+                }
+                for (reply, r) in replies.into_iter().zip(results) {
+                    let _ = reply.send(r);
+                }
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.usage.used.store(used_before, Ordering::SeqCst);
+                let msg = e.to_string();
+                tracing::error!(error = %msg, "spool index commit failed; the requests in this group were refused");
+                for (reply, r) in replies.into_iter().zip(results) {
+                    // Refused inserts keep their own error; everything else
+                    // reports the failed commit.
+                    let r = match r {
+                        Ok(_) => Err(SpoolError::Db(rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                            Some(msg.clone()),
+                        ))),
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, op: Op, unlink: &mut Vec<PathBuf>) -> Result<Reply, SpoolError> {
+        match op {
+            Op::Insert(row) => self.insert(row, unlink).map(Reply::Committed),
+            Op::Lease { lane, now_ms } => queries::lease(&self.conn, lane, now_ms).map(Reply::Lease),
+            Op::Ack { id, now_ms } => {
+                let n = self.conn.execute(
+                    "UPDATE items SET state = 2, delivered_ms = ?2, last_error = NULL WHERE id = ?1 AND state IN (0, 1)",
+                    params![id, now_ms],
+                )?;
+                if n == 0 {
+                    self.must_exist(id)?;
+                }
+                Ok(Reply::Done)
+            }
+            Op::Release { id } => {
+                self.conn
+                    .execute("UPDATE items SET state = 0 WHERE id = ?1 AND state = 1", params![id])?;
+                Ok(Reply::Done)
+            }
+            Op::Nack { id, error, now_ms } => self.nack(id, &error, now_ms).map(Reply::Nack),
+            Op::Requeue { id } => {
+                let n = self.conn.execute(
+                    "UPDATE items SET state = 0, attempts = 0, next_attempt_ms = 0 WHERE id = ?1 AND state = 3",
+                    params![id],
+                )?;
+                if n == 0 {
+                    self.must_exist(id)?;
+                }
+                Ok(Reply::Done)
+            }
+            Op::Purge { now_ms } => {
+                let cutoff = now_ms.saturating_sub(self.config.retention.as_millis() as i64);
+                self.evict_delivered(Some(cutoff), u64::MAX, unlink).map(Reply::Count)
+            }
+            Op::Stats => {
+                let mut s = queries::stats(&self.conn)?;
+                s.used_bytes = self.usage.used.load(Ordering::SeqCst);
+                s.quota_bytes = self.config.quota_bytes;
+                s.refusing = self.usage.refusing.load(Ordering::SeqCst);
+                Ok(Reply::Stats(s))
+            }
+            Op::List { dead_only, limit } => queries::list(&self.conn, dead_only, limit).map(Reply::Items),
+        }
+    }
+
+    fn must_exist(&self, id: i64) -> Result<(), SpoolError> {
+        let found: Option<i64> = self
+            .conn
+            .query_row("SELECT id FROM items WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()?;
+        found.map(|_| ()).ok_or(SpoolError::NotFound(id))
+    }
+
+    fn insert(&mut self, row: InsertRow, unlink: &mut Vec<PathBuf>) -> Result<Committed, SpoolError> {
+        if let Some(key) = &row.item.dedup_key {
+            let existing = self
+                .conn
+                .query_row(
+                    "SELECT id, upload_id, sha256, size FROM items WHERE dedup_key = ?1",
+                    params![key],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                            r.get::<_, i64>(3)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            if let Some((id, upload_id, sha, size)) = existing {
+                unlink.extend(row.payload_path);
+                let mut sha256 = [0u8; 32];
+                if sha.len() == 32 {
+                    sha256.copy_from_slice(&sha);
+                }
+                return Ok(Committed {
+                    id,
+                    upload_id,
+                    sha256,
+                    size: size as u64,
+                    duplicate: true,
+                });
+            }
+        }
+        if let Err(e) = self.make_room(row.size, unlink) {
+            unlink.extend(row.payload_path);
+            return Err(e);
+        }
+        let metadata = serde_json::to_string(&row.item.metadata).unwrap_or_else(|_| "{}".into());
+        let now_ms = crate::spool::now_ms();
+        self.conn.execute(
+            "INSERT INTO items(upload_id, lane, kind, source, metadata, size, sha256, inline_payload, dedup_key, state, received_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10)",
+            params![
+                row.upload_id,
+                row.item.lane as i64,
+                row.item.kind,
+                row.item.source,
+                metadata,
+                row.size as i64,
+                row.sha256.as_slice(),
+                row.inline,
+                row.item.dedup_key,
+                now_ms
+            ],
+        )?;
+        let id = self.conn.last_insert_rowid();
+        self.usage.used.fetch_add(row.size, Ordering::SeqCst);
+        Ok(Committed {
+            id,
+            upload_id: row.upload_id,
+            sha256: row.sha256,
+            size: row.size,
+            duplicate: false,
+        })
+    }
+
+    /// Applies the watermarks: refuses above the high mark, and when it is
+    /// reached evicts delivered items (oldest first) down to the low mark.
+    /// Undelivered items are never evicted.
+    fn make_room(&mut self, size: u64, unlink: &mut Vec<PathBuf>) -> Result<(), SpoolError> {
+        let high = self.config.high_mark();
+        let low = self.config.low_mark();
+        let used = self.usage.used.load(Ordering::SeqCst);
+        if used + size > high {
+            let target = low.saturating_sub(size);
+            self.evict_delivered(None, target, unlink)?;
+        }
+        let used = self.usage.used.load(Ordering::SeqCst);
+        let refusing = self.usage.refusing.load(Ordering::SeqCst);
+        let over = used + size > high;
+        // Hysteresis: once refusing, accept again only below the low mark,
+        // so devices do not flap between accepted and refused.
+        let still_refusing = over || (refusing && used + size > low);
+        self.usage.refusing.store(still_refusing, Ordering::SeqCst);
+        if still_refusing {
+            return Err(SpoolError::Full {
+                used,
+                high_mark: high,
+                low_mark: low,
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes delivered items, oldest delivery first, that were delivered
+    /// before `cutoff_ms` (all delivered items when `None`), until usage is
+    /// at or below `target`. Returns how many went.
+    fn evict_delivered(
+        &mut self,
+        cutoff_ms: Option<i64>,
+        target: u64,
+        unlink: &mut Vec<PathBuf>,
+    ) -> Result<u64, SpoolError> {
+        let cutoff = cutoff_ms.unwrap_or(i64::MAX);
+        let victims: Vec<(i64, String, i64, bool)> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT id, upload_id, size, inline_payload IS NULL FROM items
+                 WHERE state = 2 AND delivered_ms < ?1 ORDER BY delivered_ms, id",
+            )?;
+            stmt.query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        let mut evicted = 0;
+        for (id, upload_id, size, is_file) in victims {
+            if target != u64::MAX && self.usage.used.load(Ordering::SeqCst) <= target {
+                break;
+            }
+            self.conn.execute("DELETE FROM items WHERE id = ?1", params![id])?;
+            if is_file {
+                unlink.push(self.config.dir.join("payload").join(&upload_id));
+            }
+            self.usage.used.fetch_sub(size as u64, Ordering::SeqCst);
+            evicted += 1;
+        }
+        if evicted > 0 {
+            tracing::debug!(evicted, "spool evicted delivered items");
+        }
+        Ok(evicted)
+    }
+
+    fn nack(&mut self, id: i64, error: &str, now_ms: i64) -> Result<NackOutcome, SpoolError> {
+        let attempts: Option<i64> = self
+            .conn
+            .query_row("SELECT attempts FROM items WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()?;
+        let attempts = attempts.ok_or(SpoolError::NotFound(id))? as u32 + 1;
+        if attempts >= self.config.max_attempts {
+            self.conn.execute(
+                "UPDATE items SET state = 3, attempts = ?2, last_error = ?3 WHERE id = ?1",
+                params![id, attempts, error],
+            )?;
+            return Ok(NackOutcome::DeadLettered);
+        }
+        let base = self.config.retry_base.as_millis() as u64;
+        let delay = base
+            .saturating_mul(1u64 << (attempts - 1).min(30))
+            .min(self.config.retry_max.as_millis() as u64);
+        self.conn.execute(
+            "UPDATE items SET state = 0, attempts = ?2, last_error = ?3, next_attempt_ms = ?4 WHERE id = ?1",
+            params![id, attempts, error, now_ms + delay as i64],
+        )?;
+        Ok(NackOutcome::RetryIn(delay))
+    }
+}
+
+pub(crate) fn parse_metadata(json: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(json).unwrap_or_default()
+}

@@ -1,0 +1,234 @@
+use std::io::Write;
+use std::time::Duration;
+
+use yilian_spool::{Lane, NackOutcome, NewItem, Spool, SpoolConfig, SpoolError};
+
+fn config(dir: &std::path::Path) -> SpoolConfig {
+    let mut c = SpoolConfig::new(dir);
+    c.retry_base = Duration::from_millis(0);
+    c
+}
+
+fn item(lane: Lane) -> NewItem {
+    NewItem::new(lane, "file", "test:device")
+}
+
+fn read_all(spool: &Spool, lease: &yilian_spool::Lease) -> Vec<u8> {
+    let p = spool.payload(lease).expect("payload");
+    let mut buf = vec![0u8; lease.size as usize];
+    p.read_exact_at(&mut buf, 0).expect("read");
+    buf
+}
+
+#[test]
+fn append_lease_ack_inline_and_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let spool = Spool::open(config(dir.path())).expect("open");
+    let small = b"MSH|^~\\&|small".to_vec();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let c1 = spool.append(item(Lane::Clinical), &small).expect("append");
+    let c2 = spool.append(item(Lane::Clinical), &big).expect("append");
+    assert!(!c1.is_duplicate());
+    assert_eq!(c2.size(), big.len() as u64);
+    assert!(dir.path().join("payload").join(c2.upload_id()).exists());
+    assert!(!dir.path().join("payload").join(c1.upload_id()).exists(), "small payloads are inline");
+
+    let l1 = spool.lease(&Lane::ALL).expect("lease").expect("item");
+    assert_eq!(l1.upload_id, c1.upload_id(), "FIFO within a lane");
+    assert_eq!(read_all(&spool, &l1), small);
+    let l2 = spool.lease(&Lane::ALL).expect("lease").expect("item");
+    assert_eq!(read_all(&spool, &l2), big);
+    assert_eq!(&l2.sha256, c2.sha256());
+    assert!(spool.lease(&Lane::ALL).expect("lease").is_none(), "leased items are not handed out twice");
+    spool.ack(l1).expect("ack");
+    spool.ack(l2).expect("ack");
+    let s = spool.stats().expect("stats");
+    assert_eq!(s.lanes.iter().map(|l| l.items).sum::<u64>(), 0);
+    assert_eq!(s.delivered_kept, 2);
+}
+
+#[test]
+fn urgent_overtakes_bulk_and_clinical() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let spool = Spool::open(config(dir.path())).expect("open");
+    spool.append(item(Lane::Bulk), b"b1").expect("append");
+    spool.append(item(Lane::Clinical), b"c1").expect("append");
+    spool.append(item(Lane::Urgent), b"u1").expect("append");
+    spool.append(item(Lane::Bulk), b"b2").expect("append");
+    let order: Vec<Lane> = std::iter::from_fn(|| spool.lease(&Lane::ALL).expect("lease"))
+        .map(|l| l.lane)
+        .collect();
+    assert_eq!(order, [Lane::Urgent, Lane::Clinical, Lane::Bulk, Lane::Bulk]);
+}
+
+#[test]
+fn concurrent_appends_all_commit() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let spool = Spool::open(config(dir.path())).expect("open");
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let spool = spool.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let body = format!("thread {t} item {i}");
+                    spool.append(item(Lane::Clinical), body.as_bytes()).expect("append");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    assert_eq!(spool.stats().expect("stats").lanes[Lane::Clinical as usize].items, 400);
+}
+
+#[test]
+fn dedup_key_stores_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let spool = Spool::open(config(dir.path())).expect("open");
+    let mut it = item(Lane::Clinical);
+    it.dedup_key = Some("hl7:LAB|CLINIC|MSG0001".into());
+    let first = spool.append(it.clone(), &vec![7u8; 100_000]).expect("append");
+    let second = spool.append(it, &vec![7u8; 100_000]).expect("append");
+    assert!(second.is_duplicate());
+    assert_eq!(first.upload_id(), second.upload_id());
+    assert_eq!(std::fs::read_dir(dir.path().join("payload")).expect("ls").count(), 1);
+}
+
+#[test]
+fn poison_item_is_dead_lettered_without_blocking_the_lane() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = config(dir.path());
+    c.max_attempts = 3;
+    c.retry_base = Duration::from_secs(3600);
+    let spool = Spool::open(c).expect("open");
+    let poison = spool.append(item(Lane::Clinical), b"poison").expect("append");
+    spool.append(item(Lane::Clinical), b"good").expect("append");
+    let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
+    assert_eq!(l.upload_id, poison.upload_id());
+    assert!(matches!(spool.nack(l, "hash mismatch").expect("nack"), NackOutcome::RetryIn(ms) if ms == 3_600_000));
+    // The poisoned item waits for its retry time; the next one flows.
+    let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
+    assert_eq!(read_all(&spool, &l), b"good");
+    spool.ack(l).expect("ack");
+    assert!(spool.lease(&Lane::ALL).expect("lease").is_none());
+}
+
+#[test]
+fn dead_letters_can_be_listed_and_requeued() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = config(dir.path());
+    c.max_attempts = 2;
+    let spool = Spool::open(c).expect("open");
+    spool.append(item(Lane::Bulk), b"x").expect("append");
+    let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
+    assert_eq!(spool.nack(l, "rejected: too large").expect("nack"), NackOutcome::RetryIn(0));
+    let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
+    assert_eq!(spool.nack(l, "rejected: too large").expect("nack"), NackOutcome::DeadLettered);
+    assert!(spool.lease(&Lane::ALL).expect("lease").is_none());
+    let dead = spool.dead_letters(10).expect("list");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].last_error.as_deref(), Some("rejected: too large"));
+    spool.requeue(dead[0].id).expect("requeue");
+    assert!(spool.lease(&Lane::ALL).expect("lease").is_some());
+    assert!(matches!(spool.requeue(999), Err(SpoolError::NotFound(999))));
+}
+
+#[test]
+fn quota_refuses_above_high_mark_and_evicts_only_delivered() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = config(dir.path());
+    c.quota_bytes = 1_000_000;
+    c.high_watermark = 0.9;
+    c.low_watermark = 0.5;
+    let spool = Spool::open(c).expect("open");
+    for _ in 0..4 {
+        spool.append(item(Lane::Bulk), &vec![1u8; 200_000]).expect("append");
+    }
+    // 800 kB held, high mark 900 kB: 200 kB more must be refused, and the
+    // refusal must leave what is stored untouched.
+    let err = spool.append(item(Lane::Bulk), &vec![2u8; 200_000]).expect_err("full");
+    assert!(matches!(err, SpoolError::Full { .. }), "{err}");
+    assert_eq!(err.reason(), "full");
+    assert_eq!(spool.stats().expect("stats").lanes[Lane::Bulk as usize].items, 4);
+    // Still refusing while undelivered: nothing may be evicted.
+    assert!(spool.append(item(Lane::Bulk), &vec![2u8; 1000]).is_err());
+    // Deliver two: they become evictable and room appears.
+    for _ in 0..2 {
+        let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
+        spool.ack(l).expect("ack");
+    }
+    spool.append(item(Lane::Bulk), &vec![3u8; 200_000]).expect("room after eviction");
+    let s = spool.stats().expect("stats");
+    assert_eq!(s.lanes[Lane::Bulk as usize].items, 3, "two undelivered + the new one");
+    assert!(s.used_bytes <= 900_000);
+    assert_eq!(std::fs::read_dir(dir.path().join("payload")).expect("ls").count(), s.lanes[2].items as usize + s.delivered_kept as usize);
+}
+
+#[test]
+fn streaming_writer_refuses_early_and_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = config(dir.path());
+    c.quota_bytes = 1_000_000;
+    let spool = Spool::open(c).expect("open");
+    let mut w = spool.writer(item(Lane::Bulk)).expect("writer");
+    let mut refused = false;
+    for _ in 0..100 {
+        if w.write_all(&[0u8; 64 * 1024]).is_err() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "a 6 MB payload must be refused by a 1 MB quota while streaming");
+    assert!(w.commit().is_err());
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
+    spool.append(item(Lane::Bulk), b"still works").expect("append");
+}
+
+#[test]
+fn restart_recovers_leases_and_partial_files() {
+    let dir = tempfile::tempdir().expect("tmp");
+    {
+        let spool = Spool::open(config(dir.path())).expect("open");
+        spool.append(item(Lane::Bulk), &vec![9u8; 200_000]).expect("append");
+        let _leased = spool.lease(&Lane::ALL).expect("lease").expect("item");
+        // A payload being written when the process died:
+        std::fs::write(dir.path().join("tmp").join("abc.part"), b"half").expect("write");
+        // A payload renamed into place whose index commit never happened:
+        std::fs::write(dir.path().join("payload").join("deadbeef"), b"orphan").expect("write");
+    }
+    let spool = Spool::open(config(dir.path())).expect("reopen");
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
+    assert!(!dir.path().join("payload").join("deadbeef").exists());
+    let l = spool.lease(&Lane::ALL).expect("lease").expect("lease returned to ready");
+    assert_eq!(read_all(&spool, &l), vec![9u8; 200_000]);
+}
+
+#[test]
+fn retention_purges_only_delivered_items() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = config(dir.path());
+    c.retention = Duration::from_millis(0);
+    let spool = Spool::open(c).expect("open");
+    spool.append(item(Lane::Bulk), &vec![1u8; 100_000]).expect("append");
+    spool.append(item(Lane::Bulk), &vec![2u8; 100_000]).expect("append");
+    let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
+    spool.ack(l).expect("ack");
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(spool.purge_expired().expect("purge"), 1);
+    let s = spool.stats().expect("stats");
+    assert_eq!(s.delivered_kept, 0);
+    assert_eq!(s.lanes[Lane::Bulk as usize].items, 1);
+    assert_eq!(std::fs::read_dir(dir.path().join("payload")).expect("ls").count(), 1);
+}
+
+#[test]
+fn inspect_reads_while_open() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let spool = Spool::open(config(dir.path())).expect("open");
+    spool.append(item(Lane::Urgent), b"stat ecg").expect("append");
+    let (stats, items) = Spool::inspect(dir.path(), 10).expect("inspect");
+    assert_eq!(stats.lanes[Lane::Urgent as usize].items, 1);
+    assert_eq!(items[0].lane, "urgent");
+    assert_eq!(items[0].state, "ready");
+}
