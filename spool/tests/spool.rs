@@ -158,10 +158,15 @@ fn quota_refuses_above_high_mark_and_evicts_only_delivered() {
         let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
         spool.ack(l).expect("ack");
     }
-    spool.append(item(Lane::Bulk), &vec![3u8; 200_000]).expect("room after eviction");
+    // Hysteresis: refusing continues until usage would stay below the low
+    // mark. 400 kB undelivered + 200 kB is still above 500 kB...
+    assert!(spool.append(item(Lane::Bulk), &vec![3u8; 200_000]).is_err());
+    // ...but the delivered items were evicted, and 50 kB fits.
+    spool.append(item(Lane::Bulk), &vec![3u8; 50_000]).expect("room after eviction");
     let s = spool.stats().expect("stats");
+    assert_eq!(s.delivered_kept, 0);
     assert_eq!(s.lanes[Lane::Bulk as usize].items, 3, "two undelivered + the new one");
-    assert!(s.used_bytes <= 900_000);
+    assert_eq!(s.used_bytes, 450_000);
     assert_eq!(std::fs::read_dir(dir.path().join("payload")).expect("ls").count(), s.lanes[2].items as usize + s.delivered_kept as usize);
 }
 
