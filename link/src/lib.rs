@@ -1,0 +1,25 @@
+//! The QUIC transport of the gateway ⇄ central link, shared by both ends:
+//! mutual TLS 1.3 against the fleet CA with one explicit crypto provider
+//! (ring), UDP sockets with raised buffers, transport tuning, framed message
+//! I/O on streams, and the box identity read from a peer certificate.
+//!
+//! The wire protocol itself (messages, upload state machines) lives in
+//! `yilian-protocol`, free of I/O; this crate is the thin driver side.
+
+#![forbid(unsafe_code)]
+
+mod error;
+mod framed;
+mod identity;
+mod pem;
+mod socket;
+mod tls;
+mod transport;
+
+pub use error::LinkError;
+pub use framed::{MessageReader, write_message};
+pub use identity::{certificate_not_after, identity_from_certificate, peer_identity};
+pub use pem::{load_cert_chain, load_private_key};
+pub use socket::{SOCKET_BUFFER_BYTES, bind_udp};
+pub use tls::{TlsFiles, client_config, server_config};
+pub use transport::transport_config;
