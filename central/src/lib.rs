@@ -1,1 +1,103 @@
+//! Yilian central: the hub every clinic gateway uploads to.
+//!
+//! - [`config`]: `central.toml`.
+//! - [`store`]: the durable ingest store (SQLite + content-addressed blobs).
+//! - [`server`]: the QUIC listener and the per-stream protocol drivers.
+//! - [`metrics`], [`http`]: Prometheus metrics, including per-gateway series.
 
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod store;
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use yilian_link::{TlsFiles, bind_udp, server_config};
+
+pub use config::CentralConfig;
+use metrics::{CentralMetrics, GatewayLabels};
+use store::Store;
+
+/// A running central; dropping it does not stop it, call [`Running::shutdown`].
+#[derive(Debug)]
+pub struct Running {
+    pub quic_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub store: Store,
+    pub metrics: CentralMetrics,
+    endpoint: quinn::Endpoint,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn shutdown(self) {
+        self.endpoint.close(server::close::SHUTDOWN.into(), b"central shutting down");
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// Opens the store, binds the QUIC and metrics listeners, and starts
+/// serving. Returns once everything is bound (the readiness point).
+pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
+    let data_dir = config.server.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        .await?
+        .with_context(|| format!("opening the store in {}", config.server.data_dir.display()))?;
+    let metrics = CentralMetrics::new();
+    // Every box central has heard of gets a last-seen series from the start,
+    // so a box that stays silent after a central restart is still visible.
+    for gw in store.gateways()? {
+        if let Ok(id) = yilian_protocol::BoxIdentity::parse(&gw.identity) {
+            let labels = GatewayLabels::of(&id);
+            metrics.gateway_last_seen.get_or_create(&labels).set(gw.last_seen_ms as f64 / 1000.0);
+            metrics.gateway_link_up.get_or_create(&labels).set(0);
+        }
+    }
+    let tls = TlsFiles {
+        ca: config.tls.ca.clone(),
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+    };
+    let server_config = server_config(&tls).context("loading central's TLS files")?;
+    let socket = bind_udp(config.server.listen)
+        .with_context(|| format!("binding the QUIC listener on {}", config.server.listen))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        quinn::default_runtime().context("no async runtime")?,
+    )?;
+    let quic_addr = endpoint.local_addr()?;
+    let (metrics_addr, http) = http::bind(config.metrics.listen, metrics.clone())
+        .await
+        .with_context(|| format!("binding the metrics listener on {}", config.metrics.listen))?;
+
+    let shared = server::Shared::new(store.clone(), metrics.clone(), config.server.max_upload_bytes);
+    let (stop, mut stopped) = watch::channel(false);
+    let ep = endpoint.clone();
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            _ = server::accept_loop(ep, shared) => {}
+            r = http => if let Err(e) = r { tracing::error!(error = %e, "metrics listener failed") },
+            _ = stopped.changed() => {}
+        }
+    });
+    tracing::info!(%quic_addr, %metrics_addr, "central ready");
+    Ok(Running {
+        quic_addr,
+        metrics_addr,
+        store,
+        metrics,
+        endpoint,
+        stop,
+        task,
+    })
+}

@@ -1,1 +1,156 @@
-fn main() {}
+//! `yilian-central`: serve the hub, list what arrived.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use yilian_central::CentralConfig;
+use yilian_central::store::Store;
+
+#[derive(Parser)]
+#[command(name = "yilian-central", version, about = "The Yilian hub: receives what clinic gateways upload")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve {
+        #[arg(long, default_value = "/etc/yilian/central.toml")]
+        config: PathBuf,
+    },
+    /// List received items.
+    Items {
+        #[arg(long, default_value = "/etc/yilian/central.toml", conflicts_with = "data_dir")]
+        config: PathBuf,
+        /// Read this data directory instead of the one in the config.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Only items of this gateway (COUNTY/CLINIC/BOX).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+    /// List the gateways central has heard from.
+    Gateways {
+        #[arg(long, default_value = "/etc/yilian/central.toml", conflicts_with = "data_dir")]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("yilian-central: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn data_dir(config: &PathBuf, data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match data_dir {
+        Some(d) => Ok(d),
+        None => Ok(CentralConfig::load(config)?.server.data_dir),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = CentralConfig::load(&config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async {
+                let running = yilian_central::start(config).await?;
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                running.shutdown().await;
+                anyhow::Ok(())
+            })
+        }
+        Command::Items {
+            config,
+            data_dir: dir,
+            gateway,
+            json,
+            limit,
+        } => {
+            let dir = data_dir(&config, dir)?;
+            let store = Store::open_read_only(&dir).with_context(|| format!("opening {}", dir.display()))?;
+            let items = store.items(gateway.as_deref(), limit)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                for item in items {
+                    writeln!(out, "{}", serde_json::to_string(&item)?)?;
+                }
+            } else {
+                writeln!(out, "{:<24} {:<8} {:<9} {:>12}  {:<16}  {:<24} RECEIVED", "GATEWAY", "KIND", "LANE", "SIZE", "SHA256", "SOURCE")?;
+                for i in items {
+                    writeln!(
+                        out,
+                        "{:<24} {:<8} {:<9} {:>12}  {:<16}  {:<24} {}",
+                        i.gateway,
+                        i.kind,
+                        i.lane,
+                        i.size,
+                        &i.sha256[..16.min(i.sha256.len())],
+                        i.source,
+                        i.received_at
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        Command::Gateways { config, data_dir: dir, json } => {
+            let dir = data_dir(&config, dir)?;
+            let store = Store::open_read_only(&dir)?;
+            let mut out = std::io::stdout().lock();
+            for g in store.gateways()? {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&g)?)?;
+                } else {
+                    writeln!(out, "{:<32} last seen {} ms, software {}", g.identity, g.last_seen_ms, g.software_version)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! `central.toml`, parsed once at start-up into a validated type.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralConfig {
+    pub server: ServerSection,
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// UDP address of the QUIC listener.
+    pub listen: SocketAddr,
+    /// Where the index and the blobs live.
+    pub data_dir: PathBuf,
+    /// Largest single item accepted.
+    #[serde(default = "default_max_upload")]
+    pub max_upload_bytes: u64,
+}
+
+fn default_max_upload() -> u64 {
+    8 * 1024 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The fleet CA certificate gateways chain to.
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// HTTP address for `/metrics`; loopback unless exposed on purpose.
+    #[serde(default = "default_metrics")]
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics(),
+        }
+    }
+}
+
+fn default_metrics() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9465))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// toml's message names the key, the line and the column.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl CentralConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut config: CentralConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        // Relative paths are relative to the file, not the working directory.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.server.data_dir,
+            &mut config.tls.ca,
+            &mut config.tls.cert,
+            &mut config.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = "[server]\nlisten = \"127.0.0.1:4433\"\ndata_dir = \"d\"\nlisen = 1\n[tls]\nca=\"a\"\ncert=\"b\"\nkey=\"c\"\n";
+        let err = CentralConfig::parse(text, Path::new("/etc/yilian/central.toml")).expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.contains("central.toml"), "{msg}");
+        assert!(msg.contains("lisen"), "{msg}");
+        assert!(msg.contains("line 4"), "{msg}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_file() {
+        let text = "[server]\nlisten = \"127.0.0.1:4433\"\ndata_dir = \"data\"\n[tls]\nca=\"ca.pem\"\ncert=\"/abs/c.pem\"\nkey=\"k\"\n";
+        let c = CentralConfig::parse(text, Path::new("/srv/yc/central.toml")).expect("valid");
+        assert_eq!(c.server.data_dir, Path::new("/srv/yc/data"));
+        assert_eq!(c.tls.cert, Path::new("/abs/c.pem"));
+    }
+}

@@ -1,0 +1,423 @@
+//! The QUIC listener: one connection per gateway, a control stream opened
+//! with Hello, and one stream per upload driven by the protocol crate's
+//! [`UploadReceiver`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use yilian_link::{LinkError, MessageReader, peer_identity, write_message};
+use yilian_protocol::messages::{Envelope, HeartbeatAck, HelloAck, Offer, RejectReason, envelope::Body};
+use yilian_protocol::upload::{DEFAULT_IDLE_TIMEOUT, ReceiverEvent, UploadReceiver};
+use yilian_protocol::{BoxIdentity, Lane, SUPPORTED_VERSIONS};
+
+use crate::metrics::{CentralMetrics, GatewayLabels, LaneLabels, ReasonLabels};
+use crate::store::{ItemRow, PartialUpload, Store, StoreError};
+
+/// Application close codes on the connection.
+pub mod close {
+    pub const SUPERSEDED: u32 = 1;
+    pub const VERSION: u32 = 2;
+    pub const PROTOCOL: u32 = 3;
+    pub const SHUTDOWN: u32 = 4;
+}
+
+/// State shared by all connections.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Store,
+    pub metrics: CentralMetrics,
+    pub max_upload_bytes: u64,
+    /// The live connection of each box: a new one supersedes the old, whose
+    /// streams are then closed at once instead of lingering until the idle
+    /// timeout (the box only ever keeps one).
+    connections: Arc<Mutex<HashMap<BoxIdentity, quinn::Connection>>>,
+    /// One lock per upload in progress, so that a resumed upload cannot
+    /// start while the previous stream's writer is still draining.
+    upload_locks: Arc<Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>>,
+}
+
+impl Shared {
+    pub fn new(store: Store, metrics: CentralMetrics, max_upload_bytes: u64) -> Self {
+        Self {
+            store,
+            metrics,
+            max_upload_bytes,
+            connections: Arc::default(),
+            upload_locks: Arc::default(),
+        }
+    }
+
+    fn upload_lock(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.upload_locks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lock) = map.get(&key).and_then(Weak::upgrade) {
+            return lock;
+        }
+        if map.len() > 1024 {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(key, Arc::downgrade(&lock));
+        lock
+    }
+}
+
+/// Accepts connections until the endpoint is closed.
+pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Shared) {
+    while let Some(incoming) = endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => handle_connection(conn, remote, shared).await,
+                Err(e) => {
+                    shared.metrics.handshake_failures.inc();
+                    tracing::warn!(%remote, error = %e, "gateway handshake failed");
+                }
+            }
+        });
+    }
+}
+
+async fn handle_connection(conn: quinn::Connection, remote: SocketAddr, shared: Shared) {
+    let identity = match peer_identity(&conn) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(%remote, error = %e, "connection without a usable gateway identity");
+            conn.close(close::PROTOCOL.into(), b"no identity");
+            return;
+        }
+    };
+    let labels = GatewayLabels::of(&identity);
+    if let Some(old) = shared
+        .connections
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(identity.clone(), conn.clone())
+    {
+        old.close(close::SUPERSEDED.into(), b"superseded by a new connection");
+    }
+    shared.metrics.connections.inc();
+    shared.metrics.gateway_link_up.get_or_create(&labels).set(1);
+    tracing::info!(gateway = %identity, %remote, "gateway connected");
+
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                let shared = shared.clone();
+                let identity = identity.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle_stream(send, recv, &identity, &shared).await {
+                        tracing::debug!(gateway = %identity, error = %e, "stream ended with an error");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::info!(gateway = %identity, reason = %e, "gateway connection closed");
+                break;
+            }
+        }
+    }
+    shared.metrics.connections.dec();
+    let mut conns = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
+    if conns.get(&identity).is_some_and(|c| c.stable_id() == conn.stable_id()) {
+        conns.remove(&identity);
+        shared.metrics.gateway_link_up.get_or_create(&labels).set(0);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// The first message says what the stream is: Hello opens the control
+/// stream, Offer an upload.
+async fn handle_stream(
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    identity: &BoxIdentity,
+    shared: &Shared,
+) -> Result<(), StreamError> {
+    let mut reader = MessageReader::new(recv);
+    let Some(first) = reader.next().await? else {
+        return Ok(());
+    };
+    match first.body {
+        Some(Body::Hello(_)) => control_stream(first, send, reader, identity, shared).await,
+        Some(Body::Offer(_)) => upload_stream(first, send, reader, identity, shared).await,
+        _ => {
+            let _ = send.reset(close::PROTOCOL.into());
+            Err(StreamError::Protocol("stream must start with Hello or Offer".into()))
+        }
+    }
+}
+
+async fn control_stream(
+    first: Envelope,
+    mut send: quinn::SendStream,
+    mut reader: MessageReader,
+    identity: &BoxIdentity,
+    shared: &Shared,
+) -> Result<(), StreamError> {
+    let Some(Body::Hello(hello)) = first.body else {
+        return Err(StreamError::Protocol("expected Hello".into()));
+    };
+    let labels = GatewayLabels::of(identity);
+    let Some(version) = yilian_protocol::version::negotiate(SUPPORTED_VERSIONS, hello.protocol_min..=hello.protocol_max)
+    else {
+        tracing::warn!(
+            gateway = %identity,
+            gateway_versions = ?(hello.protocol_min..=hello.protocol_max),
+            ours = ?SUPPORTED_VERSIONS,
+            "no common protocol version; the gateway needs a software update"
+        );
+        let bye = Envelope::new(Body::Goodbye(yilian_protocol::messages::Goodbye {
+            reason: format!("no common protocol version: central speaks {SUPPORTED_VERSIONS:?}"),
+        }));
+        write_message(&mut send, &bye).await?;
+        let _ = send.finish();
+        return Ok(());
+    };
+    touch(shared, identity, Some(&hello.software_version)).await;
+    shared
+        .metrics
+        .gateway_last_seen
+        .get_or_create(&labels)
+        .set(crate::store::now_ms() as f64 / 1000.0);
+    tracing::info!(gateway = %identity, software = %hello.software_version, version, "gateway said hello");
+    let ack = Envelope::new(Body::HelloAck(HelloAck {
+        protocol_version: version,
+        central_version: env!("CARGO_PKG_VERSION").to_owned(),
+        central_unix_ms: crate::store::now_ms(),
+        identity: identity.to_string(),
+    }));
+    write_message(&mut send, &ack).await?;
+
+    while let Some(env) = reader.next().await? {
+        match env.body {
+            Some(Body::Heartbeat(hb)) => {
+                touch(shared, identity, None).await;
+                let now = crate::store::now_ms();
+                shared.metrics.gateway_last_seen.get_or_create(&labels).set(now as f64 / 1000.0);
+                for b in &hb.backlog {
+                    let lane = Lane::try_from(b.lane).unwrap_or(Lane::Bulk).name();
+                    let l = labels.with_lane(lane);
+                    shared.metrics.gateway_backlog_items.get_or_create(&l).set(b.items as i64);
+                    shared.metrics.gateway_backlog_bytes.get_or_create(&l).set(b.bytes as i64);
+                    shared.metrics.gateway_oldest_age.get_or_create(&l).set(b.oldest_age_seconds);
+                }
+                write_message(&mut send, &Envelope::new(Body::HeartbeatAck(HeartbeatAck { seq: hb.seq }))).await?;
+            }
+            Some(Body::Goodbye(bye)) => {
+                tracing::info!(gateway = %identity, reason = %bye.reason, "gateway said goodbye");
+                break;
+            }
+            // Newer gateways may send what we do not know yet.
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn touch(shared: &Shared, identity: &BoxIdentity, software: Option<&str>) {
+    let store = shared.store.clone();
+    let id = identity.clone();
+    let sw = software.map(str::to_owned);
+    let r = tokio::task::spawn_blocking(move || store.touch_gateway(&id, sw.as_deref())).await;
+    if let Ok(Err(e)) = r {
+        tracing::warn!(gateway = %identity, error = %e, "cannot record gateway contact");
+    }
+}
+
+enum SinkMsg {
+    Data(Bytes),
+    Commit(oneshot::Sender<Result<ItemRow, StoreError>>),
+}
+
+/// Writes an upload's bytes on a blocking thread, so that disk writes and
+/// hashing overlap with receiving. On a broken stream it drains what was
+/// received before exiting, so the partial file holds every byte that
+/// arrived: the resume offset is exact.
+fn spawn_sink(
+    store: Store,
+    identity: BoxIdentity,
+    offer: Offer,
+    mut partial: PartialUpload,
+    guard: tokio::sync::OwnedMutexGuard<()>,
+) -> mpsc::Sender<SinkMsg> {
+    let (tx, mut rx) = mpsc::channel::<SinkMsg>(16);
+    tokio::task::spawn_blocking(move || {
+        let _guard = guard;
+        let mut failed: Option<StoreError> = None;
+        while let Some(msg) = rx.blocking_recv() {
+            match msg {
+                SinkMsg::Data(data) => {
+                    if failed.is_none() {
+                        if let Err(e) = partial.append(&data) {
+                            failed = Some(e);
+                        }
+                    }
+                }
+                SinkMsg::Commit(reply) => {
+                    let r = match failed.take() {
+                        Some(e) => Err(e),
+                        None => store.commit(&identity, &offer, partial),
+                    };
+                    let _ = reply.send(r);
+                    return;
+                }
+            }
+        }
+    });
+    tx
+}
+
+async fn upload_stream(
+    first: Envelope,
+    mut send: quinn::SendStream,
+    mut reader: MessageReader,
+    identity: &BoxIdentity,
+    shared: &Shared,
+) -> Result<(), StreamError> {
+    let mut rx = UploadReceiver::new(shared.max_upload_bytes, DEFAULT_IDLE_TIMEOUT, Instant::now());
+    rx.handle_message(first, Instant::now())
+        .map_err(|e| StreamError::Protocol(e.to_string()))?;
+    let mut sink: Option<mpsc::Sender<SinkMsg>> = None;
+    let mut bytes_this_stream = 0u64;
+
+    loop {
+        while let Some(ev) = rx.poll_event() {
+            match ev {
+                ReceiverEvent::Offered(offer) => {
+                    let key = format!("{identity}/{}", offer.upload_id);
+                    let guard = shared.upload_lock(key).lock_owned().await;
+                    let store = shared.store.clone();
+                    let id = identity.clone();
+                    let o = offer.clone();
+                    let opened = tokio::task::spawn_blocking(move || {
+                        let held = store.held(&id, &o)?;
+                        let partial = match held {
+                            yilian_protocol::upload::HeldState::Partial(offset) => {
+                                Some(store.open_partial(&id, &o, offset)?)
+                            }
+                            yilian_protocol::upload::HeldState::Committed => None,
+                        };
+                        Ok::<_, StoreError>((held, partial))
+                    })
+                    .await;
+                    match opened {
+                        Ok(Ok((held, partial))) => {
+                            if let Some(p) = partial {
+                                if p.len() > 0 {
+                                    tracing::info!(gateway = %identity, upload = %offer.upload_id, offset = p.len(), size = offer.size, "resuming upload");
+                                }
+                                sink = Some(spawn_sink(shared.store.clone(), identity.clone(), offer.clone(), p, guard));
+                            }
+                            rx.held(held).map_err(|e| StreamError::Protocol(e.to_string()))?;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(gateway = %identity, error = %e, "cannot open upload in the store");
+                            reject(shared, &mut rx, RejectReason::Unavailable, &e.to_string(), true);
+                        }
+                        Err(e) => {
+                            reject(shared, &mut rx, RejectReason::Unavailable, &e.to_string(), true);
+                        }
+                    }
+                }
+                ReceiverEvent::Data { data, .. } => {
+                    shared.metrics.bytes_received.inc_by(data.len() as u64);
+                    bytes_this_stream += data.len() as u64;
+                    if let Some(s) = &sink {
+                        if s.send(SinkMsg::Data(data)).await.is_err() {
+                            reject(shared, &mut rx, RejectReason::Unavailable, "store writer stopped", true);
+                        }
+                    }
+                }
+                ReceiverEvent::Complete => {
+                    let (tx, reply) = oneshot::channel();
+                    let result = match sink.take() {
+                        Some(s) if s.send(SinkMsg::Commit(tx)).await.is_ok() => reply
+                            .await
+                            .unwrap_or_else(|_| Err(StoreError::SizeMismatch { expected: 0, got: 0 })),
+                        _ => Err(StoreError::SizeMismatch { expected: 0, got: 0 }),
+                    };
+                    match result {
+                        Ok(row) => {
+                            shared
+                                .metrics
+                                .items_committed
+                                .get_or_create(&LaneLabels { lane: row.lane.clone() })
+                                .inc();
+                            shared.metrics.bytes_committed.inc_by(row.size);
+                            tracing::info!(
+                                gateway = %identity, upload = %row.upload_id, kind = %row.kind, lane = %row.lane,
+                                size = row.size, received_on_this_stream = bytes_this_stream, "committed"
+                            );
+                            rx.committed().map_err(|e| StreamError::Protocol(e.to_string()))?;
+                        }
+                        Err(e @ (StoreError::HashMismatch { .. } | StoreError::SizeMismatch { .. })) => {
+                            tracing::warn!(gateway = %identity, error = %e, "upload failed verification; it will restart from zero");
+                            reject(shared, &mut rx, RejectReason::HashMismatch, &e.to_string(), true);
+                        }
+                        Err(e) => {
+                            tracing::error!(gateway = %identity, error = %e, "cannot store upload");
+                            reject(shared, &mut rx, RejectReason::Unavailable, &e.to_string(), true);
+                        }
+                    }
+                }
+            }
+        }
+        while let Some(env) = rx.poll_transmit() {
+            write_message(&mut send, &env).await?;
+        }
+        if rx.is_done() {
+            let _ = send.finish();
+            // Let the verdict reach the gateway before the stream drops.
+            let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+            return Ok(());
+        }
+        let deadline = rx.poll_timeout();
+        let next = match deadline {
+            Some(d) => {
+                let wait = d.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(wait, reader.next()).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        rx.handle_timeout(Instant::now());
+                        continue;
+                    }
+                }
+            }
+            None => reader.next().await?,
+        };
+        match next {
+            Some(env) => {
+                if let Err(e) = rx.handle_message(env, Instant::now()) {
+                    tracing::warn!(gateway = %identity, error = %e, "upload protocol violation; stream reset");
+                    let _ = send.reset(close::PROTOCOL.into());
+                    return Err(StreamError::Protocol(e.to_string()));
+                }
+            }
+            // The gateway finished its side early: it gave up this attempt.
+            None => return Ok(()),
+        }
+    }
+}
+
+fn reject(shared: &Shared, rx: &mut UploadReceiver, reason: RejectReason, detail: &str, retryable: bool) {
+    shared
+        .metrics
+        .rejections
+        .get_or_create(&ReasonLabels {
+            reason: format!("{reason:?}").to_lowercase(),
+        })
+        .inc();
+    rx.reject(reason, detail, retryable);
+}

@@ -1,0 +1,422 @@
+//! The embedded ingest store: SQLite for the index, a content-addressed
+//! blob directory for payloads, and per-upload partial files for resume.
+//!
+//! ```text
+//! data_dir/central.sqlite         index (WAL, synchronous=FULL)
+//! data_dir/blobs/ab/abcdef…       payloads by SHA-256
+//! data_dir/partial/C/C/B/<id>     uploads in progress, per gateway
+//! ```
+//!
+//! COMMITTED is answered only after the blob is fsynced and renamed, its
+//! directory fsynced, and the index row committed. Partial files are not
+//! fsynced while they grow: after a power cut their tail may be torn, which
+//! the final hash check catches (the upload is then restarted from zero).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+use yilian_protocol::messages::Offer;
+use yilian_protocol::upload::HeldState;
+use yilian_protocol::{BoxIdentity, Lane};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{context} {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("index: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("received bytes hash to {got}, the offer said {expected}")]
+    HashMismatch { expected: String, got: String },
+    #[error("received {got} bytes, the offer said {expected}")]
+    SizeMismatch { expected: u64, got: u64 },
+}
+
+fn io<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        context,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync directory", dir))
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS items(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    gateway TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    lane TEXT NOT NULL,
+    source TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    committed_ms INTEGER NOT NULL,
+    UNIQUE(gateway, upload_id)
+);
+CREATE INDEX IF NOT EXISTS items_by_sha ON items(sha256);
+CREATE TABLE IF NOT EXISTS gateways(
+    identity TEXT PRIMARY KEY,
+    county TEXT NOT NULL,
+    clinic TEXT NOT NULL,
+    box TEXT NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    software_version TEXT NOT NULL DEFAULT ''
+);
+";
+
+/// One committed item, as `yilian-central items` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ItemRow {
+    pub gateway: String,
+    pub upload_id: String,
+    pub kind: String,
+    pub lane: String,
+    pub source: String,
+    pub metadata: serde_json::Value,
+    pub size: u64,
+    pub sha256: String,
+    /// When the gateway received the item from the device (RFC 3339).
+    pub received_at: String,
+    /// When central committed it (RFC 3339).
+    pub committed_at: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GatewayRow {
+    pub identity: String,
+    pub county: String,
+    pub clinic: String,
+    #[serde(rename = "box")]
+    pub box_name: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub software_version: String,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    db: Mutex<Connection>,
+    data_dir: PathBuf,
+    blob_dir: PathBuf,
+    partial_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("data_dir", &self.inner.data_dir).finish()
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl Store {
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let blob_dir = data_dir.join("blobs");
+        let partial_dir = data_dir.join("partial");
+        for d in [data_dir, &blob_dir, &partial_dir] {
+            fs::create_dir_all(d).map_err(io("create", d))?;
+        }
+        let conn = Connection::open(data_dir.join("central.sqlite"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            inner: Arc::new(StoreInner {
+                db: Mutex::new(conn),
+                data_dir: data_dir.to_owned(),
+                blob_dir,
+                partial_dir,
+            }),
+        })
+    }
+
+    /// Opens the index read-only, for listings while `serve` runs.
+    pub fn open_read_only(data_dir: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(
+            data_dir.join("central.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Self {
+            inner: Arc::new(StoreInner {
+                db: Mutex::new(conn),
+                data_dir: data_dir.to_owned(),
+                blob_dir: data_dir.join("blobs"),
+                partial_dir: data_dir.join("partial"),
+            }),
+        })
+    }
+
+    fn db(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable
+        // (SQLite rolls back the open transaction), so recover the guard.
+        self.inner.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn partial_path(&self, gateway: &BoxIdentity, upload_id: &str) -> PathBuf {
+        // Identity parts and upload ids are validated to be path-safe.
+        self.inner
+            .partial_dir
+            .join(gateway.county())
+            .join(gateway.clinic())
+            .join(gateway.box_name())
+            .join(upload_id)
+    }
+
+    pub fn blob_path(&self, sha_hex: &str) -> PathBuf {
+        self.inner.blob_dir.join(&sha_hex[..2.min(sha_hex.len())]).join(sha_hex)
+    }
+
+    /// What central holds of an offered upload.
+    pub fn held(&self, gateway: &BoxIdentity, offer: &Offer) -> Result<HeldState, StoreError> {
+        let exists: Option<i64> = self
+            .db()
+            .query_row(
+                "SELECT id FROM items WHERE gateway = ?1 AND upload_id = ?2",
+                params![gateway.to_string(), offer.upload_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if exists.is_some() {
+            return Ok(HeldState::Committed);
+        }
+        let path = self.partial_path(gateway, &offer.upload_id);
+        let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        Ok(HeldState::Partial(len.min(offer.size)))
+    }
+
+    /// Opens the partial file of an upload for appending at `offset`, with
+    /// the hash primed over the bytes already held.
+    pub fn open_partial(&self, gateway: &BoxIdentity, offer: &Offer, offset: u64) -> Result<PartialUpload, StoreError> {
+        let path = self.partial_path(gateway, &offer.upload_id);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(io("create", parent))?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("open partial upload", &path))?;
+        file.set_len(offset).map_err(io("truncate partial upload", &path))?;
+        let mut hasher = Sha256::new();
+        if offset > 0 {
+            file.seek(SeekFrom::Start(0)).map_err(io("seek", &path))?;
+            let mut buf = vec![0u8; 1024 * 1024];
+            let mut left = offset;
+            while left > 0 {
+                let n = (left as usize).min(buf.len());
+                file.read_exact(&mut buf[..n]).map_err(io("read partial upload", &path))?;
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+        }
+        file.seek(SeekFrom::Start(offset)).map_err(io("seek", &path))?;
+        Ok(PartialUpload {
+            path,
+            file,
+            hasher,
+            len: offset,
+        })
+    }
+
+    /// Verifies a complete upload and stores it durably. On a hash or size
+    /// mismatch the partial file is removed, so a retry starts from zero.
+    pub fn commit(&self, gateway: &BoxIdentity, offer: &Offer, partial: PartialUpload) -> Result<ItemRow, StoreError> {
+        let PartialUpload {
+            path,
+            file,
+            hasher,
+            len,
+        } = partial;
+        let got = hex::encode(hasher.finalize());
+        let expected = hex::encode(&offer.sha256);
+        if len != offer.size {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(StoreError::SizeMismatch {
+                expected: offer.size,
+                got: len,
+            });
+        }
+        if got != expected {
+            drop(file);
+            let _ = fs::remove_file(&path);
+            return Err(StoreError::HashMismatch { expected, got });
+        }
+        file.sync_all().map_err(io("fsync partial upload", &path))?;
+        drop(file);
+        let blob = self.blob_path(&got);
+        let blob_dir = blob.parent().unwrap_or(&self.inner.blob_dir).to_owned();
+        if blob.exists() {
+            // Same content already stored (content addressing): keep one.
+            fs::remove_file(&path).map_err(io("remove partial upload", &path))?;
+        } else {
+            fs::create_dir_all(&blob_dir).map_err(io("create", &blob_dir))?;
+            fs::rename(&path, &blob).map_err(io("store blob", &blob))?;
+            sync_dir(&blob_dir)?;
+            sync_dir(&self.inner.blob_dir)?;
+        }
+        self.insert_row(gateway, offer, &got)
+    }
+
+    fn insert_row(&self, gateway: &BoxIdentity, offer: &Offer, sha_hex: &str) -> Result<ItemRow, StoreError> {
+        let lane = Lane::try_from(offer.lane).unwrap_or(Lane::Bulk).name();
+        let metadata = serde_json::to_string(&offer.metadata).unwrap_or_else(|_| "{}".into());
+        let committed = now_ms();
+        self.db().execute(
+            "INSERT OR IGNORE INTO items(gateway, upload_id, kind, lane, source, metadata, size, sha256, received_ms, committed_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                gateway.to_string(),
+                offer.upload_id,
+                offer.kind,
+                lane,
+                offer.source,
+                metadata,
+                offer.size as i64,
+                sha_hex,
+                offer.received_unix_ms,
+                committed
+            ],
+        )?;
+        Ok(ItemRow {
+            gateway: gateway.to_string(),
+            upload_id: offer.upload_id.clone(),
+            kind: offer.kind.clone(),
+            lane: lane.to_owned(),
+            source: offer.source.clone(),
+            metadata: serde_json::to_value(&offer.metadata).unwrap_or_default(),
+            size: offer.size,
+            sha256: sha_hex.to_owned(),
+            received_at: rfc3339(offer.received_unix_ms),
+            committed_at: rfc3339(committed),
+            path: self.blob_path(sha_hex).display().to_string(),
+        })
+    }
+
+    /// Records that a gateway said hello or sent a heartbeat.
+    pub fn touch_gateway(&self, gateway: &BoxIdentity, software_version: Option<&str>) -> Result<(), StoreError> {
+        let now = now_ms();
+        self.db().execute(
+            "INSERT INTO gateways(identity, county, clinic, box, first_seen_ms, last_seen_ms, software_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, COALESCE(?6, ''))
+             ON CONFLICT(identity) DO UPDATE SET last_seen_ms = ?5,
+                software_version = COALESCE(?6, software_version)",
+            params![
+                gateway.to_string(),
+                gateway.county(),
+                gateway.clinic(),
+                gateway.box_name(),
+                now,
+                software_version
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn gateways(&self) -> Result<Vec<GatewayRow>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT identity, county, clinic, box, first_seen_ms, last_seen_ms, software_version FROM gateways ORDER BY identity",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(GatewayRow {
+                identity: r.get(0)?,
+                county: r.get(1)?,
+                clinic: r.get(2)?,
+                box_name: r.get(3)?,
+                first_seen_ms: r.get(4)?,
+                last_seen_ms: r.get(5)?,
+                software_version: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Committed items, oldest first, optionally of one gateway.
+    pub fn items(&self, gateway: Option<&str>, limit: Option<u64>) -> Result<Vec<ItemRow>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT gateway, upload_id, kind, lane, source, metadata, size, sha256, received_ms, committed_ms
+             FROM items WHERE (?1 IS NULL OR gateway = ?1) ORDER BY id LIMIT ?2",
+        )?;
+        let limit = limit.map(|l| l as i64).unwrap_or(-1);
+        let rows = stmt.query_map(params![gateway, limit], |r| {
+            let sha: String = r.get(7)?;
+            Ok(ItemRow {
+                gateway: r.get(0)?,
+                upload_id: r.get(1)?,
+                kind: r.get(2)?,
+                lane: r.get(3)?,
+                source: r.get(4)?,
+                metadata: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+                size: r.get::<_, i64>(6)? as u64,
+                path: self.blob_path(&sha).display().to_string(),
+                sha256: sha,
+                received_at: rfc3339(r.get(8)?),
+                committed_at: rfc3339(r.get(9)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// An upload being received.
+#[derive(Debug)]
+pub struct PartialUpload {
+    path: PathBuf,
+    file: File,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl PartialUpload {
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends and hashes. Not fsynced here: see the module comment.
+    pub fn append(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.file.write_all(data).map_err(io("write partial upload", &self.path))?;
+        self.hasher.update(data);
+        self.len += data.len() as u64;
+        Ok(())
+    }
+}
