@@ -31,4 +31,4 @@ pub use config::SpoolConfig;
 pub use error::SpoolError;
 pub use files::{Payload, SpoolWriter};
 pub use item::{Committed, ItemState, ItemSummary, Lane, LaneStats, Lease, NackOutcome, NewItem, SpoolStats};
-pub use spool::Spool;
+pub use spool::{Spool, requeue_in};

@@ -221,6 +221,28 @@ impl Spool {
         }
     }
 
+    /// Central cannot take the item right now (its disk or database is
+    /// unavailable): ready again after `delay`, no attempt counted, so an
+    /// outage at central never dead-letters anything.
+    pub fn defer(&self, lease: Lease, delay: std::time::Duration, reason: &str) -> Result<(), SpoolError> {
+        self.call(Op::Defer {
+            id: lease.id,
+            until_ms: now_ms() + delay.as_millis() as i64,
+            error: reason.to_owned(),
+        })
+        .map(|_| ())
+    }
+
+    /// Central refused the item for good (too large, invalid): set it aside
+    /// for an operator at once.
+    pub fn dead_letter(&self, lease: Lease, reason: &str) -> Result<(), SpoolError> {
+        self.call(Op::Kill {
+            id: lease.id,
+            error: reason.to_owned(),
+        })
+        .map(|_| ())
+    }
+
     /// Dead-lettered items, newest first.
     pub fn dead_letters(&self, limit: u32) -> Result<Vec<ItemSummary>, SpoolError> {
         match self.call(Op::List { dead_only: true, limit })? {
@@ -265,6 +287,18 @@ impl Spool {
         let items = queries::list(&conn, false, limit)?;
         Ok((stats, items))
     }
+}
+
+/// Requeues a dead-lettered item in a spool that another process (the
+/// running gateway) has open: a single index update, without the recovery
+/// steps of [`Spool::open`].
+pub fn requeue_in(dir: &Path, id: i64) -> Result<bool, SpoolError> {
+    let conn = schema::open_rw(&dir.join("index.sqlite"))?;
+    let n = conn.execute(
+        "UPDATE items SET state = 0, attempts = 0, next_attempt_ms = 0 WHERE id = ?1 AND state = 3",
+        params![id],
+    )?;
+    Ok(n == 1)
 }
 
 fn clear_dir(dir: &Path) -> Result<usize, SpoolError> {

@@ -37,6 +37,8 @@ pub(crate) enum Op {
     Release { id: i64 },
     Nack { id: i64, error: String, now_ms: i64 },
     Requeue { id: i64 },
+    Defer { id: i64, until_ms: i64, error: String },
+    Kill { id: i64, error: String },
     Purge { now_ms: i64 },
     Stats,
     List { dead_only: bool, limit: u32 },
@@ -175,6 +177,23 @@ impl Writer {
                 let n = self.conn.execute(
                     "UPDATE items SET state = 0, attempts = 0, next_attempt_ms = 0 WHERE id = ?1 AND state = 3",
                     params![id],
+                )?;
+                if n == 0 {
+                    self.must_exist(id)?;
+                }
+                Ok(Reply::Done)
+            }
+            Op::Defer { id, until_ms, error } => {
+                self.conn.execute(
+                    "UPDATE items SET state = 0, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?1 AND state = 1",
+                    params![id, until_ms, error],
+                )?;
+                Ok(Reply::Done)
+            }
+            Op::Kill { id, error } => {
+                let n = self.conn.execute(
+                    "UPDATE items SET state = 3, last_error = ?2 WHERE id = ?1 AND state IN (0, 1)",
+                    params![id, error],
                 )?;
                 if n == 0 {
                     self.must_exist(id)?;
