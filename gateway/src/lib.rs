@@ -1,1 +1,150 @@
+//! Yilian gateway: the clinic box.
+//!
+//! - [`config`]: `gateway.toml`.
+//! - [`intake`]: device adapters feeding the spool.
+//! - [`uplink`]: the QUIC link to central and the upload loop.
+//! - [`metrics`], [`http`]: Prometheus metrics and local status.
+//! - [`status`]: what `yilian-gateway status` prints.
 
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod http;
+pub mod intake;
+pub mod metrics;
+pub mod status;
+pub mod uplink;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{Notify, watch};
+use yilian_link::{TlsFiles, client_config};
+use yilian_spool::Spool;
+
+pub use config::GatewayConfig;
+use metrics::GatewayMetrics;
+use uplink::{LinkStatus, Uplink};
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Running {
+    pub metrics_addr: SocketAddr,
+    pub spool: Spool,
+    pub metrics: GatewayMetrics,
+    pub link: watch::Receiver<LinkStatus>,
+    stop: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Running {
+    /// Stops intake first, then the uplink; in-flight spool commits finish
+    /// (they run on blocking threads the runtime waits for).
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Opens the spool (running its recovery), binds the local listeners and
+/// starts the intake adapters and the uplink. Returns once all are bound:
+/// the point at which the service is ready.
+pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
+    let spool_config = config.spool_config();
+    let spool = tokio::task::spawn_blocking(move || Spool::open(spool_config))
+        .await?
+        .with_context(|| format!("opening the spool in {}", config.spool.dir.display()))?;
+    let metrics = GatewayMetrics::new();
+    let tls = TlsFiles {
+        ca: config.uplink.ca.clone(),
+        cert: config.uplink.cert.clone(),
+        key: config.uplink.key.clone(),
+    };
+    let mut client = client_config(&tls).context("loading the gateway's TLS files")?;
+    if let Some(idle) = config.uplink.idle_timeout {
+        client.transport_config(yilian_link::transport_config_with_idle(idle));
+    }
+    let (status_tx, status_rx) = watch::channel(LinkStatus::new(&config.uplink.central));
+    let (metrics_addr, http) = http::bind(config.metrics.listen, metrics.clone(), status_rx.clone())
+        .await
+        .with_context(|| format!("binding the metrics listener on {}", config.metrics.listen))?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let wake = Arc::new(Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+
+    for folder in &config.folder {
+        let intake = intake::folder::FolderIntake {
+            config: folder.clone(),
+            spool: spool.clone(),
+            metrics: metrics.clone(),
+            wake: wake.clone(),
+        };
+        tasks.spawn(intake.run(stop_rx.clone()));
+    }
+    let uplink = Uplink {
+        server_name: config.server_name(),
+        config: config.uplink.clone(),
+        client_config: client,
+        spool: spool.clone(),
+        metrics: metrics.clone(),
+        wake,
+        status: status_tx,
+    };
+    tasks.spawn(uplink.run(stop_rx.clone()));
+    tasks.spawn(housekeeping(spool.clone(), metrics.clone(), stop_rx.clone()));
+    let mut http_stop = stop_rx;
+    tasks.spawn(async move {
+        tokio::select! {
+            r = http => if let Err(e) = r { tracing::error!(error = %e, "metrics listener failed") },
+            _ = http_stop.changed() => {}
+        }
+    });
+    tracing::info!(%metrics_addr, central = %config.uplink.central, folders = config.folder.len(), "gateway ready");
+    Ok(Running {
+        metrics_addr,
+        spool,
+        metrics,
+        link: status_rx,
+        stop,
+        tasks,
+    })
+}
+
+/// Refreshes spool gauges and purges delivered items past retention.
+async fn housekeeping(spool: Spool, metrics: GatewayMetrics, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut last_purge = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let s = spool.clone();
+        let purge = last_purge.elapsed() > Duration::from_secs(600);
+        let r = tokio::task::spawn_blocking(move || {
+            if purge {
+                s.purge_expired()?;
+            }
+            s.stats()
+        })
+        .await;
+        if purge {
+            last_purge = std::time::Instant::now();
+        }
+        match r {
+            Ok(Ok(stats)) => metrics.observe_spool(&stats, now_ms()),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read spool statistics"),
+            Err(_) => {}
+        }
+    }
+}

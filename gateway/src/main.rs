@@ -1,1 +1,136 @@
-fn main() {}
+//! `yilian-gateway`: run the box, show its status, handle dead letters.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use yilian_gateway::GatewayConfig;
+
+#[derive(Parser)]
+#[command(name = "yilian-gateway", version, about = "The Yilian clinic gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(long, default_value = "/etc/yilian/gateway.toml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file and exit.
+    CheckConfig {
+        #[arg(long, default_value = "/etc/yilian/gateway.toml")]
+        config: PathBuf,
+    },
+    /// Link state, backlog per lane, recent items.
+    Status {
+        #[arg(long, default_value = "/etc/yilian/gateway.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// How many recent items to list.
+        #[arg(long, default_value_t = 10)]
+        recent: u32,
+    },
+    /// Items set aside after repeated rejection by central.
+    DeadLetters {
+        #[arg(long, default_value = "/etc/yilian/gateway.toml")]
+        config: PathBuf,
+        /// Put this item back in its lane.
+        #[arg(long)]
+        requeue: Option<i64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("yilian-gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => {
+            let config = GatewayConfig::load(&config)?;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async {
+                let running = yilian_gateway::start(config).await?;
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                running.shutdown().await;
+                anyhow::Ok(())
+            })
+        }
+        Command::CheckConfig { config } => {
+            let c = GatewayConfig::load(&config)?;
+            println!(
+                "{}: valid ({} folder(s), central {})",
+                config.display(),
+                c.folder.len(),
+                c.uplink.central
+            );
+            Ok(())
+        }
+        Command::Status { config, json, recent } => {
+            let config = GatewayConfig::load(&config)?;
+            let report = yilian_gateway::status::collect(&config, recent)
+                .with_context(|| format!("reading the spool in {}", config.spool.dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", yilian_gateway::status::render(&report, yilian_gateway::now_ms()));
+            }
+            Ok(())
+        }
+        Command::DeadLetters { config, requeue } => {
+            let config = GatewayConfig::load(&config)?;
+            if let Some(id) = requeue {
+                if yilian_spool::requeue_in(&config.spool.dir, id)? {
+                    println!("item {id} is back in its lane");
+                } else {
+                    anyhow::bail!("item {id} is not a dead letter");
+                }
+                return Ok(());
+            }
+            let (_, items) = yilian_spool::Spool::inspect(&config.spool.dir, u32::MAX)?;
+            for i in items.iter().filter(|i| i.state == "dead") {
+                println!(
+                    "{:>6}  {:<22} {:<8} {:>10}  {}",
+                    i.id,
+                    i.source,
+                    i.kind,
+                    i.size,
+                    i.last_error.as_deref().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

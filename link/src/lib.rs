@@ -22,4 +22,4 @@ pub use identity::{certificate_not_after, identity_from_certificate, peer_identi
 pub use pem::{load_cert_chain, load_private_key};
 pub use socket::{SOCKET_BUFFER_BYTES, bind_udp};
 pub use tls::{TlsFiles, client_config, server_config};
-pub use transport::transport_config;
+pub use transport::{IDLE_TIMEOUT, KEEP_ALIVE, transport_config, transport_config_with_idle};

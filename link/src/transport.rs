@@ -16,9 +16,16 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 /// keep-alive below NAT timeouts, and enough concurrent streams for several
 /// uploads plus the control stream.
 pub fn transport_config() -> Arc<TransportConfig> {
+    transport_config_with_idle(IDLE_TIMEOUT)
+}
+
+/// As [`transport_config`], with another idle timeout (keep-alive stays at
+/// most a third of it). The effective idle timeout of a connection is the
+/// smaller of the two ends' values.
+pub fn transport_config_with_idle(idle: Duration) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
-    t.keep_alive_interval(Some(KEEP_ALIVE));
-    if let Ok(idle) = IdleTimeout::try_from(IDLE_TIMEOUT) {
+    t.keep_alive_interval(Some(KEEP_ALIVE.min(idle / 3)));
+    if let Ok(idle) = IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }
     t.stream_receive_window(VarInt::from_u32(16 * 1024 * 1024));

@@ -47,7 +47,8 @@ impl SpoolConfig {
         (self.quota_bytes as f64 * self.low_watermark) as u64
     }
 
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    /// Checks the settings; the message says which one is wrong.
+    pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.high_watermark) || !(0.0..=1.0).contains(&self.low_watermark) {
             return Err("watermarks must be fractions between 0 and 1".into());
         }

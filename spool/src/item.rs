@@ -139,6 +139,28 @@ pub struct Lease {
     pub(crate) inline: bool,
 }
 
+impl Lease {
+    /// A handle for reading the payload, which (unlike the lease) may be
+    /// cloned and moved to other threads.
+    pub fn payload_ref(&self) -> PayloadRef {
+        PayloadRef {
+            id: self.id,
+            upload_id: self.upload_id.clone(),
+            size: self.size,
+            inline: self.inline,
+        }
+    }
+}
+
+/// Where a leased item's payload is; see [`crate::Spool::open_payload`].
+#[derive(Debug, Clone)]
+pub struct PayloadRef {
+    pub(crate) id: i64,
+    pub(crate) upload_id: String,
+    pub(crate) size: u64,
+    pub(crate) inline: bool,
+}
+
 /// What `nack` did with the item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NackOutcome {

@@ -11,7 +11,7 @@ use rusqlite::params;
 
 use crate::config::SpoolConfig;
 use crate::files::{Payload, SpoolWriter};
-use crate::item::{Committed, ItemSummary, Lane, Lease, NackOutcome, NewItem, SpoolStats};
+use crate::item::{Committed, ItemSummary, Lane, Lease, NackOutcome, NewItem, PayloadRef, SpoolStats};
 use crate::writer::{InsertRow, Op, Reply, Request, Usage, Writer};
 use crate::{SpoolError, queries, schema};
 
@@ -168,6 +168,11 @@ impl Spool {
 
     /// Opens a leased item's payload for reading.
     pub fn payload(&self, lease: &Lease) -> Result<Payload, SpoolError> {
+        self.open_payload(&lease.payload_ref())
+    }
+
+    /// Opens a payload by reference, checking its size against the index.
+    pub fn open_payload(&self, lease: &PayloadRef) -> Result<Payload, SpoolError> {
         if lease.inline {
             let conn = schema::open_ro(&self.inner.config.dir.join("index.sqlite"))?;
             let data: Vec<u8> = conn.query_row(

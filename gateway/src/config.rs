@@ -1,0 +1,311 @@
+//! `gateway.toml`, parsed once at start-up into a validated type. Unknown
+//! keys are refused; every error names the file, and toml's message names
+//! the key, line and column.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use yilian_spool::{Lane, SpoolConfig};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub spool: SpoolSection,
+    pub uplink: UplinkSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub folder: Vec<FolderSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolSection {
+    pub dir: PathBuf,
+    /// Bytes the spool may hold, e.g. 21474836480 (20 GiB).
+    #[serde(default = "default_quota")]
+    pub quota_bytes: u64,
+    #[serde(default = "default_high")]
+    pub high_watermark: f64,
+    #[serde(default = "default_low")]
+    pub low_watermark: f64,
+    /// How long delivered items are kept, e.g. "7d".
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+    /// Rejections by central before an item is set aside for an operator.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+fn default_quota() -> u64 {
+    20 * 1024 * 1024 * 1024
+}
+fn default_high() -> f64 {
+    0.95
+}
+fn default_low() -> f64 {
+    0.85
+}
+fn default_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_max_attempts() -> u32 {
+    8
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkSection {
+    /// `host:port` of central; resolved again at every reconnect.
+    pub central: String,
+    /// Name in central's certificate; defaults to the host part of `central`.
+    pub server_name: Option<String>,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Uploads in flight at once (urgent items get two more slots).
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    #[serde(default = "default_chunk")]
+    pub chunk_size: usize,
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Declare the link dead after this much silence (QUIC idle timeout).
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Longest wait between reconnect attempts.
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+fn default_in_flight() -> usize {
+    4
+}
+fn default_chunk() -> usize {
+    yilian_protocol::upload::DEFAULT_CHUNK_SIZE
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_backoff_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// HTTP address for `/metrics` and `/status`; loopback by default.
+    #[serde(default = "default_metrics")]
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics(),
+        }
+    }
+}
+
+fn default_metrics() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+/// What happens to a file once it is safely in the spool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterIntake {
+    Delete,
+    Archive,
+}
+
+/// A drop folder that clinic equipment writes files into.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderSection {
+    /// Device name for metrics and listings, e.g. "ecg-share".
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(default = "default_lane", deserialize_with = "de_lane")]
+    pub lane: Lane,
+    /// A file is taken once its size and mtime have not changed for this long.
+    #[serde(default = "default_settle", with = "humantime_serde")]
+    pub settle: Duration,
+    #[serde(default = "default_poll", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    #[serde(default = "default_after")]
+    pub after: AfterIntake,
+    /// Required with `after = "archive"`.
+    pub archive_dir: Option<PathBuf>,
+}
+
+fn default_lane() -> Lane {
+    Lane::Bulk
+}
+fn default_settle() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_poll() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_after() -> AfterIntake {
+    AfterIntake::Delete
+}
+
+fn de_lane<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Lane, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_lane(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown lane {s:?}: use urgent, clinical or bulk")))
+}
+
+pub fn parse_lane(s: &str) -> Option<Lane> {
+    match s {
+        "urgent" => Some(Lane::Urgent),
+        "clinical" => Some(Lane::Clinical),
+        "bulk" => Some(Lane::Bulk),
+        _ => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+impl GatewayConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut c: GatewayConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_owned();
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut c.spool.dir);
+        abs(&mut c.uplink.ca);
+        abs(&mut c.uplink.cert);
+        abs(&mut c.uplink.key);
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let mut names = std::collections::HashSet::new();
+        for (i, f) in c.folder.iter_mut().enumerate() {
+            abs(&mut f.path);
+            if let Some(a) = &mut f.archive_dir {
+                abs(a);
+            }
+            if !names.insert(f.name.clone()) {
+                return Err(invalid(&format!("folder[{i}].name"), format!("{:?} is used twice", f.name)));
+            }
+            if f.after == AfterIntake::Archive && f.archive_dir.is_none() {
+                return Err(invalid(&format!("folder[{i}].archive_dir"), "required when after = \"archive\"".into()));
+            }
+        }
+        c.spool_config()
+            .validate()
+            .map_err(|m| invalid("spool", m))?;
+        if c.uplink.max_in_flight == 0 {
+            return Err(invalid("uplink.max_in_flight", "must be at least 1".into()));
+        }
+        if !(4096..=1024 * 1024).contains(&c.uplink.chunk_size) {
+            return Err(invalid("uplink.chunk_size", "must be between 4096 and 1048576".into()));
+        }
+        if c.uplink.central.rsplit_once(':').is_none() {
+            return Err(invalid("uplink.central", format!("{:?} is not HOST:PORT", c.uplink.central)));
+        }
+        Ok(c)
+    }
+
+    pub fn spool_config(&self) -> SpoolConfig {
+        let mut s = SpoolConfig::new(&self.spool.dir);
+        s.quota_bytes = self.spool.quota_bytes;
+        s.high_watermark = self.spool.high_watermark;
+        s.low_watermark = self.spool.low_watermark;
+        s.retention = self.spool.retention;
+        s.max_attempts = self.spool.max_attempts;
+        s
+    }
+
+    /// The name to verify in central's certificate.
+    pub fn server_name(&self) -> String {
+        if let Some(n) = &self.uplink.server_name {
+            return n.clone();
+        }
+        let host = self
+            .uplink
+            .central
+            .rsplit_once(':')
+            .map_or(self.uplink.central.as_str(), |(h, _)| h);
+        host.trim_start_matches('[').trim_end_matches(']').to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[spool]
+dir = "spool"
+
+[uplink]
+central = "hub.example:4433"
+ca = "ca.pem"
+cert = "gateway.pem"
+key = "gateway.key"
+
+[[folder]]
+name = "ecg-share"
+path = "/srv/drop"
+lane = "clinical"
+"#;
+
+    #[test]
+    fn minimal_config_with_defaults() {
+        let c = GatewayConfig::parse(MINIMAL, Path::new("/etc/yilian/gateway.toml")).expect("valid");
+        assert_eq!(c.spool.dir, Path::new("/etc/yilian/spool"));
+        assert_eq!(c.server_name(), "hub.example");
+        assert_eq!(c.folder[0].lane, Lane::Clinical);
+        assert_eq!(c.folder[0].settle, Duration::from_secs(2));
+        assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn errors_name_file_key_and_line() {
+        let bad = MINIMAL.replace("lane = \"clinical\"", "lane = \"stat\"");
+        let e = GatewayConfig::parse(&bad, Path::new("/etc/yilian/gateway.toml")).expect_err("bad lane");
+        let m = e.to_string();
+        assert!(m.contains("gateway.toml") && m.contains("stat") && m.contains("line 14"), "{m}");
+
+        let bad = MINIMAL.replace("[uplink]", "[uplink]\ncentrall = 1");
+        let m = GatewayConfig::parse(&bad, Path::new("g.toml")).expect_err("unknown key").to_string();
+        assert!(m.contains("centrall") && m.contains("line 6"), "{m}");
+
+        let bad = MINIMAL.replace("lane = \"clinical\"", "after = \"archive\"");
+        let m = GatewayConfig::parse(&bad, Path::new("g.toml")).expect_err("archive dir").to_string();
+        assert!(m.contains("folder[0].archive_dir"), "{m}");
+    }
+}

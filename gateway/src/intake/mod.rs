@@ -1,0 +1,4 @@
+//! Device adapters that feed the spool. Each one acknowledges its device
+//! (or, for a folder, removes the file) only with a spool `Committed` proof.
+
+pub mod folder;

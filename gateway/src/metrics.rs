@@ -1,0 +1,227 @@
+//! The gateway's Prometheus metrics. The same registry is served on
+//! `/metrics` locally and summarised in heartbeats to central.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use yilian_spool::{Lane, SpoolStats};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabels {
+    pub lane: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabels {
+    pub adapter: String,
+    pub device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
+type GaugeF = Gauge<f64, AtomicU64>;
+
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    registry: Arc<Registry>,
+    pub backlog_items: Family<LaneLabels, Gauge>,
+    pub backlog_bytes: Family<LaneLabels, Gauge>,
+    pub backlog_oldest_age: Family<LaneLabels, GaugeF>,
+    pub dead_letters: Gauge,
+    pub spool_used: Gauge,
+    pub spool_quota: Gauge,
+    pub refusals: Family<ReasonLabels, Counter>,
+    pub intake_items: Family<DeviceLabels, Counter>,
+    pub intake_bytes: Family<DeviceLabels, Counter>,
+    pub uploaded_items: Family<LaneLabels, Counter>,
+    pub uploaded_bytes: Counter,
+    pub upload_retries: Family<ReasonLabels, Counter>,
+    pub link_up: Gauge,
+    pub link_connects: Counter,
+    pub link_rtt: GaugeF,
+}
+
+impl std::fmt::Debug for GatewayMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GatewayMetrics")
+    }
+}
+
+impl GatewayMetrics {
+    pub fn new() -> Self {
+        let mut r = Registry::default();
+        let m = Self {
+            registry: Arc::new(Registry::default()),
+            backlog_items: Family::default(),
+            backlog_bytes: Family::default(),
+            backlog_oldest_age: Family::default(),
+            dead_letters: Gauge::default(),
+            spool_used: Gauge::default(),
+            spool_quota: Gauge::default(),
+            refusals: Family::default(),
+            intake_items: Family::default(),
+            intake_bytes: Family::default(),
+            uploaded_items: Family::default(),
+            uploaded_bytes: Counter::default(),
+            upload_retries: Family::default(),
+            link_up: Gauge::default(),
+            link_connects: Counter::default(),
+            link_rtt: GaugeF::default(),
+        };
+        r.register(
+            "yilian_spool_backlog_items",
+            "Items in the spool not yet committed by central, by lane",
+            m.backlog_items.clone(),
+        );
+        r.register_with_unit(
+            "yilian_spool_backlog",
+            "Bytes in the spool not yet committed by central, by lane",
+            Unit::Bytes,
+            m.backlog_bytes.clone(),
+        );
+        r.register_with_unit(
+            "yilian_spool_backlog_oldest_age",
+            "Age of the oldest item not yet committed by central, by lane",
+            Unit::Seconds,
+            m.backlog_oldest_age.clone(),
+        );
+        r.register(
+            "yilian_spool_dead_letter_items",
+            "Items set aside for an operator after repeated rejection",
+            m.dead_letters.clone(),
+        );
+        r.register_with_unit(
+            "yilian_spool_used",
+            "Payload bytes held by the spool, delivered items kept for retention included",
+            Unit::Bytes,
+            m.spool_used.clone(),
+        );
+        r.register_with_unit("yilian_spool_quota", "Spool quota", Unit::Bytes, m.spool_quota.clone());
+        r.register(
+            "yilian_spool_refusals",
+            "Items refused to a device because the spool could not take them, by reason",
+            m.refusals.clone(),
+        );
+        r.register(
+            "yilian_intake_items",
+            "Items accepted from devices, by adapter and device",
+            m.intake_items.clone(),
+        );
+        r.register_with_unit(
+            "yilian_intake",
+            "Payload bytes accepted from devices, by adapter and device",
+            Unit::Bytes,
+            m.intake_bytes.clone(),
+        );
+        r.register(
+            "yilian_uplink_items",
+            "Items committed by central, by lane",
+            m.uploaded_items.clone(),
+        );
+        r.register_with_unit(
+            "yilian_uplink_sent",
+            "Payload bytes sent to central, resent bytes included",
+            Unit::Bytes,
+            m.uploaded_bytes.clone(),
+        );
+        r.register(
+            "yilian_uplink_retries",
+            "Upload attempts that did not end in COMMITTED, by reason",
+            m.upload_retries.clone(),
+        );
+        r.register("yilian_uplink_up", "Whether the link to central is up", m.link_up.clone());
+        r.register(
+            "yilian_uplink_connects",
+            "Successful connections to central (hello answered)",
+            m.link_connects.clone(),
+        );
+        r.register_with_unit(
+            "yilian_uplink_rtt",
+            "Round-trip time to central as QUIC estimates it",
+            Unit::Seconds,
+            m.link_rtt.clone(),
+        );
+        let build = Family::<VersionLabels, Gauge>::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        r.register("yilian_build_info", "Software version of this gateway", build);
+        Self {
+            registry: Arc::new(r),
+            ..m
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Refreshes the spool gauges from a stats snapshot.
+    pub fn observe_spool(&self, stats: &SpoolStats, now_ms: i64) {
+        for lane in Lane::ALL {
+            let s = &stats.lanes[lane as usize];
+            let l = LaneLabels {
+                lane: lane.name().to_owned(),
+            };
+            self.backlog_items.get_or_create(&l).set(s.items as i64);
+            self.backlog_bytes.get_or_create(&l).set(s.bytes as i64);
+            let age = s
+                .oldest_received_ms
+                .map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
+            self.backlog_oldest_age.get_or_create(&l).set(age);
+        }
+        self.dead_letters.set(stats.dead as i64);
+        self.spool_used.set(stats.used_bytes as i64);
+        self.spool_quota.set(stats.quota_bytes as i64);
+    }
+
+    pub fn refused(&self, reason: &str) {
+        self.refusals
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn accepted(&self, adapter: &str, device: &str, bytes: u64) {
+        let l = DeviceLabels {
+            adapter: adapter.to_owned(),
+            device: device.to_owned(),
+        };
+        self.intake_items.get_or_create(&l).inc();
+        self.intake_bytes.get_or_create(&l).inc_by(bytes);
+    }
+
+    pub fn retry(&self, reason: &str) {
+        self.upload_retries
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

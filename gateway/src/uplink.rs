@@ -1,0 +1,550 @@
+//! The uplink: one QUIC connection to central, re-established with
+//! exponential backoff and jitter; a control stream (hello, heartbeats);
+//! and one stream per upload, several in flight, urgent lanes first.
+//!
+//! Every leased item is settled exactly once by the task that uploads it:
+//! `ack` only on COMMITTED, `release` when the link failed, `defer` when
+//! central is temporarily unable, `nack` or `dead_letter` when central
+//! refused the item itself.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use yilian_link::{LinkError, MessageReader, write_message};
+use yilian_protocol::messages::{Chunk, Envelope, Heartbeat, Hello, LaneBacklog, Offer, envelope::Body};
+use yilian_protocol::upload::{DEFAULT_IDLE_TIMEOUT, SenderTransmit, UploadError, UploadOutcome, UploadSender};
+use yilian_protocol::{RejectReason, SUPPORTED_VERSIONS};
+use yilian_spool::{Lane, Lease, Payload, Spool, SpoolError};
+
+use crate::config::UplinkSection;
+use crate::metrics::{GatewayMetrics, LaneLabels};
+
+/// What `status` and `/status` show about the link.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkStatus {
+    pub state: &'static str,
+    pub central: String,
+    pub since_ms: i64,
+    pub identity: Option<String>,
+    pub last_error: Option<String>,
+    pub rtt_ms: Option<f64>,
+}
+
+impl LinkStatus {
+    pub fn new(central: &str) -> Self {
+        Self {
+            state: "connecting",
+            central: central.to_owned(),
+            since_ms: crate::now_ms(),
+            identity: None,
+            last_error: None,
+            rtt_ms: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("cannot resolve {0}: {1}")]
+    Resolve(String, String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("central did not answer hello within {0:?}")]
+    HelloTimeout(Duration),
+    #[error("central closed the control stream during hello")]
+    HelloClosed,
+    #[error("central refused the session: {0}")]
+    Goodbye(String),
+    #[error("connection lost: {0}")]
+    Lost(#[from] quinn::ConnectionError),
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+}
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+/// Extra upload slots only urgent items may use, so that a STAT ECG never
+/// waits behind bulk uploads for a free slot.
+const URGENT_EXTRA_SLOTS: usize = 2;
+/// How long an item waits when central says it cannot store right now.
+const UNAVAILABLE_DELAY: Duration = Duration::from_secs(30);
+
+pub struct Uplink {
+    pub config: UplinkSection,
+    pub server_name: String,
+    pub client_config: quinn::ClientConfig,
+    pub spool: Spool,
+    pub metrics: GatewayMetrics,
+    pub wake: Arc<Notify>,
+    pub status: watch::Sender<LinkStatus>,
+}
+
+/// Exponential backoff with full jitter between half and all of the step.
+struct Backoff {
+    step: Duration,
+    base: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(base: Duration, max: Duration) -> Self {
+        Self { step: base, base, max }
+    }
+
+    fn next(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (self.step * 2).min(self.max);
+        let half = step / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+
+    fn reset(&mut self) {
+        self.step = self.base;
+    }
+}
+
+fn lane_priority(lane: Lane) -> i32 {
+    match lane {
+        Lane::Urgent => 2,
+        Lane::Clinical => 1,
+        Lane::Bulk => 0,
+    }
+}
+
+fn wire_lane(lane: Lane) -> yilian_protocol::Lane {
+    match lane {
+        Lane::Urgent => yilian_protocol::Lane::Urgent,
+        Lane::Clinical => yilian_protocol::Lane::Clinical,
+        Lane::Bulk => yilian_protocol::Lane::Bulk,
+    }
+}
+
+impl Uplink {
+    /// Runs until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_millis(500), self.config.reconnect_max);
+        let mut endpoint: Option<quinn::Endpoint> = None;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let result = self.session(&mut endpoint, &mut stop, &mut backoff).await;
+            self.metrics.link_up.set(0);
+            match result {
+                Ok(()) => return,
+                Err(e) => {
+                    let msg = e.to_string();
+                    tracing::warn!(central = %self.config.central, error = %msg, "link to central down");
+                    self.status.send_modify(|s| {
+                        if s.state != "down" {
+                            s.since_ms = crate::now_ms();
+                        }
+                        s.state = "down";
+                        s.last_error = Some(msg);
+                        s.rtt_ms = None;
+                    });
+                }
+            }
+            let wait = backoff.next();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    async fn resolve(&self) -> Result<SocketAddr, UplinkError> {
+        let central = &self.config.central;
+        let mut addrs = tokio::net::lookup_host(central.as_str())
+            .await
+            .map_err(|e| UplinkError::Resolve(central.clone(), e.to_string()))?;
+        addrs
+            .next()
+            .ok_or_else(|| UplinkError::Resolve(central.clone(), "no address".into()))
+    }
+
+    fn endpoint_for(&self, slot: &mut Option<quinn::Endpoint>, remote: SocketAddr) -> Result<quinn::Endpoint, UplinkError> {
+        if let Some(ep) = slot {
+            if ep.local_addr().map(|a| a.is_ipv6() == remote.is_ipv6()).unwrap_or(false) {
+                return Ok(ep.clone());
+            }
+        }
+        let local: SocketAddr = if remote.is_ipv6() {
+            "[::]:0".parse().map_err(|_| UplinkError::Resolve("[::]:0".into(), "bad".into()))?
+        } else {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        };
+        let socket = yilian_link::bind_udp(local)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| UplinkError::Link(LinkError::Socket(std::io::Error::other("no async runtime"))))?;
+        let mut ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+            .map_err(|e| UplinkError::Link(LinkError::Socket(e)))?;
+        ep.set_default_client_config(self.client_config.clone());
+        *slot = Some(ep.clone());
+        Ok(ep)
+    }
+
+    /// One connection's life. `Ok` only when stopped on purpose.
+    async fn session(
+        &self,
+        endpoint: &mut Option<quinn::Endpoint>,
+        stop: &mut watch::Receiver<bool>,
+        backoff: &mut Backoff,
+    ) -> Result<(), UplinkError> {
+        let addr = self.resolve().await?;
+        let ep = self.endpoint_for(endpoint, addr)?;
+        let connecting = ep.connect(addr, &self.server_name).map_err(LinkError::from)?;
+        let conn = tokio::select! {
+            c = connecting => c?,
+            _ = stop.changed() => return Ok(()),
+        };
+        let identity = self.hello(&conn).await?;
+        backoff.reset();
+        self.metrics.link_up.set(1);
+        self.metrics.link_connects.inc();
+        tracing::info!(central = %self.config.central, %addr, identity = %identity, "link to central up");
+        self.status.send_modify(|s| {
+            s.state = "up";
+            s.since_ms = crate::now_ms();
+            s.identity = Some(identity.clone());
+            s.last_error = None;
+        });
+        let result = self.serve(&conn, stop).await;
+        conn.close(0u32.into(), b"gateway closing");
+        result
+    }
+
+    /// The hello exchange. With TLS 1.3, a client whose certificate central
+    /// refuses still sees the handshake complete; this first exchange is the
+    /// proof that central accepted us.
+    async fn hello(&self, conn: &quinn::Connection) -> Result<String, UplinkError> {
+        let exchange = async {
+            let (mut send, recv) = conn.open_bi().await.map_err(LinkError::from)?;
+            let hello = Envelope::new(Body::Hello(Hello {
+                protocol_min: *SUPPORTED_VERSIONS.start(),
+                protocol_max: *SUPPORTED_VERSIONS.end(),
+                software_version: env!("CARGO_PKG_VERSION").to_owned(),
+                sent_unix_ms: crate::now_ms(),
+            }));
+            write_message(&mut send, &hello).await?;
+            let mut reader = MessageReader::new(recv);
+            loop {
+                match reader.next().await? {
+                    Some(Envelope { body: Some(Body::HelloAck(ack)) }) => {
+                        // The control stream stays open for heartbeats.
+                        let id = ack.identity.clone();
+                        let hb = heartbeat_loop(send, reader, self.spool.clone(), self.config.heartbeat_interval);
+                        tokio::spawn(async move {
+                            if let Err(e) = hb.await {
+                                tracing::debug!(error = %e, "heartbeat loop ended");
+                            }
+                        });
+                        spawn_rtt_probe(conn.clone(), self.metrics.clone(), self.status.clone());
+                        return Ok(id);
+                    }
+                    Some(Envelope { body: Some(Body::Goodbye(bye)) }) => return Err(UplinkError::Goodbye(bye.reason)),
+                    Some(_) => continue,
+                    None => return Err(UplinkError::HelloClosed),
+                }
+            }
+        };
+        match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
+            Ok(r) => r.map_err(|e| match e {
+                UplinkError::Link(LinkError::Connection(c)) | UplinkError::Lost(c) => {
+                    tracing::error!(
+                        central = %self.config.central, error = %c,
+                        "central ended the session during hello; if this says 'certificate', this box's \
+                         certificate is expired, revoked or not from the fleet CA"
+                    );
+                    UplinkError::Lost(c)
+                }
+                other => other,
+            }),
+            Err(_) => Err(UplinkError::HelloTimeout(HELLO_TIMEOUT)),
+        }
+    }
+
+    /// Leases and uploads items until the connection ends or `stop`.
+    async fn serve(&self, conn: &quinn::Connection, stop: &mut watch::Receiver<bool>) -> Result<(), UplinkError> {
+        let mut tasks: JoinSet<Lane> = JoinSet::new();
+        let mut in_flight = 0usize;
+        let max = self.config.max_in_flight;
+        loop {
+            // Fill the free slots, most urgent lane first.
+            loop {
+                let lanes: &[Lane] = if in_flight < max {
+                    &Lane::ALL
+                } else if in_flight < max + URGENT_EXTRA_SLOTS {
+                    &[Lane::Urgent]
+                } else {
+                    break;
+                };
+                let spool = self.spool.clone();
+                let lanes = lanes.to_vec();
+                let lease = tokio::task::spawn_blocking(move || spool.lease(&lanes))
+                    .await
+                    .map_err(|e| SpoolError::Damaged {
+                        upload_id: String::new(),
+                        detail: e.to_string(),
+                    })??;
+                let Some(lease) = lease else { break };
+                in_flight += 1;
+                tasks.spawn(upload_task(
+                    conn.clone(),
+                    self.spool.clone(),
+                    lease,
+                    self.config.chunk_size,
+                    self.metrics.clone(),
+                ));
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                // Items deferred or backing off become ready with time.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                Some(_) = tasks.join_next() => in_flight -= 1,
+                reason = conn.closed() => {
+                    // The tasks fail fast on a closed connection and
+                    // release their leases; wait for that.
+                    while tasks.join_next().await.is_some() {}
+                    return Err(UplinkError::Lost(reason));
+                }
+                _ = stop.changed() => {
+                    conn.close(0u32.into(), b"gateway stopping");
+                    while tasks.join_next().await.is_some() {}
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(
+    mut send: quinn::SendStream,
+    mut reader: MessageReader,
+    spool: Spool,
+    interval: Duration,
+) -> Result<(), UplinkError> {
+    let mut seq = 0u64;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                seq += 1;
+                let s = spool.clone();
+                let stats = tokio::task::spawn_blocking(move || s.stats()).await.ok().and_then(Result::ok);
+                let now = crate::now_ms();
+                let backlog = stats.map(|st| {
+                    Lane::ALL.iter().map(|&lane| {
+                        let l = &st.lanes[lane as usize];
+                        LaneBacklog {
+                            lane: wire_lane(lane) as i32,
+                            items: l.items,
+                            bytes: l.bytes,
+                            oldest_age_seconds: l.oldest_received_ms.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
+                        }
+                    }).collect()
+                }).unwrap_or_default();
+                let hb = Envelope::new(Body::Heartbeat(Heartbeat { seq, sent_unix_ms: now, backlog }));
+                write_message(&mut send, &hb).await?;
+            }
+            msg = reader.next() => match msg? {
+                Some(_) => {}
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+fn spawn_rtt_probe(conn: quinn::Connection, metrics: GatewayMetrics, status: watch::Sender<LinkStatus>) {
+    tokio::spawn(async move {
+        loop {
+            let rtt = conn.rtt().as_secs_f64();
+            metrics.link_rtt.set(rtt);
+            status.send_modify(|s| s.rtt_ms = Some(rtt * 1000.0));
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = conn.closed() => return,
+            }
+        }
+    });
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("central closed the upload stream without a verdict")]
+    NoVerdict,
+    #[error("upload protocol: {0}")]
+    Protocol(#[from] UploadError),
+    #[error("local payload: {0}")]
+    Payload(String),
+}
+
+/// Uploads one leased item and settles the lease.
+async fn upload_task(conn: quinn::Connection, spool: Spool, lease: Lease, chunk_size: usize, metrics: GatewayMetrics) -> Lane {
+    let lane = lease.lane;
+    let upload_id = lease.upload_id.clone();
+    let started = Instant::now();
+    let result = attempt(&conn, &spool, &lease, chunk_size, &metrics).await;
+    let settle = move || -> Result<(), SpoolError> {
+        match result {
+            Ok(UploadOutcome::Committed) => {
+                let size = lease.size;
+                spool.ack(lease)?;
+                metrics
+                    .uploaded_items
+                    .get_or_create(&LaneLabels { lane: lane.name().to_owned() })
+                    .inc();
+                tracing::debug!(upload = %upload_id, lane = %lane, size, seconds = started.elapsed().as_secs_f64(), "delivered");
+            }
+            Ok(UploadOutcome::Rejected { reason, detail, retryable }) => {
+                metrics.retry(&format!("rejected_{reason:?}").to_lowercase());
+                match reason {
+                    RejectReason::Unavailable | RejectReason::Forbidden => {
+                        tracing::warn!(upload = %upload_id, ?reason, %detail, "central cannot take the item now; retrying later");
+                        spool.defer(lease, UNAVAILABLE_DELAY, &detail)?;
+                    }
+                    RejectReason::TooLarge | RejectReason::InvalidOffer => {
+                        tracing::error!(upload = %upload_id, ?reason, %detail, "central refused the item; set aside for an operator");
+                        spool.dead_letter(lease, &format!("{reason:?}: {detail}"))?;
+                    }
+                    _ if retryable || reason == RejectReason::HashMismatch => {
+                        tracing::warn!(upload = %upload_id, ?reason, %detail, "upload rejected; will retry");
+                        spool.nack(lease, &format!("{reason:?}: {detail}"))?;
+                    }
+                    _ => {
+                        spool.dead_letter(lease, &format!("{reason:?}: {detail}"))?;
+                    }
+                }
+            }
+            Ok(UploadOutcome::TimedOut) => {
+                metrics.retry("timeout");
+                spool.release(lease)?;
+            }
+            Err(AttemptError::Link(e)) => {
+                metrics.retry("link");
+                tracing::debug!(upload = %upload_id, error = %e, "upload interrupted; will resume");
+                spool.release(lease)?;
+            }
+            Err(AttemptError::NoVerdict) => {
+                metrics.retry("no_verdict");
+                spool.release(lease)?;
+            }
+            Err(AttemptError::Protocol(e)) => {
+                metrics.retry("protocol");
+                tracing::warn!(upload = %upload_id, error = %e, "upload protocol error");
+                spool.nack(lease, &e.to_string())?;
+            }
+            Err(AttemptError::Payload(e)) => {
+                metrics.retry("payload");
+                tracing::error!(upload = %upload_id, error = %e, "spooled payload unreadable; set aside for an operator");
+                spool.dead_letter(lease, &e)?;
+            }
+        }
+        Ok(())
+    };
+    match tokio::task::spawn_blocking(settle).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot record upload result; the item will be retried"),
+        Err(e) => tracing::error!(error = %e, "upload settlement panicked"),
+    }
+    lane
+}
+
+async fn attempt(
+    conn: &quinn::Connection,
+    spool: &Spool,
+    lease: &Lease,
+    chunk_size: usize,
+    metrics: &GatewayMetrics,
+) -> Result<UploadOutcome, AttemptError> {
+    let payload = {
+        let spool = spool.clone();
+        let at = lease.payload_ref();
+        tokio::task::spawn_blocking(move || spool.open_payload(&at))
+            .await
+            .map_err(|e| AttemptError::Payload(e.to_string()))?
+            .map_err(|e| AttemptError::Payload(e.to_string()))?
+    };
+    let payload = Arc::new(payload);
+    let offer = Offer {
+        upload_id: lease.upload_id.clone(),
+        sha256: lease.sha256.to_vec(),
+        size: lease.size,
+        kind: lease.kind.clone(),
+        lane: wire_lane(lease.lane) as i32,
+        metadata: lease.metadata.clone(),
+        received_unix_ms: lease.received_ms,
+        source: lease.source.clone(),
+    };
+    let mut tx = UploadSender::new(offer, chunk_size, DEFAULT_IDLE_TIMEOUT, Instant::now())?;
+    let (mut send, recv) = conn.open_bi().await.map_err(LinkError::from)?;
+    let _ = send.set_priority(lane_priority(lease.lane));
+    let mut reader = MessageReader::new(recv);
+    loop {
+        if let Some(outcome) = tx.outcome() {
+            let _ = send.finish();
+            return Ok(outcome.clone());
+        }
+        let written = match tx.poll_transmit() {
+            Some(SenderTransmit::Message(env)) => write_message(&mut send, &env).await,
+            Some(SenderTransmit::Chunk { offset, len }) => {
+                let data = read_chunk(payload.clone(), offset, len).await?;
+                let env = Envelope::new(Body::Chunk(Chunk { offset, data }));
+                let r = write_message(&mut send, &env).await;
+                if r.is_ok() {
+                    metrics.uploaded_bytes.inc_by(len as u64);
+                }
+                r
+            }
+            None => {
+                let next = match tx.poll_timeout() {
+                    Some(deadline) => {
+                        match tokio::time::timeout_at(deadline.into(), reader.next()).await {
+                            Ok(r) => r?,
+                            Err(_) => {
+                                tx.handle_timeout(Instant::now());
+                                continue;
+                            }
+                        }
+                    }
+                    None => reader.next().await?,
+                };
+                match next {
+                    Some(env) => tx.handle_message(env, Instant::now())?,
+                    None => return Err(AttemptError::NoVerdict),
+                }
+                continue;
+            }
+        };
+        if let Err(e) = written {
+            // Central may have stopped the stream after rejecting: its
+            // verdict would be waiting on the receive side.
+            if let Ok(Ok(Some(env))) = tokio::time::timeout(Duration::from_secs(2), reader.next()).await {
+                tx.handle_message(env, Instant::now())?;
+                if tx.outcome().is_some() {
+                    continue;
+                }
+            }
+            return Err(AttemptError::Link(e));
+        }
+    }
+}
+
+async fn read_chunk(payload: Arc<Payload>, offset: u64, len: usize) -> Result<Bytes, AttemptError> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len];
+        payload
+            .read_exact_at(&mut buf, offset)
+            .map(|_| Bytes::from(buf))
+            .map_err(|e| AttemptError::Payload(format!("read at {offset}: {e}")))
+    })
+    .await
+    .map_err(|e| AttemptError::Payload(e.to_string()))?
+}
