@@ -1,1 +1,21 @@
+//! The bench: reproduces a clinic, its uplink and the hub on one machine.
+//!
+//! - [`fleet`]: a throwaway fleet CA with certificates for central and boxes.
+//! - [`configs`]: configuration files for central and gateways.
+//! - [`procs`]: the real `yilian-gateway` / `yilian-central` processes.
+//! - [`relay`]: a UDP relay between gateway and central that can cut the
+//!   link (black-hole) and re-map the gateway's address like a NAT would.
+//! - [`files`]: deterministic test payloads.
+//! - [`demo`], [`bench`]: the `yilian-rig demo` and `yilian-rig bench` jobs.
 
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod configs;
+pub mod demo;
+pub mod files;
+pub mod fleet;
+pub mod logs;
+pub mod procs;
+pub mod relay;
+pub mod scrape;

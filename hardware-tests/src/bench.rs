@@ -1,0 +1,267 @@
+//! `yilian-rig bench`: figures, not pass/fail. Each figure is printed beside
+//! an anchor measured in the same run on the same machine.
+//!
+//! - spool append of 4 KiB and 1 MiB items with durable commits, beside the
+//!   machine's raw `write + fdatasync` rate (group commit should let many
+//!   concurrent writers beat it);
+//! - bulk upload over loopback QUIC through the real gateway and central,
+//!   beside one raw quinn stream with the same TLS and transport settings.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use yilian_central::CentralConfig;
+use yilian_gateway::GatewayConfig;
+use yilian_link::{bind_udp, client_config, server_config};
+use yilian_spool::{Lane, NewItem, Spool, SpoolConfig};
+
+use crate::configs::{CentralSetup, GatewaySetup};
+use crate::fleet::Fleet;
+
+pub struct BenchOptions {
+    pub upload_mib: u64,
+    pub file_mib: u64,
+}
+
+#[derive(Default)]
+pub struct Report {
+    rows: Vec<(String, String, String)>,
+}
+
+impl Report {
+    fn row(&mut self, what: &str, figure: String, anchor: String) {
+        println!("{what:<52} {figure:<28} {anchor}");
+        self.rows.push((what.to_owned(), figure, anchor));
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::from("| benchmark | figure | anchor (same run) |\n|---|---|---|\n");
+        for (a, b, c) in &self.rows {
+            s.push_str(&format!("| {a} | {b} | {c} |\n"));
+        }
+        s
+    }
+}
+
+pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let dir = tempfile::Builder::new().prefix("yilian-bench-").tempdir_in(bench_dir())?;
+    println!("{:<52} {:<28} anchor", "benchmark", "figure");
+    spool_benches(dir.path(), &mut report).await?;
+    upload_benches(dir.path(), &opts, &mut report).await?;
+    Ok(report)
+}
+
+/// Benchmarks write real files: use the working directory's filesystem
+/// (tmpfs under /tmp would make fsync free and the figures meaningless).
+fn bench_dir() -> std::path::PathBuf {
+    std::env::var_os("YILIAN_BENCH_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| std::env::current_dir().unwrap_or_else(|_| ".".into()))
+}
+
+fn fsync_rate(dir: &std::path::Path, n: u32) -> anyhow::Result<f64> {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let t = Instant::now();
+    for _ in 0..n {
+        f.write_all(&block)?;
+        f.sync_data()?;
+    }
+    let rate = f64::from(n) / t.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(path)?;
+    Ok(rate)
+}
+
+async fn spool_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<()> {
+    let dir = dir.to_owned();
+    let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, String, String)>> {
+        let mut report_rows = Vec::new();
+        let fsyncs = fsync_rate(&dir, 300)?;
+        let anchor = format!("raw write+fdatasync: {fsyncs:.0}/s");
+
+        let spool = Spool::open(SpoolConfig::new(dir.join("spool-4k-1")))?;
+        let body = vec![0x42u8; 4096];
+        let n = 500;
+        let t = Instant::now();
+        for _ in 0..n {
+            spool.append(NewItem::new(Lane::Clinical, "bench", "bench"), &body)?;
+        }
+        let rate = f64::from(n) / t.elapsed().as_secs_f64();
+        report_rows.push(("spool append 4 KiB, 1 writer".to_owned(), format!("{rate:.0} items/s"), anchor.clone()));
+
+        let spool = Spool::open(SpoolConfig::new(dir.join("spool-4k-16")))?;
+        let per = 200;
+        let t = Instant::now();
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let spool = spool.clone();
+                let body = body.clone();
+                std::thread::spawn(move || -> Result<(), yilian_spool::SpoolError> {
+                    for _ in 0..per {
+                        spool.append(NewItem::new(Lane::Clinical, "bench", "bench"), &body)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        }
+        let rate = f64::from(16 * per) / t.elapsed().as_secs_f64();
+        report_rows.push(("spool append 4 KiB, 16 writers (group commit)".to_owned(), format!("{rate:.0} items/s"), anchor.clone()));
+
+        let spool = Spool::open(SpoolConfig::new(dir.join("spool-1m")))?;
+        let body = vec![0x42u8; 1024 * 1024];
+        let n = 100;
+        let t = Instant::now();
+        for _ in 0..n {
+            spool.append(NewItem::new(Lane::Bulk, "bench", "bench"), &body)?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        report_rows.push((
+            "spool append 1 MiB, 1 writer".to_owned(),
+            format!("{:.0} items/s, {:.0} MB/s", f64::from(n) / secs, f64::from(n) * 1.048_576 / secs),
+            anchor,
+        ));
+        Ok(report_rows)
+    })
+    .await??;
+    for (a, b, c) in rows {
+        report.row(&a, b, c);
+    }
+    Ok(())
+}
+
+async fn upload_benches(dir: &std::path::Path, opts: &BenchOptions, report: &mut Report) -> anyhow::Result<()> {
+    let fleet = Fleet::create(&dir.join("fleet"))?;
+    let ctls = fleet.central("localhost")?;
+    let gtls = fleet.gateway("bench/bench/box-1")?;
+    let total = opts.upload_mib * 1024 * 1024;
+
+    // Anchor: one raw quinn stream, same TLS and transport settings.
+    let raw = raw_quinn(&ctls, &gtls, total).await?;
+    let raw_mbs = total as f64 / 1e6 / raw.as_secs_f64();
+
+    // The product: items already in the gateway's spool, uploaded to a real
+    // central that verifies and stores them durably.
+    let spool_dir = dir.join("gateway-spool");
+    let files = (opts.upload_mib / opts.file_mib).max(1);
+    let file_mib = opts.file_mib;
+    let file_bytes = file_mib * 1024 * 1024;
+    {
+        let spool_dir = spool_dir.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let spool = Spool::open(SpoolConfig::new(&spool_dir))?;
+            let block: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+            for f in 0..files {
+                let mut w = spool.writer(NewItem::new(Lane::Bulk, "bench", "bench"))?;
+                for b in 0..file_mib {
+                    // Vary content per file so every item has its own hash.
+                    let mut blk = block.clone();
+                    blk[..8].copy_from_slice(&(f * 1_000_000 + b).to_le_bytes());
+                    w.write_bytes(&blk)?;
+                }
+                w.commit()?;
+            }
+            Ok(())
+        })
+        .await??;
+    }
+    let central_setup = CentralSetup {
+        listen: "127.0.0.1:0".parse()?,
+        metrics: "127.0.0.1:0".parse()?,
+        data_dir: dir.join("central-data"),
+        tls: ctls,
+    };
+    let ct = dir.join("central.toml");
+    std::fs::write(&ct, central_setup.toml())?;
+    let central = yilian_central::start(CentralConfig::load(&ct)?).await?;
+    let gw_setup = GatewaySetup {
+        central: central.quic_addr.to_string(),
+        server_name: "localhost".into(),
+        spool_dir,
+        metrics: "127.0.0.1:0".parse()?,
+        tls: gtls,
+        folders: vec![],
+        idle_timeout_ms: None,
+        reconnect_max_ms: 2000,
+        quota_bytes: None,
+    };
+    let gt = dir.join("gateway.toml");
+    std::fs::write(&gt, gw_setup.toml())?;
+    let t = Instant::now();
+    let gateway = yilian_gateway::start(GatewayConfig::load(&gt)?).await?;
+    let store = central.store.clone();
+    loop {
+        let s = store.clone();
+        let n = tokio::task::spawn_blocking(move || s.items(None, None)).await??.len() as u64;
+        if n >= files {
+            break;
+        }
+        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "upload benchmark stalled at {n} of {files} items");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let mbs = (files * file_bytes) as f64 / 1e6 / secs;
+    gateway.shutdown().await;
+    central.shutdown().await;
+    report.row(
+        &format!("bulk upload, {files} × {} MiB, loopback, durable", opts.file_mib),
+        format!("{mbs:.0} MB/s ({secs:.1} s)"),
+        format!("raw quinn stream, same TLS: {raw_mbs:.0} MB/s"),
+    );
+    Ok(())
+}
+
+/// Sends `total` bytes over one quinn stream and waits for the receiver to
+/// have read them all.
+async fn raw_quinn(ctls: &yilian_link::TlsFiles, gtls: &yilian_link::TlsFiles, total: u64) -> anyhow::Result<Duration> {
+    let server = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config(ctls)?),
+        bind_udp("127.0.0.1:0".parse()?)?,
+        quinn::default_runtime().context("runtime")?,
+    )?;
+    let addr = server.local_addr()?;
+    let recv_task = tokio::spawn(async move {
+        let conn = server.accept().await.context("no connection")?.await?;
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let mut n = 0u64;
+        while let Some(chunk) = recv.read_chunk(1 << 20, true).await? {
+            n += chunk.bytes.len() as u64;
+        }
+        send.write_all(&n.to_be_bytes()).await?;
+        send.finish()?;
+        conn.closed().await;
+        anyhow::Ok(n)
+    });
+    let mut client = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        bind_udp("127.0.0.1:0".parse()?)?,
+        quinn::default_runtime().context("runtime")?,
+    )?;
+    client.set_default_client_config(client_config(gtls)?);
+    let conn = client.connect(addr, "localhost")?.await?;
+    let block = bytes::Bytes::from(vec![0x42u8; 256 * 1024]);
+    let t = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut left = total;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        send.write_chunk(block.slice(..n)).await?;
+        left -= n as u64;
+    }
+    send.finish()?;
+    let mut ack = [0u8; 8];
+    recv.read_exact(&mut ack).await?;
+    let elapsed = t.elapsed();
+    conn.close(0u32.into(), b"done");
+    let received = recv_task.await??;
+    anyhow::ensure!(received == total, "raw stream delivered {received} of {total} bytes");
+    Ok(elapsed)
+}

@@ -1,0 +1,100 @@
+//! Configuration files for bench processes, written as a county admin
+//! would write them.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use yilian_link::TlsFiles;
+
+fn q(p: &Path) -> String {
+    // TOML basic strings: escape backslashes and quotes.
+    p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+pub struct CentralSetup {
+    pub listen: SocketAddr,
+    pub metrics: SocketAddr,
+    pub data_dir: PathBuf,
+    pub tls: TlsFiles,
+}
+
+impl CentralSetup {
+    pub fn toml(&self) -> String {
+        format!(
+            "[server]\nlisten = \"{}\"\ndata_dir = \"{}\"\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n[metrics]\nlisten = \"{}\"\n",
+            self.listen,
+            q(&self.data_dir),
+            q(&self.tls.ca),
+            q(&self.tls.cert),
+            q(&self.tls.key),
+            self.metrics
+        )
+    }
+}
+
+pub struct FolderSetup {
+    pub name: String,
+    pub path: PathBuf,
+    pub lane: &'static str,
+    pub settle_ms: u64,
+}
+
+pub struct GatewaySetup {
+    pub central: String,
+    pub server_name: String,
+    pub spool_dir: PathBuf,
+    pub metrics: SocketAddr,
+    pub tls: TlsFiles,
+    pub folders: Vec<FolderSetup>,
+    pub idle_timeout_ms: Option<u64>,
+    pub reconnect_max_ms: u64,
+    pub quota_bytes: Option<u64>,
+}
+
+impl GatewaySetup {
+    pub fn toml(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "[spool]\ndir = \"{}\"", q(&self.spool_dir));
+        if let Some(quota) = self.quota_bytes {
+            let _ = writeln!(s, "quota_bytes = {quota}");
+        }
+        let _ = writeln!(
+            s,
+            "\n[uplink]\ncentral = \"{}\"\nserver_name = \"{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\nheartbeat_interval = \"2s\"\nreconnect_max = \"{}ms\"",
+            self.central,
+            self.server_name,
+            q(&self.tls.ca),
+            q(&self.tls.cert),
+            q(&self.tls.key),
+            self.reconnect_max_ms
+        );
+        if let Some(ms) = self.idle_timeout_ms {
+            let _ = writeln!(s, "idle_timeout = \"{ms}ms\"");
+        }
+        let _ = writeln!(s, "\n[metrics]\nlisten = \"{}\"", self.metrics);
+        for f in &self.folders {
+            let _ = writeln!(
+                s,
+                "\n[[folder]]\nname = \"{}\"\npath = \"{}\"\nlane = \"{}\"\nsettle = \"{}ms\"\npoll_interval = \"200ms\"",
+                f.name,
+                q(&f.path),
+                f.lane,
+                f.settle_ms
+            );
+        }
+        s
+    }
+}
+
+/// A free TCP port on loopback (for metrics listeners of child processes).
+pub fn free_tcp_port() -> std::io::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    l.local_addr()
+}
+
+/// A free UDP port on loopback (for central's QUIC listener).
+pub fn free_udp_port() -> std::io::Result<SocketAddr> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    s.local_addr()
+}

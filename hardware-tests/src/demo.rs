@@ -1,0 +1,150 @@
+//! `yilian-rig demo`: a central and a gateway on loopback with embedded
+//! defaults and fresh certificates; sample files go through the drop folder
+//! and the listing of what arrived at central is printed.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use yilian_central::CentralConfig;
+use yilian_gateway::GatewayConfig;
+
+use crate::configs::{CentralSetup, FolderSetup, GatewaySetup};
+use crate::fleet::Fleet;
+
+pub struct DemoOptions {
+    /// Where to keep everything; a temporary directory when `None`.
+    pub dir: Option<PathBuf>,
+    /// Exit after the samples arrived instead of running until Ctrl-C.
+    pub exit: bool,
+}
+
+/// Sample payloads written by this project (no patient data): an HL7 lab
+/// result, a PDF ECG report, a DICOM Part-10 file and a bulk export.
+fn samples() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let hl7 = "MSH|^~\\&|LAB|DEMO-CLINIC|LIS|COUNTY|20261123093000||ORU^R01^ORU_R01|MSG00001|P|2.5.1\r\
+               PID|1||DEMO0001^^^DEMO||DEMO^PATIENT\r\
+               OBR|1||ORD1|718-7^Hemoglobin^LN\r\
+               OBX|1|NM|718-7^Hemoglobin^LN||135|g/L|130-175|N|||F\r"
+        .as_bytes()
+        .to_vec();
+    let pdf = b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Count 0/Kids[]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n".to_vec();
+    let mut dicom = vec![0u8; 128];
+    dicom.extend_from_slice(b"DICM");
+    // (0002,0010) Transfer Syntax UID, explicit VR: Explicit VR Little Endian.
+    let ts = b"1.2.840.10008.1.2.1\0";
+    dicom.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I', ts.len() as u8, 0]);
+    dicom.extend_from_slice(ts);
+    let bulk: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    vec![
+        ("ecg", "ecg-report-0001.pdf", pdf),
+        ("lab", "oru-0001.hl7", hl7),
+        ("imaging", "CT0001.dcm", dicom),
+        ("imaging", "export-0001.bin", bulk),
+    ]
+}
+
+pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    let tmp;
+    let dir: PathBuf = match opts.dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d)?;
+            d
+        }
+        None => {
+            tmp = tempfile::Builder::new().prefix("yilian-demo-").tempdir()?;
+            tmp.path().to_owned()
+        }
+    };
+    println!("Yilian demo in {}", dir.display());
+    let fleet = Fleet::create(&dir).context("creating the fleet CA")?;
+    let identity = "demo-county/demo-clinic/box-1";
+
+    let central_setup = CentralSetup {
+        listen: "127.0.0.1:0".parse()?,
+        metrics: "127.0.0.1:0".parse()?,
+        data_dir: dir.join("central-data"),
+        tls: fleet.central("localhost")?,
+    };
+    let central_toml = dir.join("central.toml");
+    std::fs::write(&central_toml, central_setup.toml())?;
+    let central = yilian_central::start(CentralConfig::load(&central_toml)?).await?;
+
+    let drop_root = dir.join("drop");
+    let folder = |name: &str, lane| FolderSetup {
+        name: name.to_owned(),
+        path: drop_root.join(name),
+        lane,
+        settle_ms: 1000,
+    };
+    let gateway_setup = GatewaySetup {
+        central: central.quic_addr.to_string(),
+        server_name: "localhost".into(),
+        spool_dir: dir.join("gateway-spool"),
+        metrics: "127.0.0.1:0".parse()?,
+        tls: fleet.gateway(identity)?,
+        folders: vec![folder("ecg", "clinical"), folder("lab", "clinical"), folder("imaging", "bulk")],
+        idle_timeout_ms: None,
+        reconnect_max_ms: 5000,
+        quota_bytes: None,
+    };
+    let gateway_toml = dir.join("gateway.toml");
+    std::fs::write(&gateway_toml, gateway_setup.toml())?;
+    let gateway = yilian_gateway::start(GatewayConfig::load(&gateway_toml)?).await?;
+
+    let samples = samples();
+    for (folder, name, data) in &samples {
+        let path = drop_root.join(folder);
+        std::fs::create_dir_all(&path)?;
+        std::fs::write(path.join(name), data)?;
+        println!("  dropped {:<18} into drop/{folder:<8} ({} bytes)", name, data.len());
+    }
+
+    let started = Instant::now();
+    let store = central.store.clone();
+    loop {
+        let s = store.clone();
+        let n = tokio::task::spawn_blocking(move || s.items(None, None)).await??.len();
+        if n >= samples.len() {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "only {n} of {} samples reached central; see the log above",
+            samples.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("\nArrived at central after {:.1} s:", started.elapsed().as_secs_f64());
+    let s = store.clone();
+    for item in tokio::task::spawn_blocking(move || s.items(None, None)).await?? {
+        println!(
+            "  {:<30} {:<8} {:<9} {:>9} B  sha256 {}…  from {}",
+            item.gateway,
+            item.kind,
+            item.lane,
+            item.size,
+            &item.sha256[..16],
+            item.source
+        );
+    }
+    let bin = |name: &str| exe_hint(name);
+    println!("\nMetrics:  gateway http://{}/metrics   central http://{}/metrics", gateway.metrics_addr, central.metrics_addr);
+    println!("Status:   {} status --config {}", bin("yilian-gateway"), gateway_toml.display());
+    println!("Items:    {} items --config {} --json", bin("yilian-central"), central_toml.display());
+
+    if !opts.exit {
+        println!("\nDrop more files into {}/{{ecg,lab,imaging}}; Ctrl-C to stop.", drop_root.display());
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    gateway.shutdown().await;
+    central.shutdown().await;
+    Ok(())
+}
+
+fn exe_hint(name: &str) -> String {
+    crate::procs::binary(name)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| format!("cargo run --release -p {name} --"))
+}
+
