@@ -109,7 +109,8 @@ mod tests {
     #[test]
     fn unknown_key_is_named_with_its_line() {
         let text = "[server]\nlisten = \"127.0.0.1:4433\"\ndata_dir = \"d\"\nlisen = 1\n[tls]\nca=\"a\"\ncert=\"b\"\nkey=\"c\"\n";
-        let err = CentralConfig::parse(text, Path::new("/etc/yilian/central.toml")).expect_err("unknown key");
+        let err = CentralConfig::parse(text, Path::new("/etc/yilian/central.toml"))
+            .expect_err("unknown key");
         let msg = err.to_string();
         assert!(msg.contains("central.toml"), "{msg}");
         assert!(msg.contains("lisen"), "{msg}");

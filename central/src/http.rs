@@ -12,7 +12,10 @@ use crate::metrics::CentralMetrics;
 
 async fn metrics(State(m): State<CentralMetrics>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         m.encode(),
     )
 }
@@ -21,7 +24,10 @@ async fn metrics(State(m): State<CentralMetrics>) -> impl IntoResponse {
 pub async fn bind(
     addr: SocketAddr,
     m: CentralMetrics,
-) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>>,
+)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let app = Router::new().route("/metrics", get(metrics)).with_state(m);

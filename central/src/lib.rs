@@ -1,8 +1,8 @@
 //! Yilian central: the hub every clinic gateway uploads to.
 //!
-//! - [`config`]: `central.toml`.
-//! - [`store`]: the durable ingest store (SQLite + content-addressed blobs).
-//! - [`server`]: the QUIC listener and the per-stream protocol drivers.
+//! - [`config`] — `central.toml`.
+//! - [`store`] — the durable ingest store (SQLite + content-addressed blobs).
+//! - [`server`] — the QUIC listener and the per-stream protocol drivers.
 //! - [`metrics`], [`http`]: Prometheus metrics, including per-gateway series.
 
 #![forbid(unsafe_code)]
@@ -37,7 +37,8 @@ pub struct Running {
 
 impl Running {
     pub async fn shutdown(self) {
-        self.endpoint.close(server::close::SHUTDOWN.into(), b"central shutting down");
+        self.endpoint
+            .close(server::close::SHUTDOWN.into(), b"central shutting down");
         let _ = self.stop.send(true);
         let _ = self.task.await;
         self.endpoint.wait_idle().await;
@@ -57,7 +58,10 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
     for gw in store.gateways()? {
         if let Ok(id) = yilian_protocol::BoxIdentity::parse(&gw.identity) {
             let labels = GatewayLabels::of(&id);
-            metrics.gateway_last_seen.get_or_create(&labels).set(gw.last_seen_ms as f64 / 1000.0);
+            metrics
+                .gateway_last_seen
+                .get_or_create(&labels)
+                .set(gw.last_seen_ms as f64 / 1000.0);
             metrics.gateway_link_up.get_or_create(&labels).set(0);
         }
     }
@@ -80,7 +84,11 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding the metrics listener on {}", config.metrics.listen))?;
 
-    let shared = server::Shared::new(store.clone(), metrics.clone(), config.server.max_upload_bytes);
+    let shared = server::Shared::new(
+        store.clone(),
+        metrics.clone(),
+        config.server.max_upload_bytes,
+    );
     let (stop, mut stopped) = watch::channel(false);
     let ep = endpoint.clone();
     let task = tokio::spawn(async move {

@@ -10,7 +10,11 @@ use yilian_central::CentralConfig;
 use yilian_central::store::Store;
 
 #[derive(Parser)]
-#[command(name = "yilian-central", version, about = "The Yilian hub: receives what clinic gateways upload")]
+#[command(
+    name = "yilian-central",
+    version,
+    about = "The Yilian hub: receives what clinic gateways upload"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,7 +29,11 @@ enum Command {
     },
     /// List received items.
     Items {
-        #[arg(long, default_value = "/etc/yilian/central.toml", conflicts_with = "data_dir")]
+        #[arg(
+            long,
+            default_value = "/etc/yilian/central.toml",
+            conflicts_with = "data_dir"
+        )]
         config: PathBuf,
         /// Read this data directory instead of the one in the config.
         #[arg(long)]
@@ -41,7 +49,11 @@ enum Command {
     },
     /// List the gateways central has heard from.
     Gateways {
-        #[arg(long, default_value = "/etc/yilian/central.toml", conflicts_with = "data_dir")]
+        #[arg(
+            long,
+            default_value = "/etc/yilian/central.toml",
+            conflicts_with = "data_dir"
+        )]
         config: PathBuf,
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -62,7 +74,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // `items | head` closing the pipe early is not an error.
-        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) => {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -72,7 +87,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn data_dir(config: &PathBuf, data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+fn data_dir(config: &std::path::Path, data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     match data_dir {
         Some(d) => Ok(d),
         None => Ok(CentralConfig::load(config)?.server.data_dir),
@@ -83,7 +98,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let config = CentralConfig::load(&config)?;
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 let running = yilian_central::start(config).await?;
                 shutdown_signal().await;
@@ -100,7 +117,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             limit,
         } => {
             let dir = data_dir(&config, dir)?;
-            let store = Store::open_read_only(&dir).with_context(|| format!("opening {}", dir.display()))?;
+            let store = Store::open_read_only(&dir)
+                .with_context(|| format!("opening {}", dir.display()))?;
             let items = store.items(gateway.as_deref(), limit)?;
             let mut out = std::io::stdout().lock();
             if json {
@@ -108,7 +126,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     writeln!(out, "{}", serde_json::to_string(&item)?)?;
                 }
             } else {
-                writeln!(out, "{:<24} {:<8} {:<9} {:>12}  {:<16}  {:<24} RECEIVED", "GATEWAY", "KIND", "LANE", "SIZE", "SHA256", "SOURCE")?;
+                writeln!(
+                    out,
+                    "{:<24} {:<8} {:<9} {:>12}  {:<16}  {:<24} RECEIVED",
+                    "GATEWAY", "KIND", "LANE", "SIZE", "SHA256", "SOURCE"
+                )?;
                 for i in items {
                     writeln!(
                         out,
@@ -125,7 +147,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Gateways { config, data_dir: dir, json } => {
+        Command::Gateways {
+            config,
+            data_dir: dir,
+            json,
+        } => {
             let dir = data_dir(&config, dir)?;
             let store = Store::open_read_only(&dir)?;
             let mut out = std::io::stdout().lock();
@@ -133,7 +159,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&g)?)?;
                 } else {
-                    writeln!(out, "{:<32} last seen {} ms, software {}", g.identity, g.last_seen_ms, g.software_version)?;
+                    writeln!(
+                        out,
+                        "{:<32} last seen {} ms, software {}",
+                        g.identity, g.last_seen_ms, g.software_version
+                    )?;
                 }
             }
             Ok(())
@@ -145,13 +175,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -134,7 +134,11 @@ impl CentralMetrics {
             "When central last heard from the gateway (hello or heartbeat)",
             m.gateway_last_seen.clone(),
         );
-        r.register("yilian_gateway_link_up", "Whether the gateway is connected now", m.gateway_link_up.clone());
+        r.register(
+            "yilian_gateway_link_up",
+            "Whether the gateway is connected now",
+            m.gateway_link_up.clone(),
+        );
         r.register(
             "yilian_gateway_backlog_items",
             "Items waiting on the gateway, by lane, as of its last heartbeat",

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use yilian_link::{LinkError, MessageReader, peer_identity, write_message};
-use yilian_protocol::messages::{Envelope, HeartbeatAck, HelloAck, Offer, RejectReason, envelope::Body};
+use yilian_protocol::messages::{
+    Envelope, HeartbeatAck, HelloAck, Offer, RejectReason, envelope::Body,
+};
 use yilian_protocol::upload::{DEFAULT_IDLE_TIMEOUT, ReceiverEvent, UploadReceiver};
 use yilian_protocol::{BoxIdentity, Lane, SUPPORTED_VERSIONS};
 
@@ -123,7 +125,10 @@ async fn handle_connection(conn: quinn::Connection, remote: SocketAddr, shared: 
     }
     shared.metrics.connections.dec();
     let mut conns = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
-    if conns.get(&identity).is_some_and(|c| c.stable_id() == conn.stable_id()) {
+    if conns
+        .get(&identity)
+        .is_some_and(|c| c.stable_id() == conn.stable_id())
+    {
         conns.remove(&identity);
         shared.metrics.gateway_link_up.get_or_create(&labels).set(0);
     }
@@ -154,7 +159,9 @@ async fn handle_stream(
         Some(Body::Offer(_)) => upload_stream(first, send, reader, identity, shared).await,
         _ => {
             let _ = send.reset(close::PROTOCOL.into());
-            Err(StreamError::Protocol("stream must start with Hello or Offer".into()))
+            Err(StreamError::Protocol(
+                "stream must start with Hello or Offer".into(),
+            ))
         }
     }
 }
@@ -170,8 +177,10 @@ async fn control_stream(
         return Err(StreamError::Protocol("expected Hello".into()));
     };
     let labels = GatewayLabels::of(identity);
-    let Some(version) = yilian_protocol::version::negotiate(SUPPORTED_VERSIONS, hello.protocol_min..=hello.protocol_max)
-    else {
+    let Some(version) = yilian_protocol::version::negotiate(
+        SUPPORTED_VERSIONS,
+        hello.protocol_min..=hello.protocol_max,
+    ) else {
         tracing::warn!(
             gateway = %identity,
             gateway_versions = ?(hello.protocol_min..=hello.protocol_max),
@@ -205,15 +214,35 @@ async fn control_stream(
             Some(Body::Heartbeat(hb)) => {
                 touch(shared, identity, None).await;
                 let now = crate::store::now_ms();
-                shared.metrics.gateway_last_seen.get_or_create(&labels).set(now as f64 / 1000.0);
+                shared
+                    .metrics
+                    .gateway_last_seen
+                    .get_or_create(&labels)
+                    .set(now as f64 / 1000.0);
                 for b in &hb.backlog {
                     let lane = Lane::try_from(b.lane).unwrap_or(Lane::Bulk).name();
                     let l = labels.with_lane(lane);
-                    shared.metrics.gateway_backlog_items.get_or_create(&l).set(b.items as i64);
-                    shared.metrics.gateway_backlog_bytes.get_or_create(&l).set(b.bytes as i64);
-                    shared.metrics.gateway_oldest_age.get_or_create(&l).set(b.oldest_age_seconds);
+                    shared
+                        .metrics
+                        .gateway_backlog_items
+                        .get_or_create(&l)
+                        .set(b.items as i64);
+                    shared
+                        .metrics
+                        .gateway_backlog_bytes
+                        .get_or_create(&l)
+                        .set(b.bytes as i64);
+                    shared
+                        .metrics
+                        .gateway_oldest_age
+                        .get_or_create(&l)
+                        .set(b.oldest_age_seconds);
                 }
-                write_message(&mut send, &Envelope::new(Body::HeartbeatAck(HeartbeatAck { seq: hb.seq }))).await?;
+                write_message(
+                    &mut send,
+                    &Envelope::new(Body::HeartbeatAck(HeartbeatAck { seq: hb.seq })),
+                )
+                .await?;
             }
             Some(Body::Goodbye(bye)) => {
                 tracing::info!(gateway = %identity, reason = %bye.reason, "gateway said goodbye");
@@ -259,10 +288,10 @@ fn spawn_sink(
         while let Some(msg) = rx.blocking_recv() {
             match msg {
                 SinkMsg::Data(data) => {
-                    if failed.is_none() {
-                        if let Err(e) = partial.append(&data) {
-                            failed = Some(e);
-                        }
+                    if failed.is_none()
+                        && let Err(e) = partial.append(&data)
+                    {
+                        failed = Some(e);
                     }
                 }
                 SinkMsg::Commit(reply) => {
@@ -286,7 +315,11 @@ async fn upload_stream(
     identity: &BoxIdentity,
     shared: &Shared,
 ) -> Result<(), StreamError> {
-    let mut rx = UploadReceiver::new(shared.max_upload_bytes, DEFAULT_IDLE_TIMEOUT, Instant::now());
+    let mut rx = UploadReceiver::new(
+        shared.max_upload_bytes,
+        DEFAULT_IDLE_TIMEOUT,
+        Instant::now(),
+    );
     rx.handle_message(first, Instant::now())
         .map_err(|e| StreamError::Protocol(e.to_string()))?;
     let mut sink: Option<mpsc::Sender<SinkMsg>> = None;
@@ -315,60 +348,110 @@ async fn upload_stream(
                     match opened {
                         Ok(Ok((held, partial))) => {
                             if let Some(p) = partial {
-                                if p.len() > 0 {
+                                if !p.is_empty() {
                                     tracing::info!(gateway = %identity, upload = %offer.upload_id, offset = p.len(), size = offer.size, "resuming upload");
                                 }
-                                sink = Some(spawn_sink(shared.store.clone(), identity.clone(), offer.clone(), p, guard));
+                                sink = Some(spawn_sink(
+                                    shared.store.clone(),
+                                    identity.clone(),
+                                    offer.clone(),
+                                    p,
+                                    guard,
+                                ));
                             }
-                            rx.held(held).map_err(|e| StreamError::Protocol(e.to_string()))?;
+                            rx.held(held)
+                                .map_err(|e| StreamError::Protocol(e.to_string()))?;
                         }
                         Ok(Err(e)) => {
                             tracing::error!(gateway = %identity, error = %e, "cannot open upload in the store");
-                            reject(shared, &mut rx, RejectReason::Unavailable, &e.to_string(), true);
+                            reject(
+                                shared,
+                                &mut rx,
+                                RejectReason::Unavailable,
+                                &e.to_string(),
+                                true,
+                            );
                         }
                         Err(e) => {
-                            reject(shared, &mut rx, RejectReason::Unavailable, &e.to_string(), true);
+                            reject(
+                                shared,
+                                &mut rx,
+                                RejectReason::Unavailable,
+                                &e.to_string(),
+                                true,
+                            );
                         }
                     }
                 }
                 ReceiverEvent::Data { data, .. } => {
                     shared.metrics.bytes_received.inc_by(data.len() as u64);
                     bytes_this_stream += data.len() as u64;
-                    if let Some(s) = &sink {
-                        if s.send(SinkMsg::Data(data)).await.is_err() {
-                            reject(shared, &mut rx, RejectReason::Unavailable, "store writer stopped", true);
-                        }
+                    if let Some(s) = &sink
+                        && s.send(SinkMsg::Data(data)).await.is_err()
+                    {
+                        reject(
+                            shared,
+                            &mut rx,
+                            RejectReason::Unavailable,
+                            "store writer stopped",
+                            true,
+                        );
                     }
                 }
                 ReceiverEvent::Complete => {
                     let (tx, reply) = oneshot::channel();
                     let result = match sink.take() {
-                        Some(s) if s.send(SinkMsg::Commit(tx)).await.is_ok() => reply
-                            .await
-                            .unwrap_or_else(|_| Err(StoreError::SizeMismatch { expected: 0, got: 0 })),
-                        _ => Err(StoreError::SizeMismatch { expected: 0, got: 0 }),
+                        Some(s) if s.send(SinkMsg::Commit(tx)).await.is_ok() => {
+                            reply.await.unwrap_or_else(|_| {
+                                Err(StoreError::SizeMismatch {
+                                    expected: 0,
+                                    got: 0,
+                                })
+                            })
+                        }
+                        _ => Err(StoreError::SizeMismatch {
+                            expected: 0,
+                            got: 0,
+                        }),
                     };
                     match result {
                         Ok(row) => {
                             shared
                                 .metrics
                                 .items_committed
-                                .get_or_create(&LaneLabels { lane: row.lane.clone() })
+                                .get_or_create(&LaneLabels {
+                                    lane: row.lane.clone(),
+                                })
                                 .inc();
                             shared.metrics.bytes_committed.inc_by(row.size);
                             tracing::info!(
                                 gateway = %identity, upload = %row.upload_id, kind = %row.kind, lane = %row.lane,
                                 size = row.size, received_on_this_stream = bytes_this_stream, "committed"
                             );
-                            rx.committed().map_err(|e| StreamError::Protocol(e.to_string()))?;
+                            rx.committed()
+                                .map_err(|e| StreamError::Protocol(e.to_string()))?;
                         }
-                        Err(e @ (StoreError::HashMismatch { .. } | StoreError::SizeMismatch { .. })) => {
+                        Err(
+                            e @ (StoreError::HashMismatch { .. } | StoreError::SizeMismatch { .. }),
+                        ) => {
                             tracing::warn!(gateway = %identity, error = %e, "upload failed verification; it will restart from zero");
-                            reject(shared, &mut rx, RejectReason::HashMismatch, &e.to_string(), true);
+                            reject(
+                                shared,
+                                &mut rx,
+                                RejectReason::HashMismatch,
+                                &e.to_string(),
+                                true,
+                            );
                         }
                         Err(e) => {
                             tracing::error!(gateway = %identity, error = %e, "cannot store upload");
-                            reject(shared, &mut rx, RejectReason::Unavailable, &e.to_string(), true);
+                            reject(
+                                shared,
+                                &mut rx,
+                                RejectReason::Unavailable,
+                                &e.to_string(),
+                                true,
+                            );
                         }
                     }
                 }
@@ -411,7 +494,13 @@ async fn upload_stream(
     }
 }
 
-fn reject(shared: &Shared, rx: &mut UploadReceiver, reason: RejectReason, detail: &str, retryable: bool) {
+fn reject(
+    shared: &Shared,
+    rx: &mut UploadReceiver,
+    reason: RejectReason,
+    detail: &str,
+    retryable: bool,
+) {
     shared
         .metrics
         .rejections

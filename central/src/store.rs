@@ -49,7 +49,9 @@ fn io<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) 
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync directory", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory", dir))
 }
 
 const SCHEMA: &str = "
@@ -123,7 +125,9 @@ struct StoreInner {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("data_dir", &self.inner.data_dir).finish()
+        f.debug_struct("Store")
+            .field("data_dir", &self.inner.data_dir)
+            .finish()
     }
 }
 
@@ -195,7 +199,10 @@ impl Store {
     }
 
     pub fn blob_path(&self, sha_hex: &str) -> PathBuf {
-        self.inner.blob_dir.join(&sha_hex[..2.min(sha_hex.len())]).join(sha_hex)
+        self.inner
+            .blob_dir
+            .join(&sha_hex[..2.min(sha_hex.len())])
+            .join(sha_hex)
     }
 
     /// What central holds of an offered upload.
@@ -218,7 +225,12 @@ impl Store {
 
     /// Opens the partial file of an upload for appending at `offset`, with
     /// the hash primed over the bytes already held.
-    pub fn open_partial(&self, gateway: &BoxIdentity, offer: &Offer, offset: u64) -> Result<PartialUpload, StoreError> {
+    pub fn open_partial(
+        &self,
+        gateway: &BoxIdentity,
+        offer: &Offer,
+        offset: u64,
+    ) -> Result<PartialUpload, StoreError> {
         let path = self.partial_path(gateway, &offer.upload_id);
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(io("create", parent))?;
@@ -230,7 +242,8 @@ impl Store {
             .truncate(false)
             .open(&path)
             .map_err(io("open partial upload", &path))?;
-        file.set_len(offset).map_err(io("truncate partial upload", &path))?;
+        file.set_len(offset)
+            .map_err(io("truncate partial upload", &path))?;
         let mut hasher = Sha256::new();
         if offset > 0 {
             file.seek(SeekFrom::Start(0)).map_err(io("seek", &path))?;
@@ -238,12 +251,14 @@ impl Store {
             let mut left = offset;
             while left > 0 {
                 let n = (left as usize).min(buf.len());
-                file.read_exact(&mut buf[..n]).map_err(io("read partial upload", &path))?;
+                file.read_exact(&mut buf[..n])
+                    .map_err(io("read partial upload", &path))?;
                 hasher.update(&buf[..n]);
                 left -= n as u64;
             }
         }
-        file.seek(SeekFrom::Start(offset)).map_err(io("seek", &path))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(io("seek", &path))?;
         Ok(PartialUpload {
             path,
             file,
@@ -254,7 +269,12 @@ impl Store {
 
     /// Verifies a complete upload and stores it durably. On a hash or size
     /// mismatch the partial file is removed, so a retry starts from zero.
-    pub fn commit(&self, gateway: &BoxIdentity, offer: &Offer, partial: PartialUpload) -> Result<ItemRow, StoreError> {
+    pub fn commit(
+        &self,
+        gateway: &BoxIdentity,
+        offer: &Offer,
+        partial: PartialUpload,
+    ) -> Result<ItemRow, StoreError> {
         let PartialUpload {
             path,
             file,
@@ -292,7 +312,12 @@ impl Store {
         self.insert_row(gateway, offer, &got)
     }
 
-    fn insert_row(&self, gateway: &BoxIdentity, offer: &Offer, sha_hex: &str) -> Result<ItemRow, StoreError> {
+    fn insert_row(
+        &self,
+        gateway: &BoxIdentity,
+        offer: &Offer,
+        sha_hex: &str,
+    ) -> Result<ItemRow, StoreError> {
         let lane = Lane::try_from(offer.lane).unwrap_or(Lane::Bulk).name();
         let metadata = serde_json::to_string(&offer.metadata).unwrap_or_else(|_| "{}".into());
         let committed = now_ms();
@@ -328,7 +353,11 @@ impl Store {
     }
 
     /// Records that a gateway said hello or sent a heartbeat.
-    pub fn touch_gateway(&self, gateway: &BoxIdentity, software_version: Option<&str>) -> Result<(), StoreError> {
+    pub fn touch_gateway(
+        &self,
+        gateway: &BoxIdentity,
+        software_version: Option<&str>,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         self.db().execute(
             "INSERT INTO gateways(identity, county, clinic, box, first_seen_ms, last_seen_ms, software_version)
@@ -367,7 +396,11 @@ impl Store {
     }
 
     /// Committed items, oldest first, optionally of one gateway.
-    pub fn items(&self, gateway: Option<&str>, limit: Option<u64>) -> Result<Vec<ItemRow>, StoreError> {
+    pub fn items(
+        &self,
+        gateway: Option<&str>,
+        limit: Option<u64>,
+    ) -> Result<Vec<ItemRow>, StoreError> {
         let db = self.db();
         let mut stmt = db.prepare(
             "SELECT gateway, upload_id, kind, lane, source, metadata, size, sha256, received_ms, committed_ms
@@ -414,7 +447,9 @@ impl PartialUpload {
 
     /// Appends and hashes. Not fsynced here: see the module comment.
     pub fn append(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        self.file.write_all(data).map_err(io("write partial upload", &self.path))?;
+        self.file
+            .write_all(data)
+            .map_err(io("write partial upload", &self.path))?;
         self.hasher.update(data);
         self.len += data.len() as u64;
         Ok(())

@@ -110,7 +110,10 @@ mod tests {
         assert_eq!(sniff(b"%PDF-1.7\n", 9), ContentKind::Pdf);
         assert_eq!(sniff(b"\x0bMSH|^~\\&|LAB", 14), ContentKind::Hl7);
         assert_eq!(
-            sniff(b"<?xml version=\"1.0\"?>\n<AnnotatedECG xmlns=\"urn:hl7-org:v3\">", 60),
+            sniff(
+                b"<?xml version=\"1.0\"?>\n<AnnotatedECG xmlns=\"urn:hl7-org:v3\">",
+                60
+            ),
             ContentKind::Aecg
         );
         assert_eq!(sniff(b"hello", 5), ContentKind::Other);
@@ -136,10 +139,16 @@ mod tests {
         let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/samples");
         for (file, kind) in [
             ("scp-ecg/ecgtoolkit_Example.scp", ContentKind::ScpEcg),
-            ("dicom-ecg/ecgtoolkit_Example_12lead.dcm", ContentKind::Dicom),
+            (
+                "dicom-ecg/ecgtoolkit_Example_12lead.dcm",
+                ContentKind::Dicom,
+            ),
             ("dicom-charset/chrX1.dcm", ContentKind::Dicom),
             ("aecg/ecgtoolkit_Example_aECG.xml", ContentKind::Aecg),
-            ("hl7/nist/ORU_R01_2.5.1_SampleTestCase1.hl7", ContentKind::Hl7),
+            (
+                "hl7/nist/ORU_R01_2.5.1_SampleTestCase1.hl7",
+                ContentKind::Hl7,
+            ),
         ] {
             let path = base.join(file);
             let Ok(data) = std::fs::read(&path) else {

@@ -156,7 +156,9 @@ fn default_after() -> AfterIntake {
 
 fn de_lane<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Lane, D::Error> {
     let s = String::deserialize(d)?;
-    parse_lane(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown lane {s:?}: use urgent, clinical or bulk")))
+    parse_lane(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!("unknown lane {s:?}: use urgent, clinical or bulk"))
+    })
 }
 
 pub fn parse_lane(s: &str) -> Option<Lane> {
@@ -179,7 +181,11 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {key}: {message}")]
-    Invalid { path: PathBuf, key: String, message: String },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
 }
 
 impl GatewayConfig {
@@ -218,10 +224,16 @@ impl GatewayConfig {
                 abs(a);
             }
             if !names.insert(f.name.clone()) {
-                return Err(invalid(&format!("folder[{i}].name"), format!("{:?} is used twice", f.name)));
+                return Err(invalid(
+                    &format!("folder[{i}].name"),
+                    format!("{:?} is used twice", f.name),
+                ));
             }
             if f.after == AfterIntake::Archive && f.archive_dir.is_none() {
-                return Err(invalid(&format!("folder[{i}].archive_dir"), "required when after = \"archive\"".into()));
+                return Err(invalid(
+                    &format!("folder[{i}].archive_dir"),
+                    "required when after = \"archive\"".into(),
+                ));
             }
         }
         c.spool_config()
@@ -231,10 +243,16 @@ impl GatewayConfig {
             return Err(invalid("uplink.max_in_flight", "must be at least 1".into()));
         }
         if !(4096..=1024 * 1024).contains(&c.uplink.chunk_size) {
-            return Err(invalid("uplink.chunk_size", "must be between 4096 and 1048576".into()));
+            return Err(invalid(
+                "uplink.chunk_size",
+                "must be between 4096 and 1048576".into(),
+            ));
         }
         if c.uplink.central.rsplit_once(':').is_none() {
-            return Err(invalid("uplink.central", format!("{:?} is not HOST:PORT", c.uplink.central)));
+            return Err(invalid(
+                "uplink.central",
+                format!("{:?} is not HOST:PORT", c.uplink.central),
+            ));
         }
         Ok(c)
     }
@@ -259,7 +277,9 @@ impl GatewayConfig {
             .central
             .rsplit_once(':')
             .map_or(self.uplink.central.as_str(), |(h, _)| h);
-        host.trim_start_matches('[').trim_end_matches(']').to_owned()
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned()
     }
 }
 
@@ -285,7 +305,8 @@ lane = "clinical"
 
     #[test]
     fn minimal_config_with_defaults() {
-        let c = GatewayConfig::parse(MINIMAL, Path::new("/etc/yilian/gateway.toml")).expect("valid");
+        let c =
+            GatewayConfig::parse(MINIMAL, Path::new("/etc/yilian/gateway.toml")).expect("valid");
         assert_eq!(c.spool.dir, Path::new("/etc/yilian/spool"));
         assert_eq!(c.server_name(), "hub.example");
         assert_eq!(c.folder[0].lane, Lane::Clinical);
@@ -296,16 +317,24 @@ lane = "clinical"
     #[test]
     fn errors_name_file_key_and_line() {
         let bad = MINIMAL.replace("lane = \"clinical\"", "lane = \"stat\"");
-        let e = GatewayConfig::parse(&bad, Path::new("/etc/yilian/gateway.toml")).expect_err("bad lane");
+        let e = GatewayConfig::parse(&bad, Path::new("/etc/yilian/gateway.toml"))
+            .expect_err("bad lane");
         let m = e.to_string();
-        assert!(m.contains("gateway.toml") && m.contains("stat") && m.contains("line 14"), "{m}");
+        assert!(
+            m.contains("gateway.toml") && m.contains("stat") && m.contains("line 14"),
+            "{m}"
+        );
 
         let bad = MINIMAL.replace("[uplink]", "[uplink]\ncentrall = 1");
-        let m = GatewayConfig::parse(&bad, Path::new("g.toml")).expect_err("unknown key").to_string();
+        let m = GatewayConfig::parse(&bad, Path::new("g.toml"))
+            .expect_err("unknown key")
+            .to_string();
         assert!(m.contains("centrall") && m.contains("line 6"), "{m}");
 
         let bad = MINIMAL.replace("lane = \"clinical\"", "after = \"archive\"");
-        let m = GatewayConfig::parse(&bad, Path::new("g.toml")).expect_err("archive dir").to_string();
+        let m = GatewayConfig::parse(&bad, Path::new("g.toml"))
+            .expect_err("archive dir")
+            .to_string();
         assert!(m.contains("folder[0].archive_dir"), "{m}");
     }
 }

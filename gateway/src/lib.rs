@@ -1,10 +1,10 @@
 //! Yilian gateway: the clinic box.
 //!
-//! - [`config`]: `gateway.toml`.
-//! - [`intake`]: device adapters feeding the spool.
-//! - [`uplink`]: the QUIC link to central and the upload loop.
+//! - [`config`] — `gateway.toml`.
+//! - [`intake`] — device adapters feeding the spool.
+//! - [`uplink`] — the QUIC link to central and the upload loop.
 //! - [`metrics`], [`http`]: Prometheus metrics and local status.
-//! - [`status`]: what `yilian-gateway status` prints.
+//! - [`status`] — what `yilian-gateway status` prints.
 
 #![forbid(unsafe_code)]
 
@@ -74,9 +74,12 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         client.transport_config(yilian_link::transport_config_with_idle(idle));
     }
     let (status_tx, status_rx) = watch::channel(LinkStatus::new(&config.uplink.central));
-    let (metrics_addr, http) = http::bind(config.metrics.listen, metrics.clone(), status_rx.clone())
-        .await
-        .with_context(|| format!("binding the metrics listener on {}", config.metrics.listen))?;
+    let (metrics_addr, http) =
+        http::bind(config.metrics.listen, metrics.clone(), status_rx.clone())
+            .await
+            .with_context(|| {
+                format!("binding the metrics listener on {}", config.metrics.listen)
+            })?;
 
     let (stop, stop_rx) = watch::channel(false);
     let wake = Arc::new(Notify::new());
@@ -101,7 +104,11 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         status: status_tx,
     };
     tasks.spawn(uplink.run(stop_rx.clone()));
-    tasks.spawn(housekeeping(spool.clone(), metrics.clone(), stop_rx.clone()));
+    tasks.spawn(housekeeping(
+        spool.clone(),
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
     let mut http_stop = stop_rx;
     tasks.spawn(async move {
         tokio::select! {

@@ -68,7 +68,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
             let config = GatewayConfig::load(&config)?;
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 let running = yilian_gateway::start(config).await?;
                 shutdown_signal().await;
@@ -87,14 +89,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Status { config, json, recent } => {
+        Command::Status {
+            config,
+            json,
+            recent,
+        } => {
             let config = GatewayConfig::load(&config)?;
             let report = yilian_gateway::status::collect(&config, recent)
                 .with_context(|| format!("reading the spool in {}", config.spool.dir.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", yilian_gateway::status::render(&report, yilian_gateway::now_ms()));
+                print!(
+                    "{}",
+                    yilian_gateway::status::render(&report, yilian_gateway::now_ms())
+                );
             }
             Ok(())
         }
@@ -125,7 +134,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };

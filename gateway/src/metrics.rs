@@ -109,7 +109,12 @@ impl GatewayMetrics {
             Unit::Bytes,
             m.spool_used.clone(),
         );
-        r.register_with_unit("yilian_spool_quota", "Spool quota", Unit::Bytes, m.spool_quota.clone());
+        r.register_with_unit(
+            "yilian_spool_quota",
+            "Spool quota",
+            Unit::Bytes,
+            m.spool_quota.clone(),
+        );
         r.register(
             "yilian_spool_refusals",
             "Items refused to a device because the spool could not take them, by reason",
@@ -142,7 +147,11 @@ impl GatewayMetrics {
             "Upload attempts that did not end in COMMITTED, by reason",
             m.upload_retries.clone(),
         );
-        r.register("yilian_uplink_up", "Whether the link to central is up", m.link_up.clone());
+        r.register(
+            "yilian_uplink_up",
+            "Whether the link to central is up",
+            m.link_up.clone(),
+        );
         r.register(
             "yilian_uplink_connects",
             "Successful connections to central (hello answered)",
@@ -160,7 +169,11 @@ impl GatewayMetrics {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             })
             .set(1);
-        r.register("yilian_build_info", "Software version of this gateway", build);
+        r.register(
+            "yilian_build_info",
+            "Software version of this gateway",
+            build,
+        );
         Self {
             registry: Arc::new(r),
             ..m

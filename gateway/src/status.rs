@@ -76,14 +76,32 @@ pub fn render(r: &StatusReport, now_ms: i64) -> String {
         r.spool.dead,
         r.spool.delivered_kept
     );
-    let _ = writeln!(o, "waiting:  {:<9} {:>7} {:>10}  OLDEST", "LANE", "ITEMS", "BYTES");
+    let _ = writeln!(
+        o,
+        "waiting:  {:<9} {:>7} {:>10}  OLDEST",
+        "LANE", "ITEMS", "BYTES"
+    );
     for lane in Lane::ALL {
         let l = &r.spool.lanes[lane as usize];
-        let oldest = l.oldest_received_ms.map(|t| age(t, now_ms)).unwrap_or_else(|| "-".into());
-        let _ = writeln!(o, "          {:<9} {:>7} {:>10}  {}", lane.name(), l.items, bytes(l.bytes), oldest);
+        let oldest = l
+            .oldest_received_ms
+            .map(|t| age(t, now_ms))
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            o,
+            "          {:<9} {:>7} {:>10}  {}",
+            lane.name(),
+            l.items,
+            bytes(l.bytes),
+            oldest
+        );
     }
     if !r.recent.is_empty() {
-        let _ = writeln!(o, "recent:   {:<10} {:<22} {:<8} {:<9} {:>10}  STATE", "AGO", "SOURCE", "KIND", "LANE", "SIZE");
+        let _ = writeln!(
+            o,
+            "recent:   {:<10} {:<22} {:<8} {:<9} {:>10}  STATE",
+            "AGO", "SOURCE", "KIND", "LANE", "SIZE"
+        );
         for i in &r.recent {
             let _ = writeln!(
                 o,
@@ -94,7 +112,10 @@ pub fn render(r: &StatusReport, now_ms: i64) -> String {
                 i.lane,
                 bytes(i.size),
                 i.state,
-                i.last_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+                i.last_error
+                    .as_deref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
             );
         }
     }
@@ -109,5 +130,9 @@ fn bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

@@ -16,8 +16,12 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use yilian_link::{LinkError, MessageReader, write_message};
-use yilian_protocol::messages::{Chunk, Envelope, Heartbeat, Hello, LaneBacklog, Offer, envelope::Body};
-use yilian_protocol::upload::{DEFAULT_IDLE_TIMEOUT, SenderTransmit, UploadError, UploadOutcome, UploadSender};
+use yilian_protocol::messages::{
+    Chunk, Envelope, Heartbeat, Hello, LaneBacklog, Offer, envelope::Body,
+};
+use yilian_protocol::upload::{
+    DEFAULT_IDLE_TIMEOUT, SenderTransmit, UploadError, UploadOutcome, UploadSender,
+};
 use yilian_protocol::{RejectReason, SUPPORTED_VERSIONS};
 use yilian_spool::{Lane, Lease, Payload, Spool, SpoolError};
 
@@ -92,7 +96,11 @@ struct Backoff {
 
 impl Backoff {
     fn new(base: Duration, max: Duration) -> Self {
-        Self { step: base, base, max }
+        Self {
+            step: base,
+            base,
+            max,
+        }
     }
 
     fn next(&mut self) -> Duration {
@@ -167,20 +175,30 @@ impl Uplink {
             .ok_or_else(|| UplinkError::Resolve(central.clone(), "no address".into()))
     }
 
-    fn endpoint_for(&self, slot: &mut Option<quinn::Endpoint>, remote: SocketAddr) -> Result<quinn::Endpoint, UplinkError> {
-        if let Some(ep) = slot {
-            if ep.local_addr().map(|a| a.is_ipv6() == remote.is_ipv6()).unwrap_or(false) {
-                return Ok(ep.clone());
-            }
+    fn endpoint_for(
+        &self,
+        slot: &mut Option<quinn::Endpoint>,
+        remote: SocketAddr,
+    ) -> Result<quinn::Endpoint, UplinkError> {
+        if let Some(ep) = slot
+            && ep
+                .local_addr()
+                .map(|a| a.is_ipv6() == remote.is_ipv6())
+                .unwrap_or(false)
+        {
+            return Ok(ep.clone());
         }
         let local: SocketAddr = if remote.is_ipv6() {
-            "[::]:0".parse().map_err(|_| UplinkError::Resolve("[::]:0".into(), "bad".into()))?
+            "[::]:0"
+                .parse()
+                .map_err(|_| UplinkError::Resolve("[::]:0".into(), "bad".into()))?
         } else {
             SocketAddr::from(([0, 0, 0, 0], 0))
         };
         let socket = yilian_link::bind_udp(local)?;
-        let runtime = quinn::default_runtime()
-            .ok_or_else(|| UplinkError::Link(LinkError::Socket(std::io::Error::other("no async runtime"))))?;
+        let runtime = quinn::default_runtime().ok_or_else(|| {
+            UplinkError::Link(LinkError::Socket(std::io::Error::other("no async runtime")))
+        })?;
         let mut ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
             .map_err(|e| UplinkError::Link(LinkError::Socket(e)))?;
         ep.set_default_client_config(self.client_config.clone());
@@ -197,7 +215,9 @@ impl Uplink {
     ) -> Result<(), UplinkError> {
         let addr = self.resolve().await?;
         let ep = self.endpoint_for(endpoint, addr)?;
-        let connecting = ep.connect(addr, &self.server_name).map_err(LinkError::from)?;
+        let connecting = ep
+            .connect(addr, &self.server_name)
+            .map_err(LinkError::from)?;
         let conn = tokio::select! {
             c = connecting => c?,
             _ = stop.changed() => return Ok(()),
@@ -234,10 +254,17 @@ impl Uplink {
             let mut reader = MessageReader::new(recv);
             loop {
                 match reader.next().await? {
-                    Some(Envelope { body: Some(Body::HelloAck(ack)) }) => {
+                    Some(Envelope {
+                        body: Some(Body::HelloAck(ack)),
+                    }) => {
                         // The control stream stays open for heartbeats.
                         let id = ack.identity.clone();
-                        let hb = heartbeat_loop(send, reader, self.spool.clone(), self.config.heartbeat_interval);
+                        let hb = heartbeat_loop(
+                            send,
+                            reader,
+                            self.spool.clone(),
+                            self.config.heartbeat_interval,
+                        );
                         tokio::spawn(async move {
                             if let Err(e) = hb.await {
                                 tracing::debug!(error = %e, "heartbeat loop ended");
@@ -246,7 +273,9 @@ impl Uplink {
                         spawn_rtt_probe(conn.clone(), self.metrics.clone(), self.status.clone());
                         return Ok(id);
                     }
-                    Some(Envelope { body: Some(Body::Goodbye(bye)) }) => return Err(UplinkError::Goodbye(bye.reason)),
+                    Some(Envelope {
+                        body: Some(Body::Goodbye(bye)),
+                    }) => return Err(UplinkError::Goodbye(bye.reason)),
                     Some(_) => continue,
                     None => return Err(UplinkError::HelloClosed),
                 }
@@ -269,7 +298,11 @@ impl Uplink {
     }
 
     /// Leases and uploads items until the connection ends or `stop`.
-    async fn serve(&self, conn: &quinn::Connection, stop: &mut watch::Receiver<bool>) -> Result<(), UplinkError> {
+    async fn serve(
+        &self,
+        conn: &quinn::Connection,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), UplinkError> {
         let mut tasks: JoinSet<Lane> = JoinSet::new();
         let mut in_flight = 0usize;
         let max = self.config.max_in_flight;
@@ -360,7 +393,11 @@ async fn heartbeat_loop(
     }
 }
 
-fn spawn_rtt_probe(conn: quinn::Connection, metrics: GatewayMetrics, status: watch::Sender<LinkStatus>) {
+fn spawn_rtt_probe(
+    conn: quinn::Connection,
+    metrics: GatewayMetrics,
+    status: watch::Sender<LinkStatus>,
+) {
     tokio::spawn(async move {
         loop {
             let rtt = conn.rtt().as_secs_f64();
@@ -387,7 +424,13 @@ enum AttemptError {
 }
 
 /// Uploads one leased item and settles the lease.
-async fn upload_task(conn: quinn::Connection, spool: Spool, lease: Lease, chunk_size: usize, metrics: GatewayMetrics) -> Lane {
+async fn upload_task(
+    conn: quinn::Connection,
+    spool: Spool,
+    lease: Lease,
+    chunk_size: usize,
+    metrics: GatewayMetrics,
+) -> Lane {
     let lane = lease.lane;
     let upload_id = lease.upload_id.clone();
     let started = Instant::now();
@@ -399,11 +442,17 @@ async fn upload_task(conn: quinn::Connection, spool: Spool, lease: Lease, chunk_
                 spool.ack(lease)?;
                 metrics
                     .uploaded_items
-                    .get_or_create(&LaneLabels { lane: lane.name().to_owned() })
+                    .get_or_create(&LaneLabels {
+                        lane: lane.name().to_owned(),
+                    })
                     .inc();
                 tracing::debug!(upload = %upload_id, lane = %lane, size, seconds = started.elapsed().as_secs_f64(), "delivered");
             }
-            Ok(UploadOutcome::Rejected { reason, detail, retryable }) => {
+            Ok(UploadOutcome::Rejected {
+                reason,
+                detail,
+                retryable,
+            }) => {
                 metrics.retry(&format!("rejected_{reason:?}").to_lowercase());
                 match reason {
                     RejectReason::Unavailable | RejectReason::Forbidden => {
@@ -451,7 +500,9 @@ async fn upload_task(conn: quinn::Connection, spool: Spool, lease: Lease, chunk_
     };
     match tokio::task::spawn_blocking(settle).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot record upload result; the item will be retried"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot record upload result; the item will be retried")
+        }
         Err(e) => tracing::error!(error = %e, "upload settlement panicked"),
     }
     lane
@@ -526,7 +577,9 @@ async fn attempt(
         if let Err(e) = written {
             // Central may have stopped the stream after rejecting: its
             // verdict would be waiting on the receive side.
-            if let Ok(Ok(Some(env))) = tokio::time::timeout(Duration::from_secs(2), reader.next()).await {
+            if let Ok(Ok(Some(env))) =
+                tokio::time::timeout(Duration::from_secs(2), reader.next()).await
+            {
                 tx.handle_message(env, Instant::now())?;
                 if tx.outcome().is_some() {
                     continue;

@@ -46,7 +46,9 @@ impl Report {
 
 pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let mut report = Report::default();
-    let dir = tempfile::Builder::new().prefix("yilian-bench-").tempdir_in(bench_dir())?;
+    let dir = tempfile::Builder::new()
+        .prefix("yilian-bench-")
+        .tempdir_in(bench_dir())?;
     println!("{:<52} {:<28} anchor", "benchmark", "figure");
     spool_benches(dir.path(), &mut report).await?;
     upload_benches(dir.path(), &opts, &mut report).await?;
@@ -78,65 +80,82 @@ fn fsync_rate(dir: &std::path::Path, n: u32) -> anyhow::Result<f64> {
 
 async fn spool_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<()> {
     let dir = dir.to_owned();
-    let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, String, String)>> {
-        let mut report_rows = Vec::new();
-        let fsyncs = fsync_rate(&dir, 300)?;
-        let anchor = format!("raw write+fdatasync: {fsyncs:.0}/s");
+    let rows =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, String, String)>> {
+            let mut report_rows = Vec::new();
+            let fsyncs = fsync_rate(&dir, 300)?;
+            let anchor = format!("raw write+fdatasync: {fsyncs:.0}/s");
 
-        let spool = Spool::open(SpoolConfig::new(dir.join("spool-4k-1")))?;
-        let body = vec![0x42u8; 4096];
-        let n = 500;
-        let t = Instant::now();
-        for _ in 0..n {
-            spool.append(NewItem::new(Lane::Clinical, "bench", "bench"), &body)?;
-        }
-        let rate = f64::from(n) / t.elapsed().as_secs_f64();
-        report_rows.push(("spool append 4 KiB, 1 writer".to_owned(), format!("{rate:.0} items/s"), anchor.clone()));
+            let spool = Spool::open(SpoolConfig::new(dir.join("spool-4k-1")))?;
+            let body = vec![0x42u8; 4096];
+            let n = 500;
+            let t = Instant::now();
+            for _ in 0..n {
+                spool.append(NewItem::new(Lane::Clinical, "bench", "bench"), &body)?;
+            }
+            let rate = f64::from(n) / t.elapsed().as_secs_f64();
+            report_rows.push((
+                "spool append 4 KiB, 1 writer".to_owned(),
+                format!("{rate:.0} items/s"),
+                anchor.clone(),
+            ));
 
-        let spool = Spool::open(SpoolConfig::new(dir.join("spool-4k-16")))?;
-        let per = 200;
-        let t = Instant::now();
-        let threads: Vec<_> = (0..16)
-            .map(|_| {
-                let spool = spool.clone();
-                let body = body.clone();
-                std::thread::spawn(move || -> Result<(), yilian_spool::SpoolError> {
-                    for _ in 0..per {
-                        spool.append(NewItem::new(Lane::Clinical, "bench", "bench"), &body)?;
-                    }
-                    Ok(())
+            let spool = Spool::open(SpoolConfig::new(dir.join("spool-4k-16")))?;
+            let per = 200;
+            let t = Instant::now();
+            let threads: Vec<_> = (0..16)
+                .map(|_| {
+                    let spool = spool.clone();
+                    let body = body.clone();
+                    std::thread::spawn(move || -> Result<(), yilian_spool::SpoolError> {
+                        for _ in 0..per {
+                            spool.append(NewItem::new(Lane::Clinical, "bench", "bench"), &body)?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
-            .collect();
-        for t in threads {
-            t.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
-        }
-        let rate = f64::from(16 * per) / t.elapsed().as_secs_f64();
-        report_rows.push(("spool append 4 KiB, 16 writers (group commit)".to_owned(), format!("{rate:.0} items/s"), anchor.clone()));
+                .collect();
+            for t in threads {
+                t.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+            }
+            let rate = f64::from(16 * per) / t.elapsed().as_secs_f64();
+            report_rows.push((
+                "spool append 4 KiB, 16 writers (group commit)".to_owned(),
+                format!("{rate:.0} items/s"),
+                anchor.clone(),
+            ));
 
-        let spool = Spool::open(SpoolConfig::new(dir.join("spool-1m")))?;
-        let body = vec![0x42u8; 1024 * 1024];
-        let n = 100;
-        let t = Instant::now();
-        for _ in 0..n {
-            spool.append(NewItem::new(Lane::Bulk, "bench", "bench"), &body)?;
-        }
-        let secs = t.elapsed().as_secs_f64();
-        report_rows.push((
-            "spool append 1 MiB, 1 writer".to_owned(),
-            format!("{:.0} items/s, {:.0} MB/s", f64::from(n) / secs, f64::from(n) * 1.048_576 / secs),
-            anchor,
-        ));
-        Ok(report_rows)
-    })
-    .await??;
+            let spool = Spool::open(SpoolConfig::new(dir.join("spool-1m")))?;
+            let body = vec![0x42u8; 1024 * 1024];
+            let n = 100;
+            let t = Instant::now();
+            for _ in 0..n {
+                spool.append(NewItem::new(Lane::Bulk, "bench", "bench"), &body)?;
+            }
+            let secs = t.elapsed().as_secs_f64();
+            report_rows.push((
+                "spool append 1 MiB, 1 writer".to_owned(),
+                format!(
+                    "{:.0} items/s, {:.0} MB/s",
+                    f64::from(n) / secs,
+                    f64::from(n) * 1.048_576 / secs
+                ),
+                anchor,
+            ));
+            Ok(report_rows)
+        })
+        .await??;
     for (a, b, c) in rows {
         report.row(&a, b, c);
     }
     Ok(())
 }
 
-async fn upload_benches(dir: &std::path::Path, opts: &BenchOptions, report: &mut Report) -> anyhow::Result<()> {
+async fn upload_benches(
+    dir: &std::path::Path,
+    opts: &BenchOptions,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let fleet = Fleet::create(&dir.join("fleet"))?;
     let ctls = fleet.central("localhost")?;
     let gtls = fleet.gateway("bench/bench/box-1")?;
@@ -156,7 +175,9 @@ async fn upload_benches(dir: &std::path::Path, opts: &BenchOptions, report: &mut
         let spool_dir = spool_dir.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let spool = Spool::open(SpoolConfig::new(&spool_dir))?;
-            let block: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+            let block: Vec<u8> = (0..1024 * 1024u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect();
             for f in 0..files {
                 let mut w = spool.writer(NewItem::new(Lane::Bulk, "bench", "bench"))?;
                 for b in 0..file_mib {
@@ -198,11 +219,16 @@ async fn upload_benches(dir: &std::path::Path, opts: &BenchOptions, report: &mut
     let store = central.store.clone();
     loop {
         let s = store.clone();
-        let n = tokio::task::spawn_blocking(move || s.items(None, None)).await??.len() as u64;
+        let n = tokio::task::spawn_blocking(move || s.items(None, None))
+            .await??
+            .len() as u64;
         if n >= files {
             break;
         }
-        anyhow::ensure!(t.elapsed() < Duration::from_secs(600), "upload benchmark stalled at {n} of {files} items");
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "upload benchmark stalled at {n} of {files} items"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = t.elapsed().as_secs_f64();
@@ -210,7 +236,10 @@ async fn upload_benches(dir: &std::path::Path, opts: &BenchOptions, report: &mut
     gateway.shutdown().await;
     central.shutdown().await;
     report.row(
-        &format!("bulk upload, {files} × {} MiB, loopback, durable", opts.file_mib),
+        &format!(
+            "bulk upload, {files} × {} MiB, loopback, durable",
+            opts.file_mib
+        ),
         format!("{mbs:.0} MB/s ({secs:.1} s)"),
         format!("raw quinn stream, same TLS: {raw_mbs:.0} MB/s"),
     );
@@ -219,7 +248,11 @@ async fn upload_benches(dir: &std::path::Path, opts: &BenchOptions, report: &mut
 
 /// Sends `total` bytes over one quinn stream and waits for the receiver to
 /// have read them all.
-async fn raw_quinn(ctls: &yilian_link::TlsFiles, gtls: &yilian_link::TlsFiles, total: u64) -> anyhow::Result<Duration> {
+async fn raw_quinn(
+    ctls: &yilian_link::TlsFiles,
+    gtls: &yilian_link::TlsFiles,
+    total: u64,
+) -> anyhow::Result<Duration> {
     let server = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server_config(ctls)?),
@@ -262,6 +295,9 @@ async fn raw_quinn(ctls: &yilian_link::TlsFiles, gtls: &yilian_link::TlsFiles, t
     let elapsed = t.elapsed();
     conn.close(0u32.into(), b"done");
     let received = recv_task.await??;
-    anyhow::ensure!(received == total, "raw stream delivered {received} of {total} bytes");
+    anyhow::ensure!(
+        received == total,
+        "raw stream delivered {received} of {total} bytes"
+    );
     Ok(elapsed)
 }

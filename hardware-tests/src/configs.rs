@@ -9,7 +9,10 @@ use yilian_link::TlsFiles;
 
 fn q(p: &Path) -> String {
     // TOML basic strings: escape backslashes and quotes.
-    p.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
+    p.display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
 }
 
 pub struct CentralSetup {

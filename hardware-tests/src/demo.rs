@@ -22,12 +22,13 @@ pub struct DemoOptions {
 /// Sample payloads written by this project (no patient data): an HL7 lab
 /// result, a PDF ECG report, a DICOM Part-10 file and a bulk export.
 fn samples() -> Vec<(&'static str, &'static str, Vec<u8>)> {
-    let hl7 = "MSH|^~\\&|LAB|DEMO-CLINIC|LIS|COUNTY|20261123093000||ORU^R01^ORU_R01|MSG00001|P|2.5.1\r\
+    let hl7 =
+        "MSH|^~\\&|LAB|DEMO-CLINIC|LIS|COUNTY|20261123093000||ORU^R01^ORU_R01|MSG00001|P|2.5.1\r\
                PID|1||DEMO0001^^^DEMO||DEMO^PATIENT\r\
                OBR|1||ORD1|718-7^Hemoglobin^LN\r\
                OBX|1|NM|718-7^Hemoglobin^LN||135|g/L|130-175|N|||F\r"
-        .as_bytes()
-        .to_vec();
+            .as_bytes()
+            .to_vec();
     let pdf = b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Count 0/Kids[]>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n".to_vec();
     let mut dicom = vec![0u8; 128];
     dicom.extend_from_slice(b"DICM");
@@ -35,7 +36,9 @@ fn samples() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let ts = b"1.2.840.10008.1.2.1\0";
     dicom.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I', ts.len() as u8, 0]);
     dicom.extend_from_slice(ts);
-    let bulk: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let bulk: Vec<u8> = (0..20 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     vec![
         ("ecg", "ecg-report-0001.pdf", pdf),
         ("lab", "oru-0001.hl7", hl7),
@@ -83,7 +86,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         spool_dir: dir.join("gateway-spool"),
         metrics: "127.0.0.1:0".parse()?,
         tls: fleet.gateway(identity)?,
-        folders: vec![folder("ecg", "clinical"), folder("lab", "clinical"), folder("imaging", "bulk")],
+        folders: vec![
+            folder("ecg", "clinical"),
+            folder("lab", "clinical"),
+            folder("imaging", "bulk"),
+        ],
         idle_timeout_ms: None,
         reconnect_max_ms: 5000,
         quota_bytes: None,
@@ -97,14 +104,20 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         let path = drop_root.join(folder);
         std::fs::create_dir_all(&path)?;
         std::fs::write(path.join(name), data)?;
-        println!("  dropped {:<18} into drop/{folder:<8} ({} bytes)", name, data.len());
+        println!(
+            "  dropped {:<18} into drop/{folder:<8} ({} bytes)",
+            name,
+            data.len()
+        );
     }
 
     let started = Instant::now();
     let store = central.store.clone();
     loop {
         let s = store.clone();
-        let n = tokio::task::spawn_blocking(move || s.items(None, None)).await??.len();
+        let n = tokio::task::spawn_blocking(move || s.items(None, None))
+            .await??
+            .len();
         if n >= samples.len() {
             break;
         }
@@ -115,7 +128,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("\nArrived at central after {:.1} s:", started.elapsed().as_secs_f64());
+    println!(
+        "\nArrived at central after {:.1} s:",
+        started.elapsed().as_secs_f64()
+    );
     let s = store.clone();
     for item in tokio::task::spawn_blocking(move || s.items(None, None)).await?? {
         println!(
@@ -129,12 +145,26 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         );
     }
     let bin = |name: &str| exe_hint(name);
-    println!("\nMetrics:  gateway http://{}/metrics   central http://{}/metrics", gateway.metrics_addr, central.metrics_addr);
-    println!("Status:   {} status --config {}", bin("yilian-gateway"), gateway_toml.display());
-    println!("Items:    {} items --config {} --json", bin("yilian-central"), central_toml.display());
+    println!(
+        "\nMetrics:  gateway http://{}/metrics   central http://{}/metrics",
+        gateway.metrics_addr, central.metrics_addr
+    );
+    println!(
+        "Status:   {} status --config {}",
+        bin("yilian-gateway"),
+        gateway_toml.display()
+    );
+    println!(
+        "Items:    {} items --config {} --json",
+        bin("yilian-central"),
+        central_toml.display()
+    );
 
     if !opts.exit {
-        println!("\nDrop more files into {}/{{ecg,lab,imaging}}; Ctrl-C to stop.", drop_root.display());
+        println!(
+            "\nDrop more files into {}/{{ecg,lab,imaging}}; Ctrl-C to stop.",
+            drop_root.display()
+        );
         let _ = tokio::signal::ctrl_c().await;
     }
     gateway.shutdown().await;
@@ -147,4 +177,3 @@ fn exe_hint(name: &str) -> String {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| format!("cargo run --release -p {name} --"))
 }
-

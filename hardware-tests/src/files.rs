@@ -11,7 +11,12 @@ use sha2::{Digest, Sha256};
 /// Writes `size` pseudo-random bytes derived from `seed` to `path`, in
 /// blocks, calling `pause` between blocks (to make slow writers).
 /// Returns the SHA-256 in hex.
-pub fn write_seeded(path: &Path, seed: u64, size: u64, mut pause: impl FnMut()) -> std::io::Result<String> {
+pub fn write_seeded(
+    path: &Path,
+    seed: u64,
+    size: u64,
+    mut pause: impl FnMut(),
+) -> std::io::Result<String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut f = std::fs::File::create(path)?;
     let mut h = Sha256::new();

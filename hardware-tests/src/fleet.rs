@@ -29,7 +29,12 @@ impl Fleet {
     /// Central's certificate for `host`, in `dir/central`.
     pub fn central(&self, host: &str) -> anyhow::Result<TlsFiles> {
         let out = self.dir.join("central");
-        write_cert_files(&out, "central", &self.ca.issue_central(host, DAY * 365)?, self.ca.cert_pem())?;
+        write_cert_files(
+            &out,
+            "central",
+            &self.ca.issue_central(host, DAY * 365)?,
+            self.ca.cert_pem(),
+        )?;
         Ok(TlsFiles {
             ca: out.join("ca.pem"),
             cert: out.join("central.pem"),
@@ -39,10 +44,20 @@ impl Fleet {
 
     /// A box certificate, valid from `not_before` for `lifetime`, in
     /// `dir/boxes/<county>_<clinic>_<box>`.
-    pub fn gateway_at(&self, identity: &str, not_before: OffsetDateTime, lifetime: Duration) -> anyhow::Result<TlsFiles> {
+    pub fn gateway_at(
+        &self,
+        identity: &str,
+        not_before: OffsetDateTime,
+        lifetime: Duration,
+    ) -> anyhow::Result<TlsFiles> {
         let id = BoxIdentity::parse(identity)?;
         let out = self.dir.join("boxes").join(identity.replace('/', "_"));
-        write_cert_files(&out, "gateway", &self.ca.issue_gateway(&id, not_before, lifetime)?, self.ca.cert_pem())?;
+        write_cert_files(
+            &out,
+            "gateway",
+            &self.ca.issue_gateway(&id, not_before, lifetime)?,
+            self.ca.cert_pem(),
+        )?;
         Ok(TlsFiles {
             ca: out.join("ca.pem"),
             cert: out.join("gateway.pem"),

@@ -1,11 +1,11 @@
 //! The bench: reproduces a clinic, its uplink and the hub on one machine.
 //!
-//! - [`fleet`]: a throwaway fleet CA with certificates for central and boxes.
-//! - [`configs`]: configuration files for central and gateways.
-//! - [`procs`]: the real `yilian-gateway` / `yilian-central` processes.
-//! - [`relay`]: a UDP relay between gateway and central that can cut the
+//! - [`fleet`] — a throwaway fleet CA with certificates for central and boxes.
+//! - [`configs`] — configuration files for central and gateways.
+//! - [`procs`] — the real `yilian-gateway` / `yilian-central` processes.
+//! - [`relay`] — a UDP relay between gateway and central that can cut the
 //!   link (black-hole) and re-map the gateway's address like a NAT would.
-//! - [`files`]: deterministic test payloads.
+//! - [`files`] — deterministic test payloads.
 //! - [`demo`], [`bench`]: the `yilian-rig demo` and `yilian-rig bench` jobs.
 
 #![forbid(unsafe_code)]

@@ -49,7 +49,10 @@ fn main() -> ExitCode {
             .with_writer(std::io::stderr)
             .init();
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("yilian-rig: {e}");
@@ -58,13 +61,19 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Demo { dir, exit } => yilian_rig::demo::run(yilian_rig::demo::DemoOptions { dir, exit }).await,
+            Command::Demo { dir, exit } => {
+                yilian_rig::demo::run(yilian_rig::demo::DemoOptions { dir, exit }).await
+            }
             Command::Bench {
                 upload_mib,
                 file_mib,
                 markdown,
             } => {
-                let report = yilian_rig::bench::run(yilian_rig::bench::BenchOptions { upload_mib, file_mib }).await?;
+                let report = yilian_rig::bench::run(yilian_rig::bench::BenchOptions {
+                    upload_mib,
+                    file_mib,
+                })
+                .await?;
                 if let Some(path) = markdown {
                     std::fs::write(path, report.markdown())?;
                 }

@@ -11,7 +11,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
-    Ok(body.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    Ok(body
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
 }
 
 /// Sum of all samples of `metric` (any labels) whose label text contains

@@ -1,3 +1,4 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers may panic on setup failure
 //! Nothing acknowledged is lost: 200 files of 1 KB to 50 MB go through the
 //! drop folder while the real gateway process is SIGKILLed at random
 //! moments and central twice. Afterwards every file is at central exactly
@@ -99,12 +100,19 @@ fn central_items(data: &Path) -> Vec<(String, u64)> {
 /// folder must be committed in the spool or at central.
 fn check_nothing_removed_before_commit(s: &Setup, written: &Mutex<HashMap<String, String>>) {
     let present: HashSet<String> = std::fs::read_dir(&s.drop)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     let spooled: HashSet<String> = Spool::inspect(&s.spool_dir, u32::MAX)
         .map(|(_, items)| items.into_iter().map(|i| i.sha256).collect())
         .unwrap_or_default();
-    let at_central: HashSet<String> = central_items(&s.central_data).into_iter().map(|(sha, _)| sha).collect();
+    let at_central: HashSet<String> = central_items(&s.central_data)
+        .into_iter()
+        .map(|(sha, _)| sha)
+        .collect();
     let written = written.lock().expect("lock");
     for (name, sha) in written.iter() {
         if !present.contains(name) {
@@ -118,7 +126,9 @@ fn check_nothing_removed_before_commit(s: &Setup, written: &Mutex<HashMap<String
 
 #[test]
 fn sigkill_gateway_and_central_loses_nothing() -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new().prefix("yilian-crash-").tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("yilian-crash-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let s = setup(tmp.path())?;
     let log = s.dir.join("processes.log");
     let mut rng = StdRng::seed_from_u64(0x5eed);
@@ -126,8 +136,16 @@ fn sigkill_gateway_and_central_loses_nothing() -> anyhow::Result<()> {
     let total: u64 = sizes.iter().sum();
     eprintln!("{FILES} files, {:.0} MB in all", total as f64 / 1e6);
 
-    let mut central = Proc::spawn("yilian-central", &["serve", "--config", s.central_toml.to_str().unwrap_or("")], &log)?;
-    let mut gateway = Proc::spawn("yilian-gateway", &["run", "--config", s.gateway_toml.to_str().unwrap_or("")], &log)?;
+    let mut central = Proc::spawn(
+        "yilian-central",
+        &["serve", "--config", s.central_toml.to_str().unwrap_or("")],
+        &log,
+    )?;
+    let mut gateway = Proc::spawn(
+        "yilian-gateway",
+        &["run", "--config", s.gateway_toml.to_str().unwrap_or("")],
+        &log,
+    )?;
 
     // The device: writes files in place, some slowly (growing for longer
     // than a poll interval, to tempt the intake into taking them early).
@@ -163,16 +181,29 @@ fn sigkill_gateway_and_central_loses_nothing() -> anyhow::Result<()> {
             central_kills += 1;
             eprintln!("killed central ({central_kills})");
             std::thread::sleep(Duration::from_millis(rng.random_range(100..1500)));
-            central = Proc::spawn("yilian-central", &["serve", "--config", s.central_toml.to_str().unwrap_or("")], &log)?;
+            central = Proc::spawn(
+                "yilian-central",
+                &["serve", "--config", s.central_toml.to_str().unwrap_or("")],
+                &log,
+            )?;
         }
         gateway.kill9();
         gateway_kills += 1;
-        eprintln!("killed gateway ({gateway_kills}) at {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "killed gateway ({gateway_kills}) at {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         check_nothing_removed_before_commit(&s, &written);
         std::thread::sleep(Duration::from_millis(rng.random_range(50..800)));
-        gateway = Proc::spawn("yilian-gateway", &["run", "--config", s.gateway_toml.to_str().unwrap_or("")], &log)?;
+        gateway = Proc::spawn(
+            "yilian-gateway",
+            &["run", "--config", s.gateway_toml.to_str().unwrap_or("")],
+            &log,
+        )?;
     }
-    writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
     assert!(done.load(Ordering::SeqCst));
 
     // Let everything drain.
@@ -200,7 +231,10 @@ fn sigkill_gateway_and_central_loses_nothing() -> anyhow::Result<()> {
             assert_eq!(stats.dead, 0, "nothing may be dead-lettered");
             break;
         }
-        assert!(Instant::now() < deadline, "spool still holds {backlog} undelivered items");
+        assert!(
+            Instant::now() < deadline,
+            "spool still holds {backlog} undelivered items"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     gateway.kill9();
@@ -213,7 +247,11 @@ fn sigkill_gateway_and_central_loses_nothing() -> anyhow::Result<()> {
     }
     let written = written.lock().expect("lock");
     for (name, sha) in written.iter() {
-        assert_eq!(by_sha.get(sha).copied(), Some(1), "{name} must be at central exactly once");
+        assert_eq!(
+            by_sha.get(sha).copied(),
+            Some(1),
+            "{name} must be at central exactly once"
+        );
     }
     assert_eq!(items.len() as u64, FILES, "no extra items at central");
     // The stored blobs really hold the bytes.

@@ -1,3 +1,4 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers may panic on setup failure
 //! The link: a cut in the middle of a 1 GB upload resumes from central's
 //! offset, and boxes with bad certificates cannot upload.
 
@@ -26,7 +27,13 @@ async fn start_central(dir: &Path, fleet: &Fleet) -> anyhow::Result<yilian_centr
     yilian_central::start(CentralConfig::load(&path)?).await
 }
 
-fn gateway_config(dir: &Path, name: &str, central: &str, tls: yilian_link::TlsFiles, idle_ms: Option<u64>) -> anyhow::Result<GatewayConfig> {
+fn gateway_config(
+    dir: &Path,
+    name: &str,
+    central: &str,
+    tls: yilian_link::TlsFiles,
+    idle_ms: Option<u64>,
+) -> anyhow::Result<GatewayConfig> {
     let setup = GatewaySetup {
         central: central.to_owned(),
         server_name: "localhost".into(),
@@ -58,33 +65,54 @@ async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn link_cut_mid_upload_resumes_from_centrals_offset() -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new().prefix("yilian-cut-").tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("yilian-cut-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let dir = tmp.path();
     let fleet = Fleet::create(dir)?;
     let central = start_central(dir, &fleet).await?;
     let relay = Relay::start(central.quic_addr).await?;
-    let config = gateway_config(dir, "gw", &relay.addr.to_string(), fleet.gateway("test/clinic/box-1")?, Some(1500))?;
+    let config = gateway_config(
+        dir,
+        "gw",
+        &relay.addr.to_string(),
+        fleet.gateway("test/clinic/box-1")?,
+        Some(1500),
+    )?;
     let drop = config.folder[0].path.clone();
     let gateway = yilian_gateway::start(config).await?;
 
     const SIZE: u64 = 1024 * 1024 * 1024;
     std::fs::create_dir_all(&drop)?;
-    let sha = tokio::task::spawn_blocking(move || yilian_rig::files::write_seeded(&drop.join("STUDY.BIN"), 7, SIZE, || ())).await??;
+    let sha = tokio::task::spawn_blocking(move || {
+        yilian_rig::files::write_seeded(&drop.join("STUDY.BIN"), 7, SIZE, || ())
+    })
+    .await??;
 
     // Cut the link once central holds a good part of the upload.
     let m = central.metrics.clone();
-    wait_for("400 MB at central", Duration::from_secs(300), || m.bytes_received.get() > 400_000_000).await;
+    wait_for("400 MB at central", Duration::from_secs(300), || {
+        m.bytes_received.get() > 400_000_000
+    })
+    .await;
     relay.cut();
     let at_cut = central.metrics.bytes_received.get();
     let gw_link = gateway.link.clone();
-    wait_for("the gateway to see the link down", Duration::from_secs(30), || gw_link.borrow().state == "down").await;
+    wait_for(
+        "the gateway to see the link down",
+        Duration::from_secs(30),
+        || gw_link.borrow().state == "down",
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     relay.restore();
 
     let store = central.store.clone();
-    wait_for("the upload to be committed", Duration::from_secs(300), || {
-        store.items(None, None).map(|v| v.len()).unwrap_or(0) == 1
-    })
+    wait_for(
+        "the upload to be committed",
+        Duration::from_secs(300),
+        || store.items(None, None).map(|v| v.len()).unwrap_or(0) == 1,
+    )
     .await;
     let items = central.store.items(None, None)?;
     assert_eq!(items[0].sha256, sha);
@@ -100,7 +128,10 @@ async fn link_cut_mid_upload_resumes_from_centrals_offset() -> anyhow::Result<()
         received_twice as f64 / CHUNK as f64,
         sent.saturating_sub(SIZE)
     );
-    assert!(received_twice < 2 * CHUNK, "resume must start at central's offset, not earlier");
+    assert!(
+        received_twice < 2 * CHUNK,
+        "resume must start at central's offset, not earlier"
+    );
     assert!(
         gateway.metrics.link_connects.get() >= 2,
         "the gateway must have reconnected"
@@ -111,9 +142,12 @@ async fn link_cut_mid_upload_resumes_from_centrals_offset() -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn foreign_and_expired_certificates_cannot_upload_and_central_says_why() -> anyhow::Result<()> {
+async fn foreign_and_expired_certificates_cannot_upload_and_central_says_why() -> anyhow::Result<()>
+{
     let logs = LogCapture::install();
-    let tmp = tempfile::Builder::new().prefix("yilian-certs-").tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("yilian-certs-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let dir = tmp.path();
     let fleet = Fleet::create(dir)?;
     let other = Fleet::create(&dir.join("other"))?;
@@ -123,14 +157,22 @@ async fn foreign_and_expired_certificates_cannot_upload_and_central_says_why() -
     // central), and one of ours that expired days ago.
     let mut foreign_tls = other.gateway("test/clinic/rogue")?;
     foreign_tls.ca = fleet.dir.join("ca").join("ca.pem");
-    let expired_tls = fleet.gateway_at("test/clinic/old", OffsetDateTime::now_utc() - DAY * 10, DAY)?;
+    let expired_tls =
+        fleet.gateway_at("test/clinic/old", OffsetDateTime::now_utc() - DAY * 10, DAY)?;
     let good_tls = fleet.gateway("test/clinic/good")?;
 
     let mut running = Vec::new();
-    for (name, tls) in [("rogue", foreign_tls), ("old", expired_tls), ("good", good_tls)] {
+    for (name, tls) in [
+        ("rogue", foreign_tls),
+        ("old", expired_tls),
+        ("good", good_tls),
+    ] {
         let config = gateway_config(dir, name, &central.quic_addr.to_string(), tls, None)?;
         std::fs::create_dir_all(&config.folder[0].path)?;
-        std::fs::write(config.folder[0].path.join("ECG.PDF"), format!("%PDF-1.4 from {name}"))?;
+        std::fs::write(
+            config.folder[0].path.join("ECG.PDF"),
+            format!("%PDF-1.4 from {name}"),
+        )?;
         running.push((name, yilian_gateway::start(config).await?));
     }
 
@@ -141,7 +183,10 @@ async fn foreign_and_expired_certificates_cannot_upload_and_central_says_why() -
     .await;
     // Give the refused boxes time for several attempts.
     let m = central.metrics.clone();
-    wait_for("refused handshakes", Duration::from_secs(30), || m.handshake_failures.get() >= 2).await;
+    wait_for("refused handshakes", Duration::from_secs(30), || {
+        m.handshake_failures.get() >= 2
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let items = central.store.items(None, None)?;
@@ -154,7 +199,8 @@ async fn foreign_and_expired_certificates_cannot_upload_and_central_says_why() -
         "central must log the foreign certificate and why"
     );
     assert!(
-        text.lines().any(|l| l.contains("test/clinic/old") && l.to_lowercase().contains("expired")),
+        text.lines()
+            .any(|l| l.contains("test/clinic/old") && l.to_lowercase().contains("expired")),
         "central must log that the certificate is expired"
     );
     for (name, gw) in &running {
@@ -164,7 +210,10 @@ async fn foreign_and_expired_certificates_cannot_upload_and_central_says_why() -
         } else {
             assert_ne!(state.state, "up", "{name} must not be connected");
             let (stats, _) = yilian_spool::Spool::inspect(&dir.join(format!("{name}-spool")), 0)?;
-            assert_eq!(stats.lanes[2].items, 1, "{name}'s file must stay safely in its spool");
+            assert_eq!(
+                stats.lanes[2].items, 1,
+                "{name}'s file must stay safely in its spool"
+            );
         }
     }
     for (_, gw) in running {

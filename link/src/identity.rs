@@ -8,8 +8,8 @@ use crate::LinkError;
 
 /// The `yilian://county/clinic/box` SAN URI of a certificate.
 pub fn identity_from_certificate(der: &CertificateDer<'_>) -> Result<BoxIdentity, LinkError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| LinkError::Identity(format!("unparsable: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| LinkError::Identity(format!("unparsable: {e}")))?;
     let san = cert
         .subject_alternative_name()
         .map_err(|e| LinkError::Identity(format!("bad subjectAltName: {e}")))?
@@ -28,8 +28,8 @@ pub fn identity_from_certificate(der: &CertificateDer<'_>) -> Result<BoxIdentity
 
 /// Expiry of a certificate, as seconds since the Unix epoch.
 pub fn certificate_not_after(der: &CertificateDer<'_>) -> Result<i64, LinkError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| LinkError::Identity(format!("unparsable: {e}")))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| LinkError::Identity(format!("unparsable: {e}")))?;
     Ok(cert.validity().not_after.timestamp())
 }
 

@@ -13,7 +13,8 @@ pub const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 /// Binds a UDP socket with raised buffers. The kernel caps the request at
 /// `net.core.rmem_max`/`wmem_max`; when it does, a warning names the sysctl.
 pub fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, LinkError> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(LinkError::Socket)?;
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(LinkError::Socket)?;
     if addr.is_ipv6() {
         // Accept IPv4-mapped traffic too, so "[::]:port" serves both.
         let _ = socket.set_only_v6(false);

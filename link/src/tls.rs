@@ -108,13 +108,18 @@ impl ClientCertVerifier for FleetClientVerifier {
         let claimed = identity_from_certificate(end_entity)
             .map(|id| id.to_string())
             .unwrap_or_else(|e| format!("(no identity: {e})"));
-        if let Err(e) = self.inner.verify_client_cert(end_entity, intermediates, now) {
+        if let Err(e) = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+        {
             tracing::warn!(gateway = %claimed, reason = %e, "refused gateway certificate");
             return Err(e);
         }
         if let Err(e) = identity_from_certificate(end_entity) {
             tracing::warn!(reason = %e, "refused gateway certificate without a yilian:// identity");
-            return Err(rustls::Error::General(format!("certificate carries no gateway identity: {e}")));
+            return Err(rustls::Error::General(format!(
+                "certificate carries no gateway identity: {e}"
+            )));
         }
         Ok(ClientCertVerified::assertion())
     }

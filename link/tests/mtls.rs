@@ -1,3 +1,4 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers may panic on setup failure
 //! Mutual TLS over real quinn endpoints on loopback.
 
 use std::net::SocketAddr;
@@ -5,9 +6,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use yilian_link::{MessageReader, TlsFiles, bind_udp, client_config, peer_identity, server_config, write_message};
-use yilian_protocol::messages::{Accept, Envelope, envelope::Body};
+use yilian_link::{
+    MessageReader, TlsFiles, bind_udp, client_config, peer_identity, server_config, write_message,
+};
 use yilian_protocol::BoxIdentity;
+use yilian_protocol::messages::{Accept, Envelope, envelope::Body};
 use yilian_provision::FleetCa;
 use yilian_provision::ca::write_cert_files;
 
@@ -27,7 +30,13 @@ fn files(dir: &Path, name: &str) -> TlsFiles {
 
 async fn server(dir: &Path, ca: &FleetCa) -> (quinn::Endpoint, SocketAddr) {
     let out = dir.join("central");
-    write_cert_files(&out, "central", &ca.issue_central("localhost", DAY).expect("cert"), ca.cert_pem()).expect("write");
+    write_cert_files(
+        &out,
+        "central",
+        &ca.issue_central("localhost", DAY).expect("cert"),
+        ca.cert_pem(),
+    )
+    .expect("write");
     let config = server_config(&files(&out, "central")).expect("server config");
     let socket = bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
     let ep = quinn::Endpoint::new(
@@ -44,10 +53,18 @@ async fn server(dir: &Path, ca: &FleetCa) -> (quinn::Endpoint, SocketAddr) {
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
                 let id = peer_identity(&conn).expect("verified identity");
-                let Ok((mut send, recv)) = conn.accept_bi().await else { return };
+                let Ok((mut send, recv)) = conn.accept_bi().await else {
+                    return;
+                };
                 let mut reader = MessageReader::new(recv);
                 let _ = reader.next().await;
-                let _ = write_message(&mut send, &Envelope::new(Body::Accept(Accept { offset: id.to_string().len() as u64 }))).await;
+                let _ = write_message(
+                    &mut send,
+                    &Envelope::new(Body::Accept(Accept {
+                        offset: id.to_string().len() as u64,
+                    })),
+                )
+                .await;
                 let _ = send.finish();
                 conn.closed().await;
             });
@@ -62,9 +79,15 @@ async fn first_exchange(client_files: &TlsFiles, addr: SocketAddr) -> Result<u64
     let config = client_config(client_files).map_err(|e| e.to_string())?;
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
     ep.set_default_client_config(config);
-    let conn = ep.connect(addr, "localhost").map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+    let conn = ep
+        .connect(addr, "localhost")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    write_message(&mut send, &Envelope::default()).await.map_err(|e| e.to_string())?;
+    write_message(&mut send, &Envelope::default())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut reader = MessageReader::new(recv);
     let reply = tokio::time::timeout(Duration::from_secs(5), reader.next())
         .await
@@ -76,9 +99,18 @@ async fn first_exchange(client_files: &TlsFiles, addr: SocketAddr) -> Result<u64
     }
 }
 
-fn gateway_files(dir: &Path, ca: &FleetCa, id: &str, not_before: OffsetDateTime, life: Duration, trust: &str) -> TlsFiles {
+fn gateway_files(
+    dir: &Path,
+    ca: &FleetCa,
+    id: &str,
+    not_before: OffsetDateTime,
+    life: Duration,
+    trust: &str,
+) -> TlsFiles {
     let out = dir.join(id.replace('/', "_"));
-    let issued = ca.issue_gateway(&BoxIdentity::parse(id).expect("id"), not_before, life).expect("issue");
+    let issued = ca
+        .issue_gateway(&BoxIdentity::parse(id).expect("id"), not_before, life)
+        .expect("issue");
     write_cert_files(&out, "gateway", &issued, trust).expect("write");
     files(&out, "gateway")
 }
@@ -88,8 +120,18 @@ async fn fleet_certificate_is_accepted_and_identity_comes_from_it() {
     let dir = tempfile::tempdir().expect("tmp");
     let ca = fleet(dir.path(), "fleet");
     let (_ep, addr) = server(dir.path(), &ca).await;
-    let good = gateway_files(dir.path(), &ca, "anxi/hutou/box-1", OffsetDateTime::now_utc(), DAY, ca.cert_pem());
-    assert_eq!(first_exchange(&good, addr).await, Ok("anxi/hutou/box-1".len() as u64));
+    let good = gateway_files(
+        dir.path(),
+        &ca,
+        "anxi/hutou/box-1",
+        OffsetDateTime::now_utc(),
+        DAY,
+        ca.cert_pem(),
+    );
+    assert_eq!(
+        first_exchange(&good, addr).await,
+        Ok("anxi/hutou/box-1".len() as u64)
+    );
 }
 
 #[tokio::test]
@@ -100,7 +142,14 @@ async fn foreign_expired_and_identityless_certificates_cannot_talk() {
     let (_ep, addr) = server(dir.path(), &ca).await;
 
     // Signed by another CA (but trusting ours, so the server is verified).
-    let foreign = gateway_files(dir.path(), &other, "anxi/hutou/rogue", OffsetDateTime::now_utc(), DAY, ca.cert_pem());
+    let foreign = gateway_files(
+        dir.path(),
+        &other,
+        "anxi/hutou/rogue",
+        OffsetDateTime::now_utc(),
+        DAY,
+        ca.cert_pem(),
+    );
     assert!(first_exchange(&foreign, addr).await.is_err());
 
     // Ours, but expired yesterday.
@@ -116,7 +165,13 @@ async fn foreign_expired_and_identityless_certificates_cannot_talk() {
 
     // The central certificate of the same fleet is not a gateway.
     let out = dir.path().join("central-as-client");
-    write_cert_files(&out, "central", &ca.issue_central("localhost", DAY).expect("cert"), ca.cert_pem()).expect("write");
+    write_cert_files(
+        &out,
+        "central",
+        &ca.issue_central("localhost", DAY).expect("cert"),
+        ca.cert_pem(),
+    )
+    .expect("write");
     assert!(first_exchange(&files(&out, "central"), addr).await.is_err());
 }
 
@@ -126,7 +181,19 @@ async fn gateway_refuses_a_central_from_another_ca() {
     let ca = fleet(dir.path(), "fleet");
     let impostor = fleet(dir.path(), "impostor");
     let (_ep, addr) = server(dir.path(), &impostor).await;
-    let good = gateway_files(dir.path(), &ca, "anxi/hutou/box-1", OffsetDateTime::now_utc(), DAY, ca.cert_pem());
-    let err = first_exchange(&good, addr).await.expect_err("impostor central");
-    assert!(err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+    let good = gateway_files(
+        dir.path(),
+        &ca,
+        "anxi/hutou/box-1",
+        OffsetDateTime::now_utc(),
+        DAY,
+        ca.cert_pem(),
+    );
+    let err = first_exchange(&good, addr)
+        .await
+        .expect_err("impostor central");
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
 }

@@ -118,7 +118,10 @@ mod tests {
 
     #[test]
     fn split_at_every_byte() {
-        let wire: Vec<u8> = sample().iter().flat_map(|e| encode_frame(e).to_vec()).collect();
+        let wire: Vec<u8> = sample()
+            .iter()
+            .flat_map(|e| encode_frame(e).to_vec())
+            .collect();
         for split in 0..=wire.len() {
             let mut dec = FrameDecoder::default();
             let mut out = Vec::new();
@@ -139,7 +142,10 @@ mod tests {
         dec.push(&1000u32.to_be_bytes());
         assert_eq!(
             dec.next_frame(),
-            Err(FrameError::TooLong { len: 1000, max: 100 })
+            Err(FrameError::TooLong {
+                len: 1000,
+                max: 100
+            })
         );
     }
 

@@ -1,13 +1,13 @@
 //! The gateway ⇄ central wire protocol, free of I/O.
 //!
-//! - [`messages`]: the versioned protobuf schema (prost derives, field tags are
+//! - [`messages`] — the versioned protobuf schema (prost derives, field tags are
 //!   the wire contract: never renumber, only add).
-//! - [`frame`]: length-prefixed framing of [`messages::Envelope`]s on a stream.
-//! - [`version`]: protocol version negotiation in the hello exchange.
-//! - [`upload`]: sans-IO state machines for both ends of one upload
+//! - [`frame`] — length-prefixed framing of [`messages::Envelope`]s on a stream.
+//! - [`version`] — protocol version negotiation in the hello exchange.
+//! - [`upload`] — sans-IO state machines for both ends of one upload
 //!   (offer → held offset → chunks → COMMITTED / REJECTED), in the style of
 //!   quinn-proto: inputs via `handle_*`, outputs via `poll_*`, time passed in.
-//! - [`identity`]: the box identity carried in certificates.
+//! - [`identity`] — the box identity carried in certificates.
 
 #![forbid(unsafe_code)]
 

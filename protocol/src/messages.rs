@@ -258,7 +258,8 @@ mod tests {
 
     #[test]
     fn unknown_field_inside_known_message_is_skipped() {
-        let mut bytes = Envelope::new(envelope::Body::Accept(Accept { offset: 42 })).encode_to_vec();
+        let mut bytes =
+            Envelope::new(envelope::Body::Accept(Accept { offset: 42 })).encode_to_vec();
         // Append, inside the Accept, an unknown varint field 9 = 1 by
         // rewriting the nested length.
         let mut inner = Accept { offset: 42 }.encode_to_vec();
@@ -268,7 +269,10 @@ mod tests {
         bytes.push(inner.len() as u8);
         bytes.extend_from_slice(&inner);
         let env = Envelope::decode(&bytes[..]).expect("decodes");
-        assert_eq!(env.body, Some(envelope::Body::Accept(Accept { offset: 42 })));
+        assert_eq!(
+            env.body,
+            Some(envelope::Body::Accept(Accept { offset: 42 }))
+        );
     }
 
     #[test]

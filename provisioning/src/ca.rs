@@ -38,7 +38,10 @@ pub enum ProvisionError {
     Invalid(String),
 }
 
-fn io_err<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ProvisionError + 'a {
+fn io_err<'a>(
+    context: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ProvisionError + 'a {
     move |source| ProvisionError::Io {
         context,
         path: path.to_owned(),
@@ -167,7 +170,11 @@ impl FleetCa {
     }
 
     /// A central (server) certificate for `hostname`, a DNS name or an IP.
-    pub fn issue_central(&self, hostname: &str, lifetime: Duration) -> Result<IssuedCert, ProvisionError> {
+    pub fn issue_central(
+        &self,
+        hostname: &str,
+        lifetime: Duration,
+    ) -> Result<IssuedCert, ProvisionError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -192,7 +199,12 @@ impl FleetCa {
 }
 
 /// Writes `<name>.pem`, `<name>.key` and the CA certificate into `out`.
-pub fn write_cert_files(out: &Path, name: &str, issued: &IssuedCert, ca_pem: &str) -> Result<(), ProvisionError> {
+pub fn write_cert_files(
+    out: &Path,
+    name: &str,
+    issued: &IssuedCert,
+    ca_pem: &str,
+) -> Result<(), ProvisionError> {
     fs::create_dir_all(out).map_err(io_err("create", out))?;
     write_private(&out.join(format!("{name}.key")), &issued.key_pem)?;
     write_public(&out.join(format!("{name}.pem")), &issued.cert_pem)?;
@@ -208,7 +220,8 @@ fn write_private(path: &Path, contents: &str) -> Result<(), ProvisionError> {
         .mode(0o600)
         .open(path)
         .map_err(io_err("create", path))?;
-    f.write_all(contents.as_bytes()).map_err(io_err("write", path))?;
+    f.write_all(contents.as_bytes())
+        .map_err(io_err("write", path))?;
     f.sync_all().map_err(io_err("fsync", path))
 }
 
@@ -250,9 +263,15 @@ mod tests {
             })
             .expect("uri");
         assert_eq!(uri, "yilian://anxi/hutou/box-1");
-        let mode = fs::metadata(dir.path().join(CA_KEY_FILE)).expect("stat").permissions();
+        let mode = fs::metadata(dir.path().join(CA_KEY_FILE))
+            .expect("stat")
+            .permissions();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(mode.mode() & 0o077, 0, "CA key must not be readable by others");
+        assert_eq!(
+            mode.mode() & 0o077,
+            0,
+            "CA key must not be readable by others"
+        );
     }
 
     fn pem_der(pem: &str) -> Vec<u8> {

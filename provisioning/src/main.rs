@@ -11,7 +11,11 @@ use yilian_provision::FleetCa;
 use yilian_provision::ca::write_cert_files;
 
 #[derive(Parser)]
-#[command(name = "yilian-provision", version, about = "Fleet CA and box certificates for Yilian")]
+#[command(
+    name = "yilian-provision",
+    version,
+    about = "Fleet CA and box certificates for Yilian"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -77,31 +81,45 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ca {
-            command: CaCommand::Init { dir, name, lifetime },
+            command:
+                CaCommand::Init {
+                    dir,
+                    name,
+                    lifetime,
+                },
         } => {
             FleetCa::init(&dir, &name, lifetime)?;
             println!("fleet CA created in {}; keep ca.key offline", dir.display());
         }
         Command::Cert {
-            command: CertCommand::Issue {
-                ca,
-                gateway,
-                central,
-                out,
-                lifetime,
-            },
+            command:
+                CertCommand::Issue {
+                    ca,
+                    gateway,
+                    central,
+                    out,
+                    lifetime,
+                },
         } => {
             let ca = FleetCa::load(&ca)?;
             let (name, issued) = match (gateway, central) {
                 (Some(id), _) => {
                     let id = BoxIdentity::parse(&id)?;
-                    ("gateway", ca.issue_gateway(&id, OffsetDateTime::now_utc(), lifetime)?)
+                    (
+                        "gateway",
+                        ca.issue_gateway(&id, OffsetDateTime::now_utc(), lifetime)?,
+                    )
                 }
                 (None, Some(host)) => ("central", ca.issue_central(&host, lifetime)?),
-                (None, None) => anyhow::bail!("give --gateway COUNTY/CLINIC/BOX or --central HOSTNAME"),
+                (None, None) => {
+                    anyhow::bail!("give --gateway COUNTY/CLINIC/BOX or --central HOSTNAME")
+                }
             };
             write_cert_files(&out, name, &issued, ca.cert_pem())?;
-            println!("wrote {0}/{name}.pem, {0}/{name}.key and {0}/ca.pem", out.display());
+            println!(
+                "wrote {0}/{name}.pem, {0}/{name}.key and {0}/ca.pem",
+                out.display()
+            );
         }
     }
     Ok(())

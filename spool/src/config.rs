@@ -49,7 +49,8 @@ impl SpoolConfig {
 
     /// Checks the settings; the message says which one is wrong.
     pub fn validate(&self) -> Result<(), String> {
-        if !(0.0..=1.0).contains(&self.high_watermark) || !(0.0..=1.0).contains(&self.low_watermark) {
+        if !(0.0..=1.0).contains(&self.high_watermark) || !(0.0..=1.0).contains(&self.low_watermark)
+        {
             return Err("watermarks must be fractions between 0 and 1".into());
         }
         if self.low_watermark > self.high_watermark {

@@ -7,7 +7,11 @@ pub enum SpoolError {
     /// The quota's high watermark is reached: refuse the device so it
     /// retries later. Nothing already stored is affected.
     #[error("spool full: {used} bytes held, refusing above {high_mark} until below {low_mark}")]
-    Full { used: u64, high_mark: u64, low_mark: u64 },
+    Full {
+        used: u64,
+        high_mark: u64,
+        low_mark: u64,
+    },
     #[error("{context} {path}: {source}")]
     Io {
         context: &'static str,
@@ -17,8 +21,14 @@ pub enum SpoolError {
     },
     #[error("spool index: {0}")]
     Db(#[from] rusqlite::Error),
-    #[error("spool index at {path} was written by a newer version (schema {found}, this build knows {known})")]
-    SchemaTooNew { path: PathBuf, found: i64, known: i64 },
+    #[error(
+        "spool index at {path} was written by a newer version (schema {found}, this build knows {known})"
+    )]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
     #[error("spool configuration: {0}")]
     Config(String),
     #[error("no item {0} in the spool")]

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::SpoolError;
 use crate::item::{Committed, NewItem};
 use crate::spool::Spool;
 use crate::writer::InsertRow;
-use crate::SpoolError;
 
 /// Fsyncs a directory so that a rename or unlink inside it is durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -80,12 +80,17 @@ impl SpoolWriter {
         self.spool.check_room(self.written + data.len() as u64)?;
         self.hasher.update(data);
         self.written += data.len() as u64;
-        if self.file.is_none() && self.memory.len() + data.len() <= self.spool.config().inline_threshold {
+        if self.file.is_none()
+            && self.memory.len() + data.len() <= self.spool.config().inline_threshold
+        {
             self.memory.extend_from_slice(data);
             return Ok(());
         }
         if self.file.is_none() {
-            let path = self.spool.tmp_dir().join(format!("{}.part", self.upload_id));
+            let path = self
+                .spool
+                .tmp_dir()
+                .join(format!("{}.part", self.upload_id));
             let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -124,7 +129,8 @@ impl SpoolWriter {
                     .map_err(|e| SpoolError::io("fsync payload file", &tmp, e))?;
                 drop(f);
                 let dest = self.spool.payload_dir().join(&self.upload_id);
-                fs::rename(&tmp, &dest).map_err(|e| SpoolError::io("rename payload file", &tmp, e))?;
+                fs::rename(&tmp, &dest)
+                    .map_err(|e| SpoolError::io("rename payload file", &tmp, e))?;
                 sync_dir(self.spool.payload_dir())?;
                 (None, Some(dest))
             }
@@ -177,7 +183,9 @@ impl Payload {
                 let end = start
                     .checked_add(buf.len())
                     .filter(|e| *e <= data.len())
-                    .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past the payload"))?;
+                    .ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "read past the payload")
+                    })?;
                 buf.copy_from_slice(&data[start..end]);
                 Ok(())
             }

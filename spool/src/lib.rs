@@ -30,5 +30,8 @@ mod writer;
 pub use config::SpoolConfig;
 pub use error::SpoolError;
 pub use files::{Payload, SpoolWriter};
-pub use item::{Committed, ItemState, ItemSummary, Lane, LaneStats, Lease, NackOutcome, NewItem, PayloadRef, SpoolStats};
+pub use item::{
+    Committed, ItemState, ItemSummary, Lane, LaneStats, Lease, NackOutcome, NewItem, PayloadRef,
+    SpoolStats,
+};
 pub use spool::{Spool, requeue_in};

@@ -2,9 +2,9 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::SpoolError;
 use crate::item::{ItemState, ItemSummary, Lane, LaneStats, Lease, SpoolStats};
 use crate::writer::parse_metadata;
-use crate::SpoolError;
 
 fn sha_array(v: &[u8]) -> [u8; 32] {
     let mut a = [0u8; 32];
@@ -15,7 +15,11 @@ fn sha_array(v: &[u8]) -> [u8; 32] {
 }
 
 /// Takes the oldest ready item of `lane` whose retry time has come.
-pub(crate) fn lease(conn: &Connection, lane: Lane, now_ms: i64) -> Result<Option<Lease>, SpoolError> {
+pub(crate) fn lease(
+    conn: &Connection,
+    lane: Lane,
+    now_ms: i64,
+) -> Result<Option<Lease>, SpoolError> {
     let row = conn
         .query_row(
             "SELECT id, upload_id, kind, source, metadata, size, sha256, received_ms, attempts, inline_payload IS NOT NULL
@@ -66,14 +70,24 @@ pub(crate) fn stats(conn: &Connection) -> Result<SpoolStats, SpoolError> {
             oldest_received_ms: oldest,
         };
     }
-    s.dead = conn.query_row("SELECT COUNT(*) FROM items WHERE state = 3", [], |r| r.get::<_, i64>(0))? as u64;
-    s.delivered_kept = conn.query_row("SELECT COUNT(*) FROM items WHERE state = 2", [], |r| r.get::<_, i64>(0))? as u64;
-    s.used_bytes = conn.query_row("SELECT COALESCE(SUM(size), 0) FROM items", [], |r| r.get::<_, i64>(0))? as u64;
+    s.dead = conn.query_row("SELECT COUNT(*) FROM items WHERE state = 3", [], |r| {
+        r.get::<_, i64>(0)
+    })? as u64;
+    s.delivered_kept = conn.query_row("SELECT COUNT(*) FROM items WHERE state = 2", [], |r| {
+        r.get::<_, i64>(0)
+    })? as u64;
+    s.used_bytes = conn.query_row("SELECT COALESCE(SUM(size), 0) FROM items", [], |r| {
+        r.get::<_, i64>(0)
+    })? as u64;
     Ok(s)
 }
 
 /// The newest items (or only dead letters), newest first.
-pub(crate) fn list(conn: &Connection, dead_only: bool, limit: u32) -> Result<Vec<ItemSummary>, SpoolError> {
+pub(crate) fn list(
+    conn: &Connection,
+    dead_only: bool,
+    limit: u32,
+) -> Result<Vec<ItemSummary>, SpoolError> {
     let sql = if dead_only {
         "SELECT id, upload_id, lane, kind, source, metadata, size, sha256, state, attempts, received_ms, delivered_ms, last_error
          FROM items WHERE state = 3 ORDER BY id DESC LIMIT ?1"

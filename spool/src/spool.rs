@@ -11,7 +11,9 @@ use rusqlite::params;
 
 use crate::config::SpoolConfig;
 use crate::files::{Payload, SpoolWriter};
-use crate::item::{Committed, ItemSummary, Lane, Lease, NackOutcome, NewItem, PayloadRef, SpoolStats};
+use crate::item::{
+    Committed, ItemSummary, Lane, Lease, NackOutcome, NewItem, PayloadRef, SpoolStats,
+};
 use crate::writer::{InsertRow, Op, Reply, Request, Usage, Writer};
 use crate::{SpoolError, queries, schema};
 
@@ -39,7 +41,9 @@ pub struct Spool {
 
 impl std::fmt::Debug for Spool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Spool").field("dir", &self.inner.config.dir).finish()
+        f.debug_struct("Spool")
+            .field("dir", &self.inner.config.dir)
+            .finish()
     }
 }
 
@@ -69,7 +73,8 @@ impl Spool {
                 "spool recovered after an unclean stop"
             );
         }
-        let used: i64 = conn.query_row("SELECT COALESCE(SUM(size), 0) FROM items", [], |r| r.get(0))?;
+        let used: i64 =
+            conn.query_row("SELECT COALESCE(SUM(size), 0) FROM items", [], |r| r.get(0))?;
         let usage = Arc::new(Usage::default());
         usage.used.store(used as u64, Ordering::SeqCst);
         usage
@@ -139,6 +144,7 @@ impl Spool {
     pub(crate) fn insert(&self, row: InsertRow) -> Result<Committed, SpoolError> {
         match self.call(Op::Insert(row))? {
             Reply::Committed(c) => Ok(c),
+            Reply::Refused(e) => Err(e),
             _ => Err(SpoolError::Closed),
         }
     }
@@ -229,7 +235,12 @@ impl Spool {
     /// Central cannot take the item right now (its disk or database is
     /// unavailable): ready again after `delay`, no attempt counted, so an
     /// outage at central never dead-letters anything.
-    pub fn defer(&self, lease: Lease, delay: std::time::Duration, reason: &str) -> Result<(), SpoolError> {
+    pub fn defer(
+        &self,
+        lease: Lease,
+        delay: std::time::Duration,
+        reason: &str,
+    ) -> Result<(), SpoolError> {
         self.call(Op::Defer {
             id: lease.id,
             until_ms: now_ms() + delay.as_millis() as i64,
@@ -250,7 +261,10 @@ impl Spool {
 
     /// Dead-lettered items, newest first.
     pub fn dead_letters(&self, limit: u32) -> Result<Vec<ItemSummary>, SpoolError> {
-        match self.call(Op::List { dead_only: true, limit })? {
+        match self.call(Op::List {
+            dead_only: true,
+            limit,
+        })? {
             Reply::Items(v) => Ok(v),
             _ => Err(SpoolError::Closed),
         }
@@ -278,7 +292,10 @@ impl Spool {
 
     /// The newest items in any state, newest first.
     pub fn recent(&self, limit: u32) -> Result<Vec<ItemSummary>, SpoolError> {
-        match self.call(Op::List { dead_only: false, limit })? {
+        match self.call(Op::List {
+            dead_only: false,
+            limit,
+        })? {
             Reply::Items(v) => Ok(v),
             _ => Err(SpoolError::Closed),
         }
@@ -310,25 +327,30 @@ fn clear_dir(dir: &Path) -> Result<usize, SpoolError> {
     let mut n = 0;
     for entry in fs::read_dir(dir).map_err(|e| SpoolError::io("list", dir, e))? {
         let entry = entry.map_err(|e| SpoolError::io("list", dir, e))?;
-        fs::remove_file(entry.path()).map_err(|e| SpoolError::io("remove partial payload", entry.path(), e))?;
+        fs::remove_file(entry.path())
+            .map_err(|e| SpoolError::io("remove partial payload", entry.path(), e))?;
         n += 1;
     }
     Ok(n)
 }
 
-fn reconcile_payloads(conn: &rusqlite::Connection, payload_dir: &Path) -> Result<(usize, usize), SpoolError> {
+fn reconcile_payloads(
+    conn: &rusqlite::Connection,
+    payload_dir: &Path,
+) -> Result<(usize, usize), SpoolError> {
     let mut known = std::collections::HashSet::new();
     let mut missing = 0;
     {
-        let mut stmt = conn.prepare(
-            "SELECT id, upload_id, size, state FROM items WHERE inline_payload IS NULL",
-        )?;
+        let mut stmt = conn
+            .prepare("SELECT id, upload_id, size, state FROM items WHERE inline_payload IS NULL")?;
         let rows: Vec<(i64, String, i64, i64)> = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
             .collect::<Result<_, _>>()?;
         for (id, upload_id, size, state) in rows {
             let path = payload_dir.join(&upload_id);
-            let ok = fs::metadata(&path).map(|m| m.len() == size as u64).unwrap_or(false);
+            let ok = fs::metadata(&path)
+                .map(|m| m.len() == size as u64)
+                .unwrap_or(false);
             if !ok && state != 3 {
                 tracing::error!(item = id, upload_id = %upload_id, "spool payload file missing or wrong size; item dead-lettered");
                 conn.execute(
@@ -347,7 +369,8 @@ fn reconcile_payloads(conn: &rusqlite::Connection, payload_dir: &Path) -> Result
         if !known.contains(&name) {
             // Renamed into place but the process died before the index
             // commit: never acknowledged, so safe to remove.
-            fs::remove_file(entry.path()).map_err(|e| SpoolError::io("remove orphan payload", entry.path(), e))?;
+            fs::remove_file(entry.path())
+                .map_err(|e| SpoolError::io("remove orphan payload", entry.path(), e))?;
             orphans += 1;
         }
     }

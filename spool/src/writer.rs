@@ -11,10 +11,10 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::config::SpoolConfig;
-use crate::item::{Committed, Lane, Lease, NackOutcome, NewItem, SpoolStats, ItemSummary};
-use crate::queries;
 use crate::SpoolError;
+use crate::config::SpoolConfig;
+use crate::item::{Committed, ItemSummary, Lane, Lease, NackOutcome, NewItem, SpoolStats};
+use crate::queries;
 
 /// Most requests committed in one transaction.
 const MAX_GROUP: usize = 512;
@@ -32,20 +32,48 @@ pub(crate) struct InsertRow {
 
 pub(crate) enum Op {
     Insert(InsertRow),
-    Lease { lane: Lane, now_ms: i64 },
-    Ack { id: i64, now_ms: i64 },
-    Release { id: i64 },
-    Nack { id: i64, error: String, now_ms: i64 },
-    Requeue { id: i64 },
-    Defer { id: i64, until_ms: i64, error: String },
-    Kill { id: i64, error: String },
-    Purge { now_ms: i64 },
+    Lease {
+        lane: Lane,
+        now_ms: i64,
+    },
+    Ack {
+        id: i64,
+        now_ms: i64,
+    },
+    Release {
+        id: i64,
+    },
+    Nack {
+        id: i64,
+        error: String,
+        now_ms: i64,
+    },
+    Requeue {
+        id: i64,
+    },
+    Defer {
+        id: i64,
+        until_ms: i64,
+        error: String,
+    },
+    Kill {
+        id: i64,
+        error: String,
+    },
+    Purge {
+        now_ms: i64,
+    },
     Stats,
-    List { dead_only: bool, limit: u32 },
+    List {
+        dead_only: bool,
+        limit: u32,
+    },
 }
 
 pub(crate) enum Reply {
     Committed(Committed),
+    /// The request was processed (evictions it caused stand) but refused.
+    Refused(SpoolError),
     Lease(Option<Lease>),
     Nack(NackOutcome),
     Count(u64),
@@ -108,18 +136,29 @@ impl Writer {
         let mut replies = Vec::with_capacity(batch.len());
         for req in batch {
             // Each request in its own savepoint: one failing request must not
-            // undo the others in the group.
+            // undo the others in the group. A failed request also gives back
+            // what it changed in memory: usage, and files it meant to unlink.
+            let unlink_mark = unlink_after_commit.len();
+            let used_mark = self.usage.used.load(Ordering::SeqCst);
             let r = self
                 .conn
                 .execute_batch("SAVEPOINT op")
                 .map_err(SpoolError::from)
                 .and_then(|_| self.apply(req.op, &mut unlink_after_commit));
-            let end = if r.is_ok() { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+            let end = if r.is_ok() {
+                "RELEASE op"
+            } else {
+                "ROLLBACK TO op; RELEASE op"
+            };
             let r = match (r, self.conn.execute_batch(end)) {
                 (Ok(v), Ok(())) => Ok(v),
                 (Err(e), _) => Err(e),
                 (Ok(_), Err(e)) => Err(SpoolError::Db(e)),
             };
+            if r.is_err() {
+                unlink_after_commit.truncate(unlink_mark);
+                self.usage.used.store(used_mark, Ordering::SeqCst);
+            }
             results.push(r);
             replies.push(req.reply);
         }
@@ -155,8 +194,14 @@ impl Writer {
 
     fn apply(&mut self, op: Op, unlink: &mut Vec<PathBuf>) -> Result<Reply, SpoolError> {
         match op {
-            Op::Insert(row) => self.insert(row, unlink).map(Reply::Committed),
-            Op::Lease { lane, now_ms } => queries::lease(&self.conn, lane, now_ms).map(Reply::Lease),
+            Op::Insert(row) => match self.insert(row, unlink) {
+                Ok(c) => Ok(Reply::Committed(c)),
+                Err(e @ SpoolError::Full { .. }) => Ok(Reply::Refused(e)),
+                Err(e) => Err(e),
+            },
+            Op::Lease { lane, now_ms } => {
+                queries::lease(&self.conn, lane, now_ms).map(Reply::Lease)
+            }
             Op::Ack { id, now_ms } => {
                 let n = self.conn.execute(
                     "UPDATE items SET state = 2, delivered_ms = ?2, last_error = NULL WHERE id = ?1 AND state IN (0, 1)",
@@ -168,8 +213,10 @@ impl Writer {
                 Ok(Reply::Done)
             }
             Op::Release { id } => {
-                self.conn
-                    .execute("UPDATE items SET state = 0 WHERE id = ?1 AND state = 1", params![id])?;
+                self.conn.execute(
+                    "UPDATE items SET state = 0 WHERE id = ?1 AND state = 1",
+                    params![id],
+                )?;
                 Ok(Reply::Done)
             }
             Op::Nack { id, error, now_ms } => self.nack(id, &error, now_ms).map(Reply::Nack),
@@ -183,7 +230,11 @@ impl Writer {
                 }
                 Ok(Reply::Done)
             }
-            Op::Defer { id, until_ms, error } => {
+            Op::Defer {
+                id,
+                until_ms,
+                error,
+            } => {
                 self.conn.execute(
                     "UPDATE items SET state = 0, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?1 AND state = 1",
                     params![id, until_ms, error],
@@ -202,7 +253,8 @@ impl Writer {
             }
             Op::Purge { now_ms } => {
                 let cutoff = now_ms.saturating_sub(self.config.retention.as_millis() as i64);
-                self.evict_delivered(Some(cutoff), u64::MAX, unlink).map(Reply::Count)
+                self.evict_delivered(Some(cutoff), u64::MAX, unlink)
+                    .map(Reply::Count)
             }
             Op::Stats => {
                 let mut s = queries::stats(&self.conn)?;
@@ -211,19 +263,27 @@ impl Writer {
                 s.refusing = self.usage.refusing.load(Ordering::SeqCst);
                 Ok(Reply::Stats(s))
             }
-            Op::List { dead_only, limit } => queries::list(&self.conn, dead_only, limit).map(Reply::Items),
+            Op::List { dead_only, limit } => {
+                queries::list(&self.conn, dead_only, limit).map(Reply::Items)
+            }
         }
     }
 
     fn must_exist(&self, id: i64) -> Result<(), SpoolError> {
         let found: Option<i64> = self
             .conn
-            .query_row("SELECT id FROM items WHERE id = ?1", params![id], |r| r.get(0))
+            .query_row("SELECT id FROM items WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
             .optional()?;
         found.map(|_| ()).ok_or(SpoolError::NotFound(id))
     }
 
-    fn insert(&mut self, row: InsertRow, unlink: &mut Vec<PathBuf>) -> Result<Committed, SpoolError> {
+    fn insert(
+        &mut self,
+        row: InsertRow,
+        unlink: &mut Vec<PathBuf>,
+    ) -> Result<Committed, SpoolError> {
         if let Some(key) = &row.item.dedup_key {
             let existing = self
                 .conn
@@ -331,15 +391,18 @@ impl Writer {
                 "SELECT id, upload_id, size, inline_payload IS NULL FROM items
                  WHERE state = 2 AND delivered_ms < ?1 ORDER BY delivered_ms, id",
             )?;
-            stmt.query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<Result<_, _>>()?
+            stmt.query_map(params![cutoff], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?
         };
         let mut evicted = 0;
         for (id, upload_id, size, is_file) in victims {
             if target != u64::MAX && self.usage.used.load(Ordering::SeqCst) <= target {
                 break;
             }
-            self.conn.execute("DELETE FROM items WHERE id = ?1", params![id])?;
+            self.conn
+                .execute("DELETE FROM items WHERE id = ?1", params![id])?;
             if is_file {
                 unlink.push(self.config.dir.join("payload").join(&upload_id));
             }
@@ -355,7 +418,11 @@ impl Writer {
     fn nack(&mut self, id: i64, error: &str, now_ms: i64) -> Result<NackOutcome, SpoolError> {
         let attempts: Option<i64> = self
             .conn
-            .query_row("SELECT attempts FROM items WHERE id = ?1", params![id], |r| r.get(0))
+            .query_row(
+                "SELECT attempts FROM items WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
             .optional()?;
         let attempts = attempts.ok_or(SpoolError::NotFound(id))? as u32 + 1;
         if attempts >= self.config.max_attempts {

@@ -1,3 +1,4 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers may panic on setup failure
 use std::io::Write;
 use std::time::Duration;
 
@@ -31,7 +32,10 @@ fn append_lease_ack_inline_and_file() {
     assert!(!c1.is_duplicate());
     assert_eq!(c2.size(), big.len() as u64);
     assert!(dir.path().join("payload").join(c2.upload_id()).exists());
-    assert!(!dir.path().join("payload").join(c1.upload_id()).exists(), "small payloads are inline");
+    assert!(
+        !dir.path().join("payload").join(c1.upload_id()).exists(),
+        "small payloads are inline"
+    );
 
     let l1 = spool.lease(&Lane::ALL).expect("lease").expect("item");
     assert_eq!(l1.upload_id, c1.upload_id(), "FIFO within a lane");
@@ -39,7 +43,10 @@ fn append_lease_ack_inline_and_file() {
     let l2 = spool.lease(&Lane::ALL).expect("lease").expect("item");
     assert_eq!(read_all(&spool, &l2), big);
     assert_eq!(&l2.sha256, c2.sha256());
-    assert!(spool.lease(&Lane::ALL).expect("lease").is_none(), "leased items are not handed out twice");
+    assert!(
+        spool.lease(&Lane::ALL).expect("lease").is_none(),
+        "leased items are not handed out twice"
+    );
     spool.ack(l1).expect("ack");
     spool.ack(l2).expect("ack");
     let s = spool.stats().expect("stats");
@@ -58,7 +65,10 @@ fn urgent_overtakes_bulk_and_clinical() {
     let order: Vec<Lane> = std::iter::from_fn(|| spool.lease(&Lane::ALL).expect("lease"))
         .map(|l| l.lane)
         .collect();
-    assert_eq!(order, [Lane::Urgent, Lane::Clinical, Lane::Bulk, Lane::Bulk]);
+    assert_eq!(
+        order,
+        [Lane::Urgent, Lane::Clinical, Lane::Bulk, Lane::Bulk]
+    );
 }
 
 #[test]
@@ -71,7 +81,9 @@ fn concurrent_appends_all_commit() {
             std::thread::spawn(move || {
                 for i in 0..25 {
                     let body = format!("thread {t} item {i}");
-                    spool.append(item(Lane::Clinical), body.as_bytes()).expect("append");
+                    spool
+                        .append(item(Lane::Clinical), body.as_bytes())
+                        .expect("append");
                 }
             })
         })
@@ -79,7 +91,10 @@ fn concurrent_appends_all_commit() {
     for t in threads {
         t.join().expect("thread");
     }
-    assert_eq!(spool.stats().expect("stats").lanes[Lane::Clinical as usize].items, 400);
+    assert_eq!(
+        spool.stats().expect("stats").lanes[Lane::Clinical as usize].items,
+        400
+    );
 }
 
 #[test]
@@ -88,11 +103,18 @@ fn dedup_key_stores_once() {
     let spool = Spool::open(config(dir.path())).expect("open");
     let mut it = item(Lane::Clinical);
     it.dedup_key = Some("hl7:LAB|CLINIC|MSG0001".into());
-    let first = spool.append(it.clone(), &vec![7u8; 100_000]).expect("append");
+    let first = spool
+        .append(it.clone(), &vec![7u8; 100_000])
+        .expect("append");
     let second = spool.append(it, &vec![7u8; 100_000]).expect("append");
     assert!(second.is_duplicate());
     assert_eq!(first.upload_id(), second.upload_id());
-    assert_eq!(std::fs::read_dir(dir.path().join("payload")).expect("ls").count(), 1);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("payload"))
+            .expect("ls")
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -102,11 +124,15 @@ fn poison_item_is_dead_lettered_without_blocking_the_lane() {
     c.max_attempts = 3;
     c.retry_base = Duration::from_secs(3600);
     let spool = Spool::open(c).expect("open");
-    let poison = spool.append(item(Lane::Clinical), b"poison").expect("append");
+    let poison = spool
+        .append(item(Lane::Clinical), b"poison")
+        .expect("append");
     spool.append(item(Lane::Clinical), b"good").expect("append");
     let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
     assert_eq!(l.upload_id, poison.upload_id());
-    assert!(matches!(spool.nack(l, "hash mismatch").expect("nack"), NackOutcome::RetryIn(ms) if ms == 3_600_000));
+    assert!(
+        matches!(spool.nack(l, "hash mismatch").expect("nack"), NackOutcome::RetryIn(ms) if ms == 3_600_000)
+    );
     // The poisoned item waits for its retry time; the next one flows.
     let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
     assert_eq!(read_all(&spool, &l), b"good");
@@ -122,9 +148,15 @@ fn dead_letters_can_be_listed_and_requeued() {
     let spool = Spool::open(c).expect("open");
     spool.append(item(Lane::Bulk), b"x").expect("append");
     let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
-    assert_eq!(spool.nack(l, "rejected: too large").expect("nack"), NackOutcome::RetryIn(0));
+    assert_eq!(
+        spool.nack(l, "rejected: too large").expect("nack"),
+        NackOutcome::RetryIn(0)
+    );
     let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
-    assert_eq!(spool.nack(l, "rejected: too large").expect("nack"), NackOutcome::DeadLettered);
+    assert_eq!(
+        spool.nack(l, "rejected: too large").expect("nack"),
+        NackOutcome::DeadLettered
+    );
     assert!(spool.lease(&Lane::ALL).expect("lease").is_none());
     let dead = spool.dead_letters(10).expect("list");
     assert_eq!(dead.len(), 1);
@@ -143,14 +175,21 @@ fn quota_refuses_above_high_mark_and_evicts_only_delivered() {
     c.low_watermark = 0.5;
     let spool = Spool::open(c).expect("open");
     for _ in 0..4 {
-        spool.append(item(Lane::Bulk), &vec![1u8; 200_000]).expect("append");
+        spool
+            .append(item(Lane::Bulk), &vec![1u8; 200_000])
+            .expect("append");
     }
     // 800 kB held, high mark 900 kB: 200 kB more must be refused, and the
     // refusal must leave what is stored untouched.
-    let err = spool.append(item(Lane::Bulk), &vec![2u8; 200_000]).expect_err("full");
+    let err = spool
+        .append(item(Lane::Bulk), &vec![2u8; 200_000])
+        .expect_err("full");
     assert!(matches!(err, SpoolError::Full { .. }), "{err}");
     assert_eq!(err.reason(), "full");
-    assert_eq!(spool.stats().expect("stats").lanes[Lane::Bulk as usize].items, 4);
+    assert_eq!(
+        spool.stats().expect("stats").lanes[Lane::Bulk as usize].items,
+        4
+    );
     // Still refusing while undelivered: nothing may be evicted.
     assert!(spool.append(item(Lane::Bulk), &vec![2u8; 1000]).is_err());
     // Deliver two: they become evictable and room appears.
@@ -162,14 +201,25 @@ fn quota_refuses_above_high_mark_and_evicts_only_delivered() {
     // mark. 400 kB undelivered + 200 kB is still above 500 kB...
     assert!(spool.append(item(Lane::Bulk), &vec![3u8; 200_000]).is_err());
     // ...but the delivered items were evicted, and 50 kB fits.
-    spool.append(item(Lane::Bulk), &vec![3u8; 50_000]).expect("room after eviction");
+    spool
+        .append(item(Lane::Bulk), &vec![3u8; 50_000])
+        .expect("room after eviction");
     let s = spool.stats().expect("stats");
     assert_eq!(s.delivered_kept, 0);
-    assert_eq!(s.lanes[Lane::Bulk as usize].items, 3, "two undelivered + the new one");
+    assert_eq!(
+        s.lanes[Lane::Bulk as usize].items,
+        3,
+        "two undelivered + the new one"
+    );
     assert_eq!(s.used_bytes, 450_000);
     // The evicted payload files are gone; the two undelivered ones stay
     // (the 50 kB item is inline).
-    assert_eq!(std::fs::read_dir(dir.path().join("payload")).expect("ls").count(), 2);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("payload"))
+            .expect("ls")
+            .count(),
+        2
+    );
 }
 
 #[test]
@@ -186,10 +236,20 @@ fn streaming_writer_refuses_early_and_leaves_nothing() {
             break;
         }
     }
-    assert!(refused, "a 6 MB payload must be refused by a 1 MB quota while streaming");
+    assert!(
+        refused,
+        "a 6 MB payload must be refused by a 1 MB quota while streaming"
+    );
     assert!(w.commit().is_err());
-    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
-    spool.append(item(Lane::Bulk), b"still works").expect("append");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp"))
+            .expect("ls")
+            .count(),
+        0
+    );
+    spool
+        .append(item(Lane::Bulk), b"still works")
+        .expect("append");
 }
 
 #[test]
@@ -197,7 +257,9 @@ fn restart_recovers_leases_and_partial_files() {
     let dir = tempfile::tempdir().expect("tmp");
     {
         let spool = Spool::open(config(dir.path())).expect("open");
-        spool.append(item(Lane::Bulk), &vec![9u8; 200_000]).expect("append");
+        spool
+            .append(item(Lane::Bulk), &vec![9u8; 200_000])
+            .expect("append");
         let _leased = spool.lease(&Lane::ALL).expect("lease").expect("item");
         // A payload being written when the process died:
         std::fs::write(dir.path().join("tmp").join("abc.part"), b"half").expect("write");
@@ -205,9 +267,17 @@ fn restart_recovers_leases_and_partial_files() {
         std::fs::write(dir.path().join("payload").join("deadbeef"), b"orphan").expect("write");
     }
     let spool = Spool::open(config(dir.path())).expect("reopen");
-    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).expect("ls").count(), 0);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("tmp"))
+            .expect("ls")
+            .count(),
+        0
+    );
     assert!(!dir.path().join("payload").join("deadbeef").exists());
-    let l = spool.lease(&Lane::ALL).expect("lease").expect("lease returned to ready");
+    let l = spool
+        .lease(&Lane::ALL)
+        .expect("lease")
+        .expect("lease returned to ready");
     assert_eq!(read_all(&spool, &l), vec![9u8; 200_000]);
 }
 
@@ -217,8 +287,12 @@ fn retention_purges_only_delivered_items() {
     let mut c = config(dir.path());
     c.retention = Duration::from_millis(0);
     let spool = Spool::open(c).expect("open");
-    spool.append(item(Lane::Bulk), &vec![1u8; 100_000]).expect("append");
-    spool.append(item(Lane::Bulk), &vec![2u8; 100_000]).expect("append");
+    spool
+        .append(item(Lane::Bulk), &vec![1u8; 100_000])
+        .expect("append");
+    spool
+        .append(item(Lane::Bulk), &vec![2u8; 100_000])
+        .expect("append");
     let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
     spool.ack(l).expect("ack");
     std::thread::sleep(Duration::from_millis(5));
@@ -226,14 +300,21 @@ fn retention_purges_only_delivered_items() {
     let s = spool.stats().expect("stats");
     assert_eq!(s.delivered_kept, 0);
     assert_eq!(s.lanes[Lane::Bulk as usize].items, 1);
-    assert_eq!(std::fs::read_dir(dir.path().join("payload")).expect("ls").count(), 1);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("payload"))
+            .expect("ls")
+            .count(),
+        1
+    );
 }
 
 #[test]
 fn inspect_reads_while_open() {
     let dir = tempfile::tempdir().expect("tmp");
     let spool = Spool::open(config(dir.path())).expect("open");
-    spool.append(item(Lane::Urgent), b"stat ecg").expect("append");
+    spool
+        .append(item(Lane::Urgent), b"stat ecg")
+        .expect("append");
     let (stats, items) = Spool::inspect(dir.path(), 10).expect("inspect");
     assert_eq!(stats.lanes[Lane::Urgent as usize].items, 1);
     assert_eq!(items[0].lane, "urgent");

@@ -153,7 +153,9 @@ impl FolderIntake {
             }
             let path = entry.path();
             // Symlinks are not followed: a file is only ever one we own.
-            let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
             if !meta.is_file() {
                 continue;
             }
@@ -186,7 +188,10 @@ impl FolderIntake {
         let io = |context| move |source| IntakeError::Io { context, source };
         let mut file = File::open(path).map_err(io("open"))?;
         let before = Fingerprint::of(&file.metadata().map_err(io("stat"))?);
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
 
         let mut head = vec![0u8; SNIFF_LEN.min(before.size as usize)];
         file.read_exact(&mut head).map_err(io("read"))?;
@@ -194,7 +199,11 @@ impl FolderIntake {
 
         let mut metadata = BTreeMap::new();
         metadata.insert("filename".to_owned(), name.clone());
-        let mut item = NewItem::new(self.config.lane, kind.name(), format!("folder:{}", self.config.name));
+        let mut item = NewItem::new(
+            self.config.lane,
+            kind.name(),
+            format!("folder:{}", self.config.name),
+        );
         item.metadata = metadata;
         item.dedup_key = Some(format!(
             "folder:{}:{}:{}:{}:{}",
@@ -220,7 +229,8 @@ impl FolderIntake {
         // Only now, with the commit proof, may the file leave the folder.
         self.dispose(path, &name, committed.upload_id())?;
         if !committed.is_duplicate() {
-            self.metrics.accepted("folder", &self.config.name, committed.size());
+            self.metrics
+                .accepted("folder", &self.config.name, committed.size());
         }
         tracing::info!(
             folder = %self.config.name, kind = kind.name(), lane = %self.config.lane,

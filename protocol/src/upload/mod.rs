@@ -36,7 +36,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UploadError {
     #[error("unexpected {got} while {state}")]
-    Unexpected { got: &'static str, state: &'static str },
+    Unexpected {
+        got: &'static str,
+        state: &'static str,
+    },
     #[error("chunk at offset {got}, expected {expected}")]
     OutOfOrder { got: u64, expected: u64 },
     #[error("chunk ends at {end}, beyond the offered size {size}")]
@@ -52,7 +55,9 @@ pub enum UploadError {
 /// Checks what both ends require of an offer.
 pub fn validate_offer(offer: &crate::messages::Offer) -> Result<(), UploadError> {
     if offer.upload_id.is_empty() || offer.upload_id.len() > 128 {
-        return Err(UploadError::InvalidOffer("upload id must be 1 to 128 bytes"));
+        return Err(UploadError::InvalidOffer(
+            "upload id must be 1 to 128 bytes",
+        ));
     }
     if !offer
         .upload_id

@@ -90,11 +90,19 @@ impl UploadReceiver {
             (None, _) => Ok(()),
             (Some(Body::Offer(offer)), State::AwaitOffer) => {
                 if let Err(e) = validate_offer(&offer) {
-                    self.finish_rejected(&offer.upload_id, RejectReason::InvalidOffer, &e.to_string(), false);
+                    self.finish_rejected(
+                        &offer.upload_id,
+                        RejectReason::InvalidOffer,
+                        &e.to_string(),
+                        false,
+                    );
                     return Ok(());
                 }
                 if offer.size > self.max_size {
-                    let detail = format!("{} bytes exceeds the limit of {}", offer.size, self.max_size);
+                    let detail = format!(
+                        "{} bytes exceeds the limit of {}",
+                        offer.size, self.max_size
+                    );
                     self.finish_rejected(&offer.upload_id, RejectReason::TooLarge, &detail, false);
                     return Ok(());
                 }
@@ -182,23 +190,29 @@ impl UploadReceiver {
     /// The driver refuses the item (hash mismatch, storage failure, ...).
     /// May be called in any state before the end.
     pub fn reject(&mut self, reason: RejectReason, detail: &str, retryable: bool) {
-        let id = self.offer.as_ref().map(|o| o.upload_id.clone()).unwrap_or_default();
+        let id = self
+            .offer
+            .as_ref()
+            .map(|o| o.upload_id.clone())
+            .unwrap_or_default();
         self.finish_rejected(&id, reason, detail, retryable);
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::AwaitOffer | State::Receiving { .. } => Some(self.last_activity + self.idle_timeout),
+            State::AwaitOffer | State::Receiving { .. } => {
+                Some(self.last_activity + self.idle_timeout)
+            }
             _ => None,
         }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(deadline) = self.poll_timeout() {
-            if now >= deadline {
-                self.timed_out = true;
-                self.state = State::Done;
-            }
+        if let Some(deadline) = self.poll_timeout()
+            && now >= deadline
+        {
+            self.timed_out = true;
+            self.state = State::Done;
         }
     }
 
@@ -213,13 +227,20 @@ impl UploadReceiver {
         }
     }
 
-    fn finish_rejected(&mut self, upload_id: &str, reason: RejectReason, detail: &str, retryable: bool) {
-        self.transmits.push_back(Envelope::new(Body::Rejected(Rejected {
-            upload_id: upload_id.to_owned(),
-            reason: reason as i32,
-            detail: detail.to_owned(),
-            retryable,
-        })));
+    fn finish_rejected(
+        &mut self,
+        upload_id: &str,
+        reason: RejectReason,
+        detail: &str,
+        retryable: bool,
+    ) {
+        self.transmits
+            .push_back(Envelope::new(Body::Rejected(Rejected {
+                upload_id: upload_id.to_owned(),
+                reason: reason as i32,
+                detail: detail.to_owned(),
+                retryable,
+            })));
         self.state = State::Done;
     }
 

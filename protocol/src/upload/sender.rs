@@ -32,9 +32,13 @@ pub enum UploadOutcome {
 #[derive(Debug)]
 enum State {
     /// Offer queued or sent; waiting for Accept.
-    Offering { offer_sent: bool },
+    Offering {
+        offer_sent: bool,
+    },
     /// Sending chunks; `next` is the first byte not yet handed out.
-    Sending { next: u64 },
+    Sending {
+        next: u64,
+    },
     /// Everything handed out; waiting for the verdict.
     AwaitingVerdict,
     Done(UploadOutcome),
@@ -178,10 +182,10 @@ impl UploadSender {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(deadline) = self.poll_timeout() {
-            if now >= deadline {
-                self.state = State::Done(UploadOutcome::TimedOut);
-            }
+        if let Some(deadline) = self.poll_timeout()
+            && now >= deadline
+        {
+            self.state = State::Done(UploadOutcome::TimedOut);
         }
     }
 

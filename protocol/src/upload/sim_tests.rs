@@ -60,7 +60,8 @@ fn run_scenario(seed: u64, size: usize, cut_probability: f64) -> Stats {
     'attempts: loop {
         stats.attempts += 1;
         assert!(stats.attempts < 500, "seed {seed}: no progress");
-        let mut tx = UploadSender::new(offer.clone(), CHUNK, Duration::from_secs(30), now).expect("valid");
+        let mut tx =
+            UploadSender::new(offer.clone(), CHUNK, Duration::from_secs(30), now).expect("valid");
         let mut rx = UploadReceiver::new(u64::MAX, Duration::from_secs(30), now);
         // In-order, reliable queues per direction: (deliver_at, message).
         let mut up: VecDeque<(Instant, Envelope)> = VecDeque::new();
@@ -90,7 +91,10 @@ fn run_scenario(seed: u64, size: usize, cut_probability: f64) -> Stats {
             if let Some(outcome) = tx.outcome() {
                 match outcome {
                     UploadOutcome::Committed => break 'attempts,
-                    UploadOutcome::Rejected { retryable: true, .. } | UploadOutcome::TimedOut => {
+                    UploadOutcome::Rejected {
+                        retryable: true, ..
+                    }
+                    | UploadOutcome::TimedOut => {
                         now += Duration::from_secs(1);
                         continue 'attempts;
                     }
@@ -128,7 +132,8 @@ fn run_scenario(seed: u64, size: usize, cut_probability: f64) -> Stats {
 
             if up.front().is_some_and(|(t, _)| *t <= now) {
                 let (_, env) = up.pop_front().expect("checked");
-                rx.handle_message(env, now).expect("sender speaks the protocol");
+                rx.handle_message(env, now)
+                    .expect("sender speaks the protocol");
                 while let Some(ev) = rx.poll_event() {
                     match ev {
                         ReceiverEvent::Offered(o) => {
@@ -145,7 +150,8 @@ fn run_scenario(seed: u64, size: usize, cut_probability: f64) -> Stats {
                             store.partial.extend_from_slice(&data);
                         }
                         ReceiverEvent::Complete => {
-                            if Sha256::digest(&store.partial).as_slice() == offer.sha256.as_slice() {
+                            if Sha256::digest(&store.partial).as_slice() == offer.sha256.as_slice()
+                            {
                                 store.committed = Some(std::mem::take(&mut store.partial));
                                 store.commits += 1;
                                 rx.committed().expect("verifying");
@@ -159,21 +165,27 @@ fn run_scenario(seed: u64, size: usize, cut_probability: f64) -> Stats {
             }
             if down.front().is_some_and(|(t, _)| *t <= now) {
                 let (_, env) = down.pop_front().expect("checked");
-                tx.handle_message(env, now).expect("receiver speaks the protocol");
+                tx.handle_message(env, now)
+                    .expect("receiver speaks the protocol");
             }
             tx.handle_timeout(now);
             rx.handle_timeout(now);
         }
     }
 
-    assert_eq!(store.committed.as_deref(), Some(&payload[..]), "seed {seed}");
+    assert_eq!(
+        store.committed.as_deref(),
+        Some(&payload[..]),
+        "seed {seed}"
+    );
     assert_eq!(store.commits, 1, "seed {seed}: committed more than once");
     let resent = stats.bytes_sent - size as u64;
     let in_flight_bound = (WINDOW_CHUNKS * CHUNK) as u64;
     // A cut costs what was in flight. A power loss at central additionally
     // costs the torn tail (at most the whole payload) and, once the final hash
     // check fails, one full restart.
-    let bound = u64::from(stats.cuts) * in_flight_bound + u64::from(stats.power_losses) * 2 * size as u64;
+    let bound =
+        u64::from(stats.cuts) * in_flight_bound + u64::from(stats.power_losses) * 2 * size as u64;
     assert!(
         resent <= bound,
         "seed {seed}: resent {resent} bytes over {} cuts ({} power losses), bound {bound}",
@@ -210,9 +222,12 @@ fn empty_payload_commits() {
 fn retry_after_lost_committed_is_answered_from_the_store() {
     let now = Instant::now();
     let offer = offer_for(b"hello");
-    let mut tx = UploadSender::new(offer.clone(), CHUNK, Duration::from_secs(5), now).expect("valid");
+    let mut tx =
+        UploadSender::new(offer.clone(), CHUNK, Duration::from_secs(5), now).expect("valid");
     let mut rx = UploadReceiver::new(1 << 20, Duration::from_secs(5), now);
-    let Some(SenderTransmit::Message(env)) = tx.poll_transmit() else { panic!("offer first") };
+    let Some(SenderTransmit::Message(env)) = tx.poll_transmit() else {
+        panic!("offer first")
+    };
     rx.handle_message(env, now).expect("ok");
     assert!(matches!(rx.poll_event(), Some(ReceiverEvent::Offered(_))));
     rx.held(HeldState::Committed).expect("lookup");
@@ -227,20 +242,40 @@ fn receiver_rejects_out_of_order_and_oversized() {
     let now = Instant::now();
     let offer = offer_for(&[1u8; 100]);
     let mut rx = UploadReceiver::new(1 << 20, Duration::from_secs(5), now);
-    rx.handle_message(Envelope::new(Body::Offer(offer.clone())), now).expect("ok");
+    rx.handle_message(Envelope::new(Body::Offer(offer.clone())), now)
+        .expect("ok");
     rx.poll_event();
     rx.held(HeldState::Partial(10)).expect("ok");
-    let chunk = |offset| Envelope::new(Body::Chunk(Chunk { offset, data: Bytes::from_static(&[0; 50]) }));
+    let chunk = |offset| {
+        Envelope::new(Body::Chunk(Chunk {
+            offset,
+            data: Bytes::from_static(&[0; 50]),
+        }))
+    };
     assert_eq!(
         rx.handle_message(chunk(0), now),
-        Err(UploadError::OutOfOrder { got: 0, expected: 10 })
+        Err(UploadError::OutOfOrder {
+            got: 0,
+            expected: 10
+        })
     );
     rx.handle_message(chunk(10), now).expect("in order");
-    assert_eq!(rx.handle_message(chunk(60), now), Err(UploadError::PastEnd { end: 110, size: 100 }));
+    assert_eq!(
+        rx.handle_message(chunk(60), now),
+        Err(UploadError::PastEnd {
+            end: 110,
+            size: 100
+        })
+    );
 
     let mut small = UploadReceiver::new(10, Duration::from_secs(5), now);
-    small.handle_message(Envelope::new(Body::Offer(offer)), now).expect("ok");
-    let Some(Envelope { body: Some(Body::Rejected(r)) }) = small.poll_transmit() else {
+    small
+        .handle_message(Envelope::new(Body::Offer(offer)), now)
+        .expect("ok");
+    let Some(Envelope {
+        body: Some(Body::Rejected(r)),
+    }) = small.poll_transmit()
+    else {
         panic!("too large must be rejected")
     };
     assert_eq!(r.reason, RejectReason::TooLarge as i32);
@@ -250,12 +285,18 @@ fn receiver_rejects_out_of_order_and_oversized() {
 #[test]
 fn sender_refuses_accept_past_end_and_times_out() {
     let now = Instant::now();
-    let mut tx = UploadSender::new(offer_for(b"abc"), CHUNK, Duration::from_secs(5), now).expect("valid");
+    let mut tx =
+        UploadSender::new(offer_for(b"abc"), CHUNK, Duration::from_secs(5), now).expect("valid");
     tx.poll_transmit();
-    assert!(tx
-        .handle_message(Envelope::new(Body::Accept(crate::messages::Accept { offset: 4 })), now)
-        .is_err());
-    let mut tx = UploadSender::new(offer_for(b"abc"), CHUNK, Duration::from_secs(5), now).expect("valid");
+    assert!(
+        tx.handle_message(
+            Envelope::new(Body::Accept(crate::messages::Accept { offset: 4 })),
+            now
+        )
+        .is_err()
+    );
+    let mut tx =
+        UploadSender::new(offer_for(b"abc"), CHUNK, Duration::from_secs(5), now).expect("valid");
     tx.poll_transmit();
     tx.handle_timeout(now + Duration::from_secs(4));
     assert!(!tx.is_done());
@@ -270,10 +311,13 @@ fn invalid_offers_are_refused_by_both_ends() {
     bad.sha256.truncate(5);
     assert!(UploadSender::new(bad.clone(), CHUNK, Duration::from_secs(1), now).is_err());
     let mut rx = UploadReceiver::new(100, Duration::from_secs(1), now);
-    rx.handle_message(Envelope::new(Body::Offer(bad)), now).expect("answered, not an error");
+    rx.handle_message(Envelope::new(Body::Offer(bad)), now)
+        .expect("answered, not an error");
     assert!(matches!(
         rx.poll_transmit(),
-        Some(Envelope { body: Some(Body::Rejected(_)) })
+        Some(Envelope {
+            body: Some(Body::Rejected(_))
+        })
     ));
     let mut bad = offer_for(b"x");
     bad.upload_id = "../etc".into();
