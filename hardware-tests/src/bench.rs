@@ -55,12 +55,15 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Benchmarks write real files: use the working directory's filesystem
-/// (tmpfs under /tmp would make fsync free and the figures meaningless).
+/// Benchmarks write real files on a real disk: `target/` of the checkout
+/// by default (a tmpfs under /tmp would make fsync free and the figures
+/// meaningless), or `YILIAN_BENCH_DIR`.
 fn bench_dir() -> std::path::PathBuf {
-    std::env::var_os("YILIAN_BENCH_DIR")
-        .map(Into::into)
-        .unwrap_or_else(|| std::env::current_dir().unwrap_or_else(|_| ".".into()))
+    if let Some(d) = std::env::var_os("YILIAN_BENCH_DIR") {
+        return d.into();
+    }
+    let target = std::path::PathBuf::from("target");
+    if target.is_dir() { target } else { ".".into() }
 }
 
 fn fsync_rate(dir: &std::path::Path, n: u32) -> anyhow::Result<f64> {

@@ -323,3 +323,52 @@ fn invalid_offers_are_refused_by_both_ends() {
     bad.upload_id = "../etc".into();
     assert!(UploadSender::new(bad, CHUNK, Duration::from_secs(1), now).is_err());
 }
+
+proptest::proptest! {
+    /// The receiver faces the network: any byte stream, decoded into
+    /// whatever messages it holds, must never make it panic.
+    #[test]
+    fn receiver_survives_arbitrary_streams(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096)) {
+        let now = Instant::now();
+        let mut rx = UploadReceiver::new(1 << 20, Duration::from_secs(5), now);
+        let mut dec = crate::FrameDecoder::new(64 * 1024);
+        dec.push(&data);
+        while let Ok(Some(env)) = dec.next_frame() {
+            if rx.handle_message(env, now).is_err() {
+                break;
+            }
+            while let Some(ev) = rx.poll_event() {
+                match ev {
+                    ReceiverEvent::Offered(o) => { let _ = rx.held(HeldState::Partial(o.size / 2)); }
+                    ReceiverEvent::Data { .. } => {}
+                    ReceiverEvent::Complete => { let _ = rx.committed(); }
+                }
+            }
+            while rx.poll_transmit().is_some() {}
+        }
+    }
+
+    /// Valid offers and chunks in any order must not panic either.
+    #[test]
+    fn receiver_survives_arbitrary_message_sequences(ops in proptest::collection::vec((0u8..4, 0u64..2000, 0usize..600), 0..40)) {
+        let now = Instant::now();
+        let mut rx = UploadReceiver::new(1500, Duration::from_secs(5), now);
+        for (kind, n, len) in ops {
+            let env = match kind {
+                0 => Envelope::new(Body::Offer(Offer { size: n, ..offer_for(b"x") })),
+                1 => Envelope::new(Body::Chunk(Chunk { offset: n, data: Bytes::from(vec![0; len]) })),
+                2 => Envelope::new(Body::Accept(crate::messages::Accept { offset: n })),
+                _ => Envelope::default(),
+            };
+            let _ = rx.handle_message(env, now);
+            while let Some(ev) = rx.poll_event() {
+                match ev {
+                    ReceiverEvent::Offered(o) => { let _ = rx.held(HeldState::Partial(n.min(o.size))); }
+                    ReceiverEvent::Complete => { let _ = rx.committed(); }
+                    ReceiverEvent::Data { .. } => {}
+                }
+            }
+            while rx.poll_transmit().is_some() {}
+        }
+    }
+}
