@@ -2,8 +2,10 @@
 //! and the box identity parts taken from certificates; never patient or
 //! item identifiers.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -11,6 +13,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 use yilian_protocol::BoxIdentity;
+use yilian_protocol::exposition::{self, Family as ExposedFamily};
+
+/// Label names central sets from the certificate; a gateway's own labels of
+/// the same names are dropped, so a box cannot speak for another.
+const IDENTITY_LABELS: [&str; 3] = ["county", "clinic", "gateway"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LaneLabels {
@@ -22,7 +29,7 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct GatewayLabels {
     pub county: String,
     pub clinic: String,
@@ -72,6 +79,21 @@ pub struct CentralMetrics {
     pub gateway_backlog_items: Family<GatewayLaneLabels, Gauge>,
     pub gateway_backlog_bytes: Family<GatewayLaneLabels, Gauge>,
     pub gateway_oldest_age: Family<GatewayLaneLabels, GaugeF>,
+    pub gateway_certificate_expiry: Family<GatewayLabels, Gauge>,
+    pub gateway_config: Family<GatewayConfigLabels, Gauge>,
+    /// The latest metrics each connected gateway reported.
+    fleet: Arc<Mutex<BTreeMap<BoxIdentity, Vec<ExposedFamily>>>>,
+    /// The configuration version each gateway last reported, so the old
+    /// series goes when a new version is applied.
+    config_versions: Arc<Mutex<BTreeMap<GatewayLabels, String>>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayConfigLabels {
+    pub county: String,
+    pub clinic: String,
+    pub gateway: String,
+    pub version: String,
 }
 
 impl std::fmt::Debug for CentralMetrics {
@@ -96,6 +118,10 @@ impl CentralMetrics {
             gateway_backlog_items: Family::default(),
             gateway_backlog_bytes: Family::default(),
             gateway_oldest_age: Family::default(),
+            gateway_certificate_expiry: Family::default(),
+            gateway_config: Family::default(),
+            fleet: Arc::default(),
+            config_versions: Arc::default(),
         };
         r.register(
             "yilian_central_items_committed",
@@ -156,18 +182,126 @@ impl CentralMetrics {
             Unit::Seconds,
             m.gateway_oldest_age.clone(),
         );
+        r.register(
+            "yilian_gateway_certificate_expiry_timestamp_seconds",
+            "When the certificate the gateway last connected with expires",
+            m.gateway_certificate_expiry.clone(),
+        );
+        r.register(
+            "yilian_gateway_config_info",
+            "Configuration version (SHA-256 prefix) the gateway reported",
+            m.gateway_config.clone(),
+        );
         Self {
             registry: Arc::new(r),
             ..m
         }
     }
 
+    /// Records the configuration version a gateway reported.
+    pub fn set_gateway_config(&self, labels: &GatewayLabels, version: &str) {
+        let version: String = version.chars().take(12).collect();
+        let with = |v: &str| GatewayConfigLabels {
+            county: labels.county.clone(),
+            clinic: labels.clinic.clone(),
+            gateway: labels.gateway.clone(),
+            version: v.to_owned(),
+        };
+        let mut known = self
+            .config_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = known.insert(labels.clone(), version.clone())
+            && old != version
+        {
+            self.gateway_config.remove(&with(&old));
+        }
+        self.gateway_config.get_or_create(&with(&version)).set(1);
+    }
+
+    /// Records a gateway's reported metrics (only `yilian_` families).
+    pub fn set_gateway_snapshot(&self, id: &BoxIdentity, text: &str) {
+        let families = exposition::parse(text, "yilian_");
+        self.fleet
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), families);
+    }
+
+    /// Forgets a gateway's reported metrics (it disconnected): stale values
+    /// must not look current. Its last-seen series stays.
+    pub fn clear_gateway_snapshot(&self, id: &BoxIdentity) {
+        self.fleet
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Central's own registry followed by every connected gateway's series,
+    /// each family once, with `county`, `clinic` and `gateway` labels.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
+        if let Some(stripped) = out.strip_suffix("# EOF\n") {
+            out.truncate(stripped.len());
+        }
+        let fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
+        let mut merged: BTreeMap<&str, MergedFamily<'_>> = BTreeMap::new();
+        for (id, families) in fleet.iter() {
+            for f in families {
+                let entry = merged.entry(f.name.as_str()).or_insert((f, Vec::new()));
+                // A family whose type differs between software versions is
+                // shown as the first gateway declared it.
+                if entry.0.kind == f.kind {
+                    entry.1.extend(f.samples.iter().map(|s| (id, s)));
+                }
+            }
+        }
+        for (name, (family, samples)) in merged {
+            let _ = writeln!(out, "# HELP {name} {}", family.help);
+            let _ = writeln!(out, "# TYPE {name} {}", family.kind);
+            if !family.unit.is_empty() {
+                let _ = writeln!(out, "# UNIT {name} {}", family.unit);
+            }
+            for (id, s) in samples {
+                let _ = write!(
+                    out,
+                    "{}{{county=\"{}\",clinic=\"{}\",gateway=\"{}\"",
+                    s.name,
+                    exposition::escape_label(id.county()),
+                    exposition::escape_label(id.clinic()),
+                    exposition::escape_label(id.box_name())
+                );
+                for (k, v) in &s.labels {
+                    if !IDENTITY_LABELS.contains(&k.as_str()) {
+                        let _ = write!(out, ",{k}=\"{}\"", exposition::escape_label(v));
+                    }
+                }
+                let _ = writeln!(out, "}} {}", format_value(s.value));
+            }
+        }
+        out.push_str("# EOF\n");
         out
+    }
+}
+
+/// One family across gateways: its declaration and every gateway's samples.
+type MergedFamily<'a> = (
+    &'a ExposedFamily,
+    Vec<(&'a BoxIdentity, &'a exposition::Sample)>,
+);
+
+fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        format!("{v:?}")
     }
 }
 

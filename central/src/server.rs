@@ -104,6 +104,13 @@ async fn handle_connection(conn: quinn::Connection, remote: SocketAddr, shared: 
     }
     shared.metrics.connections.inc();
     shared.metrics.gateway_link_up.get_or_create(&labels).set(1);
+    if let Some(not_after) = peer_not_after(&conn) {
+        shared
+            .metrics
+            .gateway_certificate_expiry
+            .get_or_create(&labels)
+            .set(not_after);
+    }
     tracing::info!(gateway = %identity, %remote, "gateway connected");
 
     loop {
@@ -131,7 +138,16 @@ async fn handle_connection(conn: quinn::Connection, remote: SocketAddr, shared: 
     {
         conns.remove(&identity);
         shared.metrics.gateway_link_up.get_or_create(&labels).set(0);
+        shared.metrics.clear_gateway_snapshot(&identity);
     }
+}
+
+fn peer_not_after(conn: &quinn::Connection) -> Option<i64> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    yilian_link::certificate_not_after(certs.first()?).ok()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +235,14 @@ async fn control_stream(
                     .gateway_last_seen
                     .get_or_create(&labels)
                     .set(now as f64 / 1000.0);
+                shared
+                    .metrics
+                    .set_gateway_snapshot(identity, &hb.metrics_text);
+                if !hb.config_version.is_empty() {
+                    shared
+                        .metrics
+                        .set_gateway_config(&labels, &hb.config_version);
+                }
                 for b in &hb.backlog {
                     let lane = Lane::try_from(b.lane).unwrap_or(Lane::Bulk).name();
                     let l = labels.with_lane(lane);

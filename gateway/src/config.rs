@@ -18,6 +18,9 @@ pub struct GatewayConfig {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub folder: Vec<FolderSection>,
+    /// SHA-256 of the configuration text: the version reported to central.
+    #[serde(skip)]
+    pub version: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +205,10 @@ impl GatewayConfig {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
+        c.version = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(text.as_bytes()))
+        };
         let base = path.parent().unwrap_or(Path::new(".")).to_owned();
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {

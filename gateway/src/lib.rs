@@ -70,6 +70,21 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         key: config.uplink.key.clone(),
     };
     let mut client = client_config(&tls).context("loading the gateway's TLS files")?;
+    let not_after = yilian_link::load_cert_chain(&tls.cert)
+        .ok()
+        .and_then(|chain| {
+            chain
+                .first()
+                .and_then(|c| yilian_link::certificate_not_after(c).ok())
+        })
+        .unwrap_or(0);
+    metrics.certificate_expiry.set(not_after);
+    metrics
+        .config_info
+        .get_or_create(&metrics::VersionLabels {
+            version: config.version.chars().take(12).collect(),
+        })
+        .set(1);
     if let Some(idle) = config.uplink.idle_timeout {
         client.transport_config(yilian_link::transport_config_with_idle(idle));
     }
@@ -102,6 +117,8 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         wake,
         status: status_tx,
+        config_version: config.version.clone(),
+        certificate_not_after: not_after,
     };
     tasks.spawn(uplink.run(stop_rx.clone()));
     tasks.spawn(housekeeping(

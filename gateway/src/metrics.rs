@@ -52,6 +52,8 @@ pub struct GatewayMetrics {
     pub link_up: Gauge,
     pub link_connects: Counter,
     pub link_rtt: GaugeF,
+    pub certificate_expiry: Gauge,
+    pub config_info: Family<VersionLabels, Gauge>,
 }
 
 impl std::fmt::Debug for GatewayMetrics {
@@ -80,6 +82,8 @@ impl GatewayMetrics {
             link_up: Gauge::default(),
             link_connects: Counter::default(),
             link_rtt: GaugeF::default(),
+            certificate_expiry: Gauge::default(),
+            config_info: Family::default(),
         };
         r.register(
             "yilian_spool_backlog_items",
@@ -162,6 +166,16 @@ impl GatewayMetrics {
             "Round-trip time to central as QUIC estimates it",
             Unit::Seconds,
             m.link_rtt.clone(),
+        );
+        r.register(
+            "yilian_certificate_expiry_timestamp_seconds",
+            "When this gateway's certificate expires",
+            m.certificate_expiry.clone(),
+        );
+        r.register(
+            "yilian_config_info",
+            "Version (SHA-256 prefix) of the configuration this gateway runs",
+            m.config_info.clone(),
         );
         let build = Family::<VersionLabels, Gauge>::default();
         build

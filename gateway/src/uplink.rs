@@ -85,6 +85,18 @@ pub struct Uplink {
     pub metrics: GatewayMetrics,
     pub wake: Arc<Notify>,
     pub status: watch::Sender<LinkStatus>,
+    pub config_version: String,
+    pub certificate_not_after: i64,
+}
+
+/// What each heartbeat reports besides the backlog.
+#[derive(Clone)]
+struct HeartbeatSource {
+    spool: Spool,
+    metrics: GatewayMetrics,
+    config_version: String,
+    certificate_not_after: i64,
+    interval: Duration,
 }
 
 /// Exponential backoff with full jitter between half and all of the step.
@@ -262,8 +274,13 @@ impl Uplink {
                         let hb = heartbeat_loop(
                             send,
                             reader,
-                            self.spool.clone(),
-                            self.config.heartbeat_interval,
+                            HeartbeatSource {
+                                spool: self.spool.clone(),
+                                metrics: self.metrics.clone(),
+                                config_version: self.config_version.clone(),
+                                certificate_not_after: self.certificate_not_after,
+                                interval: self.config.heartbeat_interval,
+                            },
                         );
                         tokio::spawn(async move {
                             if let Err(e) = hb.await {
@@ -358,11 +375,11 @@ impl Uplink {
 async fn heartbeat_loop(
     mut send: quinn::SendStream,
     mut reader: MessageReader,
-    spool: Spool,
-    interval: Duration,
+    source: HeartbeatSource,
 ) -> Result<(), UplinkError> {
     let mut seq = 0u64;
-    let mut tick = tokio::time::interval(interval);
+    let spool = source.spool.clone();
+    let mut tick = tokio::time::interval(source.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -382,7 +399,14 @@ async fn heartbeat_loop(
                         }
                     }).collect()
                 }).unwrap_or_default();
-                let hb = Envelope::new(Body::Heartbeat(Heartbeat { seq, sent_unix_ms: now, backlog }));
+                let hb = Envelope::new(Body::Heartbeat(Heartbeat {
+                    seq,
+                    sent_unix_ms: now,
+                    backlog,
+                    metrics_text: source.metrics.encode(),
+                    config_version: source.config_version.clone(),
+                    certificate_not_after: source.certificate_not_after,
+                }));
                 write_message(&mut send, &hb).await?;
             }
             msg = reader.next() => match msg? {

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod exposition;
 pub mod frame;
 pub mod identity;
 pub mod messages;

@@ -88,6 +88,17 @@ pub struct Heartbeat {
     pub sent_unix_ms: i64,
     #[prost(message, repeated, tag = "3")]
     pub backlog: Vec<LaneBacklog>,
+    /// The gateway's own metrics as OpenMetrics text (see
+    /// [`crate::exposition`]); central re-exposes them with identity labels
+    /// taken from the certificate.
+    #[prost(string, tag = "4")]
+    pub metrics_text: String,
+    /// SHA-256 (hex) of the configuration the gateway runs.
+    #[prost(string, tag = "5")]
+    pub config_version: String,
+    /// Expiry of the gateway's certificate, seconds since the epoch.
+    #[prost(int64, tag = "6")]
+    pub certificate_not_after: i64,
 }
 
 /// Backlog of one lane at the time of a heartbeat.
