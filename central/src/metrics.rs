@@ -192,6 +192,24 @@ impl CentralMetrics {
             "Configuration version (SHA-256 prefix) the gateway reported",
             m.gateway_config.clone(),
         );
+        // Known label values start at zero (rates work from the start).
+        for lane in ["urgent", "clinical", "bulk"] {
+            let _ = m.items_committed.get_or_create(&LaneLabels {
+                lane: lane.to_owned(),
+            });
+        }
+        for reason in [
+            "hashmismatch",
+            "invalidoffer",
+            "toolarge",
+            "unavailable",
+            "forbidden",
+            "protocolviolation",
+        ] {
+            let _ = m.rejections.get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            });
+        }
         Self {
             registry: Arc::new(r),
             ..m

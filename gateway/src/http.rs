@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::sync::watch;
@@ -19,14 +19,28 @@ struct AppState {
     link: watch::Receiver<LinkStatus>,
 }
 
-async fn serve_metrics(State(s): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
+async fn serve_metrics(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    negotiate(&headers, s.metrics.encode())
+}
+
+/// OpenMetrics for scrapers that ask for it (Prometheus does), the classic
+/// text format for everything else (curl, promtool, older scrapers).
+fn negotiate(headers: &HeaderMap, openmetrics: String) -> impl IntoResponse + use<> {
+    use yilian_protocol::exposition::{
+        OPENMETRICS_TEXT, PROMETHEUS_TEXT, to_prometheus_text, wants_openmetrics,
+    };
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if wants_openmetrics(accept) {
+        ([(header::CONTENT_TYPE, OPENMETRICS_TEXT)], openmetrics)
+    } else {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
+            to_prometheus_text(&openmetrics),
+        )
+    }
 }
 
 async fn status(State(s): State<AppState>) -> impl IntoResponse {

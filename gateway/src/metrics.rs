@@ -34,6 +34,25 @@ pub struct VersionLabels {
 
 type GaugeF = Gauge<f64, AtomicU64>;
 
+/// Why an upload attempt did not end in COMMITTED.
+pub const RETRY_REASONS: &[&str] = &[
+    "link",
+    "timeout",
+    "no_verdict",
+    "protocol",
+    "payload",
+    "rejected_hashmismatch",
+    "rejected_unavailable",
+    "rejected_forbidden",
+    "rejected_toolarge",
+    "rejected_invalidoffer",
+    "rejected_protocolviolation",
+    "rejected_unspecified",
+];
+
+/// Why the spool refused an item (`SpoolError::reason`).
+pub const REFUSAL_REASONS: &[&str] = &["full", "io", "index", "damaged", "closed"];
+
 #[derive(Clone)]
 pub struct GatewayMetrics {
     registry: Arc<Registry>,
@@ -188,6 +207,24 @@ impl GatewayMetrics {
             "Software version of this gateway",
             build,
         );
+        // Known label values start at zero, so that rates and increases
+        // work from the first scrape instead of after the first event.
+        for lane in Lane::ALL {
+            let l = LaneLabels {
+                lane: lane.name().to_owned(),
+            };
+            let _ = m.uploaded_items.get_or_create(&l);
+        }
+        for reason in RETRY_REASONS {
+            let _ = m.upload_retries.get_or_create(&ReasonLabels {
+                reason: (*reason).to_owned(),
+            });
+        }
+        for reason in REFUSAL_REASONS {
+            let _ = m.refusals.get_or_create(&ReasonLabels {
+                reason: (*reason).to_owned(),
+            });
+        }
         Self {
             registry: Arc::new(r),
             ..m

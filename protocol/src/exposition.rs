@@ -179,6 +179,62 @@ fn parse_labels(mut s: &str) -> Option<(Vec<(String, String)>, &str)> {
     }
 }
 
+/// The content type of [`to_prometheus_text`]'s output.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of OpenMetrics text.
+pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Whether an HTTP `Accept` header asks for OpenMetrics (as Prometheus does).
+pub fn wants_openmetrics(accept: &str) -> bool {
+    accept.contains("application/openmetrics-text")
+}
+
+/// Converts OpenMetrics text to the classic Prometheus text format (0.0.4)
+/// for scrapers and linters that do not negotiate OpenMetrics: counter
+/// families are declared under their `_total` sample name, info families
+/// become gauges, and `# UNIT` and `# EOF` lines are dropped.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut renamed: BTreeMap<&str, (String, &str)> = BTreeMap::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.splitn(2, ' ');
+            if let (Some(name), Some(kind)) = (parts.next(), parts.next()) {
+                match kind {
+                    "counter" if !name.ends_with("_total") => {
+                        renamed.insert(name, (format!("{name}_total"), "counter"));
+                    }
+                    "info" => {
+                        renamed.insert(name, (format!("{name}_info"), "gauge"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let mut handled = false;
+        for keyword in ["# HELP ", "# TYPE "] {
+            if let Some(rest) = line.strip_prefix(keyword) {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if let Some((new_name, kind)) = renamed.get(name) {
+                    let tail = if keyword == "# TYPE " { *kind } else { tail };
+                    out.push_str(&format!("{keyword}{new_name} {tail}\n"));
+                    handled = true;
+                }
+            }
+        }
+        if !handled {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// Escapes a label value for the text format.
 pub fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -237,6 +293,22 @@ garbage line {{{\n\
         );
         let huge = "yilian_y 1\n".repeat(MAX_TEXT_LEN / 8);
         let _ = parse(&huge, "yilian_");
+    }
+
+    #[test]
+    fn converts_to_prometheus_text() {
+        let om = "# HELP yilian_uplink_items Items.\n# TYPE yilian_uplink_items counter\nyilian_uplink_items_total{lane=\"bulk\"} 3\n\
+# HELP yilian_spool_used_bytes Used.\n# TYPE yilian_spool_used_bytes gauge\n# UNIT yilian_spool_used_bytes bytes\nyilian_spool_used_bytes 1\n# EOF\n";
+        let text = to_prometheus_text(om);
+        assert_eq!(
+            text,
+            "# HELP yilian_uplink_items_total Items.\n# TYPE yilian_uplink_items_total counter\nyilian_uplink_items_total{lane=\"bulk\"} 3\n\
+# HELP yilian_spool_used_bytes Used.\n# TYPE yilian_spool_used_bytes gauge\nyilian_spool_used_bytes 1\n"
+        );
+        assert!(wants_openmetrics(
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+        ));
+        assert!(!wants_openmetrics("*/*"));
     }
 
     proptest::proptest! {
