@@ -11,6 +11,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod server;
+pub mod service;
 pub mod store;
 
 use std::net::SocketAddr;

@@ -64,13 +64,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    yilian_central::service::init_logging("info,quinn=warn");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // `items | head` closing the pipe early is not an error.
@@ -103,7 +97,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(async {
                 let running = yilian_central::start(config).await?;
-                shutdown_signal().await;
+                yilian_central::service::supervise(&running, shutdown_signal()).await;
                 tracing::info!("shutting down");
                 running.shutdown().await;
                 anyhow::Ok(())

@@ -216,6 +216,20 @@ impl CentralMetrics {
         }
     }
 
+    /// Items committed since start, all lanes.
+    pub fn items_committed_total(&self) -> u64 {
+        ["urgent", "clinical", "bulk"]
+            .iter()
+            .map(|l| {
+                self.items_committed
+                    .get_or_create(&LaneLabels {
+                        lane: (*l).to_owned(),
+                    })
+                    .get()
+            })
+            .sum()
+    }
+
     /// Records the configuration version a gateway reported.
     pub fn set_gateway_config(&self, labels: &GatewayLabels, version: &str) {
         let version: String = version.chars().take(12).collect();

@@ -352,6 +352,12 @@ impl Store {
         })
     }
 
+    /// Whether the index takes a write transaction (the watchdog's check).
+    pub fn health(&self) -> Result<(), StoreError> {
+        self.db().execute_batch("BEGIN IMMEDIATE; COMMIT")?;
+        Ok(())
+    }
+
     /// Records that a gateway said hello or sent a heartbeat.
     pub fn touch_gateway(
         &self,

@@ -4,6 +4,8 @@
 //! - [`intake`] — device adapters feeding the spool.
 //! - [`uplink`] — the QUIC link to central and the upload loop.
 //! - [`metrics`], [`http`]: Prometheus metrics and local status.
+//! - [`service`] — systemd readiness, status, watchdog, journald.
+//! - [`service`] — systemd readiness, status, watchdog, journald.
 //! - [`status`] — what `yilian-gateway status` prints.
 
 #![forbid(unsafe_code)]
@@ -12,6 +14,7 @@ pub mod config;
 pub mod http;
 pub mod intake;
 pub mod metrics;
+pub mod service;
 pub mod status;
 pub mod uplink;
 

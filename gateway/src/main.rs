@@ -48,13 +48,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    yilian_gateway::service::init_logging("info,quinn=warn");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -73,7 +67,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(async {
                 let running = yilian_gateway::start(config).await?;
-                shutdown_signal().await;
+                yilian_gateway::service::supervise(&running, shutdown_signal()).await;
                 tracing::info!("shutting down");
                 running.shutdown().await;
                 anyhow::Ok(())
