@@ -27,6 +27,11 @@ enum Command {
         #[arg(long, default_value = "/etc/yilian/central.toml")]
         config: PathBuf,
     },
+    /// Check a configuration file and exit.
+    CheckConfig {
+        #[arg(long, default_value = "/etc/yilian/central.toml")]
+        config: PathBuf,
+    },
     /// List received items.
     Items {
         #[arg(
@@ -102,6 +107,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 running.shutdown().await;
                 anyhow::Ok(())
             })
+        }
+        Command::CheckConfig { config } => {
+            let c = CentralConfig::load(&config)?;
+            println!(
+                "{}: valid (listening on {})",
+                config.display(),
+                c.server.listen
+            );
+            Ok(())
         }
         Command::Items {
             config,

@@ -19,3 +19,4 @@ pub mod logs;
 pub mod procs;
 pub mod relay;
 pub mod scrape;
+pub mod units;
