@@ -1,10 +1,12 @@
 //! Device protocols and file formats as pure parsers: no I/O, no runtime,
 //! no panics on any input (each parser has a fuzz target).
 //!
+//! - [`mllp`] — MLLP framing for HL7 v2 over TCP.
 //! - [`sniff`] — recognises what a file is from its first bytes.
 
 #![forbid(unsafe_code)]
 
+pub mod mllp;
 pub mod sniff;
 
 pub use sniff::{ContentKind, sniff};
