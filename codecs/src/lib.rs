@@ -1,11 +1,13 @@
 //! Device protocols and file formats as pure parsers: no I/O, no runtime,
 //! no panics on any input (each parser has a fuzz target).
 //!
+//! - [`hl7`] — HL7 v2: charsets, parsing, escapes, acknowledgements.
 //! - [`mllp`] — MLLP framing for HL7 v2 over TCP.
 //! - [`sniff`] — recognises what a file is from its first bytes.
 
 #![forbid(unsafe_code)]
 
+pub mod hl7;
 pub mod mllp;
 pub mod sniff;
 
