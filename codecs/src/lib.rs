@@ -1,12 +1,14 @@
 //! Device protocols and file formats as pure parsers: no I/O, no runtime,
 //! no panics on any input (each parser has a fuzz target).
 //!
+//! - [`astm`] — ASTM E1381 link layer and E1394 records for analyzers.
 //! - [`hl7`] — HL7 v2: charsets, parsing, escapes, acknowledgements.
 //! - [`mllp`] — MLLP framing for HL7 v2 over TCP.
 //! - [`sniff`] — recognises what a file is from its first bytes.
 
 #![forbid(unsafe_code)]
 
+pub mod astm;
 pub mod hl7;
 pub mod mllp;
 pub mod sniff;
