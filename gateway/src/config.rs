@@ -18,6 +18,8 @@ pub struct GatewayConfig {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub folder: Vec<FolderSection>,
+    #[serde(default)]
+    pub hl7: Vec<Hl7Section>,
     /// SHA-256 of the configuration text: the version reported to central.
     #[serde(skip)]
     pub version: String,
@@ -144,6 +146,66 @@ pub struct FolderSection {
     pub archive_dir: Option<PathBuf>,
 }
 
+/// An HL7 v2 listener (MLLP over TCP) for a clinic LIS or analyzers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hl7Section {
+    /// Device name in metrics and listings, e.g. "lab-lis".
+    pub name: String,
+    pub listen: SocketAddr,
+    #[serde(default = "default_clinical", deserialize_with = "de_lane")]
+    pub lane: Lane,
+    /// Results with a critical abnormal flag (OBX-8 HH, LL or AA) go on the
+    /// urgent lane.
+    #[serde(default = "default_true")]
+    pub urgent_on_critical: bool,
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Connections served at once.
+    #[serde(default = "default_connections")]
+    pub max_connections: usize,
+    /// Close a connection silent for this long.
+    #[serde(default = "default_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Settings for particular senders, by IP address.
+    #[serde(default)]
+    pub peer: Vec<Hl7Peer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hl7Peer {
+    pub address: std::net::IpAddr,
+    /// Charset when MSH-18 is empty: "utf-8", "gb18030" (also GBK) or "8859/1".
+    pub charset: Option<String>,
+    /// Send a commit ACK even when MSH-15/16 say NE/NE (senders that block
+    /// waiting for one anyway).
+    #[serde(default)]
+    pub force_ack: bool,
+    #[serde(default, deserialize_with = "de_opt_lane")]
+    pub lane: Option<Lane>,
+}
+
+fn default_clinical() -> Lane {
+    Lane::Clinical
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_message() -> usize {
+    16 * 1024 * 1024
+}
+fn default_connections() -> usize {
+    64
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn de_opt_lane<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Lane>, D::Error> {
+    de_lane(d).map(Some)
+}
+
 fn default_lane() -> Lane {
     Lane::Bulk
 }
@@ -241,6 +303,24 @@ impl GatewayConfig {
                     &format!("folder[{i}].archive_dir"),
                     "required when after = \"archive\"".into(),
                 ));
+            }
+        }
+        for (i, h) in c.hl7.iter().enumerate() {
+            if !names.insert(h.name.clone()) {
+                return Err(invalid(
+                    &format!("hl7[{i}].name"),
+                    format!("{:?} is used twice", h.name),
+                ));
+            }
+            for (j, p) in h.peer.iter().enumerate() {
+                if let Some(cs) = &p.charset
+                    && yilian_codecs::hl7::Charset::from_label(cs).is_none()
+                {
+                    return Err(invalid(
+                        &format!("hl7[{i}].peer[{j}].charset"),
+                        format!("unknown charset {cs:?}: use utf-8, gb18030 or 8859/1"),
+                    ));
+                }
             }
         }
         c.spool_config()

@@ -112,6 +112,18 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         };
         tasks.spawn(intake.run(stop_rx.clone()));
     }
+    for hl7 in &config.hl7 {
+        let listener = intake::mllp::MllpListener {
+            config: hl7.clone(),
+            spool: spool.clone(),
+            metrics: metrics.clone(),
+            wake: wake.clone(),
+        };
+        let serve = listener.bind(stop_rx.clone()).await.with_context(|| {
+            format!("binding the HL7 listener {:?} on {}", hl7.name, hl7.listen)
+        })?;
+        tasks.spawn(serve);
+    }
     let uplink = Uplink {
         server_name: config.server_name(),
         config: config.uplink.clone(),

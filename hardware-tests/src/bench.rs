@@ -214,6 +214,7 @@ async fn upload_benches(
         idle_timeout_ms: None,
         reconnect_max_ms: 2000,
         quota_bytes: None,
+        extra: String::new(),
     };
     let gt = dir.join("gateway.toml");
     std::fs::write(&gt, gw_setup.toml())?;

@@ -53,6 +53,8 @@ pub struct GatewaySetup {
     pub idle_timeout_ms: Option<u64>,
     pub reconnect_max_ms: u64,
     pub quota_bytes: Option<u64>,
+    /// More TOML appended as is (device adapters, peers).
+    pub extra: String,
 }
 
 impl GatewaySetup {
@@ -76,6 +78,7 @@ impl GatewaySetup {
             let _ = writeln!(s, "idle_timeout = \"{ms}ms\"");
         }
         let _ = writeln!(s, "\n[metrics]\nlisten = \"{}\"", self.metrics);
+        s.push_str(&self.extra);
         for f in &self.folders {
             let _ = writeln!(
                 s,

@@ -94,6 +94,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         idle_timeout_ms: None,
         reconnect_max_ms: 5000,
         quota_bytes: None,
+        extra: String::new(),
     };
     let gateway_toml = dir.join("gateway.toml");
     std::fs::write(&gateway_toml, gateway_setup.toml())?;

@@ -71,6 +71,7 @@ fn setup(dir: &Path) -> anyhow::Result<Setup> {
         idle_timeout_ms: Some(3000),
         reconnect_max_ms: 1000,
         quota_bytes: None,
+        extra: String::new(),
     };
     let central_toml = dir.join("central.toml");
     let gateway_toml = dir.join("gateway.toml");

@@ -49,6 +49,7 @@ fn gateway_config(
         idle_timeout_ms: idle_ms,
         reconnect_max_ms: 500,
         quota_bytes: None,
+        extra: String::new(),
     };
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, setup.toml())?;

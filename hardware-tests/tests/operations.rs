@@ -71,6 +71,7 @@ async fn hub() -> Hub {
         idle_timeout_ms: None,
         reconnect_max_ms: 1000,
         quota_bytes: None,
+        extra: String::new(),
     };
     std::fs::write(dir.join("gateway.toml"), gs.toml()).expect("write");
     let gateway =

@@ -68,6 +68,7 @@ fn ready_after_listeners_watchdog_follows_health_and_sigterm_stops_cleanly() {
         idle_timeout_ms: None,
         reconnect_max_ms: 1000,
         quota_bytes: None,
+        extra: String::new(),
     };
     std::fs::write(dir.join("gateway.toml"), gw.toml()).expect("write");
 

@@ -2,3 +2,4 @@
 //! (or, for a folder, removes the file) only with a spool `Committed` proof.
 
 pub mod folder;
+pub mod mllp;

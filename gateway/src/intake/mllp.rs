@@ -1,0 +1,327 @@
+//! HL7 v2 over MLLP: a TCP listener for the clinic LIS and analyzers.
+//!
+//! Per connection one message is in flight: it is decoded (charset from
+//! MSH-18, the peer's setting, or the bytes), checked, appended to the spool,
+//! and only with the spool's `Committed` proof in hand acknowledged (AA, or
+//! CA in enhanced mode). A message that cannot be parsed gets AE (CE) with
+//! an ERR segment saying what is wrong; a spool that cannot take it gets AR
+//! (CR), which senders retry. A message sent again after a lost ACK (same
+//! MSH-3, MSH-4, MSH-10) is acknowledged again and stored once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use yilian_codecs::hl7::escape::unescape;
+use yilian_codecs::hl7::{
+    AckCode, AckMode, Charset, ErrorInfo, Message, build_ack, decode, encode,
+};
+use yilian_codecs::mllp::{self, MllpDecoder};
+use yilian_spool::{Lane, NewItem, Spool, SpoolError};
+
+use crate::config::{Hl7Peer, Hl7Section};
+use crate::metrics::GatewayMetrics;
+
+pub struct MllpListener {
+    pub config: Hl7Section,
+    pub spool: Spool,
+    pub metrics: GatewayMetrics,
+    pub wake: Arc<Notify>,
+}
+
+/// What happened to one message, for its acknowledgement.
+enum Outcome {
+    Stored,
+    Malformed(ErrorInfo),
+    Refused(ErrorInfo),
+}
+
+impl MllpListener {
+    /// Binds the listener (so readiness covers it) and returns the serving
+    /// future.
+    pub async fn bind(
+        self,
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<impl std::future::Future<Output = ()>> {
+        let listener = TcpListener::bind(self.config.listen).await?;
+        tracing::info!(listener = %self.config.name, addr = %self.config.listen, "HL7 MLLP listener bound");
+        Ok(self.serve(listener, stop))
+    }
+
+    async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(this.config.max_connections));
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.changed() => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(listener = %this.config.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(listener = %this.config.name, %peer, "too many HL7 connections; refusing one");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let me = this.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = me.connection(stream, peer, stop).await {
+                    tracing::debug!(listener = %me.config.name, %peer, error = %e, "HL7 connection ended");
+                }
+            });
+        }
+    }
+
+    fn peer_settings(&self, peer: &SocketAddr) -> Option<&Hl7Peer> {
+        self.config.peer.iter().find(|p| p.address == peer.ip())
+    }
+
+    async fn connection(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        mut stop: watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let mut decoder = MllpDecoder::new(self.config.max_message_bytes);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = tokio::select! {
+                r = tokio::time::timeout(self.config.idle_timeout, stream.read(&mut buf)) => match r {
+                    Ok(r) => r?,
+                    Err(_) => return Ok(()),
+                },
+                _ = stop.changed() => return Ok(()),
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            for frame in decoder.push(&buf[..n]) {
+                match frame {
+                    Ok(bytes) => {
+                        if let Some(ack) = self.handle(&bytes, &peer).await {
+                            stream.write_all(&ack).await?;
+                        }
+                    }
+                    Err(e) => {
+                        self.metrics.refused("too_long");
+                        tracing::warn!(listener = %self.config.name, %peer, error = %e, "HL7 message refused");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores one message and returns the framed ACK to send, if any.
+    async fn handle(&self, bytes: &[u8], peer: &SocketAddr) -> Option<Vec<u8>> {
+        let settings = self.peer_settings(peer);
+        let override_cs = settings
+            .and_then(|p| p.charset.as_deref())
+            .and_then(Charset::from_label);
+        let decoded = decode(bytes, override_cs);
+        let message = match Message::parse(&decoded.text) {
+            Ok(m) => m,
+            Err(e) => {
+                self.metrics.refused("malformed");
+                tracing::warn!(listener = %self.config.name, %peer, error = %e,
+                    "message is not HL7 v2; answered AR; check the sender's configuration");
+                let ack = unparsable_ack(&e.to_string());
+                return Some(mllp::encode(&encode(&ack, decoded.charset)));
+            }
+        };
+        let mode = AckMode::of(&message);
+        let outcome = match message.require_header() {
+            Err(e) => Outcome::Malformed(ErrorInfo {
+                location: match e {
+                    yilian_codecs::hl7::Hl7Error::Missing(f) => f.replace('-', "^1^"),
+                    _ => "MSH^1".into(),
+                },
+                code: 101,
+                text: e.to_string(),
+                severity: 'E',
+            }),
+            Ok(()) if !message.version().starts_with("2.") => Outcome::Malformed(ErrorInfo {
+                location: "MSH^1^12".into(),
+                code: 203,
+                text: format!("unsupported version {}", message.version()),
+                severity: 'E',
+            }),
+            Ok(()) => self.store(bytes, &message, &decoded, settings).await,
+        };
+        let (code, error) = match (&outcome, mode) {
+            (Outcome::Stored, AckMode::Original) => (AckCode::AA, None),
+            (Outcome::Stored, AckMode::Enhanced { .. }) => (AckCode::CA, None),
+            (Outcome::Malformed(e), AckMode::Original) => (AckCode::AE, Some(e)),
+            (Outcome::Malformed(e), AckMode::Enhanced { .. }) => (AckCode::CE, Some(e)),
+            (Outcome::Refused(e), AckMode::Original) => (AckCode::AR, Some(e)),
+            (Outcome::Refused(e), AckMode::Enhanced { .. }) => (AckCode::CR, Some(e)),
+        };
+        if let (Outcome::Malformed(e), _) = (&outcome, mode) {
+            self.metrics.refused("malformed");
+            tracing::warn!(listener = %self.config.name, %peer, code = e.code, reason = %e.text, "HL7 message refused as malformed");
+        }
+        let success = matches!(outcome, Outcome::Stored);
+        let send = match mode {
+            AckMode::Original => true,
+            AckMode::Enhanced { accept, .. } => {
+                accept.sends(success) || settings.is_some_and(|p| p.force_ack)
+            }
+        };
+        if !send {
+            return None;
+        }
+        let ack = build_ack(&message, code, error, &ack_control_id(), &timestamp());
+        Some(mllp::encode(&encode(&ack, decoded.charset)))
+    }
+
+    async fn store(
+        &self,
+        bytes: &[u8],
+        m: &Message,
+        decoded: &yilian_codecs::hl7::Decoded,
+        settings: Option<&Hl7Peer>,
+    ) -> Outcome {
+        let (code, trigger, _) = m.message_type();
+        let lane = if self.config.urgent_on_critical && has_critical_result(m) {
+            Lane::Urgent
+        } else {
+            settings.and_then(|p| p.lane).unwrap_or(self.config.lane)
+        };
+        let mut metadata = BTreeMap::new();
+        metadata.insert("message_type".to_owned(), format!("{code}^{trigger}"));
+        metadata.insert("version".to_owned(), m.version().to_owned());
+        metadata.insert(
+            "sending_application".to_owned(),
+            unescape(m.get("MSH", 3, 1), &m.delimiters),
+        );
+        metadata.insert(
+            "sending_facility".to_owned(),
+            unescape(m.get("MSH", 4, 1), &m.delimiters),
+        );
+        metadata.insert("charset".to_owned(), decoded.charset.hl7_code().to_owned());
+        let patient_id = unescape(m.get("PID", 3, 1), &m.delimiters);
+        if !patient_id.is_empty() {
+            metadata.insert("patient_id".to_owned(), patient_id);
+        }
+        let mut item = NewItem::new(lane, "hl7", format!("hl7:{}", self.config.name));
+        item.metadata = metadata;
+        // Receivers de-duplicate on MSH-3, MSH-4 and MSH-10.
+        item.dedup_key = Some(format!(
+            "hl7:{}|{}|{}",
+            m.get("MSH", 3, 1),
+            m.get("MSH", 4, 1),
+            m.control_id()
+        ));
+        let spool = self.spool.clone();
+        let payload = bytes.to_vec();
+        let result = tokio::task::spawn_blocking(move || spool.append(item, &payload)).await;
+        match result {
+            Ok(Ok(committed)) => {
+                if !committed.is_duplicate() {
+                    self.metrics
+                        .accepted("hl7", &self.config.name, committed.size());
+                    self.wake.notify_one();
+                }
+                tracing::info!(
+                    listener = %self.config.name, message_type = %format!("{code}^{trigger}"), lane = %lane,
+                    size = committed.size(), duplicate = committed.is_duplicate(), upload = committed.upload_id(),
+                    "HL7 message spooled"
+                );
+                Outcome::Stored
+            }
+            Ok(Err(e)) => {
+                self.metrics.refused(e.reason());
+                tracing::error!(listener = %self.config.name, error = %e, "spool refused an HL7 message; answered with a retryable rejection");
+                Outcome::Refused(refusal(&e))
+            }
+            Err(e) => {
+                self.metrics.refused("internal");
+                Outcome::Refused(ErrorInfo {
+                    location: String::new(),
+                    code: 207,
+                    text: format!("internal error: {e}"),
+                    severity: 'E',
+                })
+            }
+        }
+    }
+}
+
+fn refusal(e: &SpoolError) -> ErrorInfo {
+    ErrorInfo {
+        location: String::new(),
+        code: 207,
+        text: match e {
+            SpoolError::Full { .. } => "gateway storage is full; retry later".to_owned(),
+            _ => "gateway storage unavailable; retry later".to_owned(),
+        },
+        severity: 'E',
+    }
+}
+
+/// OBX-8 abnormal flags that mean a critical value (HL7 table 0078).
+fn has_critical_result(m: &Message) -> bool {
+    m.segments
+        .iter()
+        .filter(|s| s.id() == "OBX")
+        .flat_map(|s| s.field(8).split(m.delimiters.repetition))
+        .any(|flag| matches!(flag.trim(), "HH" | "LL" | "AA"))
+}
+
+/// An answer for bytes that are not HL7 at all: there is no MSH to echo.
+fn unparsable_ack(why: &str) -> String {
+    format!(
+        "MSH|^~\\&|YILIAN|GATEWAY|||{}||ACK|{}|P|2.5.1\rMSA|AR|\rERR||MSH^1|100^{}^HL70357|E\r",
+        timestamp(),
+        ack_control_id(),
+        why.replace(['|', '^', '~', '\\', '&', '\r', '\n'], " ")
+    )
+}
+
+fn ack_control_id() -> String {
+    let b: [u8; 8] = rand::random();
+    format!("YL{}", hex::encode(b).to_uppercase())
+}
+
+fn timestamp() -> String {
+    let now = std::time::SystemTime::now();
+    let s = humantime::format_rfc3339_seconds(now).to_string();
+    // 2026-11-23T16:42:08Z → 20261123164208
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn critical_flags_are_found() {
+        let m = Message::parse(
+            "MSH|^~\\&|A|B|C|D|1||ORU^R01|1|P|2.5.1\rOBX|1|NM|K||7.1|mmol/L|3.5-5.3|HH|||F\r",
+        )
+        .expect("parses");
+        assert!(has_critical_result(&m));
+        let m = Message::parse(
+            "MSH|^~\\&|A|B|C|D|1||ORU^R01|1|P|2.5.1\rOBX|1|NM|K||4.1|mmol/L|3.5-5.3|N|||F\r",
+        )
+        .expect("parses");
+        assert!(!has_critical_result(&m));
+    }
+
+    #[test]
+    fn timestamps_are_hl7_dtm() {
+        let t = timestamp();
+        assert_eq!(t.len(), 14, "{t}");
+    }
+}
