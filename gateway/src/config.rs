@@ -20,6 +20,8 @@ pub struct GatewayConfig {
     pub folder: Vec<FolderSection>,
     #[serde(default)]
     pub hl7: Vec<Hl7Section>,
+    #[serde(default)]
+    pub astm: Vec<AstmSection>,
     /// SHA-256 of the configuration text: the version reported to central.
     #[serde(skip)]
     pub version: String,
@@ -186,6 +188,107 @@ pub struct Hl7Peer {
     pub lane: Option<Lane>,
 }
 
+/// How an analyzer is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AstmTransport {
+    Serial,
+    /// The gateway listens; the analyzer connects.
+    TcpServer,
+    /// The analyzer listens; the gateway connects.
+    TcpClient,
+}
+
+/// Whether the analyzer runs the E1381 low-level protocol (ENQ, frames,
+/// ACK, EOT) or sends bare E1394 records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AstmFraming {
+    E1381,
+    Bare,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowControl {
+    None,
+    Hardware,
+    Software,
+}
+
+/// A laboratory analyzer speaking ASTM E1381/E1394.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AstmSection {
+    pub name: String,
+    pub transport: AstmTransport,
+    #[serde(default = "default_framing")]
+    pub framing: AstmFraming,
+    /// Serial: the port, preferably `/dev/serial/by-id/...`.
+    pub port: Option<PathBuf>,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "default_parity")]
+    pub parity: Parity,
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    #[serde(default = "default_flow")]
+    pub flow_control: FlowControl,
+    /// TCP server: where to listen.
+    pub listen: Option<SocketAddr>,
+    /// TCP client: the analyzer's address.
+    pub connect: Option<String>,
+    #[serde(default = "default_clinical", deserialize_with = "de_lane")]
+    pub lane: Lane,
+    /// Charset of the records: "utf-8", "gb18030" (GBK) or "8859/1".
+    #[serde(default = "default_astm_charset")]
+    pub charset: String,
+    #[serde(default = "default_max_frame")]
+    pub max_frame_bytes: usize,
+    /// Receiver interrupt (EOT instead of ACK): "ack" treats it as ACK,
+    /// "finish" completes the message and then holds off.
+    #[serde(default = "default_interrupt")]
+    pub on_interrupt: String,
+}
+
+fn default_framing() -> AstmFraming {
+    AstmFraming::E1381
+}
+fn default_baud() -> u32 {
+    9600
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_parity() -> Parity {
+    Parity::None
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_flow() -> FlowControl {
+    FlowControl::None
+}
+fn default_astm_charset() -> String {
+    "utf-8".into()
+}
+fn default_max_frame() -> usize {
+    64 * 1024
+}
+fn default_interrupt() -> String {
+    "ack".into()
+}
+
 fn default_clinical() -> Lane {
     Lane::Clinical
 }
@@ -321,6 +424,51 @@ impl GatewayConfig {
                         format!("unknown charset {cs:?}: use utf-8, gb18030 or 8859/1"),
                     ));
                 }
+            }
+        }
+        for (i, a) in c.astm.iter().enumerate() {
+            let key = |k: &str| format!("astm[{i}].{k}");
+            if !names.insert(a.name.clone()) {
+                return Err(invalid(&key("name"), format!("{:?} is used twice", a.name)));
+            }
+            match a.transport {
+                AstmTransport::Serial if a.port.is_none() => {
+                    return Err(invalid(
+                        &key("port"),
+                        "required with transport = \"serial\"".into(),
+                    ));
+                }
+                AstmTransport::TcpServer if a.listen.is_none() => {
+                    return Err(invalid(
+                        &key("listen"),
+                        "required with transport = \"tcp-server\"".into(),
+                    ));
+                }
+                AstmTransport::TcpClient if a.connect.is_none() => {
+                    return Err(invalid(
+                        &key("connect"),
+                        "required with transport = \"tcp-client\"".into(),
+                    ));
+                }
+                _ => {}
+            }
+            if !(5..=8).contains(&a.data_bits) {
+                return Err(invalid(&key("data_bits"), "must be 5 to 8".into()));
+            }
+            if !(1..=2).contains(&a.stop_bits) {
+                return Err(invalid(&key("stop_bits"), "must be 1 or 2".into()));
+            }
+            if yilian_codecs::hl7::Charset::from_label(&a.charset).is_none() {
+                return Err(invalid(
+                    &key("charset"),
+                    format!("unknown charset {:?}", a.charset),
+                ));
+            }
+            if !matches!(a.on_interrupt.as_str(), "ack" | "finish") {
+                return Err(invalid(
+                    &key("on_interrupt"),
+                    "use \"ack\" or \"finish\"".into(),
+                ));
             }
         }
         c.spool_config()

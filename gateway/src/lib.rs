@@ -124,6 +124,19 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         })?;
         tasks.spawn(serve);
     }
+    for device in &config.astm {
+        let adapter = intake::astm::AstmAdapter {
+            config: device.clone(),
+            spool: spool.clone(),
+            metrics: metrics.clone(),
+            wake: wake.clone(),
+        };
+        let serve = adapter
+            .bind(stop_rx.clone())
+            .await
+            .with_context(|| format!("starting the ASTM device {:?}", device.name))?;
+        tasks.spawn(serve);
+    }
     let uplink = Uplink {
         server_name: config.server_name(),
         config: config.uplink.clone(),

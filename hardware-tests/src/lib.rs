@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod analyzer;
 pub mod bench;
 pub mod configs;
 pub mod demo;

@@ -148,6 +148,11 @@ impl AstmLink {
         self.transmit.pop_front()
     }
 
+    /// Whether bytes are waiting in [`AstmLink::poll_transmit`].
+    pub fn poll_transmit_pending(&self) -> bool {
+        !self.transmit.is_empty()
+    }
+
     pub fn poll_event(&mut self) -> Option<LinkEvent> {
         self.events.pop_front()
     }

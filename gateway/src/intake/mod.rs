@@ -1,5 +1,6 @@
 //! Device adapters that feed the spool. Each one acknowledges its device
 //! (or, for a folder, removes the file) only with a spool `Committed` proof.
 
+pub mod astm;
 pub mod folder;
 pub mod mllp;

@@ -1,0 +1,308 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers may panic on setup failure
+//! ASTM analyzers on a serial line (socat pseudo-terminal pairs) and TCP:
+//! the real captures in the shared samples replayed by the analyzer
+//! emulator, with a corrupted checksum, a lost ACK, and the cable pulled
+//! mid-message.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_serial::SerialPortBuilderExt;
+use yilian_central::CentralConfig;
+use yilian_gateway::GatewayConfig;
+use yilian_rig::analyzer::{Faults, records_from_capture, send_message};
+use yilian_rig::configs::{CentralSetup, GatewaySetup, free_tcp_port};
+use yilian_rig::fleet::Fleet;
+
+fn captures() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/samples/astm");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A socat pseudo-terminal pair: the gateway's end and the analyzer's end.
+struct Cable {
+    child: Child,
+}
+
+impl Cable {
+    fn plug(gw: &Path, an: &Path) -> Cable {
+        let child = Command::new("socat")
+            .arg("-d")
+            .arg(format!("pty,raw,echo=0,link={}", gw.display()))
+            .arg(format!("pty,raw,echo=0,link={}", an.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat is missing: apt-get install socat (./scripts/test-all does)");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(gw.exists() && an.exists()) {
+            assert!(
+                Instant::now() < deadline,
+                "socat did not create the pty pair"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Cable { child }
+    }
+
+    /// Pulls the cable: the pty pair and its links disappear.
+    fn unplug(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Cable {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn hub(dir: &Path, astm_toml: &str) -> (yilian_central::Running, yilian_gateway::Running) {
+    let _ = yilian_rig::logs::LogCapture::install();
+    let fleet = Fleet::create(dir).expect("fleet");
+    let cs = CentralSetup {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        metrics: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.join("central-data"),
+        tls: fleet.central("localhost").expect("cert"),
+    };
+    std::fs::write(dir.join("central.toml"), cs.toml()).expect("write");
+    let central =
+        yilian_central::start(CentralConfig::load(&dir.join("central.toml")).expect("config"))
+            .await
+            .expect("central");
+    let gs = GatewaySetup {
+        central: central.quic_addr.to_string(),
+        server_name: "localhost".into(),
+        spool_dir: dir.join("spool"),
+        metrics: "127.0.0.1:0".parse().expect("addr"),
+        tls: fleet.gateway("test/clinic/box-1").expect("cert"),
+        folders: vec![],
+        idle_timeout_ms: None,
+        reconnect_max_ms: 1000,
+        quota_bytes: None,
+        extra: astm_toml.to_owned(),
+    };
+    std::fs::write(dir.join("gateway.toml"), gs.toml()).expect("write");
+    let gateway =
+        yilian_gateway::start(GatewayConfig::load(&dir.join("gateway.toml")).expect("config"))
+            .await
+            .expect("gateway");
+    (central, gateway)
+}
+
+async fn wait_items(
+    central: &yilian_central::Running,
+    n: usize,
+) -> Vec<yilian_central::store::ItemRow> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let items = central.store.items(None, None).expect("items");
+        if items.len() >= n {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return central.store.items(None, None).expect("items");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} items at central",
+            items.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn open_analyzer_end(path: &Path) -> tokio_serial::SerialStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio_serial::new(path.to_string_lossy(), 9600).open_native_async() {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot open {}: {e}",
+                    path.display()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn sha(records: &[Vec<u8>]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(records.concat()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn captures_over_a_serial_line_with_a_bad_checksum_and_a_lost_ack() {
+    let caps = captures();
+    assert!(caps.len() >= 4, "the shared ASTM captures are missing");
+    let tmp = tempfile::Builder::new()
+        .prefix("yilian-astm-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tmp");
+    let dir = tmp.path();
+    let (gw_end, an_end) = (dir.join("ttyGW"), dir.join("ttyAN"));
+    let _cable = Cable::plug(&gw_end, &an_end);
+    let toml = format!(
+        "\n[[astm]]\nname = \"lab-analyzer\"\ntransport = \"serial\"\nport = \"{}\"\nbaud = 9600\n",
+        gw_end.display()
+    );
+    let (central, gateway) = hub(dir, &toml).await;
+    let mut port = open_analyzer_end(&an_end).await;
+    let mut expected = Vec::new();
+    for (i, cap) in caps.iter().enumerate() {
+        let records = records_from_capture(&std::fs::read(cap).expect("read"));
+        assert!(records.len() >= 2, "{}: no records", cap.display());
+        let faults = match i {
+            0 => Faults {
+                corrupt_frame: Some(0),
+                ..Faults::default()
+            },
+            1 => Faults {
+                lose_ack_of: Some(0),
+                ..Faults::default()
+            },
+            _ => Faults::default(),
+        };
+        let report = send_message(&mut port, &records, faults)
+            .await
+            .expect("delivered");
+        assert!(report.completed);
+        if i == 0 {
+            assert!(report.naks >= 1, "the corrupted frame must be NAKed");
+        }
+        expected.push(sha(&records));
+    }
+    let items = wait_items(&central, caps.len()).await;
+    assert_eq!(
+        items.len(),
+        caps.len(),
+        "one item per message, no duplicates: {items:?}"
+    );
+    for sha in &expected {
+        assert!(
+            items.iter().any(|i| &i.sha256 == sha),
+            "a message arrived changed or not at all"
+        );
+    }
+    for i in &items {
+        assert_eq!(i.kind, "astm");
+        assert_eq!(i.source, "astm:lab-analyzer");
+        assert!(i.metadata.get("analyzer").is_some());
+    }
+    gateway.shutdown().await;
+    central.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unplug_mid_message_and_replug_yields_the_message_once() {
+    let caps = captures();
+    let Some(cap) = caps.first() else {
+        panic!("the shared ASTM captures are missing")
+    };
+    let records = records_from_capture(&std::fs::read(cap).expect("read"));
+    let tmp = tempfile::Builder::new()
+        .prefix("yilian-astm-plug-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tmp");
+    let dir = tmp.path();
+    let (gw_end, an_end) = (dir.join("ttyGW"), dir.join("ttyAN"));
+    let cable = Cable::plug(&gw_end, &an_end);
+    let toml = format!(
+        "\n[[astm]]\nname = \"xn\"\ntransport = \"serial\"\nport = \"{}\"\n",
+        gw_end.display()
+    );
+    let (central, gateway) = hub(dir, &toml).await;
+
+    let mut port = open_analyzer_end(&an_end).await;
+    let half = Faults {
+        stop_after: Some(records.len().max(2) / 2),
+        ..Faults::default()
+    };
+    let report = send_message(&mut port, &records, half)
+        .await
+        .expect("first half");
+    assert!(!report.completed);
+    drop(port);
+    cable.unplug();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _cable = Cable::plug(&gw_end, &an_end);
+    // The analyzer starts over once the line is back.
+    let mut port = open_analyzer_end(&an_end).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        match send_message(&mut port, &records, Faults::default()).await {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the gateway never reopened the port: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                port = open_analyzer_end(&an_end).await;
+            }
+        }
+    };
+    assert!(report.completed);
+    let items = wait_items(&central, 1).await;
+    assert_eq!(
+        items.len(),
+        1,
+        "the half message is discarded, the whole one stored once"
+    );
+    assert_eq!(items[0].sha256, sha(&records));
+    gateway.shutdown().await;
+    central.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tcp_analyzer_with_framing_and_one_with_bare_records() {
+    let caps = captures();
+    let Some(cap) = caps.last() else {
+        panic!("the shared ASTM captures are missing")
+    };
+    let records = records_from_capture(&std::fs::read(cap).expect("read"));
+    let tmp = tempfile::Builder::new()
+        .prefix("yilian-astm-tcp-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tmp");
+    let framed = free_tcp_port().expect("port");
+    let bare = free_tcp_port().expect("port");
+    let toml = format!(
+        "\n[[astm]]\nname = \"chem\"\ntransport = \"tcp-server\"\nlisten = \"{framed}\"\n\n[[astm]]\nname = \"hba1c\"\ntransport = \"tcp-server\"\nframing = \"bare\"\nlisten = \"{bare}\"\n"
+    );
+    let (central, gateway) = hub(tmp.path(), &toml).await;
+    let mut s = tokio::net::TcpStream::connect(framed)
+        .await
+        .expect("connect");
+    assert!(
+        send_message(&mut s, &records, Faults::default())
+            .await
+            .expect("sent")
+            .completed
+    );
+    let mut b = tokio::net::TcpStream::connect(bare).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut b, &records.concat())
+        .await
+        .expect("write");
+    let items = wait_items(&central, 2).await;
+    assert_eq!(items.len(), 2);
+    let sources: Vec<&str> = items.iter().map(|i| i.source.as_str()).collect();
+    assert!(
+        sources.contains(&"astm:chem") && sources.contains(&"astm:hba1c"),
+        "{sources:?}"
+    );
+    for i in &items {
+        assert_eq!(i.sha256, sha(&records));
+    }
+    gateway.shutdown().await;
+    central.shutdown().await;
+}
