@@ -4,6 +4,7 @@
 pub mod frame;
 pub mod link;
 pub mod records;
+pub mod to_hl7;
 
 pub use frame::{FrameError, ParsedFrame, checksum, encode_frames};
 pub use link::{AstmLink, LinkConfig, LinkEvent, OnInterrupt};
