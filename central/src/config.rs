@@ -12,6 +12,41 @@ pub struct CentralConfig {
     pub tls: TlsSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// The hospital LIS that lab results (HL7 and ASTM items) go to.
+    pub lis: Option<LisSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LisSection {
+    /// `host:port` of the LIS's MLLP listener.
+    pub address: String,
+    /// Resend (same MSH-10) when no ACK came within this.
+    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: std::time::Duration,
+    /// First retry delay after AR/CR or a failed connection; doubles.
+    #[serde(default = "default_retry_base", with = "humantime_serde")]
+    pub retry_base: std::time::Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: std::time::Duration,
+    /// MSH-5/MSH-6 of messages converted from ASTM.
+    #[serde(default = "default_lis_app")]
+    pub receiving_application: String,
+    #[serde(default)]
+    pub receiving_facility: String,
+}
+
+fn default_ack_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+fn default_retry_base() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+fn default_retry_max() -> std::time::Duration {
+    std::time::Duration::from_secs(600)
+}
+fn default_lis_app() -> String {
+    "LIS".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]

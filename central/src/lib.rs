@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod http;
+pub mod lis;
 pub mod metrics;
 pub mod server;
 pub mod service;
@@ -85,12 +86,22 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding the metrics listener on {}", config.metrics.listen))?;
 
-    let shared = server::Shared::new(
+    let mut shared = server::Shared::new(
         store.clone(),
         metrics.clone(),
         config.server.max_upload_bytes,
     );
     let (stop, mut stopped) = watch::channel(false);
+    if let Some(lis) = &config.lis {
+        shared.lis_enabled = true;
+        metrics.register_destination(lis::DESTINATION);
+        let delivery = lis::LisDelivery {
+            config: lis.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(delivery.run(stopped.clone()));
+    }
     let ep = endpoint.clone();
     let task = tokio::spawn(async move {
         tokio::select! {

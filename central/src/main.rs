@@ -52,6 +52,23 @@ enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// Deliveries to downstream systems (the LIS): pending, delivered,
+    /// parked with the reason.
+    Outbox {
+        #[arg(
+            long,
+            default_value = "/etc/yilian/central.toml",
+            conflicts_with = "data_dir"
+        )]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Put a parked delivery back in line.
+        #[arg(long)]
+        requeue: Option<i64>,
+    },
     /// List the gateways central has heard from.
     Gateways {
         #[arg(
@@ -150,6 +167,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         &i.sha256[..16.min(i.sha256.len())],
                         i.source,
                         i.received_at
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        Command::Outbox {
+            config,
+            data_dir: dir,
+            json,
+            requeue,
+        } => {
+            let dir = data_dir(&config, dir)?;
+            if let Some(id) = requeue {
+                let store = Store::open(&dir)?;
+                anyhow::ensure!(store.outbox_requeue(id)?, "delivery {id} is not parked");
+                println!("delivery {id} is back in line");
+                return Ok(());
+            }
+            let store = Store::open_read_only(&dir)?;
+            let mut out = std::io::stdout().lock();
+            for row in store.outbox_list(None)? {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&row)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:>6}  {:<5} {:<24} {:<6} {:<9} attempts {:>3}  {}",
+                        row.id,
+                        row.destination,
+                        row.gateway,
+                        row.kind,
+                        row.state,
+                        row.attempts,
+                        row.last_error.as_deref().unwrap_or("")
                     )?;
                 }
             }

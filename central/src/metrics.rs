@@ -81,11 +81,31 @@ pub struct CentralMetrics {
     pub gateway_oldest_age: Family<GatewayLaneLabels, GaugeF>,
     pub gateway_certificate_expiry: Family<GatewayLabels, Gauge>,
     pub gateway_config: Family<GatewayConfigLabels, Gauge>,
+    pub outbox_items: Family<OutboxLabels, Gauge>,
+    pub outbox_results: Family<OutboxResultLabels, Counter>,
+    pub outbox_oldest_age: Family<DestinationLabels, GaugeF>,
     /// The latest metrics each connected gateway reported.
     fleet: Arc<Mutex<BTreeMap<BoxIdentity, Vec<ExposedFamily>>>>,
     /// The configuration version each gateway last reported, so the old
     /// series goes when a new version is applied.
     config_versions: Arc<Mutex<BTreeMap<GatewayLabels, String>>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboxLabels {
+    pub destination: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutboxResultLabels {
+    pub destination: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    pub destination: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,6 +140,9 @@ impl CentralMetrics {
             gateway_oldest_age: Family::default(),
             gateway_certificate_expiry: Family::default(),
             gateway_config: Family::default(),
+            outbox_items: Family::default(),
+            outbox_results: Family::default(),
+            outbox_oldest_age: Family::default(),
             fleet: Arc::default(),
             config_versions: Arc::default(),
         };
@@ -192,6 +215,22 @@ impl CentralMetrics {
             "Configuration version (SHA-256 prefix) the gateway reported",
             m.gateway_config.clone(),
         );
+        r.register(
+            "yilian_central_outbox_items",
+            "Deliveries to downstream systems (LIS, PACS, ECG system) by state",
+            m.outbox_items.clone(),
+        );
+        r.register(
+            "yilian_central_outbox_attempts",
+            "Delivery attempts to downstream systems by result (delivered, retry, parked)",
+            m.outbox_results.clone(),
+        );
+        r.register_with_unit(
+            "yilian_central_outbox_oldest_pending_age",
+            "Age of the oldest delivery not yet accepted downstream",
+            Unit::Seconds,
+            m.outbox_oldest_age.clone(),
+        );
         // Known label values start at zero (rates work from the start).
         for lane in ["urgent", "clinical", "bulk"] {
             let _ = m.items_committed.get_or_create(&LaneLabels {
@@ -214,6 +253,57 @@ impl CentralMetrics {
             registry: Arc::new(r),
             ..m
         }
+    }
+
+    /// Prepares a destination's series at zero.
+    pub fn register_destination(&self, destination: &str) {
+        for state in ["pending", "delivered", "parked"] {
+            let _ = self.outbox_items.get_or_create(&OutboxLabels {
+                destination: destination.to_owned(),
+                state: state.to_owned(),
+            });
+        }
+        for result in ["delivered", "retry", "parked"] {
+            let _ = self.outbox_results.get_or_create(&OutboxResultLabels {
+                destination: destination.to_owned(),
+                result: result.to_owned(),
+            });
+        }
+        let _ = self.outbox_oldest_age.get_or_create(&DestinationLabels {
+            destination: destination.to_owned(),
+        });
+    }
+
+    pub fn outbox_result(&self, destination: &str, result: &str) {
+        self.outbox_results
+            .get_or_create(&OutboxResultLabels {
+                destination: destination.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn observe_outbox(&self, destination: &str, s: &crate::store::OutboxStats, now_ms: i64) {
+        for (state, n) in [
+            ("pending", s.pending),
+            ("delivered", s.delivered),
+            ("parked", s.parked),
+        ] {
+            self.outbox_items
+                .get_or_create(&OutboxLabels {
+                    destination: destination.to_owned(),
+                    state: state.to_owned(),
+                })
+                .set(n as i64);
+        }
+        let age = s
+            .oldest_pending_ms
+            .map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
+        self.outbox_oldest_age
+            .get_or_create(&DestinationLabels {
+                destination: destination.to_owned(),
+            })
+            .set(age);
     }
 
     /// Items committed since start, all lanes.

@@ -33,6 +33,8 @@ pub struct Shared {
     pub store: Store,
     pub metrics: CentralMetrics,
     pub max_upload_bytes: u64,
+    /// Whether lab items (HL7, ASTM) are queued for the hospital LIS.
+    pub lis_enabled: bool,
     /// The live connection of each box: a new one supersedes the old, whose
     /// streams are then closed at once instead of lingering until the idle
     /// timeout (the box only ever keeps one).
@@ -48,8 +50,17 @@ impl Shared {
             store,
             metrics,
             max_upload_bytes,
+            lis_enabled: false,
             connections: Arc::default(),
             upload_locks: Arc::default(),
+        }
+    }
+
+    /// Where an item of this kind is delivered after central commits it.
+    fn destinations_for(&self, kind: &str) -> Vec<&'static str> {
+        match kind {
+            "hl7" | "astm" if self.lis_enabled => vec!["lis"],
+            _ => Vec::new(),
         }
     }
 
@@ -304,6 +315,7 @@ fn spawn_sink(
     offer: Offer,
     mut partial: PartialUpload,
     guard: tokio::sync::OwnedMutexGuard<()>,
+    destinations: Vec<&'static str>,
 ) -> mpsc::Sender<SinkMsg> {
     let (tx, mut rx) = mpsc::channel::<SinkMsg>(16);
     tokio::task::spawn_blocking(move || {
@@ -321,7 +333,7 @@ fn spawn_sink(
                 SinkMsg::Commit(reply) => {
                     let r = match failed.take() {
                         Some(e) => Err(e),
-                        None => store.commit(&identity, &offer, partial),
+                        None => store.commit(&identity, &offer, partial, &destinations),
                     };
                     let _ = reply.send(r);
                     return;
@@ -381,6 +393,7 @@ async fn upload_stream(
                                     offer.clone(),
                                     p,
                                     guard,
+                                    shared.destinations_for(&offer.kind),
                                 ));
                             }
                             rx.held(held)

@@ -70,6 +70,22 @@ CREATE TABLE IF NOT EXISTS items(
     UNIQUE(gateway, upload_id)
 );
 CREATE INDEX IF NOT EXISTS items_by_sha ON items(sha256);
+CREATE TABLE IF NOT EXISTS outbox(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    gateway TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_ms INTEGER NOT NULL,
+    delivered_ms INTEGER,
+    UNIQUE(gateway, upload_id, destination)
+);
+CREATE INDEX IF NOT EXISTS outbox_ready ON outbox(destination, state, next_attempt_ms, id);
 CREATE TABLE IF NOT EXISTS gateways(
     identity TEXT PRIMARY KEY,
     county TEXT NOT NULL,
@@ -274,6 +290,7 @@ impl Store {
         gateway: &BoxIdentity,
         offer: &Offer,
         partial: PartialUpload,
+        destinations: &[&str],
     ) -> Result<ItemRow, StoreError> {
         let PartialUpload {
             path,
@@ -309,19 +326,24 @@ impl Store {
             sync_dir(&blob_dir)?;
             sync_dir(&self.inner.blob_dir)?;
         }
-        self.insert_row(gateway, offer, &got)
+        self.insert_row(gateway, offer, &got, destinations)
     }
 
+    /// Inserts the item and its outbox rows in one transaction: an item
+    /// central committed always has its deliveries queued.
     fn insert_row(
         &self,
         gateway: &BoxIdentity,
         offer: &Offer,
         sha_hex: &str,
+        destinations: &[&str],
     ) -> Result<ItemRow, StoreError> {
         let lane = Lane::try_from(offer.lane).unwrap_or(Lane::Bulk).name();
         let metadata = serde_json::to_string(&offer.metadata).unwrap_or_else(|_| "{}".into());
         let committed = now_ms();
-        self.db().execute(
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
             "INSERT OR IGNORE INTO items(gateway, upload_id, kind, lane, source, metadata, size, sha256, received_ms, committed_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
@@ -337,6 +359,15 @@ impl Store {
                 committed
             ],
         )?;
+        for d in destinations {
+            tx.execute(
+                "INSERT OR IGNORE INTO outbox(gateway, upload_id, destination, kind, sha256, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![gateway.to_string(), offer.upload_id, d, offer.kind, sha_hex, committed],
+            )?;
+        }
+        tx.commit()?;
+        drop(db);
         Ok(ItemRow {
             gateway: gateway.to_string(),
             upload_id: offer.upload_id.clone(),
@@ -430,6 +461,157 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// A delivery waiting in (or done by) an outbox.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub gateway: String,
+    pub upload_id: String,
+    pub destination: String,
+    pub kind: String,
+    pub sha256: String,
+    pub state: &'static str,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_ms: i64,
+    pub delivered_ms: Option<i64>,
+    /// The item's metadata (charset, message type, ...).
+    pub metadata: serde_json::Value,
+}
+
+pub const OUTBOX_PENDING: i64 = 0;
+pub const OUTBOX_DELIVERED: i64 = 1;
+pub const OUTBOX_PARKED: i64 = 2;
+
+fn outbox_state(v: i64) -> &'static str {
+    match v {
+        OUTBOX_PENDING => "pending",
+        OUTBOX_DELIVERED => "delivered",
+        _ => "parked",
+    }
+}
+
+const OUTBOX_SELECT: &str =
+    "SELECT o.id, o.gateway, o.upload_id, o.destination, o.kind, o.sha256, o.state, o.attempts,
+        o.last_error, o.created_ms, o.delivered_ms, COALESCE(i.metadata, '{}')
+     FROM outbox o LEFT JOIN items i ON i.gateway = o.gateway AND i.upload_id = o.upload_id";
+
+fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        gateway: r.get(1)?,
+        upload_id: r.get(2)?,
+        destination: r.get(3)?,
+        kind: r.get(4)?,
+        sha256: r.get(5)?,
+        state: outbox_state(r.get(6)?),
+        attempts: r.get::<_, i64>(7)? as u32,
+        last_error: r.get(8)?,
+        created_ms: r.get(9)?,
+        delivered_ms: r.get(10)?,
+        metadata: serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default(),
+    })
+}
+
+/// Counts of one destination's outbox.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxStats {
+    pub pending: u64,
+    pub delivered: u64,
+    pub parked: u64,
+    pub oldest_pending_ms: Option<i64>,
+}
+
+impl Store {
+    /// The next delivery due for `destination`, oldest first.
+    pub fn outbox_next(
+        &self,
+        destination: &str,
+        now_ms: i64,
+    ) -> Result<Option<OutboxRow>, StoreError> {
+        let sql = format!(
+            "{OUTBOX_SELECT} WHERE o.destination = ?1 AND o.state = 0 AND o.next_attempt_ms <= ?2 ORDER BY o.id LIMIT 1"
+        );
+        Ok(self
+            .db()
+            .query_row(&sql, params![destination, now_ms], outbox_row)
+            .optional()?)
+    }
+
+    pub fn outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
+        self.db().execute(
+            "UPDATE outbox SET state = 1, delivered_ms = ?2, last_error = NULL WHERE id = ?1",
+            params![id, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn outbox_retry(&self, id: i64, delay_ms: i64, error: &str) -> Result<(), StoreError> {
+        self.db().execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?1",
+            params![id, now_ms() + delay_ms, error],
+        )?;
+        Ok(())
+    }
+
+    /// Set aside for an operator: the destination refused the content.
+    pub fn outbox_park(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        self.db().execute(
+            "UPDATE outbox SET state = 2, attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+            params![id, error],
+        )?;
+        Ok(())
+    }
+
+    /// Puts a parked delivery back in line.
+    pub fn outbox_requeue(&self, id: i64) -> Result<bool, StoreError> {
+        let n = self.db().execute(
+            "UPDATE outbox SET state = 0, next_attempt_ms = 0 WHERE id = ?1 AND state = 2",
+            params![id],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub fn outbox_list(&self, destination: Option<&str>) -> Result<Vec<OutboxRow>, StoreError> {
+        let sql = format!("{OUTBOX_SELECT} WHERE (?1 IS NULL OR o.destination = ?1) ORDER BY o.id");
+        let db = self.db();
+        let mut stmt = db.prepare(&sql)?;
+        let rows = stmt.query_map(params![destination], outbox_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn outbox_stats(&self, destination: &str) -> Result<OutboxStats, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT state, COUNT(*), MIN(created_ms) FROM outbox WHERE destination = ?1 GROUP BY state")?;
+        let mut s = OutboxStats::default();
+        let rows = stmt.query_map(params![destination], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (state, n, oldest) = row?;
+            match state {
+                OUTBOX_PENDING => {
+                    s.pending = n as u64;
+                    s.oldest_pending_ms = oldest;
+                }
+                OUTBOX_DELIVERED => s.delivered = n as u64,
+                _ => s.parked = n as u64,
+            }
+        }
+        Ok(s)
+    }
+
+    /// The stored bytes of a blob.
+    pub fn read_blob(&self, sha_hex: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.blob_path(sha_hex);
+        fs::read(&path).map_err(io("read blob", &path))
     }
 }
 

@@ -48,7 +48,14 @@ async fn hub() -> Hub {
         data_dir: dir.join("central-data"),
         tls: fleet.central("localhost").expect("cert"),
     };
-    std::fs::write(dir.join("central.toml"), cs.toml()).expect("write");
+    // With a LIS configured, as a hub has: its outbox series exist. Nothing
+    // listens there, and nothing is sent to it either.
+    let lis = free_tcp_port().expect("port");
+    std::fs::write(
+        dir.join("central.toml"),
+        format!("{}\n[lis]\naddress = \"{lis}\"\n", cs.toml()),
+    )
+    .expect("write");
     let central =
         yilian_central::start(CentralConfig::load(&dir.join("central.toml")).expect("config"))
             .await
@@ -127,6 +134,27 @@ fn promtool_check_metrics(text: &str) -> String {
         "promtool check metrics failed:\n{said}"
     );
     said
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_unit_tests() {
+    let dir = repo().join("ops/prometheus");
+    for args in [
+        vec!["check", "rules", "yilian-alerts.yml"],
+        vec!["test", "rules", "yilian-alerts.test.yml"],
+    ] {
+        let out = Command::new(tool("promtool"))
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

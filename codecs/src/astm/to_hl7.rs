@@ -40,13 +40,19 @@ fn comps(r: &Record, m: &AstmMessage, n: usize) -> Vec<String> {
 }
 
 fn first(r: &Record, m: &AstmMessage, n: usize) -> String {
-    unescape(r.field(n).split(m.delimiters.repeat).next().unwrap_or(""), &m.delimiters)
+    unescape(
+        r.field(n).split(m.delimiters.repeat).next().unwrap_or(""),
+        &m.delimiters,
+    )
 }
 
 /// The test identifier of an ASTM universal test id (`^^^code^name` or a
 /// plain code) as HL7 `code^name^L`.
 fn test_id(parts: &[String]) -> String {
-    let code = parts.get(3).filter(|s| !s.is_empty()).or_else(|| parts.iter().find(|s| !s.is_empty()));
+    let code = parts
+        .get(3)
+        .filter(|s| !s.is_empty())
+        .or_else(|| parts.iter().find(|s| !s.is_empty()));
     let name = parts.get(4).filter(|s| !s.is_empty());
     match (code, name) {
         (Some(c), Some(n)) => format!("{}^{}^L", hl7(c), hl7(n)),
@@ -125,7 +131,11 @@ pub fn to_oru(m: &AstmMessage, h: &OruHeader<'_>) -> Option<String> {
                 obx_n += 1;
                 nte_n = 0;
                 let value = first(r, m, 4);
-                let kind = if value.trim().parse::<f64>().is_ok() { "NM" } else { "ST" };
+                let kind = if value.trim().parse::<f64>().is_ok() {
+                    "NM"
+                } else {
+                    "ST"
+                };
                 let status = match first(r, m, 9).as_str() {
                     "" => "F".to_owned(),
                     s => s.to_owned(),
@@ -143,7 +153,11 @@ pub fn to_oru(m: &AstmMessage, h: &OruHeader<'_>) -> Option<String> {
             }
             'C' => {
                 nte_n += 1;
-                let text = comps(r, m, 4).into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ");
+                let text = comps(r, m, 4)
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 out.push_str(&format!("NTE|{nte_n}|L|{}\r", hl7(&text)));
             }
             _ => {}
@@ -191,7 +205,10 @@ mod tests {
         assert_eq!(obx[0].field(14), "20240101113000");
         assert_eq!(obx[1].field(2), "ST");
         let nte = m.segment("NTE").expect("comment");
-        assert_eq!(crate::hl7::escape::unescape(nte.field(3), &m.delimiters), "hemolysed|sample");
+        assert_eq!(
+            crate::hl7::escape::unescape(nte.field(3), &m.delimiters),
+            "hemolysed|sample"
+        );
     }
 
     #[test]
@@ -210,8 +227,11 @@ mod tests {
 
     #[test]
     fn conformance_captures_convert_when_present() {
-        let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/samples/astm");
-        let Ok(dir) = std::fs::read_dir(base) else { return };
+        let base =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/samples/astm");
+        let Ok(dir) = std::fs::read_dir(base) else {
+            return;
+        };
         for entry in dir.flatten() {
             let bytes = std::fs::read(entry.path()).expect("read");
             let mut text = Vec::new();

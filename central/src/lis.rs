@@ -1,0 +1,264 @@
+//! Delivery of lab results to the hospital LIS over MLLP, from the durable
+//! outbox.
+//!
+//! One message in flight per connection. HL7 items go as received (bytes
+//! and charset unchanged); ASTM items are converted to an ORU^R01 whose
+//! MSH-10 derives from the item, so every resend carries the same control
+//! id and the LIS can de-duplicate. AA/CA: delivered. AR/CR or no answer:
+//! retried with backoff (a timeout also resends on a new connection).
+//! AE/CE: parked with the LIS's reason for an operator; it never blocks the
+//! queue, and `yilian-central outbox --requeue ID` puts it back.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use yilian_codecs::astm::AstmMessage;
+use yilian_codecs::astm::to_hl7::{OruHeader, to_oru};
+use yilian_codecs::hl7::{Charset, Message, decode};
+use yilian_codecs::mllp::{self, MllpDecoder};
+
+use crate::config::LisSection;
+use crate::metrics::CentralMetrics;
+use crate::store::{OutboxRow, Store, now_ms};
+
+pub const DESTINATION: &str = "lis";
+
+pub struct LisDelivery {
+    pub config: LisSection,
+    pub store: Store,
+    pub metrics: CentralMetrics,
+}
+
+enum Verdict {
+    Delivered,
+    Retry(String),
+    Park(String),
+}
+
+impl LisDelivery {
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut conn: Option<TcpStream> = None;
+        let mut failures: u32 = 0;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            self.observe().await;
+            let store = self.store.clone();
+            let next =
+                tokio::task::spawn_blocking(move || store.outbox_next(DESTINATION, now_ms())).await;
+            let row = match next {
+                Ok(Ok(Some(row))) => row,
+                Ok(Ok(None)) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop.changed() => return,
+                    }
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot read the LIS outbox");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let verdict = tokio::select! {
+                v = self.deliver(&row, &mut conn) => v,
+                _ = stop.changed() => return,
+            };
+            let store = self.store.clone();
+            let id = row.id;
+            let (result, delay) = match &verdict {
+                Verdict::Delivered => {
+                    failures = 0;
+                    ("delivered", 0)
+                }
+                Verdict::Retry(_) => {
+                    failures = failures.saturating_add(1);
+                    let base = self.config.retry_base.as_millis() as u64;
+                    let delay = base
+                        .saturating_mul(1 << failures.min(20))
+                        .min(self.config.retry_max.as_millis() as u64);
+                    ("retry", delay as i64)
+                }
+                Verdict::Park(_) => ("parked", 0),
+            };
+            self.metrics.outbox_result(DESTINATION, result);
+            let r = tokio::task::spawn_blocking(move || match verdict {
+                Verdict::Delivered => store.outbox_delivered(id),
+                Verdict::Retry(why) => store.outbox_retry(id, delay, &why),
+                Verdict::Park(why) => store.outbox_park(id, &why),
+            })
+            .await;
+            if let Ok(Err(e)) = r {
+                tracing::error!(error = %e, "cannot record a LIS delivery result; it will be sent again");
+            }
+        }
+    }
+
+    async fn observe(&self) {
+        let store = self.store.clone();
+        if let Ok(Ok(s)) =
+            tokio::task::spawn_blocking(move || store.outbox_stats(DESTINATION)).await
+        {
+            self.metrics.observe_outbox(DESTINATION, &s, now_ms());
+        }
+    }
+
+    /// The message to send for an outbox row.
+    fn message(&self, row: &OutboxRow, blob: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        match row.kind.as_str() {
+            "hl7" => Ok(Some(blob.to_vec())),
+            "astm" => {
+                let charset = row.metadata["charset"]
+                    .as_str()
+                    .and_then(Charset::from_label)
+                    .unwrap_or(Charset::Utf8);
+                let m = AstmMessage::parse(blob, charset)
+                    .map_err(|e| format!("ASTM message does not parse: {e}"))?;
+                let clinic = row
+                    .gateway
+                    .rsplit_once('/')
+                    .map_or(row.gateway.as_str(), |(c, _)| c);
+                let control_id = format!("YL{}", &row.upload_id[..row.upload_id.len().min(18)]);
+                let now =
+                    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+                let ts: String = now.chars().filter(char::is_ascii_digit).collect();
+                let header = OruHeader {
+                    sending_application: "YILIAN",
+                    sending_facility: clinic,
+                    receiving_application: &self.config.receiving_application,
+                    receiving_facility: &self.config.receiving_facility,
+                    timestamp: &ts,
+                    control_id: &control_id,
+                };
+                Ok(to_oru(&m, &header).map(String::into_bytes))
+            }
+            other => Err(format!("items of kind {other} do not go to the LIS")),
+        }
+    }
+
+    async fn deliver(&self, row: &OutboxRow, conn: &mut Option<TcpStream>) -> Verdict {
+        let store = self.store.clone();
+        let sha = row.sha256.clone();
+        let blob = match tokio::task::spawn_blocking(move || store.read_blob(&sha)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Verdict::Retry(format!("cannot read the stored item: {e}")),
+            Err(e) => return Verdict::Retry(e.to_string()),
+        };
+        let message = match self.message(row, &blob) {
+            Ok(Some(m)) => m,
+            // A query or a message without results: nothing for the LIS.
+            Ok(None) => return Verdict::Delivered,
+            Err(e) => return Verdict::Park(e),
+        };
+        let sent_id = {
+            let d = decode(&message, None);
+            Message::parse(&d.text)
+                .map(|m| m.control_id().to_owned())
+                .unwrap_or_default()
+        };
+        if conn.is_none() {
+            match tokio::time::timeout(
+                Duration::from_secs(10),
+                TcpStream::connect(&self.config.address),
+            )
+            .await
+            {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    *conn = Some(s);
+                }
+                Ok(Err(e)) => {
+                    return Verdict::Retry(format!(
+                        "cannot connect to the LIS at {}: {e}",
+                        self.config.address
+                    ));
+                }
+                Err(_) => {
+                    return Verdict::Retry(format!(
+                        "connecting to the LIS at {} timed out",
+                        self.config.address
+                    ));
+                }
+            }
+        }
+        let Some(stream) = conn.as_mut() else {
+            return Verdict::Retry("no connection".into());
+        };
+        let answer =
+            tokio::time::timeout(self.config.ack_timeout, exchange(stream, &message)).await;
+        let ack = match answer {
+            Ok(Ok(ack)) => ack,
+            Ok(Err(e)) => {
+                *conn = None;
+                return Verdict::Retry(format!("LIS connection failed: {e}"));
+            }
+            Err(_) => {
+                // The same message (same MSH-10) goes again on a new
+                // connection; the LIS de-duplicates.
+                *conn = None;
+                tracing::warn!(upload = %row.upload_id, "no ACK from the LIS in time; will resend");
+                return Verdict::Retry("no ACK within the timeout".into());
+            }
+        };
+        let d = decode(&ack, None);
+        let Ok(m) = Message::parse(&d.text) else {
+            *conn = None;
+            return Verdict::Retry("the LIS answered something that is not an HL7 ACK".into());
+        };
+        let code = m.get("MSA", 1, 1).to_owned();
+        let answered = m.get("MSA", 2, 1);
+        if !sent_id.is_empty() && answered != sent_id {
+            *conn = None;
+            return Verdict::Retry(format!("ACK for {answered:?}, expected {sent_id:?}"));
+        }
+        let reason = || {
+            let err = m.get("ERR", 3, 2);
+            let text = if err.is_empty() {
+                m.get("MSA", 3, 1)
+            } else {
+                err
+            };
+            format!("LIS answered {code}: {text}")
+        };
+        match code.as_str() {
+            "AA" | "CA" => {
+                tracing::info!(upload = %row.upload_id, kind = %row.kind, "delivered to the LIS");
+                Verdict::Delivered
+            }
+            "AE" | "CE" => {
+                let why = reason();
+                tracing::error!(upload = %row.upload_id, reason = %why, "the LIS refused a message; parked for an operator");
+                Verdict::Park(why)
+            }
+            _ => {
+                let why = reason();
+                tracing::warn!(upload = %row.upload_id, reason = %why, "the LIS cannot take the message now; retrying later");
+                Verdict::Retry(why)
+            }
+        }
+    }
+}
+
+/// Sends one framed message and reads one framed answer.
+async fn exchange(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream.write_all(&mllp::encode(message)).await?;
+    let mut dec = MllpDecoder::new(1024 * 1024);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the LIS closed the connection",
+            ));
+        }
+        if let Some(Ok(frame)) = dec.push(&buf[..n]).into_iter().next() {
+            return Ok(frame);
+        }
+    }
+}
