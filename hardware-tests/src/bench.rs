@@ -51,6 +51,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         .tempdir_in(bench_dir())?;
     println!("{:<52} {:<28} anchor", "benchmark", "figure");
     spool_benches(dir.path(), &mut report).await?;
+    hl7_benches(dir.path(), &mut report).await?;
     upload_benches(dir.path(), &opts, &mut report).await?;
     Ok(report)
 }
@@ -152,6 +153,95 @@ async fn spool_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Re
         report.row(&a, b, c);
     }
     Ok(())
+}
+
+/// HL7 ORU^R01 over MLLP into a real gateway (durable commits, uploads to
+/// a real central running alongside): messages per second and the time from
+/// the last byte sent to the ACK received.
+async fn hl7_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<()> {
+    let fsyncs = {
+        let d = dir.to_owned();
+        tokio::task::spawn_blocking(move || fsync_rate(&d, 300)).await??
+    };
+    let fleet = Fleet::create(&dir.join("hl7-fleet"))?;
+    let central_setup = CentralSetup {
+        listen: "127.0.0.1:0".parse()?,
+        metrics: "127.0.0.1:0".parse()?,
+        data_dir: dir.join("hl7-central"),
+        tls: fleet.central("localhost")?,
+    };
+    let ct = dir.join("hl7-central.toml");
+    std::fs::write(&ct, central_setup.toml())?;
+    let central = yilian_central::start(CentralConfig::load(&ct)?).await?;
+    let listen = crate::configs::free_tcp_port()?;
+    let gw_setup = GatewaySetup {
+        central: central.quic_addr.to_string(),
+        server_name: "localhost".into(),
+        spool_dir: dir.join("hl7-spool"),
+        metrics: "127.0.0.1:0".parse()?,
+        tls: fleet.gateway("bench/bench/box-1")?,
+        folders: vec![],
+        idle_timeout_ms: None,
+        reconnect_max_ms: 2000,
+        quota_bytes: None,
+        extra: format!("\n[[hl7]]\nname = \"bench\"\nlisten = \"{listen}\"\n"),
+    };
+    let gt = dir.join("hl7-gateway.toml");
+    std::fs::write(&gt, gw_setup.toml())?;
+    let gateway = yilian_gateway::start(GatewayConfig::load(&gt)?).await?;
+    for connections in [1usize, 16] {
+        let per_connection = if connections == 1 { 400 } else { 100 };
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..connections)
+            .map(|c| tokio::spawn(hl7_client(listen, c, per_connection)))
+            .collect();
+        let mut latencies = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await??);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        latencies.sort();
+        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
+        report.row(
+            &format!("HL7 ORU^R01 over MLLP, {connections} connection(s), durable ACK"),
+            format!(
+                "{:.0} msg/s, ACK p50 {:.1} ms, p99 {:.1} ms",
+                latencies.len() as f64 / secs,
+                pct(0.50),
+                pct(0.99)
+            ),
+            format!("raw write+fdatasync: {fsyncs:.0}/s"),
+        );
+    }
+    gateway.shutdown().await;
+    central.shutdown().await;
+    Ok(())
+}
+
+/// Sends `n` distinct ORU^R01 messages one at a time, each waiting for its
+/// ACK; returns the latency of each from the last byte sent.
+async fn hl7_client(addr: std::net::SocketAddr, client: usize, n: usize) -> anyhow::Result<Vec<Duration>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let msg = format!(
+            "MSH|^~\\&|LAB|CLINIC|LIS|COUNTY|20240101120000||ORU^R01^ORU_R01|B{client}X{i}|P|2.5.1\rPID|1||P{i}^^^CLINIC^MR||DOE^JOHN||19800101|M\rOBR|1|O{i}|S{i}|CBC^Blood count^L|||20240101110000\rOBX|1|NM|WBC^White cells^L||6.5|10*9/L|4.0-10.0|N|||F\rOBX|2|NM|HGB^Hemoglobin^L||135|g/L|130-175|N|||F\r"
+        );
+        s.write_all(&yilian_codecs::mllp::encode(msg.as_bytes())).await?;
+        let sent = Instant::now();
+        let mut got = Vec::new();
+        while !got.ends_with(&[0x1c, 0x0d]) {
+            let k = s.read(&mut buf).await?;
+            anyhow::ensure!(k > 0, "the gateway closed the connection");
+            got.extend_from_slice(&buf[..k]);
+        }
+        out.push(sent.elapsed());
+        anyhow::ensure!(String::from_utf8_lossy(&got).contains("MSA|AA|"), "not accepted: {}", String::from_utf8_lossy(&got));
+    }
+    Ok(out)
 }
 
 async fn upload_benches(
