@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod astm;
+mod escapes;
 pub mod hl7;
 pub mod mllp;
 pub mod sniff;

@@ -201,7 +201,8 @@ async fn hl7_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Resu
         }
         let secs = started.elapsed().as_secs_f64();
         latencies.sort();
-        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
+        let pct =
+            |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
         report.row(
             &format!("HL7 ORU^R01 over MLLP, {connections} connection(s), durable ACK"),
             format!(
@@ -220,7 +221,11 @@ async fn hl7_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Resu
 
 /// Sends `n` distinct ORU^R01 messages one at a time, each waiting for its
 /// ACK; returns the latency of each from the last byte sent.
-async fn hl7_client(addr: std::net::SocketAddr, client: usize, n: usize) -> anyhow::Result<Vec<Duration>> {
+async fn hl7_client(
+    addr: std::net::SocketAddr,
+    client: usize,
+    n: usize,
+) -> anyhow::Result<Vec<Duration>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
@@ -230,7 +235,8 @@ async fn hl7_client(addr: std::net::SocketAddr, client: usize, n: usize) -> anyh
         let msg = format!(
             "MSH|^~\\&|LAB|CLINIC|LIS|COUNTY|20240101120000||ORU^R01^ORU_R01|B{client}X{i}|P|2.5.1\rPID|1||P{i}^^^CLINIC^MR||DOE^JOHN||19800101|M\rOBR|1|O{i}|S{i}|CBC^Blood count^L|||20240101110000\rOBX|1|NM|WBC^White cells^L||6.5|10*9/L|4.0-10.0|N|||F\rOBX|2|NM|HGB^Hemoglobin^L||135|g/L|130-175|N|||F\r"
         );
-        s.write_all(&yilian_codecs::mllp::encode(msg.as_bytes())).await?;
+        s.write_all(&yilian_codecs::mllp::encode(msg.as_bytes()))
+            .await?;
         let sent = Instant::now();
         let mut got = Vec::new();
         while !got.ends_with(&[0x1c, 0x0d]) {
@@ -239,7 +245,11 @@ async fn hl7_client(addr: std::net::SocketAddr, client: usize, n: usize) -> anyh
             got.extend_from_slice(&buf[..k]);
         }
         out.push(sent.elapsed());
-        anyhow::ensure!(String::from_utf8_lossy(&got).contains("MSA|AA|"), "not accepted: {}", String::from_utf8_lossy(&got));
+        anyhow::ensure!(
+            String::from_utf8_lossy(&got).contains("MSA|AA|"),
+            "not accepted: {}",
+            String::from_utf8_lossy(&got)
+        );
     }
     Ok(out)
 }

@@ -65,7 +65,9 @@ in
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
       restartTriggers = [ configFile ];
-      serviceConfig = {
+      # Sandboxing shared with the other Yilian service, then what is
+      # particular to this one.
+      serviceConfig = import ./hardening.nix // {
         Type = "notify";
         NotifyAccess = "main";
         ExecStart = "${cfg.package}/bin/yilian-central serve --config /etc/yilian-central/central.toml";
@@ -85,34 +87,7 @@ in
         LimitNOFILE = 65536;
         PrivateDevices = true;
         DevicePolicy = "closed";
-        NoNewPrivileges = true;
-        CapabilityBoundingSet = "";
-        AmbientCapabilities = "";
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
         PrivateUsers = true;
-        PrivateMounts = true;
-        PrivateIPC = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        ProtectProc = "invisible";
-        ProcSubset = "pid";
-        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        RemoveIPC = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        KeyringMode = "private";
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [ "@system-service" "~@privileged @resources" ];
-        SystemCallErrorNumber = "EPERM";
       };
     };
   };

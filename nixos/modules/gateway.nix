@@ -104,7 +104,9 @@ in
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
       restartTriggers = [ configFile ];
-      serviceConfig = {
+      # Sandboxing shared with the other Yilian service, then what is
+      # particular to this one.
+      serviceConfig = import ./hardening.nix // {
         Type = "notify";
         NotifyAccess = "main";
         ExecStart = "${cfg.package}/bin/yilian-gateway run --config /etc/yilian/gateway.toml";
@@ -129,34 +131,6 @@ in
 
         DevicePolicy = "closed";
         DeviceAllow = [ "char-ttyUSB rw" "char-ttyACM rw" "char-ttyS rw" ];
-
-        NoNewPrivileges = true;
-        CapabilityBoundingSet = "";
-        AmbientCapabilities = "";
-        ProtectSystem = "strict";
-        ProtectHome = true;
-        PrivateTmp = true;
-        PrivateMounts = true;
-        PrivateIPC = true;
-        ProtectKernelTunables = true;
-        ProtectKernelModules = true;
-        ProtectKernelLogs = true;
-        ProtectControlGroups = true;
-        ProtectClock = true;
-        ProtectHostname = true;
-        ProtectProc = "invisible";
-        ProcSubset = "pid";
-        RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
-        RestrictNamespaces = true;
-        RestrictRealtime = true;
-        RestrictSUIDSGID = true;
-        RemoveIPC = true;
-        LockPersonality = true;
-        MemoryDenyWriteExecute = true;
-        KeyringMode = "private";
-        SystemCallArchitectures = "native";
-        SystemCallFilter = [ "@system-service" "~@privileged @resources" ];
-        SystemCallErrorNumber = "EPERM";
       };
     };
   };

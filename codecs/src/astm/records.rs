@@ -6,6 +6,7 @@
 //! Messages are decoded to text before splitting, because GBK/GB18030 trail
 //! bytes include `|`, `\`, `^` and `~`.
 
+use crate::escapes::{Replacement, unescape_with};
 use crate::hl7::Charset;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,43 +195,13 @@ impl AstmMessage {
 /// field, `&S&` component, `&R&` repeat, `&E&` escape, `&Xhhhh&` hex;
 /// anything else (`&Z…&`, `&H&`, unknown) passes through unchanged.
 pub fn unescape(s: &str, d: &AstmDelimiters) -> String {
-    let esc = d.escape;
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(start) = rest.find(esc) {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + esc.len_utf8()..];
-        let Some(end) = after.find(esc) else {
-            out.push_str(&rest[start..]);
-            return out;
-        };
-        let seq = &after[..end];
-        match seq {
-            "F" => out.push(d.field),
-            "S" => out.push(d.component),
-            "R" => out.push(d.repeat),
-            "E" => out.push(esc),
-            _ if seq.len() > 1
-                && seq.starts_with('X')
-                && seq.len() % 2 == 1
-                && seq[1..].chars().all(|c| c.is_ascii_hexdigit()) =>
-            {
-                let bytes: Vec<u8> = (1..seq.len())
-                    .step_by(2)
-                    .filter_map(|i| u8::from_str_radix(&seq[i..i + 2], 16).ok())
-                    .collect();
-                out.push_str(&String::from_utf8_lossy(&bytes));
-            }
-            _ => {
-                out.push(esc);
-                out.push_str(seq);
-                out.push(esc);
-            }
-        }
-        rest = &after[end + esc.len_utf8()..];
-    }
-    out.push_str(rest);
-    out
+    unescape_with(s, d.escape, |seq| match seq {
+        "F" => Some(Replacement::Char(d.field)),
+        "S" => Some(Replacement::Char(d.component)),
+        "R" => Some(Replacement::Char(d.repeat)),
+        "E" => Some(Replacement::Char(d.escape)),
+        _ => None,
+    })
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! only for reading values (metadata, display).
 
 use super::message::Delimiters;
+use crate::escapes::{Replacement, unescape_with};
 
 /// Unescapes a field value. `\.br\` becomes a newline; the highlighting
 /// sequences `\H\` and `\N\` are dropped.
@@ -12,46 +13,16 @@ pub fn unescape(s: &str, d: &Delimiters) -> String {
     let Some(esc) = d.escape else {
         return s.to_owned();
     };
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(start) = rest.find(esc) {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + esc.len_utf8()..];
-        let Some(end) = after.find(esc) else {
-            // A lone escape character: keep it.
-            out.push_str(&rest[start..]);
-            return out;
-        };
-        let seq = &after[..end];
-        match seq {
-            "F" => out.push(d.field),
-            "S" => out.push(d.component),
-            "T" => out.push(d.subcomponent),
-            "R" => out.push(d.repetition),
-            "E" => out.push(esc),
-            ".br" => out.push('\n'),
-            "H" | "N" => {}
-            _ if seq.starts_with('X')
-                && seq.len() > 1
-                && seq.len() % 2 == 1
-                && seq[1..].chars().all(|c| c.is_ascii_hexdigit()) =>
-            {
-                let bytes: Vec<u8> = (1..seq.len())
-                    .step_by(2)
-                    .filter_map(|i| u8::from_str_radix(&seq[i..i + 2], 16).ok())
-                    .collect();
-                out.push_str(&String::from_utf8_lossy(&bytes));
-            }
-            _ => {
-                out.push(esc);
-                out.push_str(seq);
-                out.push(esc);
-            }
-        }
-        rest = &after[end + esc.len_utf8()..];
-    }
-    out.push_str(rest);
-    out
+    unescape_with(s, esc, |seq| match seq {
+        "F" => Some(Replacement::Char(d.field)),
+        "S" => Some(Replacement::Char(d.component)),
+        "T" => Some(Replacement::Char(d.subcomponent)),
+        "R" => Some(Replacement::Char(d.repetition)),
+        "E" => Some(Replacement::Char(esc)),
+        ".br" => Some(Replacement::Text("\n")),
+        "H" | "N" => Some(Replacement::Nothing),
+        _ => None,
+    })
 }
 
 /// Escapes text for use as a field value.
