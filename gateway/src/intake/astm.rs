@@ -413,6 +413,7 @@ mod tests {
     fn bare_messages_end_at_the_l_record() {
         assert_eq!(find_terminator_end(b"H|\\^&\rP|1\rL|1|N\rH|"), Some(16));
         assert_eq!(find_terminator_end(b"H|\\^&\rP|1\r"), None);
-        assert_eq!(find_terminator_end(b"H|\\^&\nLOT|x\nL|1\r\n"), Some(18));
+        // "LOT" is not the L record; the CR LF after "L|1" ends the message.
+        assert_eq!(find_terminator_end(b"H|\\^&\nLOT|x\nL|1\r\n"), Some(17));
     }
 }
