@@ -2,6 +2,7 @@
 //! no panics on any input (each parser has a fuzz target).
 //!
 //! - [`astm`] — ASTM E1381 link layer and E1394 records for analyzers.
+//! - [`ecg`] — SCP-ECG record headers, tolerant of known device deviations.
 //! - [`hl7`] — HL7 v2: charsets, parsing, escapes, acknowledgements.
 //! - [`mllp`] — MLLP framing for HL7 v2 over TCP.
 //! - [`sniff`] — recognises what a file is from its first bytes.
@@ -9,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod astm;
+pub mod ecg;
 mod escapes;
 pub mod hl7;
 pub mod mllp;
