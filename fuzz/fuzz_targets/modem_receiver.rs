@@ -1,0 +1,19 @@
+//! Device input: bytes from an ECG cart exporting files by XMODEM/YMODEM.
+#![no_main]
+
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use yilian_codecs::ecg::{ModemMode, ModemReceiver};
+
+fuzz_target!(|data: &[u8]| {
+    let now = Instant::now();
+    let mode = if data.first().is_some_and(|b| b & 1 == 1) { ModemMode::Ymodem } else { ModemMode::Xmodem };
+    let mut r = ModemReceiver::new(mode, 64 * 1024, now);
+    for chunk in data.chunks(133) {
+        r.handle_input(chunk, now);
+        while r.poll_transmit().is_some() {}
+        while r.poll_event().is_some() {}
+    }
+    r.handle_timeout(now + Duration::from_secs(30));
+});
