@@ -166,6 +166,12 @@ impl Store {
         for d in [data_dir, &blob_dir, &partial_dir] {
             fs::create_dir_all(d).map_err(io("create", d))?;
         }
+        // Make the directories' entries durable before COMMITTED is ever
+        // answered for a blob inside them.
+        sync_dir(data_dir)?;
+        if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
         let conn = Connection::open(data_dir.join("central.sqlite"))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;

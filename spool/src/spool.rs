@@ -60,6 +60,12 @@ impl Spool {
         for d in [&dir, &payload_dir, &tmp_dir] {
             fs::create_dir_all(d).map_err(|e| SpoolError::io("create spool directory", d, e))?;
         }
+        // The directories' own entries must be durable before anything in
+        // them is acknowledged: payload renames only fsync `payload/`.
+        crate::files::sync_dir(&dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::files::sync_dir(parent)?;
+        }
         let removed_partial = clear_dir(&tmp_dir)?;
         let conn = schema::open_rw(&dir.join("index.sqlite"))?;
         let released = conn.execute("UPDATE items SET state = 0 WHERE state = 1", [])?;
