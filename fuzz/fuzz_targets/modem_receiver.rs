@@ -14,6 +14,9 @@ fuzz_target!(|data: &[u8]| {
         r.handle_input(chunk, now);
         while r.poll_transmit().is_some() {}
         while r.poll_event().is_some() {}
+        if r.awaiting_commit() {
+            r.commit(chunk.len() % 2 == 0, now);
+        }
     }
     r.handle_timeout(now + Duration::from_secs(30));
 });

@@ -1,7 +1,9 @@
 //! ECG record formats.
 
+pub mod aecg;
 pub mod scp;
 pub mod xmodem;
 
+pub use aecg::{AecgError, AecgHeader, read_aecg};
 pub use scp::{Deviation, ScpError, ScpHeader, ScpRecord, read_scp};
 pub use xmodem::{Mode as ModemMode, ModemReceiver, TransferEvent};

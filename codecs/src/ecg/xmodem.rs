@@ -11,6 +11,12 @@
 //! and size, so its files come out exact; a block 0 with an empty name ends
 //! the batch. YMODEM senders expect the first EOT of a file to be NAKed and
 //! the second ACKed.
+//!
+//! The ACK of a file's final EOT is the sender's only proof of delivery, so
+//! it is held back: the receiver hands out the file and waits for
+//! [`ModemReceiver::commit`]. Stored, it ACKs (and YMODEM asks for the next
+//! file); not stored, it cancels, so the cart reports a failed export rather
+//! than a lost ECG. EOTs the sender repeats meanwhile are ignored.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -55,6 +61,8 @@ enum State {
     Receiving,
     /// YMODEM: the first EOT was NAKed; the second is ACKed.
     EotOnce,
+    /// A whole file was handed out; its EOT waits for [`ModemReceiver::commit`].
+    Committing,
     Done,
 }
 
@@ -126,7 +134,38 @@ impl ModemReceiver {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (self.state != State::Done).then_some(self.deadline)
+        (!matches!(self.state, State::Done | State::Committing)).then_some(self.deadline)
+    }
+
+    /// Whether a file was handed out and waits for [`Self::commit`].
+    pub fn awaiting_commit(&self) -> bool {
+        self.state == State::Committing
+    }
+
+    /// Answers the final EOT of the file last handed out: ACK when it is on
+    /// stable storage, a cancel when it could not be stored.
+    pub fn commit(&mut self, stored: bool, now: Instant) {
+        if self.state != State::Committing {
+            return;
+        }
+        if !stored {
+            self.abort("the file could not be stored", now);
+            return;
+        }
+        self.transmit.push_back(vec![ACK]);
+        match self.mode {
+            Mode::Xmodem => self.state = State::Done,
+            Mode::Ymodem => {
+                // Next file header (or the end of the batch).
+                self.state = State::Starting;
+                self.want_header = true;
+                self.expected = 0;
+                self.errors = 0;
+                self.start_tries = 1;
+                self.transmit.push_back(vec![CRC_REQUEST]);
+                self.deadline = now + START_RETRY;
+            }
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -134,7 +173,7 @@ impl ModemReceiver {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.state == State::Done || now < self.deadline {
+        if matches!(self.state, State::Done | State::Committing) || now < self.deadline {
             return;
         }
         match self.state {
@@ -179,6 +218,10 @@ impl ModemReceiver {
         for &b in data {
             if self.state == State::Done {
                 return;
+            }
+            if self.state == State::Committing {
+                // Repeated EOTs while the file is being stored.
+                continue;
             }
             self.byte(b, now);
         }
@@ -295,7 +338,6 @@ impl ModemReceiver {
             self.deadline = now + BLOCK_TIMEOUT;
             return;
         }
-        self.transmit.push_back(vec![ACK]);
         let mut data = std::mem::take(&mut self.data);
         if let Some(size) = self.size {
             data.truncate(size as usize);
@@ -305,17 +347,7 @@ impl ModemReceiver {
             size: self.size.take(),
             data,
         });
-        match self.mode {
-            Mode::Xmodem => self.state = State::Done,
-            Mode::Ymodem => {
-                // Next file header (or the end of the batch).
-                self.state = State::Starting;
-                self.want_header = true;
-                self.expected = 0;
-                self.transmit.push_back(vec![CRC_REQUEST]);
-                self.deadline = now + START_RETRY;
-            }
-        }
+        self.state = State::Committing;
     }
 }
 
@@ -359,10 +391,15 @@ mod tests {
         r.handle_input(&block(3, &file[256..], false, true), now);
         assert_eq!(drain(&mut r), [ACK, ACK, ACK, ACK]);
         r.handle_input(&[EOT], now);
-        assert_eq!(drain(&mut r), [ACK]);
+        assert_eq!(drain(&mut r), [] as [u8; 0], "EOT waits for the commit");
         let Some(TransferEvent::File { data, .. }) = r.poll_event() else {
             panic!("a file")
         };
+        r.handle_input(&[EOT], now); // the sender repeats it meanwhile
+        assert_eq!(drain(&mut r), [] as [u8; 0]);
+        r.commit(true, now);
+        assert_eq!(drain(&mut r), [ACK]);
+        assert!(r.is_done());
         assert_eq!(data.len(), 384, "XMODEM pads to the block size");
         assert_eq!(&data[..300], &file[..]);
         assert!(data[300..].iter().all(|&b| b == 0x1A));
@@ -379,8 +416,15 @@ mod tests {
         assert_eq!(drain(&mut r), [b'C', b'C', NAK]);
         r.handle_input(&block(1, b"hello", true, false), now);
         r.handle_input(&[EOT], now);
-        assert_eq!(drain(&mut r), [ACK, ACK]);
+        assert_eq!(drain(&mut r), [ACK]);
         assert!(matches!(r.poll_event(), Some(TransferEvent::File { .. })));
+        r.commit(false, now);
+        assert_eq!(
+            drain(&mut r),
+            [CAN, CAN],
+            "not stored: the cart must not think it was"
+        );
+        assert!(r.is_done());
     }
 
     #[test]
@@ -397,6 +441,8 @@ mod tests {
         r.handle_input(&[EOT], now);
         assert_eq!(drain(&mut r), [NAK]);
         r.handle_input(&[EOT], now);
+        assert_eq!(drain(&mut r), [] as [u8; 0]);
+        r.commit(true, now);
         assert_eq!(drain(&mut r), [ACK, b'C']);
         assert_eq!(
             r.poll_event(),
@@ -441,6 +487,9 @@ mod tests {
                 r.handle_input(c, now);
                 while r.poll_transmit().is_some() {}
                 while r.poll_event().is_some() {}
+                if r.awaiting_commit() {
+                    r.commit(c.len() % 2 == 0, now);
+                }
             }
             r.handle_timeout(now + Duration::from_secs(60));
         }
