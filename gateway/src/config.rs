@@ -135,8 +135,14 @@ pub struct FolderSection {
     /// Device name for metrics and listings, e.g. "ecg-share".
     pub name: String,
     pub path: PathBuf,
-    #[serde(default = "default_lane", deserialize_with = "de_lane")]
-    pub lane: Lane,
+    /// Lane for routine items; STAT ECGs always go on `urgent`. Defaults to
+    /// `clinical` for an ECG folder and `bulk` otherwise.
+    #[serde(default, deserialize_with = "de_lane_opt")]
+    pub lane: Option<Lane>,
+    /// `ecg`: an ECG cart's folder, where anything that is not a readable
+    /// ECG or ECG report is quarantined. `files` (default): anything.
+    #[serde(default)]
+    pub profile: crate::content::Profile,
     /// A file is taken once its size and mtime have not changed for this long.
     #[serde(default = "default_settle", with = "humantime_serde")]
     pub settle: Duration,
@@ -146,6 +152,16 @@ pub struct FolderSection {
     pub after: AfterIntake,
     /// Required with `after = "archive"`.
     pub archive_dir: Option<PathBuf>,
+}
+
+impl FolderSection {
+    /// The lane for routine items from this folder.
+    pub fn lane(&self) -> Lane {
+        self.lane.unwrap_or(match self.profile {
+            crate::content::Profile::Ecg => Lane::Clinical,
+            crate::content::Profile::Files => Lane::Bulk,
+        })
+    }
 }
 
 /// An HL7 v2 listener (MLLP over TCP) for a clinic LIS or analyzers.
@@ -309,9 +325,6 @@ fn de_opt_lane<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Lane>, D
     de_lane(d).map(Some)
 }
 
-fn default_lane() -> Lane {
-    Lane::Bulk
-}
 fn default_settle() -> Duration {
     Duration::from_secs(2)
 }
@@ -327,6 +340,10 @@ fn de_lane<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Lane, D::Error> {
     parse_lane(&s).ok_or_else(|| {
         serde::de::Error::custom(format!("unknown lane {s:?}: use urgent, clinical or bulk"))
     })
+}
+
+fn de_lane_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Lane>, D::Error> {
+    de_lane(d).map(Some)
 }
 
 pub fn parse_lane(s: &str) -> Option<Lane> {
@@ -544,7 +561,7 @@ lane = "clinical"
             GatewayConfig::parse(MINIMAL, Path::new("/etc/yilian/gateway.toml")).expect("valid");
         assert_eq!(c.spool.dir, Path::new("/etc/yilian/spool"));
         assert_eq!(c.server_name(), "hub.example");
-        assert_eq!(c.folder[0].lane, Lane::Clinical);
+        assert_eq!(c.folder[0].lane(), Lane::Clinical);
         assert_eq!(c.folder[0].settle, Duration::from_secs(2));
         assert_eq!(c.metrics.listen.to_string(), "127.0.0.1:9464");
     }

@@ -1,6 +1,7 @@
 //! Yilian gateway: the clinic box.
 //!
 //! - [`config`] — `gateway.toml`.
+//! - [`content`] — what a payload is: kind, metadata, STAT, quarantine.
 //! - [`intake`] — device adapters feeding the spool.
 //! - [`uplink`] — the QUIC link to central and the upload loop.
 //! - [`metrics`], [`http`]: Prometheus metrics and local status.
@@ -11,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod content;
 pub mod http;
 pub mod intake;
 pub mod metrics;
@@ -104,6 +106,9 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
     let mut tasks = tokio::task::JoinSet::new();
 
     for folder in &config.folder {
+        if folder.profile == content::Profile::Ecg {
+            metrics.register_ecg_source(&folder.name);
+        }
         let intake = intake::folder::FolderIntake {
             config: folder.clone(),
             spool: spool.clone(),

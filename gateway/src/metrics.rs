@@ -28,6 +28,18 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EcgLabels {
+    pub device: String,
+    pub lane: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuarantineLabels {
+    pub device: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: String,
 }
@@ -73,6 +85,8 @@ pub struct GatewayMetrics {
     pub link_rtt: GaugeF,
     pub certificate_expiry: Gauge,
     pub config_info: Family<VersionLabels, Gauge>,
+    pub ecg_received: Family<EcgLabels, Counter>,
+    pub ecg_quarantined: Family<QuarantineLabels, Counter>,
 }
 
 impl std::fmt::Debug for GatewayMetrics {
@@ -103,7 +117,19 @@ impl GatewayMetrics {
             link_rtt: GaugeF::default(),
             certificate_expiry: Gauge::default(),
             config_info: Family::default(),
+            ecg_received: Family::default(),
+            ecg_quarantined: Family::default(),
         };
+        r.register(
+            "yilian_gateway_ecg_received",
+            "ECGs taken from a device, by device and lane (urgent = STAT)",
+            m.ecg_received.clone(),
+        );
+        r.register(
+            "yilian_gateway_ecg_quarantined",
+            "Payloads from an ECG source stored but quarantined for a person to check, by device and reason",
+            m.ecg_quarantined.clone(),
+        );
         r.register(
             "yilian_spool_backlog_items",
             "Items in the spool not yet committed by central, by lane",
@@ -273,6 +299,43 @@ impl GatewayMetrics {
         };
         self.intake_items.get_or_create(&l).inc();
         self.intake_bytes.get_or_create(&l).inc_by(bytes);
+    }
+
+    /// Starts an ECG source's series at zero, so that alerts on increases
+    /// see its first quarantine.
+    pub fn register_ecg_source(&self, device: &str) {
+        for lane in [Lane::Urgent, Lane::Clinical] {
+            let _ = self.ecg_received.get_or_create(&EcgLabels {
+                device: device.to_owned(),
+                lane: lane.to_string(),
+            });
+        }
+        for reason in crate::content::QUARANTINE_CLASSES {
+            let _ = self.ecg_quarantined.get_or_create(&QuarantineLabels {
+                device: device.to_owned(),
+                reason: (*reason).to_owned(),
+            });
+        }
+    }
+
+    /// Counts a stored payload from an ECG source.
+    pub fn ecg(&self, device: &str, lane: Lane, d: &crate::content::Description) {
+        if d.ecg {
+            self.ecg_received
+                .get_or_create(&EcgLabels {
+                    device: device.to_owned(),
+                    lane: lane.to_string(),
+                })
+                .inc();
+        }
+        if let Some(q) = &d.quarantine {
+            self.ecg_quarantined
+                .get_or_create(&QuarantineLabels {
+                    device: device.to_owned(),
+                    reason: q.class.to_owned(),
+                })
+                .inc();
+        }
     }
 
     pub fn retry(&self, reason: &str) {

@@ -14,7 +14,7 @@
 //! the file is removed, the file is picked up again at restart and the spool
 //! answers with the first item instead of storing it twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -23,10 +23,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
-use yilian_codecs::sniff::{SNIFF_LEN, sniff};
-use yilian_spool::{NewItem, Spool, SpoolError};
+use yilian_codecs::sniff::SNIFF_LEN;
+use yilian_spool::{Lane, NewItem, Spool, SpoolError};
 
 use crate::config::{AfterIntake, FolderSection};
+use crate::content::describe_file;
 use crate::metrics::GatewayMetrics;
 
 const COPY_BLOCK: usize = 1024 * 1024;
@@ -195,15 +196,18 @@ impl FolderIntake {
 
         let mut head = vec![0u8; SNIFF_LEN.min(before.size as usize)];
         file.read_exact(&mut head).map_err(io("read"))?;
-        let kind = sniff(&head, before.size);
+        // Read before the copy; the fingerprint check after it proves both
+        // saw the same file.
+        let described = describe_file(path, &head, before.size, self.config.profile);
+        let lane = if described.stat {
+            Lane::Urgent
+        } else {
+            self.config.lane()
+        };
 
-        let mut metadata = BTreeMap::new();
+        let mut metadata = described.metadata.clone();
         metadata.insert("filename".to_owned(), name.clone());
-        let mut item = NewItem::new(
-            self.config.lane,
-            kind.name(),
-            format!("folder:{}", self.config.name),
-        );
+        let mut item = NewItem::new(lane, described.kind, format!("folder:{}", self.config.name));
         item.metadata = metadata;
         item.dedup_key = Some(format!(
             "folder:{}:{}:{}:{}:{}",
@@ -231,12 +235,19 @@ impl FolderIntake {
         if !committed.is_duplicate() {
             self.metrics
                 .accepted("folder", &self.config.name, committed.size());
+            self.metrics.ecg(&self.config.name, lane, &described);
         }
         tracing::info!(
-            folder = %self.config.name, kind = kind.name(), lane = %self.config.lane,
+            folder = %self.config.name, kind = described.kind, %lane, stat = described.stat,
             size = committed.size(), upload = committed.upload_id(), duplicate = committed.is_duplicate(),
             "file spooled"
         );
+        if let Some(q) = &described.quarantine {
+            tracing::warn!(
+                folder = %self.config.name, upload = committed.upload_id(), reason = %q.reason,
+                "file quarantined: stored and sent to central marked for review, not to the reading system; check the device"
+            );
+        }
         // File names may carry patient names: debug level only.
         tracing::debug!(folder = %self.config.name, file = %name, upload = committed.upload_id(), "file name");
         Ok(())
