@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::intake::serial::SerialSettings;
 use yilian_spool::{Lane, SpoolConfig};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -22,6 +24,9 @@ pub struct GatewayConfig {
     pub hl7: Vec<Hl7Section>,
     #[serde(default)]
     pub astm: Vec<AstmSection>,
+    /// ECG carts on serial lines.
+    #[serde(default)]
+    pub ecg_serial: Vec<EcgSerialSection>,
     /// SHA-256 of the configuration text: the version reported to central.
     #[serde(skip)]
     pub version: String,
@@ -277,6 +282,78 @@ pub struct AstmSection {
     pub on_interrupt: String,
 }
 
+impl AstmSection {
+    pub fn serial(&self) -> SerialSettings {
+        SerialSettings {
+            baud: self.baud,
+            data_bits: self.data_bits,
+            parity: self.parity,
+            stop_bits: self.stop_bits,
+            flow_control: self.flow_control,
+        }
+    }
+}
+
+/// How an ECG cart sends over its serial line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EcgSerialProtocol {
+    /// Bare SCP-ECG records, framed by their own length.
+    Raw,
+    /// Files by XMODEM (128 or 1K blocks, CRC or checksum).
+    Xmodem,
+    /// Files by YMODEM batch.
+    Ymodem,
+}
+
+/// An ECG cart on a serial line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcgSerialSection {
+    pub name: String,
+    /// Preferably `/dev/serial/by-id/...`.
+    pub port: PathBuf,
+    pub protocol: EcgSerialProtocol,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "default_parity")]
+    pub parity: Parity,
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    #[serde(default = "default_flow")]
+    pub flow_control: FlowControl,
+    /// Lane for routine ECGs; STAT ones always go on `urgent`.
+    #[serde(default = "default_clinical", deserialize_with = "de_lane")]
+    pub lane: Lane,
+    /// Raw protocol: a record still incomplete after the line has been
+    /// quiet this long is given up (and quarantined).
+    #[serde(default = "default_quiet", with = "humantime_serde")]
+    pub quiet_time: Duration,
+    #[serde(default = "default_max_record")]
+    pub max_record_bytes: usize,
+}
+
+impl EcgSerialSection {
+    pub fn serial(&self) -> SerialSettings {
+        SerialSettings {
+            baud: self.baud,
+            data_bits: self.data_bits,
+            parity: self.parity,
+            stop_bits: self.stop_bits,
+            flow_control: self.flow_control,
+        }
+    }
+}
+
+fn default_quiet() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_max_record() -> usize {
+    16 * 1024 * 1024
+}
+
 fn default_framing() -> AstmFraming {
     AstmFraming::E1381
 }
@@ -340,6 +417,19 @@ fn de_lane<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Lane, D::Error> {
     parse_lane(&s).ok_or_else(|| {
         serde::de::Error::custom(format!("unknown lane {s:?}: use urgent, clinical or bulk"))
     })
+}
+
+fn check_serial(s: &SerialSettings) -> Result<(), (&'static str, String)> {
+    if !(5..=8).contains(&s.data_bits) {
+        return Err(("data_bits", "must be 5 to 8".into()));
+    }
+    if !(1..=2).contains(&s.stop_bits) {
+        return Err(("stop_bits", "must be 1 or 2".into()));
+    }
+    if s.baud == 0 {
+        return Err(("baud", "must be positive".into()));
+    }
+    Ok(())
 }
 
 fn de_lane_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Lane>, D::Error> {
@@ -469,12 +559,7 @@ impl GatewayConfig {
                 }
                 _ => {}
             }
-            if !(5..=8).contains(&a.data_bits) {
-                return Err(invalid(&key("data_bits"), "must be 5 to 8".into()));
-            }
-            if !(1..=2).contains(&a.stop_bits) {
-                return Err(invalid(&key("stop_bits"), "must be 1 or 2".into()));
-            }
+            check_serial(&a.serial()).map_err(|(k, m)| invalid(&key(k), m))?;
             if yilian_codecs::hl7::Charset::from_label(&a.charset).is_none() {
                 return Err(invalid(
                     &key("charset"),
@@ -485,6 +570,19 @@ impl GatewayConfig {
                 return Err(invalid(
                     &key("on_interrupt"),
                     "use \"ack\" or \"finish\"".into(),
+                ));
+            }
+        }
+        for (i, e) in c.ecg_serial.iter().enumerate() {
+            let key = |k: &str| format!("ecg_serial[{i}].{k}");
+            if !names.insert(e.name.clone()) {
+                return Err(invalid(&key("name"), format!("{:?} is used twice", e.name)));
+            }
+            check_serial(&e.serial()).map_err(|(k, m)| invalid(&key(k), m))?;
+            if !(1024..=256 * 1024 * 1024).contains(&e.max_record_bytes) {
+                return Err(invalid(
+                    &key("max_record_bytes"),
+                    "must be between 1024 and 268435456".into(),
                 ));
             }
         }

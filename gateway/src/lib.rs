@@ -142,6 +142,16 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
             .with_context(|| format!("starting the ASTM device {:?}", device.name))?;
         tasks.spawn(serve);
     }
+    for cart in &config.ecg_serial {
+        metrics.register_ecg_source(&cart.name);
+        let adapter = intake::ecg_serial::EcgSerialAdapter {
+            config: cart.clone(),
+            spool: spool.clone(),
+            metrics: metrics.clone(),
+            wake: wake.clone(),
+        };
+        tasks.spawn(adapter.run(stop_rx.clone()));
+    }
     let uplink = Uplink {
         server_name: config.server_name(),
         config: config.uplink.clone(),

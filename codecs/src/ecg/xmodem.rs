@@ -84,6 +84,9 @@ pub struct ModemReceiver {
     max_file: usize,
     transmit: VecDeque<Vec<u8>>,
     events: VecDeque<TransferEvent>,
+    /// Waiting for a sender that may start at any time (a cart's export
+    /// button): never give up starting, alternate C and NAK.
+    patient: bool,
 }
 
 fn crc16_xmodem(data: &[u8]) -> u16 {
@@ -120,9 +123,24 @@ impl ModemReceiver {
             max_file,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
+            patient: false,
         };
         r.transmit.push_back(vec![CRC_REQUEST]);
         r
+    }
+
+    /// A receiver that waits indefinitely for a sender to start, asking
+    /// with `C` (CRC) and `NAK` (checksum) in turns of three, so that both
+    /// kinds of sender find it whenever they begin.
+    pub fn waiting(mode: Mode, max_file: usize, now: Instant) -> Self {
+        let mut r = Self::new(mode, max_file, now);
+        r.patient = true;
+        r
+    }
+
+    /// Whether bytes wait in [`Self::poll_transmit`].
+    pub fn poll_transmit_pending(&self) -> bool {
+        !self.transmit.is_empty()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
@@ -177,6 +195,13 @@ impl ModemReceiver {
             return;
         }
         match self.state {
+            State::Starting if self.patient => {
+                self.start_tries += 1;
+                self.crc = ((self.start_tries - 1) / 3) % 2 == 0;
+                self.transmit
+                    .push_back(vec![if self.crc { CRC_REQUEST } else { NAK }]);
+                self.deadline = now + START_RETRY;
+            }
             State::Starting => {
                 self.start_tries += 1;
                 if self.start_tries > 3 {
@@ -476,6 +501,19 @@ mod tests {
                 reason: "cancelled by the sender"
             })
         );
+    }
+
+    #[test]
+    fn a_waiting_receiver_alternates_and_never_gives_up() {
+        let now = Instant::now();
+        let mut r = ModemReceiver::waiting(Mode::Xmodem, 1 << 20, now);
+        for i in 1..=40 {
+            r.handle_timeout(now + START_RETRY * i);
+        }
+        let sent = drain(&mut r);
+        assert_eq!(&sent[..7], &[b'C', b'C', b'C', NAK, NAK, NAK, b'C']);
+        assert!(!r.is_done());
+        assert!(!sent.contains(&CAN));
     }
 
     proptest::proptest! {

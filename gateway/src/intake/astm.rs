@@ -19,7 +19,8 @@ use yilian_codecs::astm::{AstmLink, AstmMessage, LinkConfig, LinkEvent, OnInterr
 use yilian_codecs::hl7::Charset;
 use yilian_spool::{Lane, NewItem, Spool};
 
-use crate::config::{AstmFraming, AstmSection, AstmTransport, FlowControl, Parity};
+use super::serial;
+use crate::config::{AstmFraming, AstmSection, AstmTransport};
 use crate::metrics::GatewayMetrics;
 
 pub struct AstmAdapter {
@@ -29,7 +30,7 @@ pub struct AstmAdapter {
     pub wake: Arc<Notify>,
 }
 
-const RECONNECT: Duration = Duration::from_secs(2);
+const RECONNECT: Duration = serial::REOPEN;
 
 impl AstmAdapter {
     fn charset(&self) -> Charset {
@@ -118,74 +119,22 @@ impl AstmAdapter {
         }
     }
 
-    async fn serve_serial(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    async fn serve_serial(self: Arc<Self>, stop: watch::Receiver<bool>) {
         let Some(path) = self.config.port.clone() else {
             return;
         };
-        let mut reported_missing = false;
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            match self.open_serial(&path) {
-                Ok(mut port) => {
-                    reported_missing = false;
-                    tracing::info!(device = %self.config.name, port = %path.display(), "serial port open");
-                    let why = self.session(&mut port, &mut stop).await;
-                    if *stop.borrow() {
-                        return;
-                    }
-                    tracing::warn!(device = %self.config.name, port = %path.display(), reason = %why,
-                        "serial port closed; waiting for it to come back (unplugged?)");
-                }
-                Err(e) => {
-                    if !reported_missing {
-                        tracing::warn!(device = %self.config.name, port = %path.display(), error = %e,
-                            "cannot open the serial port; check the cable and the by-id path");
-                        reported_missing = true;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(RECONNECT) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-
-    fn open_serial(
-        &self,
-        path: &std::path::Path,
-    ) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
-        use tokio_serial::{DataBits, SerialPortBuilderExt, StopBits};
-        let c = &self.config;
-        let data_bits = match c.data_bits {
-            5 => DataBits::Five,
-            6 => DataBits::Six,
-            7 => DataBits::Seven,
-            _ => DataBits::Eight,
-        };
-        let parity = match c.parity {
-            Parity::None => tokio_serial::Parity::None,
-            Parity::Even => tokio_serial::Parity::Even,
-            Parity::Odd => tokio_serial::Parity::Odd,
-        };
-        let flow = match c.flow_control {
-            FlowControl::None => tokio_serial::FlowControl::None,
-            FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
-            FlowControl::Software => tokio_serial::FlowControl::Software,
-        };
-        let stop_bits = if c.stop_bits == 2 {
-            StopBits::Two
-        } else {
-            StopBits::One
-        };
-        tokio_serial::new(path.to_string_lossy(), c.baud)
-            .data_bits(data_bits)
-            .parity(parity)
-            .stop_bits(stop_bits)
-            .flow_control(flow)
-            .open_native_async()
+        let this = self.clone();
+        serial::run_port(
+            &self.config.name,
+            &path,
+            self.config.serial(),
+            stop,
+            move |mut port, mut stop| {
+                let this = this.clone();
+                async move { this.session(&mut port, &mut stop).await }
+            },
+        )
+        .await;
     }
 
     /// Serves one connection (or one period of an open serial port) until
