@@ -14,6 +14,21 @@ pub struct CentralConfig {
     pub metrics: MetricsSection,
     /// The hospital LIS that lab results (HL7 and ASTM items) go to.
     pub lis: Option<LisSection>,
+    /// The ECG reading system's import directory.
+    pub ecg: Option<EcgSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcgSection {
+    /// Where ECG files are written for the reading system to import.
+    pub directory: PathBuf,
+    /// Where quarantined items go; `<directory>/quarantine` by default.
+    pub quarantine_directory: Option<PathBuf>,
+    #[serde(default = "default_retry_base", with = "humantime_serde")]
+    pub retry_base: std::time::Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -3,14 +3,17 @@
 //! - [`config`] — `central.toml`.
 //! - [`store`] — the durable ingest store (SQLite + content-addressed blobs).
 //! - [`server`] — the QUIC listener and the per-stream protocol drivers.
+//! - [`outbox`] — the delivery loop; [`lis`] and [`ecg`] the destinations.
 //! - [`metrics`], [`http`]: Prometheus metrics, including per-gateway series.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod ecg;
 pub mod http;
 pub mod lis;
 pub mod metrics;
+pub mod outbox;
 pub mod server;
 pub mod service;
 pub mod store;
@@ -95,12 +98,26 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
     if let Some(lis) = &config.lis {
         shared.lis_enabled = true;
         metrics.register_destination(lis::DESTINATION);
-        let delivery = lis::LisDelivery {
-            config: lis.clone(),
-            store: store.clone(),
-            metrics: metrics.clone(),
-        };
-        tokio::spawn(delivery.run(stopped.clone()));
+        tokio::spawn(outbox::drive(
+            lis::LisDelivery::new(lis.clone(), store.clone()),
+            store.clone(),
+            metrics.clone(),
+            lis.retry_base,
+            lis.retry_max,
+            stopped.clone(),
+        ));
+    }
+    if let Some(ecg) = &config.ecg {
+        shared.ecg_enabled = true;
+        metrics.register_destination(ecg::DESTINATION);
+        tokio::spawn(outbox::drive(
+            ecg::EcgDelivery::new(ecg.clone(), store.clone()),
+            store.clone(),
+            metrics.clone(),
+            ecg.retry_base,
+            ecg.retry_max,
+            stopped.clone(),
+        ));
     }
     let ep = endpoint.clone();
     let task = tokio::spawn(async move {

@@ -13,98 +13,42 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use yilian_codecs::astm::AstmMessage;
 use yilian_codecs::astm::to_hl7::{OruHeader, to_oru};
 use yilian_codecs::hl7::{Charset, Message, decode};
 use yilian_codecs::mllp::{self, MllpDecoder};
 
 use crate::config::LisSection;
-use crate::metrics::CentralMetrics;
-use crate::store::{OutboxRow, Store, now_ms};
+use crate::outbox::{Destination, Verdict};
+use crate::store::{OutboxRow, Store};
 
 pub const DESTINATION: &str = "lis";
 
 pub struct LisDelivery {
-    pub config: LisSection,
-    pub store: Store,
-    pub metrics: CentralMetrics,
+    config: LisSection,
+    store: Store,
+    conn: Option<TcpStream>,
 }
 
-enum Verdict {
-    Delivered,
-    Retry(String),
-    Park(String),
+impl Destination for LisDelivery {
+    fn name(&self) -> &'static str {
+        DESTINATION
+    }
+
+    async fn deliver(&mut self, row: &OutboxRow) -> Verdict {
+        let mut conn = self.conn.take();
+        let v = self.send(row, &mut conn).await;
+        self.conn = conn;
+        v
+    }
 }
 
 impl LisDelivery {
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut conn: Option<TcpStream> = None;
-        let mut failures: u32 = 0;
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            self.observe().await;
-            let store = self.store.clone();
-            let next =
-                tokio::task::spawn_blocking(move || store.outbox_next(DESTINATION, now_ms())).await;
-            let row = match next {
-                Ok(Ok(Some(row))) => row,
-                Ok(Ok(None)) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        _ = stop.changed() => return,
-                    }
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "cannot read the LIS outbox");
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    continue;
-                }
-                Err(_) => return,
-            };
-            let verdict = tokio::select! {
-                v = self.deliver(&row, &mut conn) => v,
-                _ = stop.changed() => return,
-            };
-            let store = self.store.clone();
-            let id = row.id;
-            let (result, delay) = match &verdict {
-                Verdict::Delivered => {
-                    failures = 0;
-                    ("delivered", 0)
-                }
-                Verdict::Retry(_) => {
-                    failures = failures.saturating_add(1);
-                    let base = self.config.retry_base.as_millis() as u64;
-                    let delay = base
-                        .saturating_mul(1 << failures.min(20))
-                        .min(self.config.retry_max.as_millis() as u64);
-                    ("retry", delay as i64)
-                }
-                Verdict::Park(_) => ("parked", 0),
-            };
-            self.metrics.outbox_result(DESTINATION, result);
-            let r = tokio::task::spawn_blocking(move || match verdict {
-                Verdict::Delivered => store.outbox_delivered(id),
-                Verdict::Retry(why) => store.outbox_retry(id, delay, &why),
-                Verdict::Park(why) => store.outbox_park(id, &why),
-            })
-            .await;
-            if let Ok(Err(e)) = r {
-                tracing::error!(error = %e, "cannot record a LIS delivery result; it will be sent again");
-            }
-        }
-    }
-
-    async fn observe(&self) {
-        let store = self.store.clone();
-        if let Ok(Ok(s)) =
-            tokio::task::spawn_blocking(move || store.outbox_stats(DESTINATION)).await
-        {
-            self.metrics.observe_outbox(DESTINATION, &s, now_ms());
+    pub fn new(config: LisSection, store: Store) -> Self {
+        Self {
+            config,
+            store,
+            conn: None,
         }
     }
 
@@ -141,7 +85,7 @@ impl LisDelivery {
         }
     }
 
-    async fn deliver(&self, row: &OutboxRow, conn: &mut Option<TcpStream>) -> Verdict {
+    async fn send(&self, row: &OutboxRow, conn: &mut Option<TcpStream>) -> Verdict {
         let store = self.store.clone();
         let sha = row.sha256.clone();
         let blob = match tokio::task::spawn_blocking(move || store.read_blob(&sha)).await {

@@ -49,6 +49,10 @@ enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Only ECGs (and what ECG sources sent for review), with patient,
+        /// acquisition time, device and end-to-end time.
+        #[arg(long)]
+        ecg: bool,
         #[arg(long)]
         limit: Option<u64>,
     },
@@ -139,14 +143,57 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir: dir,
             gateway,
             json,
+            ecg,
             limit,
         } => {
             let dir = data_dir(&config, dir)?;
             let store = Store::open_read_only(&dir)
                 .with_context(|| format!("opening {}", dir.display()))?;
-            let items = store.items(gateway.as_deref(), limit)?;
+            let mut items = store.items(gateway.as_deref(), limit)?;
+            if ecg {
+                items.retain(|i| i.metadata.get("ecg").is_some());
+            }
             let mut out = std::io::stdout().lock();
-            if json {
+            if ecg && !json {
+                let meta = |i: &yilian_central::store::ItemRow, k: &str| {
+                    i.metadata
+                        .get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("-")
+                        .to_owned()
+                };
+                writeln!(
+                    out,
+                    "{:<20} {:<24} {:<8} {:<8} {:<16} {:<25} {:<14} {:>9}  STATE",
+                    "RECEIVED",
+                    "GATEWAY",
+                    "KIND",
+                    "LANE",
+                    "PATIENT ID",
+                    "ACQUIRED",
+                    "DEVICE",
+                    "E2E"
+                )?;
+                for i in items {
+                    let state = match i.metadata.get("quarantine").and_then(|v| v.as_str()) {
+                        Some(q) => format!("QUARANTINED: {q}"),
+                        None => meta(&i, "ecg"),
+                    };
+                    writeln!(
+                        out,
+                        "{:<20} {:<24} {:<8} {:<8} {:<16} {:<25} {:<14} {:>8.1}s  {}",
+                        &i.received_at[..i.received_at.len().min(19)],
+                        i.gateway,
+                        i.kind,
+                        i.lane,
+                        meta(&i, "patient_id"),
+                        meta(&i, "acquired"),
+                        meta(&i, "device"),
+                        i.end_to_end_ms.max(0) as f64 / 1000.0,
+                        state
+                    )?;
+                }
+            } else if json {
                 for item in items {
                     writeln!(out, "{}", serde_json::to_string(&item)?)?;
                 }

@@ -11,6 +11,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use yilian_protocol::BoxIdentity;
 use yilian_protocol::exposition::{self, Family as ExposedFamily};
@@ -84,6 +85,11 @@ pub struct CentralMetrics {
     pub outbox_items: Family<OutboxLabels, Gauge>,
     pub outbox_results: Family<OutboxResultLabels, Counter>,
     pub outbox_oldest_age: Family<DestinationLabels, GaugeF>,
+    /// Gateway receipt to central commit, every item, by lane.
+    pub end_to_end: Family<LaneLabels, Histogram, fn() -> Histogram>,
+    /// The same for ECGs only (the remote-ECG service's promise).
+    pub ecg_end_to_end: Family<LaneLabels, Histogram, fn() -> Histogram>,
+    pub ecg_quarantined: Counter,
     /// The latest metrics each connected gateway reported.
     fleet: Arc<Mutex<BTreeMap<BoxIdentity, Vec<ExposedFamily>>>>,
     /// The configuration version each gateway last reported, so the old
@@ -122,7 +128,28 @@ impl std::fmt::Debug for CentralMetrics {
     }
 }
 
+/// Seconds to hours: a STAT ECG on a good link takes well under a second,
+/// one held by an outage hours.
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+    ])
+}
+
 impl CentralMetrics {
+    /// Records a committed item's end-to-end time.
+    pub fn observe_commit(&self, lane: &str, ecg: bool, end_to_end_ms: i64) {
+        // Clocks of two machines: a negative span is skew, counted as zero.
+        let secs = end_to_end_ms.max(0) as f64 / 1000.0;
+        let l = LaneLabels {
+            lane: lane.to_owned(),
+        };
+        self.end_to_end.get_or_create(&l).observe(secs);
+        if ecg {
+            self.ecg_end_to_end.get_or_create(&l).observe(secs);
+        }
+    }
+
     pub fn new() -> Self {
         let mut r = Registry::default();
         let m = Self {
@@ -143,6 +170,9 @@ impl CentralMetrics {
             outbox_items: Family::default(),
             outbox_results: Family::default(),
             outbox_oldest_age: Family::default(),
+            end_to_end: Family::new_with_constructor(latency_histogram),
+            ecg_end_to_end: Family::new_with_constructor(latency_histogram),
+            ecg_quarantined: Counter::default(),
             fleet: Arc::default(),
             config_versions: Arc::default(),
         };
@@ -162,6 +192,23 @@ impl CentralMetrics {
             "Payload bytes of committed items",
             Unit::Bytes,
             m.bytes_committed.clone(),
+        );
+        r.register_with_unit(
+            "yilian_central_end_to_end",
+            "Time from the gateway receiving an item from its device to central committing it, by lane (across two clocks: NTP matters)",
+            Unit::Seconds,
+            m.end_to_end.clone(),
+        );
+        r.register_with_unit(
+            "yilian_central_ecg_end_to_end",
+            "Time from the gateway receiving an ECG to central committing it, by lane (urgent = STAT)",
+            Unit::Seconds,
+            m.ecg_end_to_end.clone(),
+        );
+        r.register(
+            "yilian_central_ecg_quarantined",
+            "ECG-source items committed marked for review (unreadable, damaged, not an ECG)",
+            m.ecg_quarantined.clone(),
         );
         r.register(
             "yilian_central_upload_rejections",

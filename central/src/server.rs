@@ -35,6 +35,8 @@ pub struct Shared {
     pub max_upload_bytes: u64,
     /// Whether lab items (HL7, ASTM) are queued for the hospital LIS.
     pub lis_enabled: bool,
+    /// Whether ECG items are queued for the ECG reading system.
+    pub ecg_enabled: bool,
     /// The live connection of each box: a new one supersedes the old, whose
     /// streams are then closed at once instead of lingering until the idle
     /// timeout (the box only ever keeps one).
@@ -51,17 +53,24 @@ impl Shared {
             metrics,
             max_upload_bytes,
             lis_enabled: false,
+            ecg_enabled: false,
             connections: Arc::default(),
             upload_locks: Arc::default(),
         }
     }
 
     /// Where an item of this kind is delivered after central commits it.
-    fn destinations_for(&self, kind: &str) -> Vec<&'static str> {
-        match kind {
-            "hl7" | "astm" if self.lis_enabled => vec!["lis"],
-            _ => Vec::new(),
+    fn destinations_for(&self, offer: &Offer) -> Vec<&'static str> {
+        let mut d = Vec::new();
+        if self.lis_enabled && matches!(offer.kind.as_str(), "hl7" | "astm") {
+            d.push(crate::lis::DESTINATION);
         }
+        // Gateways mark ECG records, ECG reports and whatever an ECG
+        // source sent that needs review.
+        if self.ecg_enabled && offer.metadata.contains_key("ecg") {
+            d.push(crate::ecg::DESTINATION);
+        }
+        d
     }
 
     fn upload_lock(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
@@ -393,7 +402,7 @@ async fn upload_stream(
                                     offer.clone(),
                                     p,
                                     guard,
-                                    shared.destinations_for(&offer.kind),
+                                    shared.destinations_for(&offer),
                                 ));
                             }
                             rx.held(held)
@@ -461,6 +470,18 @@ async fn upload_stream(
                                 })
                                 .inc();
                             shared.metrics.bytes_committed.inc_by(row.size);
+                            let ecg = row.metadata.get("ecg").is_some();
+                            shared
+                                .metrics
+                                .observe_commit(&row.lane, ecg, row.end_to_end_ms);
+                            if let Some(reason) =
+                                row.metadata.get("quarantine").and_then(|v| v.as_str())
+                                && ecg
+                            {
+                                shared.metrics.ecg_quarantined.inc();
+                                tracing::warn!(gateway = %identity, upload = %row.upload_id, reason,
+                                    "ECG item quarantined by its gateway: filed for review, not for reading");
+                            }
                             tracing::info!(
                                 gateway = %identity, upload = %row.upload_id, kind = %row.kind, lane = %row.lane,
                                 size = row.size, received_on_this_stream = bytes_this_stream, "committed"

@@ -112,6 +112,9 @@ pub struct ItemRow {
     pub received_at: String,
     /// When central committed it (RFC 3339).
     pub committed_at: String,
+    /// From the gateway's receipt to central's commit, in milliseconds
+    /// (two machines' clocks).
+    pub end_to_end_ms: i64,
     pub path: String,
 }
 
@@ -154,7 +157,7 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn rfc3339(ms: i64) -> String {
+pub fn rfc3339(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -385,6 +388,7 @@ impl Store {
             sha256: sha_hex.to_owned(),
             received_at: rfc3339(offer.received_unix_ms),
             committed_at: rfc3339(committed),
+            end_to_end_ms: committed - offer.received_unix_ms,
             path: self.blob_path(sha_hex).display().to_string(),
         })
     }
@@ -464,6 +468,7 @@ impl Store {
                 sha256: sha,
                 received_at: rfc3339(r.get(8)?),
                 committed_at: rfc3339(r.get(9)?),
+                end_to_end_ms: r.get::<_, i64>(9)? - r.get::<_, i64>(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

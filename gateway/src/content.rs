@@ -82,20 +82,28 @@ impl Description {
         self.quarantine = Some(Quarantine { class, reason });
     }
 
-    /// Applies a source profile's rules once the content is known.
+    /// Applies a source profile's rules once the content is known. The
+    /// `ecg` metadata tells central where an item goes: `record` (an ECG),
+    /// `report` (a PDF from an ECG source), `unrecognised` (anything else
+    /// an ECG source sent, quarantined).
     fn finish(mut self, profile: Profile) -> Self {
-        if profile == Profile::Ecg
-            && !self.ecg
-            && self.kind != ContentKind::Pdf.name()
-            && self.quarantine.is_none()
-        {
-            self.quarantine(
-                "not_ecg",
-                format!("not a recognised ECG format ({})", self.kind),
-            );
-        }
-        if self.ecg {
-            self.metadata.insert("ecg".into(), "1".into());
+        let is_pdf = self.kind == ContentKind::Pdf.name();
+        let role = match (self.ecg, profile, is_pdf) {
+            (true, _, _) => Some("record"),
+            (false, Profile::Ecg, true) => Some("report"),
+            (false, Profile::Ecg, false) => {
+                if self.quarantine.is_none() {
+                    self.quarantine(
+                        "not_ecg",
+                        format!("not a recognised ECG format ({})", self.kind),
+                    );
+                }
+                Some("unrecognised")
+            }
+            (false, Profile::Files, _) => None,
+        };
+        if let Some(role) = role {
+            self.metadata.insert("ecg".into(), role.into());
         }
         if self.stat {
             self.metadata.insert("stat".into(), "1".into());

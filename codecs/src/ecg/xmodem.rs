@@ -197,7 +197,7 @@ impl ModemReceiver {
         match self.state {
             State::Starting if self.patient => {
                 self.start_tries += 1;
-                self.crc = ((self.start_tries - 1) / 3) % 2 == 0;
+                self.crc = ((self.start_tries - 1) / 3).is_multiple_of(2);
                 self.transmit
                     .push_back(vec![if self.crc { CRC_REQUEST } else { NAK }]);
                 self.deadline = now + START_RETRY;
