@@ -16,10 +16,14 @@ pub struct StatusReport {
     pub link: Option<serde_json::Value>,
     pub spool: SpoolStats,
     pub recent: Vec<ItemSummary>,
+    /// The newest ECGs (and what ECG sources sent for review).
+    pub ecgs: Vec<ItemSummary>,
 }
 
 pub fn collect(config: &GatewayConfig, recent: u32) -> anyhow::Result<StatusReport> {
-    let (spool, recent) = Spool::inspect(&config.spool.dir, recent)?;
+    let (spool, recent_items) = Spool::inspect(&config.spool.dir, recent)?;
+    let ecgs = Spool::inspect_with_key(&config.spool.dir, "ecg", recent)?;
+    let recent = recent_items;
     let link = fetch_link(config.metrics.listen);
     Ok(StatusReport {
         link,
@@ -28,6 +32,7 @@ pub fn collect(config: &GatewayConfig, recent: u32) -> anyhow::Result<StatusRepo
             ..spool
         },
         recent,
+        ecgs,
     })
 }
 
@@ -119,7 +124,53 @@ pub fn render(r: &StatusReport, now_ms: i64) -> String {
             );
         }
     }
+    if !r.ecgs.is_empty() {
+        let _ = writeln!(
+            o,
+            "ecg:      {:<19} {:<18} {:<16} {:<8} STATE",
+            "RECEIVED (UTC)", "DEVICE", "PATIENT ID", "LANE"
+        );
+        for i in &r.ecgs {
+            let m = |k: &str| i.metadata.get(k).map(String::as_str).unwrap_or("-");
+            let device = i
+                .source
+                .split_once(':')
+                .map_or(i.source.as_str(), |(_, d)| d);
+            let state = match i.metadata.get("quarantine") {
+                Some(q) => format!("{}, QUARANTINED: {q}", delivery(i.state)),
+                None => delivery(i.state).to_owned(),
+            };
+            let _ = writeln!(
+                o,
+                "          {:<19} {:<18} {:<16} {:<8} {}",
+                local_time(i.received_ms),
+                device,
+                m("patient_id"),
+                i.lane,
+                state
+            );
+        }
+    }
     o
+}
+
+/// What a technician asks: has it reached the hospital?
+fn delivery(state: &str) -> &str {
+    match state {
+        "delivered" => "delivered",
+        "dead" => "NOT delivered (dead letter, see dead-letters)",
+        _ => "waiting to upload",
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC; the box may have no time zone database.
+fn local_time(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_owned()
 }
 
 fn bytes(n: u64) -> String {

@@ -6,12 +6,16 @@
 //! - [`relay`] — a UDP relay between gateway and central that can cut the
 //!   link (black-hole) and re-map the gateway's address like a NAT would.
 //! - [`files`] — deterministic test payloads.
+//! - [`cable`] — serial cables (socat pty pairs) that can be pulled.
+//! - [`cart`] — an ECG cart: SCP-ECG records, raw or by lrzsz XMODEM/YMODEM.
 //! - [`demo`], [`bench`]: the `yilian-rig demo` and `yilian-rig bench` jobs.
 
 #![forbid(unsafe_code)]
 
 pub mod analyzer;
 pub mod bench;
+pub mod cable;
+pub mod cart;
 pub mod configs;
 pub mod demo;
 pub mod files;

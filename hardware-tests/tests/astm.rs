@@ -5,13 +5,12 @@
 //! mid-message.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio_serial::SerialPortBuilderExt;
 use yilian_central::CentralConfig;
 use yilian_gateway::GatewayConfig;
 use yilian_rig::analyzer::{Faults, records_from_capture, send_message};
+use yilian_rig::cable::{Cable, open_device_end};
 use yilian_rig::configs::{CentralSetup, GatewaySetup, free_tcp_port};
 use yilian_rig::fleet::Fleet;
 
@@ -22,46 +21,6 @@ fn captures() -> Vec<PathBuf> {
         .unwrap_or_default();
     v.sort();
     v
-}
-
-/// A socat pseudo-terminal pair: the gateway's end and the analyzer's end.
-struct Cable {
-    child: Child,
-}
-
-impl Cable {
-    fn plug(gw: &Path, an: &Path) -> Cable {
-        let child = Command::new("socat")
-            .arg("-d")
-            .arg(format!("pty,raw,echo=0,link={}", gw.display()))
-            .arg(format!("pty,raw,echo=0,link={}", an.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat is missing: apt-get install socat (./scripts/test-all does)");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !(gw.exists() && an.exists()) {
-            assert!(
-                Instant::now() < deadline,
-                "socat did not create the pty pair"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Cable { child }
-    }
-
-    /// Pulls the cable: the pty pair and its links disappear.
-    fn unplug(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Cable {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn hub(dir: &Path, astm_toml: &str) -> (yilian_central::Running, yilian_gateway::Running) {
@@ -118,23 +77,6 @@ async fn wait_items(
     }
 }
 
-async fn open_analyzer_end(path: &Path) -> tokio_serial::SerialStream {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio_serial::new(path.to_string_lossy(), 9600).open_native_async() {
-            Ok(s) => return s,
-            Err(e) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "cannot open {}: {e}",
-                    path.display()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
 fn sha(records: &[Vec<u8>]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(records.concat()))
@@ -156,7 +98,7 @@ async fn captures_over_a_serial_line_with_a_bad_checksum_and_a_lost_ack() {
         gw_end.display()
     );
     let (central, gateway) = hub(dir, &toml).await;
-    let mut port = open_analyzer_end(&an_end).await;
+    let mut port = open_device_end(&an_end).await;
     let mut expected = Vec::new();
     for (i, cap) in caps.iter().enumerate() {
         let records = records_from_capture(&std::fs::read(cap).expect("read"));
@@ -222,7 +164,7 @@ async fn unplug_mid_message_and_replug_yields_the_message_once() {
     );
     let (central, gateway) = hub(dir, &toml).await;
 
-    let mut port = open_analyzer_end(&an_end).await;
+    let mut port = open_device_end(&an_end).await;
     let half = Faults {
         stop_after: Some(records.len().max(2) / 2),
         ..Faults::default()
@@ -236,7 +178,7 @@ async fn unplug_mid_message_and_replug_yields_the_message_once() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let _cable = Cable::plug(&gw_end, &an_end);
     // The analyzer starts over once the line is back.
-    let mut port = open_analyzer_end(&an_end).await;
+    let mut port = open_device_end(&an_end).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let report = loop {
         match send_message(&mut port, &records, Faults::default()).await {
@@ -247,7 +189,7 @@ async fn unplug_mid_message_and_replug_yields_the_message_once() {
                     "the gateway never reopened the port: {e}"
                 );
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                port = open_analyzer_end(&an_end).await;
+                port = open_device_end(&an_end).await;
             }
         }
     };

@@ -83,6 +83,17 @@ pub(crate) fn stats(conn: &Connection) -> Result<SpoolStats, SpoolError> {
 }
 
 /// The newest items (or only dead letters), newest first.
+/// The newest `limit` items whose metadata has `key` (a plain name).
+pub(crate) fn list_with_key(
+    conn: &Connection,
+    key: &str,
+    limit: u32,
+) -> Result<Vec<ItemSummary>, SpoolError> {
+    let sql = "SELECT id, upload_id, lane, kind, source, metadata, size, sha256, state, attempts, received_ms, delivered_ms, last_error
+         FROM items WHERE json_extract(metadata, '$.' || ?2) IS NOT NULL ORDER BY id DESC LIMIT ?1";
+    query_items(conn, sql, params![limit, key])
+}
+
 pub(crate) fn list(
     conn: &Connection,
     dead_only: bool,
@@ -95,8 +106,16 @@ pub(crate) fn list(
         "SELECT id, upload_id, lane, kind, source, metadata, size, sha256, state, attempts, received_ms, delivered_ms, last_error
          FROM items ORDER BY id DESC LIMIT ?1"
     };
+    query_items(conn, sql, params![limit])
+}
+
+fn query_items(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<ItemSummary>, SpoolError> {
     let mut stmt = conn.prepare(sql)?;
-    let rows = stmt.query_map(params![limit], |r| {
+    let rows = stmt.query_map(params, |r| {
         Ok(ItemSummary {
             id: r.get(0)?,
             upload_id: r.get(1)?,

@@ -315,6 +315,17 @@ impl Spool {
         let items = queries::list(&conn, false, limit)?;
         Ok((stats, items))
     }
+
+    /// The newest `limit` items whose metadata has `key` (e.g. `ecg`), read
+    /// like [`Spool::inspect`] from a spool another process may hold.
+    pub fn inspect_with_key(
+        dir: &Path,
+        key: &str,
+        limit: u32,
+    ) -> Result<Vec<ItemSummary>, SpoolError> {
+        let conn = schema::open_ro(&dir.join("index.sqlite"))?;
+        queries::list_with_key(&conn, key, limit)
+    }
 }
 
 /// Requeues a dead-lettered item in a spool that another process (the
