@@ -15,28 +15,34 @@ pub struct Cable {
 }
 
 impl Cable {
-    pub fn plug(gateway_end: &Path, device_end: &Path) -> Cable {
-        let child = Command::new("socat")
+    pub fn plug(gateway_end: &Path, device_end: &Path) -> std::io::Result<Cable> {
+        let mut child = Command::new("socat")
             .arg("-d")
             .arg(format!("pty,raw,echo=0,link={}", gateway_end.display()))
             .arg(format!("pty,raw,echo=0,link={}", device_end.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("socat is missing: apt-get install socat (./scripts/test-all does)");
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("socat: {e} (apt-get install socat; ./scripts/test-all does)"),
+                )
+            })?;
         let deadline = Instant::now() + Duration::from_secs(5);
         while !(gateway_end.exists() && device_end.exists()) {
-            assert!(
-                Instant::now() < deadline,
-                "socat did not create the pty pair"
-            );
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(std::io::Error::other("socat did not create the pty pair"));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Cable {
+        Ok(Cable {
             child,
             gateway_end: gateway_end.to_owned(),
             device_end: device_end.to_owned(),
-        }
+        })
     }
 
     /// Pulls the cable: the pty pair and its links disappear.
@@ -53,21 +59,16 @@ impl Drop for Cable {
     }
 }
 
-/// Opens the device's end of a cable as the device would (raw, 9600 8N1).
-pub async fn open_device_end(path: &Path) -> tokio_serial::SerialStream {
+/// Opens the device's end of a cable as the device would (raw, 9600 8N1),
+/// waiting up to ten seconds for it to appear.
+pub async fn open_device_end(path: &Path) -> tokio_serial::Result<tokio_serial::SerialStream> {
     use tokio_serial::SerialPortBuilderExt;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match tokio_serial::new(path.to_string_lossy(), 9600).open_native_async() {
-            Ok(s) => return s,
-            Err(e) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "cannot open {}: {e}",
-                    path.display()
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
 }

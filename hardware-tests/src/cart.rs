@@ -93,12 +93,9 @@ pub fn lrzsz_send(
     device_end: &Path,
     files: &[&Path],
     timeout_secs: u32,
-) -> ExitStatus {
-    let tty_in = File::open(device_end).expect("open the cart's end for reading");
-    let tty_out = OpenOptions::new()
-        .write(true)
-        .open(device_end)
-        .expect("open the cart's end for writing");
+) -> std::io::Result<ExitStatus> {
+    let tty_in = File::open(device_end)?;
+    let tty_out = OpenOptions::new().write(true).open(device_end)?;
     let mut cmd = Command::new("timeout");
     cmd.arg(timeout_secs.to_string());
     if ymodem {
@@ -111,5 +108,10 @@ pub fn lrzsz_send(
         .stdout(Stdio::from(tty_out))
         .stderr(Stdio::null())
         .status()
-        .expect("lrzsz is missing: apt-get install lrzsz (./scripts/test-all does)")
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("lrzsz: {e} (apt-get install lrzsz; ./scripts/test-all does)"),
+            )
+        })
 }

@@ -92,13 +92,13 @@ async fn captures_over_a_serial_line_with_a_bad_checksum_and_a_lost_ack() {
         .expect("tmp");
     let dir = tmp.path();
     let (gw_end, an_end) = (dir.join("ttyGW"), dir.join("ttyAN"));
-    let _cable = Cable::plug(&gw_end, &an_end);
+    let _cable = Cable::plug(&gw_end, &an_end).expect("socat pty pair");
     let toml = format!(
         "\n[[astm]]\nname = \"lab-analyzer\"\ntransport = \"serial\"\nport = \"{}\"\nbaud = 9600\n",
         gw_end.display()
     );
     let (central, gateway) = hub(dir, &toml).await;
-    let mut port = open_device_end(&an_end).await;
+    let mut port = open_device_end(&an_end).await.expect("device end");
     let mut expected = Vec::new();
     for (i, cap) in caps.iter().enumerate() {
         let records = records_from_capture(&std::fs::read(cap).expect("read"));
@@ -157,14 +157,14 @@ async fn unplug_mid_message_and_replug_yields_the_message_once() {
         .expect("tmp");
     let dir = tmp.path();
     let (gw_end, an_end) = (dir.join("ttyGW"), dir.join("ttyAN"));
-    let cable = Cable::plug(&gw_end, &an_end);
+    let cable = Cable::plug(&gw_end, &an_end).expect("socat pty pair");
     let toml = format!(
         "\n[[astm]]\nname = \"xn\"\ntransport = \"serial\"\nport = \"{}\"\n",
         gw_end.display()
     );
     let (central, gateway) = hub(dir, &toml).await;
 
-    let mut port = open_device_end(&an_end).await;
+    let mut port = open_device_end(&an_end).await.expect("device end");
     let half = Faults {
         stop_after: Some(records.len().max(2) / 2),
         ..Faults::default()
@@ -176,9 +176,9 @@ async fn unplug_mid_message_and_replug_yields_the_message_once() {
     drop(port);
     cable.unplug();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let _cable = Cable::plug(&gw_end, &an_end);
+    let _cable = Cable::plug(&gw_end, &an_end).expect("socat pty pair");
     // The analyzer starts over once the line is back.
-    let mut port = open_device_end(&an_end).await;
+    let mut port = open_device_end(&an_end).await.expect("device end");
     let deadline = Instant::now() + Duration::from_secs(30);
     let report = loop {
         match send_message(&mut port, &records, Faults::default()).await {
@@ -189,7 +189,7 @@ async fn unplug_mid_message_and_replug_yields_the_message_once() {
                     "the gateway never reopened the port: {e}"
                 );
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                port = open_device_end(&an_end).await;
+                port = open_device_end(&an_end).await.expect("device end");
             }
         }
     };

@@ -143,7 +143,7 @@ async fn raw_records_between_noise_stat_first_and_a_cable_pulled_mid_record() {
     let dir = tempfile::tempdir().expect("tempdir");
     let gw_end = dir.path().join("serial-by-id-cart");
     let cart_end = dir.path().join("cart-tty");
-    let cable = Cable::plug(&gw_end, &cart_end);
+    let cable = Cable::plug(&gw_end, &cart_end).expect("socat pty pair");
     let toml = format!(
         "[[ecg_serial]]\nname = \"cart-raw\"\nport = {:?}\nprotocol = \"raw\"\nquiet_time = \"1s\"\n",
         gw_end.display().to_string()
@@ -166,7 +166,7 @@ async fn raw_records_between_noise_stat_first_and_a_cable_pulled_mid_record() {
     }
     .encode();
 
-    let mut port = open_device_end(&cart_end).await;
+    let mut port = open_device_end(&cart_end).await.expect("device end");
     // A banner, the sample, line noise, a STAT record, all in odd-sized writes.
     let mut line = b"\r\nECG CART v2.1 READY\r\n".to_vec();
     line.extend_from_slice(&example);
@@ -187,8 +187,8 @@ async fn raw_records_between_noise_stat_first_and_a_cable_pulled_mid_record() {
     cable.unplug();
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Plugged back in; the technician sends the ECG again.
-    let _cable = Cable::plug(&gw_end, &cart_end);
-    let mut port = open_device_end(&cart_end).await;
+    let _cable = Cable::plug(&gw_end, &cart_end).expect("socat pty pair");
+    let mut port = open_device_end(&cart_end).await.expect("device end");
     // The gateway reopens the port within its reopen interval.
     tokio::time::sleep(Duration::from_secs(3)).await;
     AsyncWriteExt::write_all(&mut port, &routine)
@@ -259,8 +259,8 @@ async fn lrzsz_xmodem_and_ymodem_exports_arrive_exact() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (x_gw, x_cart) = (dir.path().join("by-id-x"), dir.path().join("cart-x"));
     let (y_gw, y_cart) = (dir.path().join("by-id-y"), dir.path().join("cart-y"));
-    let _x = Cable::plug(&x_gw, &x_cart);
-    let _y = Cable::plug(&y_gw, &y_cart);
+    let _x = Cable::plug(&x_gw, &x_cart).expect("socat pty pair");
+    let _y = Cable::plug(&y_gw, &y_cart).expect("socat pty pair");
     let toml = format!(
         "[[ecg_serial]]\nname = \"cart-x\"\nport = {:?}\nprotocol = \"xmodem\"\n\n\
          [[ecg_serial]]\nname = \"cart-y\"\nport = {:?}\nprotocol = \"ymodem\"\n",
@@ -284,9 +284,11 @@ async fn lrzsz_xmodem_and_ymodem_exports_arrive_exact() {
     std::fs::write(&stat_path, &stat).expect("write");
 
     let (xc, s1) = (x_cart.clone(), scp.clone());
-    let x = tokio::task::spawn_blocking(move || lrzsz_send(false, &xc, &[&s1], 60));
+    let x = tokio::task::spawn_blocking(move || lrzsz_send(false, &xc, &[&s1], 60).expect("sx"));
     let (yc, s2, a2, st2) = (y_cart.clone(), scp.clone(), aecg.clone(), stat_path.clone());
-    let y = tokio::task::spawn_blocking(move || lrzsz_send(true, &yc, &[&a2, &st2, &s2], 90));
+    let y = tokio::task::spawn_blocking(move || {
+        lrzsz_send(true, &yc, &[&a2, &st2, &s2], 90).expect("sb")
+    });
     let (x, y) = (x.await.expect("sx"), y.await.expect("sb"));
     assert!(
         x.success(),
