@@ -1,6 +1,10 @@
 //! A UDP relay between a gateway and central on loopback. It can cut the
 //! link (drop every datagram both ways) and, when the link comes back,
 //! forward from a new source port, as a clinic's NAT does after an outage.
+//! It can also shape the upstream direction like a thin uplink: a token
+//! bucket at a fixed rate in front of a bounded queue (tail drop when the
+//! queue holds more than its delay limit), which QUIC's congestion control
+//! sees as a real bottleneck.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,16 +20,32 @@ pub struct Relay {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// An upstream bottleneck.
+#[derive(Debug, Clone, Copy)]
+pub struct Shaping {
+    pub bytes_per_sec: u64,
+    /// Most queueing delay before datagrams are dropped.
+    pub queue: std::time::Duration,
+}
+
 impl Relay {
     /// Relays datagrams arriving at a new loopback port to `upstream`.
     pub async fn start(upstream: SocketAddr) -> std::io::Result<Self> {
+        Self::start_shaped(upstream, None).await
+    }
+
+    /// Like [`Relay::start`], with the gateway → central direction shaped.
+    pub async fn start_shaped(
+        upstream: SocketAddr,
+        shaping: Option<Shaping>,
+    ) -> std::io::Result<Self> {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let addr = front.local_addr()?;
         let cut = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(AtomicU64::new(0));
         let (c, g) = (cut.clone(), generation.clone());
         let task = tokio::spawn(async move {
-            let _ = run(front, upstream, c, g).await;
+            let _ = run(front, upstream, c, g, shaping).await;
         });
         Ok(Self {
             addr,
@@ -58,8 +78,20 @@ async fn run(
     upstream: SocketAddr,
     cut: Arc<AtomicBool>,
     generation: Arc<AtomicU64>,
+    shaping: Option<Shaping>,
 ) -> std::io::Result<()> {
     let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+    // Shaped datagrams wait in a FIFO served by a pacer at the link rate.
+    let (pace_tx, mut pace_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Arc<UdpSocket>, Vec<u8>)>();
+    let pacer = tokio::spawn(async move {
+        while let Some((due, sock, data)) = pace_rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            let _ = sock.send(&data).await;
+        }
+    });
+    let _pacer = AbortOnDrop(pacer);
+    let mut link_free_at = tokio::time::Instant::now();
     let mut buf = vec![0u8; 65536];
     let mut current_gen = u64::MAX;
     let mut back: Option<(Arc<UdpSocket>, tokio::task::JoinHandle<()>)> = None;
@@ -92,7 +124,30 @@ async fn run(
             current_gen = g;
         }
         if let Some((s, _)) = &back {
-            let _ = s.send(&buf[..n]).await;
+            match shaping {
+                None => {
+                    let _ = s.send(&buf[..n]).await;
+                }
+                Some(sh) => {
+                    let now = tokio::time::Instant::now();
+                    let start = link_free_at.max(now);
+                    if start.duration_since(now) > sh.queue {
+                        continue; // queue full: tail drop
+                    }
+                    let serialise =
+                        std::time::Duration::from_secs_f64(n as f64 / sh.bytes_per_sec as f64);
+                    link_free_at = start + serialise;
+                    let _ = pace_tx.send((link_free_at, s.clone(), buf[..n].to_vec()));
+                }
+            }
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -3,7 +3,8 @@
 //! pair) with noise and a cable pulled mid-record; files sent by lrzsz
 //! `sx` (XMODEM) and `sb` (YMODEM); the aECG, DICOM ECG and SCP-ECG samples
 //! and damaged files through a drop folder; and delivery into the reading
-//! system's import directory at central, quarantined items apart.
+//! system's import directory at central, quarantined items apart; and a
+//! STAT ECG overtaking a 1 GB study on a saturated, rate-limited uplink.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use yilian_rig::cable::{Cable, open_device_end};
 use yilian_rig::cart::{CartRecord, lrzsz_send};
 use yilian_rig::configs::{CentralSetup, GatewaySetup};
 use yilian_rig::fleet::Fleet;
+use yilian_rig::relay::{Relay, Shaping};
 
 fn sample(rel: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -33,9 +35,15 @@ struct Hub {
     central: yilian_central::Running,
     gateway: yilian_gateway::Running,
     import: PathBuf,
+    _relay: Option<Relay>,
 }
 
 async fn hub(dir: &Path, gateway_toml: &str) -> Hub {
+    hub_via(dir, gateway_toml, None).await
+}
+
+/// Central, and a gateway reaching it through a shaped relay if asked.
+async fn hub_via(dir: &Path, gateway_toml: &str, shaping: Option<Shaping>) -> Hub {
     let _ = yilian_rig::logs::LogCapture::install();
     let fleet = Fleet::create(dir).expect("fleet");
     let cs = CentralSetup {
@@ -55,8 +63,19 @@ async fn hub(dir: &Path, gateway_toml: &str) -> Hub {
         yilian_central::start(CentralConfig::load(&dir.join("central.toml")).expect("config"))
             .await
             .expect("central");
+    let relay = match shaping {
+        Some(sh) => Some(
+            Relay::start_shaped(central.quic_addr, Some(sh))
+                .await
+                .expect("relay"),
+        ),
+        None => None,
+    };
     let gs = GatewaySetup {
-        central: central.quic_addr.to_string(),
+        central: relay
+            .as_ref()
+            .map_or(central.quic_addr, |r| r.addr)
+            .to_string(),
         server_name: "localhost".into(),
         spool_dir: dir.join("spool"),
         metrics: "127.0.0.1:0".parse().expect("addr"),
@@ -76,6 +95,7 @@ async fn hub(dir: &Path, gateway_toml: &str) -> Hub {
         central,
         gateway,
         import,
+        _relay: relay,
     }
 }
 
@@ -438,6 +458,102 @@ async fn folder_intake_samples_reports_and_damaged_files() {
     assert!(
         cm.contains(r#"yilian_central_ecg_end_to_end_seconds_count{lane="clinical"} 7"#),
         "{cm}"
+    );
+    hub.gateway.shutdown().await;
+    hub.central.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stat_ecg_overtakes_a_1gb_study_on_a_saturated_uplink() {
+    const STUDY: u64 = 1 << 30;
+    const RATE: u64 = 32 * 1024 * 1024;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let imaging = dir.path().join("imaging");
+    let ecg = dir.path().join("ecg-share");
+    let toml = format!(
+        "[[folder]]\nname = \"imaging\"\npath = {:?}\nsettle = \"300ms\"\npoll_interval = \"100ms\"\n\n\
+         [[folder]]\nname = \"ecg-share\"\npath = {:?}\nprofile = \"ecg\"\nsettle = \"300ms\"\npoll_interval = \"100ms\"\n",
+        imaging.display().to_string(),
+        ecg.display().to_string()
+    );
+    let shaping = Shaping {
+        bytes_per_sec: RATE,
+        queue: Duration::from_millis(30),
+    };
+    let hub = hub_via(dir.path(), &toml, Some(shaping)).await;
+    std::fs::create_dir_all(&imaging).expect("mkdir");
+    std::fs::create_dir_all(&ecg).expect("mkdir");
+    // A 1 GiB study (sparse: the source costs no disk; spool and central
+    // hold real copies).
+    let staging = dir.path().join("study.part");
+    std::fs::File::create(&staging)
+        .and_then(|f| f.set_len(STUDY))
+        .expect("study");
+    std::fs::rename(&staging, imaging.join("CT-STUDY.BIN")).expect("drop");
+
+    // Wait until the study saturates the link.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while hub.central.metrics.bytes_received.get() < 64 * 1024 * 1024 {
+        assert!(
+            Instant::now() < deadline,
+            "the study never started uploading"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stat = CartRecord {
+        patient_id: "MI-0001",
+        last_name: "Chen",
+        stat_code: 9,
+        waveform_bytes: 100_000,
+    }
+    .encode();
+    let dropped = Instant::now();
+    std::fs::write(ecg.join("STAT.SCP"), &stat).expect("drop the STAT ECG");
+    let stat_sha = sha256(&stat);
+    let stat_row = loop {
+        let items = hub.central.store.items(None, None).expect("items");
+        if let Some(i) = items.into_iter().find(|i| i.sha256 == stat_sha) {
+            break i;
+        }
+        assert!(
+            dropped.elapsed() < Duration::from_secs(60),
+            "the STAT ECG did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let stat_wall = dropped.elapsed();
+    let received_when_stat_landed = hub.central.metrics.bytes_received.get();
+
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let study_row = loop {
+        let items = hub.central.store.items(None, None).expect("items");
+        if let Some(i) = items.into_iter().find(|i| i.size == STUDY) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "the study did not arrive");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "uplink {:.0} Mbit/s: STAT ECG ({} kB, urgent) committed {:.2} s after the gateway took it \
+         ({:.2} s after the file was dropped, with {} MB of the study through); \
+         the 1 GiB study took {:.1} s end to end",
+        RATE as f64 * 8.0 / 1e6,
+        stat.len() / 1000,
+        stat_row.end_to_end_ms as f64 / 1000.0,
+        stat_wall.as_secs_f64(),
+        received_when_stat_landed / 1_000_000,
+        study_row.end_to_end_ms as f64 / 1000.0
+    );
+    assert_eq!(stat_row.lane, "urgent");
+    assert!(
+        received_when_stat_landed < STUDY,
+        "the STAT ECG must land while the study is still uploading"
+    );
+    assert!(
+        stat_row.end_to_end_ms * 10 < study_row.end_to_end_ms,
+        "STAT {} ms vs study {} ms",
+        stat_row.end_to_end_ms,
+        study_row.end_to_end_ms
     );
     hub.gateway.shutdown().await;
     hub.central.shutdown().await;
