@@ -100,7 +100,15 @@ impl Description {
                 }
                 Some("unrecognised")
             }
-            (false, Profile::Files, _) => None,
+            (false, Profile::Files, _) => {
+                // Not an ECG and not from an ECG source: nothing to
+                // quarantine, the reason only describes the file.
+                if let Some(q) = self.quarantine.take() {
+                    self.metadata.remove("quarantine");
+                    self.metadata.insert("parse_error".into(), q.reason);
+                }
+                None
+            }
         };
         if let Some(role) = role {
             self.metadata.insert("ecg".into(), role.into());
@@ -361,6 +369,12 @@ mod tests {
         assert!(d.quarantine.is_none());
         let d = describe_bytes(b"%PDF-1.4 report", Profile::Ecg);
         assert!(d.quarantine.is_none(), "ECG reports come as PDFs");
+        let mut broken_dicom = vec![0u8; 128];
+        broken_dicom.extend_from_slice(b"DICM\x02\x00");
+        let d = describe_bytes(&broken_dicom, Profile::Files);
+        assert!(d.quarantine.is_none() && d.metadata.contains_key("parse_error"), "{d:?}");
+        let d = describe_bytes(&broken_dicom, Profile::Ecg);
+        assert!(d.quarantine.is_some(), "{d:?}");
     }
 
     fn sample(rel: &str) -> Option<Vec<u8>> {

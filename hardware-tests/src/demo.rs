@@ -39,8 +39,24 @@ fn samples() -> Vec<(&'static str, &'static str, Vec<u8>)> {
     let bulk: Vec<u8> = (0..20 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
+    let routine = crate::cart::CartRecord {
+        patient_id: "DEMO0002",
+        last_name: "DEMO",
+        stat_code: 0,
+        waveform_bytes: 30_000,
+    }
+    .encode();
+    let stat = crate::cart::CartRecord {
+        patient_id: "DEMO0003",
+        last_name: "DEMO",
+        stat_code: 9,
+        waveform_bytes: 30_000,
+    }
+    .encode();
     vec![
         ("ecg", "ecg-report-0001.pdf", pdf),
+        ("ecg", "00001.SCP", routine),
+        ("ecg", "00002.SCP", stat),
         ("lab", "oru-0001.hl7", hl7),
         ("imaging", "CT0001.dcm", dicom),
         ("imaging", "export-0001.bin", bulk),
@@ -70,7 +86,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         tls: fleet.central("localhost")?,
     };
     let central_toml = dir.join("central.toml");
-    std::fs::write(&central_toml, central_setup.toml())?;
+    let ecg_import = dir.join("ecg-import");
+    std::fs::write(
+        &central_toml,
+        format!(
+            "{}\n[ecg]\ndirectory = {:?}\n",
+            central_setup.toml(),
+            ecg_import.display().to_string()
+        ),
+    )?;
     let central = yilian_central::start(CentralConfig::load(&central_toml)?).await?;
 
     let drop_root = dir.join("drop");
@@ -86,15 +110,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         spool_dir: dir.join("gateway-spool"),
         metrics: "127.0.0.1:0".parse()?,
         tls: fleet.gateway(identity)?,
-        folders: vec![
-            folder("ecg", "clinical"),
-            folder("lab", "clinical"),
-            folder("imaging", "bulk"),
-        ],
+        folders: vec![folder("lab", "clinical"), folder("imaging", "bulk")],
         idle_timeout_ms: None,
         reconnect_max_ms: 5000,
         quota_bytes: None,
-        extra: String::new(),
+        // The ECG cart's folder: content recognised, STAT ECGs on the
+        // urgent lane, anything unreadable quarantined.
+        extra: format!(
+            "\n[[folder]]\nname = \"ecg\"\npath = {:?}\nprofile = \"ecg\"\nsettle = \"1s\"\n",
+            drop_root.join("ecg").display().to_string()
+        ),
     };
     let gateway_toml = dir.join("gateway.toml");
     std::fs::write(&gateway_toml, gateway_setup.toml())?;
@@ -156,6 +181,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         gateway_toml.display()
     );
     println!(
+        "ECGs:     {} items --config {} --ecg   (files for the reading system: {})",
+        bin("yilian-central"),
+        central_toml.display(),
+        ecg_import.display()
+    );
+    println!(
         "Items:    {} items --config {} --json",
         bin("yilian-central"),
         central_toml.display()
@@ -163,8 +194,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
     if !opts.exit {
         println!(
-            "\nDrop more files into {}/{{ecg,lab,imaging}}; Ctrl-C to stop.",
-            drop_root.display()
+            "\nDrop more files into {}/{{ecg,lab,imaging}}; ECGs appear in {}; Ctrl-C to stop.",
+            drop_root.display(),
+            ecg_import.display()
         );
         let _ = tokio::signal::ctrl_c().await;
     }
