@@ -280,9 +280,12 @@ impl CentralMetrics {
         );
         // Known label values start at zero (rates work from the start).
         for lane in ["urgent", "clinical", "bulk"] {
-            let _ = m.items_committed.get_or_create(&LaneLabels {
+            let l = LaneLabels {
                 lane: lane.to_owned(),
-            });
+            };
+            let _ = m.items_committed.get_or_create(&l);
+            let _ = m.end_to_end.get_or_create(&l);
+            let _ = m.ecg_end_to_end.get_or_create(&l);
         }
         for reason in [
             "hashmismatch",

@@ -372,7 +372,10 @@ mod tests {
         let mut broken_dicom = vec![0u8; 128];
         broken_dicom.extend_from_slice(b"DICM\x02\x00");
         let d = describe_bytes(&broken_dicom, Profile::Files);
-        assert!(d.quarantine.is_none() && d.metadata.contains_key("parse_error"), "{d:?}");
+        assert!(
+            d.quarantine.is_none() && d.metadata.contains_key("parse_error"),
+            "{d:?}"
+        );
         let d = describe_bytes(&broken_dicom, Profile::Ecg);
         assert!(d.quarantine.is_some(), "{d:?}");
     }

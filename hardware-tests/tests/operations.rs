@@ -78,7 +78,11 @@ async fn hub() -> Hub {
         idle_timeout_ms: None,
         reconnect_max_ms: 1000,
         quota_bytes: None,
-        extra: String::new(),
+        // An ECG cart's folder, so that the ECG series exist from the start.
+        extra: format!(
+            "\n[[folder]]\nname = \"ecg-cart\"\npath = {:?}\nprofile = \"ecg\"\n",
+            dir.join("ecg-cart").display().to_string()
+        ),
     };
     std::fs::write(dir.join("gateway.toml"), gs.toml()).expect("write");
     let gateway =
