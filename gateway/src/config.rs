@@ -27,6 +27,9 @@ pub struct GatewayConfig {
     /// ECG carts on serial lines.
     #[serde(default)]
     pub ecg_serial: Vec<EcgSerialSection>,
+    /// DICOM listeners for modalities (storage SCP).
+    #[serde(default)]
+    pub dicom: Vec<DicomSection>,
     /// SHA-256 of the configuration text: the version reported to central.
     #[serde(skip)]
     pub version: String,
@@ -292,6 +295,58 @@ impl AstmSection {
             flow_control: self.flow_control,
         }
     }
+}
+
+/// A DICOM node the clinic's modalities store to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomSection {
+    /// Device name in metrics and listings.
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Our AE title; modalities are configured to call it.
+    #[serde(default = "default_ae_title")]
+    pub ae_title: String,
+    /// Largest PDU we accept (the modality may send smaller ones).
+    #[serde(default = "default_max_pdu")]
+    pub max_pdu: u32,
+    #[serde(default = "default_max_associations")]
+    pub max_associations: usize,
+    /// An association silent this long is aborted.
+    #[serde(default = "default_dicom_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Lane for instances from callers without their own.
+    #[serde(default = "default_bulk", deserialize_with = "de_lane")]
+    pub lane: Lane,
+    /// Calling AE titles allowed; empty: any caller. A caller not listed
+    /// is rejected with "calling AE title not recognized".
+    #[serde(default)]
+    pub allowed: Vec<DicomPeer>,
+}
+
+/// A modality allowed to call, with its own lane (an ECG cart: clinical).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DicomPeer {
+    pub ae_title: String,
+    #[serde(default, deserialize_with = "de_lane_opt")]
+    pub lane: Option<Lane>,
+}
+
+fn default_ae_title() -> String {
+    "YILIAN".into()
+}
+fn default_max_pdu() -> u32 {
+    65536
+}
+fn default_max_associations() -> usize {
+    8
+}
+fn default_dicom_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_bulk() -> Lane {
+    Lane::Bulk
 }
 
 /// How an ECG cart sends over its serial line.
@@ -570,6 +625,47 @@ impl GatewayConfig {
                 return Err(invalid(
                     &key("on_interrupt"),
                     "use \"ack\" or \"finish\"".into(),
+                ));
+            }
+        }
+        for (i, d) in c.dicom.iter().enumerate() {
+            let key = |k: &str| format!("dicom[{i}].{k}");
+            if !names.insert(d.name.clone()) {
+                return Err(invalid(&key("name"), format!("{:?} is used twice", d.name)));
+            }
+            let ae_ok = |t: &str| {
+                !t.trim().is_empty()
+                    && t.len() <= 16
+                    && t.chars()
+                        .all(|c| c.is_ascii() && !c.is_ascii_control() && c != '\\')
+            };
+            if !ae_ok(&d.ae_title) {
+                return Err(invalid(
+                    &key("ae_title"),
+                    format!(
+                        "{:?} is not an AE title (1 to 16 ASCII characters, no backslash)",
+                        d.ae_title
+                    ),
+                ));
+            }
+            for (j, p) in d.allowed.iter().enumerate() {
+                if !ae_ok(&p.ae_title) {
+                    return Err(invalid(
+                        &format!("dicom[{i}].allowed[{j}].ae_title"),
+                        format!("{:?} is not an AE title", p.ae_title),
+                    ));
+                }
+            }
+            if !(4096..=1024 * 1024).contains(&d.max_pdu) {
+                return Err(invalid(
+                    &key("max_pdu"),
+                    "must be between 4096 and 1048576".into(),
+                ));
+            }
+            if d.max_associations == 0 {
+                return Err(invalid(
+                    &key("max_associations"),
+                    "must be at least 1".into(),
                 ));
             }
         }

@@ -142,6 +142,21 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
             .with_context(|| format!("starting the ASTM device {:?}", device.name))?;
         tasks.spawn(serve);
     }
+    for node in &config.dicom {
+        let adapter = intake::dicom::DicomAdapter {
+            config: node.clone(),
+            spool: spool.clone(),
+            metrics: metrics.clone(),
+            wake: wake.clone(),
+        };
+        let serve = adapter.bind(stop_rx.clone()).await.with_context(|| {
+            format!(
+                "binding the DICOM listener {:?} on {}",
+                node.name, node.listen
+            )
+        })?;
+        tasks.spawn(serve);
+    }
     for cart in &config.ecg_serial {
         metrics.register_ecg_source(&cart.name);
         let adapter = intake::ecg_serial::EcgSerialAdapter {

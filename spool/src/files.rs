@@ -59,6 +59,17 @@ impl SpoolWriter {
         self.written
     }
 
+    /// The item's description, for adapters that learn it from the payload
+    /// itself (metadata, lane, dedup key) while streaming it.
+    pub fn item_mut(&mut self) -> &mut NewItem {
+        &mut self.item
+    }
+
+    /// SHA-256 of the bytes written so far.
+    pub fn sha256_so_far(&self) -> [u8; 32] {
+        self.hasher.clone().finalize().into()
+    }
+
     /// Appends payload bytes. Refuses early, with [`SpoolError::Full`], once
     /// the payload would take the spool over its high watermark, so a large
     /// object does not fill the disk before being refused.

@@ -2,6 +2,7 @@
 //! (or, for a folder, removes the file) only with a spool `Committed` proof.
 
 pub mod astm;
+pub mod dicom;
 pub mod ecg_serial;
 pub mod folder;
 pub mod mllp;

@@ -1,0 +1,492 @@
+//! The DICOM node modalities store to: C-ECHO and C-STORE SCP over
+//! dicom-ul's async associations.
+//!
+//! Each instance streams from its P-DATA fragments into a spool writer
+//! behind a Part 10 header (memory stays at one batch per association,
+//! whatever the instance's size), and is answered Success only after the
+//! spool commit; Out of Resources (0xA700) when the spool refuses, so the
+//! modality keeps the image and retries; Cannot Understand (0xC000) when a
+//! data set that arrived whole does not parse. Metadata for the upload and
+//! the status views (patient, study/series/SOP UIDs, modality, dates) comes
+//! from the first part of the data set, never from pixel data. A caller
+//! not on a configured allow-list is rejected at association time with
+//! "calling AE title not recognized".
+
+pub mod dimse;
+pub mod sop_classes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dicom_ul::Pdu;
+use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
+use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, UserIdentity};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use yilian_spool::{Lane, NewItem, Spool, SpoolWriter};
+
+use crate::config::DicomSection;
+use crate::content::{Profile, describe_bytes};
+use crate::metrics::GatewayMetrics;
+use dimse::{Request, status};
+
+/// Bytes of each data set kept to read its metadata from (headers sit well
+/// within it; pixel data that follows is never looked at).
+const METADATA_PREFIX: usize = 256 * 1024;
+/// Data gathered before one hand-over to the blocking spool writer.
+const WRITE_BATCH: usize = 1024 * 1024;
+
+pub struct DicomAdapter {
+    pub config: DicomSection,
+    pub spool: Spool,
+    pub metrics: GatewayMetrics,
+    pub wake: Arc<Notify>,
+}
+
+/// The allow-list check, run by dicom-ul before it accepts an association.
+struct AllowList(Vec<String>);
+
+impl AccessControl for AllowList {
+    fn check_access(
+        &self,
+        _this_ae_title: &str,
+        calling_ae_title: &str,
+        _called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        let calling = calling_ae_title.trim();
+        if self.0.is_empty() || self.0.iter().any(|a| a == calling) {
+            Ok(())
+        } else {
+            Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+        }
+    }
+}
+
+/// One instance being received.
+struct Instance {
+    request: Request,
+    context_id: u8,
+    /// `None` once the spool refused: the rest of the data set is read and
+    /// dropped, and the answer is 0xA700.
+    writer: Option<SpoolWriter>,
+    /// Why not: the spool's reason label and message.
+    refused: Option<(&'static str, String)>,
+    batch: Vec<u8>,
+    prefix: Vec<u8>,
+    received: u64,
+}
+
+impl DicomAdapter {
+    /// Binds the listener (before readiness) and returns the accept loop.
+    pub async fn bind(
+        self,
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        let listener = TcpListener::bind(self.config.listen).await?;
+        tracing::info!(device = %self.config.name, addr = %self.config.listen, ae_title = %self.config.ae_title,
+            "DICOM listener bound");
+        Ok(Box::pin(Arc::new(self).serve(listener, stop)))
+    }
+
+    async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(self.config.max_associations));
+        loop {
+            let (socket, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(device = %self.config.name, error = %e, "DICOM accept failed");
+                        continue;
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                // The modality retries; a slot frees when an association ends.
+                tracing::warn!(device = %self.config.name, %peer, limit = self.config.max_associations,
+                    "too many DICOM associations at once; connection closed (raise max_associations if this repeats)");
+                continue;
+            };
+            let me = self.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = me.association(socket, peer) => {}
+                    _ = stop.changed() => {}
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    fn options(
+        &self,
+    ) -> ServerAssociationOptions<
+        'static,
+        AllowList,
+        dicom_ul::association::server::DefaultNegotiation,
+    > {
+        let allowed = self
+            .config
+            .allowed
+            .iter()
+            .map(|p| p.ae_title.trim().to_owned())
+            .collect();
+        let mut o = ServerAssociationOptions::new()
+            .ae_access_control(AllowList(allowed))
+            .ae_title(self.config.ae_title.clone())
+            .max_pdu_length(self.config.max_pdu)
+            // Modalities in the field send PDUs a little over what they
+            // negotiated; refusing them loses images for nothing.
+            .strict(false)
+            .read_timeout(self.config.timeout)
+            .write_timeout(self.config.timeout)
+            .with_abstract_syntax(sop_classes::VERIFICATION);
+        for uid in sop_classes::STORAGE {
+            o = o.with_abstract_syntax(*uid);
+        }
+        o
+    }
+
+    fn lane_for(&self, calling: &str) -> Lane {
+        self.config
+            .allowed
+            .iter()
+            .find(|p| p.ae_title.trim() == calling)
+            .and_then(|p| p.lane)
+            .unwrap_or(self.config.lane)
+    }
+
+    async fn association(&self, socket: TcpStream, peer: SocketAddr) {
+        let _ = socket.set_nodelay(true);
+        let mut assoc = match self.options().establish_async(socket).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(device = %self.config.name, %peer, error = %e,
+                    "DICOM association refused (an unknown calling AE title is refused when an allow-list is set)");
+                return;
+            }
+        };
+        let calling = dicom_ul::association::Association::peer_ae_title(&assoc)
+            .trim()
+            .to_owned();
+        tracing::info!(device = %self.config.name, %peer, calling_ae = %calling, "DICOM association accepted");
+        let mut command: Vec<u8> = Vec::new();
+        let mut current: Option<Instance> = None;
+        let mut stored = 0u64;
+        loop {
+            let pdu = match assoc.receive().await {
+                Ok(p) => p,
+                Err(e) => {
+                    if current.is_some() {
+                        tracing::warn!(device = %self.config.name, calling_ae = %calling, error = %e,
+                            "association lost mid-instance; that instance was not acknowledged and the modality will resend it");
+                    } else {
+                        tracing::info!(device = %self.config.name, calling_ae = %calling, error = %e, "association ended");
+                    }
+                    return;
+                }
+            };
+            match pdu {
+                Pdu::PData { data } => {
+                    for value in data {
+                        let reply = match value.value_type {
+                            PDataValueType::Command => {
+                                command.extend_from_slice(&value.data);
+                                if !value.is_last {
+                                    continue;
+                                }
+                                let bytes = std::mem::take(&mut command);
+                                self.on_command(
+                                    &bytes,
+                                    value.presentation_context_id,
+                                    &mut current,
+                                    &assoc,
+                                    &calling,
+                                )
+                            }
+                            PDataValueType::Data => {
+                                let Some(inst) = current.as_mut() else {
+                                    tracing::warn!(device = %self.config.name, calling_ae = %calling,
+                                        "data without a C-STORE request; ignored");
+                                    continue;
+                                };
+                                self.on_data(inst, value.data).await;
+                                if !value.is_last {
+                                    continue;
+                                }
+                                let Some(inst) = current.take() else { continue };
+                                let (reply, ok) = self.finish(inst, &calling).await;
+                                stored += u64::from(ok);
+                                Some(reply)
+                            }
+                        };
+                        if let Some((context_id, bytes)) = reply {
+                            let pdu = Pdu::PData {
+                                data: vec![PDataValue {
+                                    presentation_context_id: context_id,
+                                    value_type: PDataValueType::Command,
+                                    is_last: true,
+                                    data: bytes,
+                                }],
+                            };
+                            if let Err(e) = assoc.send(&pdu).await {
+                                tracing::warn!(device = %self.config.name, calling_ae = %calling, error = %e,
+                                    "cannot answer the modality; it will resend what it has no answer for");
+                                return;
+                            }
+                        }
+                    }
+                }
+                Pdu::ReleaseRQ => {
+                    let _ = assoc.send(&Pdu::ReleaseRP).await;
+                    tracing::info!(device = %self.config.name, calling_ae = %calling, stored, "association released");
+                    return;
+                }
+                Pdu::AbortRQ { source } => {
+                    tracing::warn!(device = %self.config.name, calling_ae = %calling, ?source,
+                        "association aborted by the modality; an instance in progress was not acknowledged");
+                    return;
+                }
+                other => {
+                    tracing::debug!(device = %self.config.name, pdu = %other.short_description(), "unexpected PDU ignored");
+                }
+            }
+        }
+    }
+
+    /// Handles a complete command set; returns an immediate reply, if any.
+    fn on_command(
+        &self,
+        bytes: &[u8],
+        context_id: u8,
+        current: &mut Option<Instance>,
+        assoc: &dicom_ul::association::AsyncServerAssociation<TcpStream>,
+        calling: &str,
+    ) -> Option<(u8, Vec<u8>)> {
+        let request = match dimse::read_request(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(device = %self.config.name, calling_ae = %calling, error = %e, "unreadable DIMSE command ignored");
+                return None;
+            }
+        };
+        match request.command {
+            dimse::C_ECHO_RQ => Some((
+                context_id,
+                dimse::response(
+                    dimse::C_ECHO_RSP,
+                    request.message_id,
+                    &request.sop_class,
+                    None,
+                    status::SUCCESS,
+                    None,
+                ),
+            )),
+            dimse::C_STORE_RQ => {
+                let ts = assoc
+                    .presentation_contexts()
+                    .iter()
+                    .find(|pc| pc.id == context_id)
+                    .map(|pc| pc.transfer_syntax.trim_end_matches('\0').to_owned())
+                    .unwrap_or_default();
+                *current = Some(self.begin(request, context_id, &ts, calling));
+                None
+            }
+            other => {
+                tracing::info!(device = %self.config.name, calling_ae = %calling, command = format!("{other:#06x}"),
+                    "DIMSE operation not offered here");
+                (!request.has_dataset).then(|| {
+                    (
+                        context_id,
+                        dimse::response(
+                            other | 0x8000,
+                            request.message_id,
+                            &request.sop_class,
+                            None,
+                            status::UNRECOGNIZED_OPERATION,
+                            Some("operation not supported by this node"),
+                        ),
+                    )
+                })
+            }
+        }
+    }
+
+    fn begin(&self, request: Request, context_id: u8, ts: &str, calling: &str) -> Instance {
+        let mut item = NewItem::new(
+            self.lane_for(calling),
+            "dicom",
+            format!("dicom:{}", self.config.name),
+        );
+        item.metadata
+            .insert("calling_ae".into(), calling.to_owned());
+        let mut refused = None;
+        let mut prefix = Vec::new();
+        let writer =
+            match dimse::part10_header(&request.sop_class, &request.sop_instance, ts, calling) {
+                Err(e) => {
+                    // Only a command without the UIDs gets here.
+                    refused = Some(("io", format!("cannot build the Part 10 header: {e}")));
+                    None
+                }
+                Ok(header) => match self
+                    .spool
+                    .writer(item)
+                    .and_then(|mut w| w.write_bytes(&header).map(|()| w))
+                {
+                    Ok(w) => {
+                        prefix = header;
+                        Some(w)
+                    }
+                    Err(e) => {
+                        refused = Some((e.reason(), e.to_string()));
+                        None
+                    }
+                },
+            };
+        Instance {
+            request,
+            context_id,
+            writer,
+            refused,
+            batch: Vec::with_capacity(WRITE_BATCH),
+            prefix,
+            received: 0,
+        }
+    }
+
+    async fn on_data(&self, inst: &mut Instance, data: Vec<u8>) {
+        inst.received += data.len() as u64;
+        if inst.writer.is_none() {
+            return;
+        }
+        if inst.prefix.len() < METADATA_PREFIX {
+            let take = (METADATA_PREFIX - inst.prefix.len()).min(data.len());
+            inst.prefix.extend_from_slice(&data[..take]);
+        }
+        inst.batch.extend_from_slice(&data);
+        if inst.batch.len() >= WRITE_BATCH {
+            self.flush(inst).await;
+        }
+    }
+
+    /// Hands the gathered bytes to the spool writer on a blocking thread.
+    async fn flush(&self, inst: &mut Instance) {
+        let (Some(mut w), false) = (inst.writer.take(), inst.batch.is_empty()) else {
+            return;
+        };
+        let batch = std::mem::take(&mut inst.batch);
+        match tokio::task::spawn_blocking(move || {
+            let r = w.write_bytes(&batch);
+            (w, batch, r)
+        })
+        .await
+        {
+            Ok((w, mut batch, Ok(()))) => {
+                batch.clear();
+                inst.batch = batch;
+                inst.writer = Some(w);
+            }
+            Ok((_, _, Err(e))) => inst.refused = Some((e.reason(), e.to_string())),
+            Err(e) => inst.refused = Some(("io", e.to_string())),
+        }
+    }
+
+    /// The data set is complete: commit and answer.
+    async fn finish(&self, mut inst: Instance, calling: &str) -> ((u8, Vec<u8>), bool) {
+        self.flush(&mut inst).await;
+        let r = &inst.request;
+        let answer = |status: u16, comment: Option<&str>| {
+            (
+                inst.context_id,
+                dimse::response(
+                    dimse::C_STORE_RSP,
+                    r.message_id,
+                    &r.sop_class,
+                    Some(&r.sop_instance),
+                    status,
+                    comment,
+                ),
+            )
+        };
+        let Some(mut writer) = inst.writer.take() else {
+            let (reason, why) = inst.refused.clone().unwrap_or(("io", String::new()));
+            self.metrics.refused(reason);
+            tracing::error!(device = %self.config.name, calling_ae = %calling, sop_instance = %r.sop_instance,
+                error = %why,
+                "spool refused a DICOM instance; answered 0xA700 so the modality keeps it and retries");
+            return (
+                answer(
+                    status::OUT_OF_RESOURCES,
+                    Some("gateway storage full or failing"),
+                ),
+                false,
+            );
+        };
+        // Whole data sets that do not parse are refused; a prefix that does
+        // not parse is only noted (the rest may be fine).
+        let complete = (inst.received as usize) < METADATA_PREFIX;
+        let d = describe_bytes(&inst.prefix, Profile::Files);
+        if complete && d.metadata.contains_key("parse_error") {
+            tracing::warn!(device = %self.config.name, calling_ae = %calling, sop_instance = %r.sop_instance,
+                error = d.metadata.get("parse_error").map(String::as_str).unwrap_or(""),
+                "malformed DICOM data set refused with 0xC000; the modality keeps it");
+            return (
+                answer(status::CANNOT_UNDERSTAND, Some("data set does not parse")),
+                false,
+            );
+        }
+        let item = writer.item_mut();
+        item.metadata.extend(d.metadata.clone());
+        item.metadata
+            .entry("sop_class".into())
+            .or_insert_with(|| r.sop_class.clone());
+        item.metadata
+            .entry("sop_instance_uid".into())
+            .or_insert_with(|| r.sop_instance.clone());
+        if d.stat {
+            item.lane = Lane::Urgent;
+        }
+        let lane = item.lane;
+        // A modality resending after a lost response sends the same bytes
+        // under the same UID: stored once.
+        let sha = hex::encode(writer.sha256_so_far());
+        writer.item_mut().dedup_key = Some(format!(
+            "dicom:{}:{}:{sha}",
+            self.config.name, r.sop_instance
+        ));
+        match tokio::task::spawn_blocking(move || writer.commit()).await {
+            Ok(Ok(c)) => {
+                if !c.is_duplicate() {
+                    self.metrics.accepted("dicom", &self.config.name, c.size());
+                    self.metrics.ecg(&self.config.name, lane, &d);
+                    self.wake.notify_one();
+                }
+                tracing::debug!(device = %self.config.name, calling_ae = %calling, %lane, size = c.size(),
+                    upload = c.upload_id(), duplicate = c.is_duplicate(), "DICOM instance spooled");
+                (answer(status::SUCCESS, None), true)
+            }
+            Ok(Err(e)) => {
+                self.metrics.refused(e.reason());
+                tracing::error!(device = %self.config.name, calling_ae = %calling, error = %e,
+                    "spool refused a DICOM instance at commit; answered 0xA700");
+                (
+                    answer(
+                        status::OUT_OF_RESOURCES,
+                        Some("gateway storage full or failing"),
+                    ),
+                    false,
+                )
+            }
+            Err(e) => {
+                tracing::error!(device = %self.config.name, error = %e, "DICOM commit task failed");
+                (
+                    answer(status::OUT_OF_RESOURCES, Some("gateway storage failing")),
+                    false,
+                )
+            }
+        }
+    }
+}

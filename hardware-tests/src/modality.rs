@@ -1,0 +1,176 @@
+//! A modality on the bench: CT series written as Part 10 files, and
+//! dcmtk's `storescu`/`echoscu` (called by their `/usr/bin` paths: pynetdicom
+//! installs scripts of the same names) to send them, as a real CT or DR
+//! console would.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+pub const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
+pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+
+/// A CT study: `images` slices of `rows`×`cols` 16-bit pixels, one series.
+#[derive(Debug, Clone)]
+pub struct CtStudy {
+    pub patient_id: String,
+    pub patient_name: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub images: usize,
+    pub rows: u16,
+    pub cols: u16,
+}
+
+impl CtStudy {
+    /// A study whose UIDs derive from `seed`.
+    pub fn new(seed: u32, images: usize) -> Self {
+        let root = "1.2.826.0.1.3680043.10.1431.9";
+        Self {
+            patient_id: format!("CT{seed:05}"),
+            patient_name: "Zhang^San=张^三".into(),
+            study_uid: format!("{root}.{seed}.1"),
+            series_uid: format!("{root}.{seed}.2"),
+            images,
+            rows: 512,
+            cols: 512,
+        }
+    }
+
+    pub fn sop_instance_uid(&self, i: usize) -> String {
+        format!("{}.{}", self.series_uid, i + 1)
+    }
+
+    /// Writes the slices into `dir`; returns their paths.
+    pub fn write(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir)?;
+        let mut paths = Vec::with_capacity(self.images);
+        for i in 0..self.images {
+            let path = dir.join(format!("CT{:04}.dcm", i + 1));
+            self.slice(i)?
+                .write_to_file(&path)
+                .map_err(std::io::Error::other)?;
+            paths.push(path);
+        }
+        Ok(paths)
+    }
+
+    fn slice(&self, i: usize) -> std::io::Result<dicom_object::DefaultDicomObject> {
+        let sop = self.sop_instance_uid(i);
+        let mut o = InMemDicomObject::new_empty();
+        let s = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
+        o.put(s(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192"));
+        o.put(s(tags::SOP_CLASS_UID, VR::UI, CT_IMAGE_STORAGE));
+        o.put(s(tags::SOP_INSTANCE_UID, VR::UI, &sop));
+        o.put(s(tags::STUDY_DATE, VR::DA, "20261123"));
+        o.put(s(tags::ACCESSION_NUMBER, VR::SH, "ACC0001"));
+        o.put(s(tags::MODALITY, VR::CS, "CT"));
+        o.put(s(tags::PATIENT_NAME, VR::PN, &self.patient_name));
+        o.put(s(tags::PATIENT_ID, VR::LO, &self.patient_id));
+        o.put(s(tags::STUDY_INSTANCE_UID, VR::UI, &self.study_uid));
+        o.put(s(tags::SERIES_INSTANCE_UID, VR::UI, &self.series_uid));
+        o.put(DataElement::new(
+            tags::INSTANCE_NUMBER,
+            VR::IS,
+            PrimitiveValue::from((i + 1).to_string()),
+        ));
+        o.put(DataElement::new(
+            tags::SAMPLES_PER_PIXEL,
+            VR::US,
+            PrimitiveValue::from(1u16),
+        ));
+        o.put(s(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"));
+        o.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(self.rows),
+        ));
+        o.put(DataElement::new(
+            tags::COLUMNS,
+            VR::US,
+            PrimitiveValue::from(self.cols),
+        ));
+        o.put(DataElement::new(
+            tags::BITS_ALLOCATED,
+            VR::US,
+            PrimitiveValue::from(16u16),
+        ));
+        o.put(DataElement::new(
+            tags::BITS_STORED,
+            VR::US,
+            PrimitiveValue::from(12u16),
+        ));
+        o.put(DataElement::new(
+            tags::HIGH_BIT,
+            VR::US,
+            PrimitiveValue::from(11u16),
+        ));
+        o.put(DataElement::new(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ));
+        let n = usize::from(self.rows) * usize::from(self.cols);
+        // A deterministic pattern that differs per slice.
+        let pixels: Vec<u8> = (0..n)
+            .flat_map(|p| {
+                let v = ((p.wrapping_mul(31) ^ i.wrapping_mul(2_654_435_761)) & 0x0FFF) as u16;
+                v.to_le_bytes()
+            })
+            .collect();
+        o.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::from(pixels),
+        ));
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(CT_IMAGE_STORAGE)
+            .media_storage_sop_instance_uid(&sop)
+            .transfer_syntax(EXPLICIT_VR_LE);
+        o.with_meta(meta).map_err(std::io::Error::other)
+    }
+}
+
+/// The bytes of a Part 10 file after its file meta group: the data set as
+/// sent over the network, to compare a stored copy with its original.
+pub fn dataset_bytes(file: &[u8]) -> Option<&[u8]> {
+    if file.len() < 144 || &file[128..132] != b"DICM" {
+        return None;
+    }
+    // (0002,0000) UL, explicit VR: tag 4, VR 2, length 2, value 4.
+    let group_len = u32::from_le_bytes([file[140], file[141], file[142], file[143]]) as usize;
+    file.get(144 + group_len..)
+}
+
+fn dcmtk(program: &str) -> Command {
+    Command::new(format!("/usr/bin/{program}"))
+}
+
+/// `echoscu` from `calling` to `ae@addr`.
+pub fn echoscu(addr: SocketAddr, called: &str, calling: &str) -> std::io::Result<Output> {
+    dcmtk("echoscu")
+        .args(["-aet", calling, "-aec", called])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .output()
+}
+
+/// `storescu` sending `files` in one association, as the files are
+/// encoded (`--required`: no other transfer syntax is proposed).
+pub fn storescu(
+    addr: SocketAddr,
+    called: &str,
+    calling: &str,
+    files: &[PathBuf],
+) -> std::io::Result<Output> {
+    dcmtk("storescu")
+        .args(["-v", "-aet", calling, "-aec", called, "--required", "-nh"])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .args(files)
+        .output()
+}

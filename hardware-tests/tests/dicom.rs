@@ -1,0 +1,372 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers may panic on setup failure
+//! The gateway as a modality's storage destination, driven by dcmtk's
+//! `echoscu` and `storescu`: a CT series and the conformance samples
+//! arrive at central byte for byte (data set unchanged, Part 10 header
+//! added), an unknown calling AE is refused when an allow-list is set, and
+//! a full spool answers 0xA700 until space frees, when the modality's retry
+//! succeeds.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use yilian_central::CentralConfig;
+use yilian_central::store::ItemRow;
+use yilian_gateway::GatewayConfig;
+use yilian_rig::configs::{CentralSetup, GatewaySetup, free_tcp_port};
+use yilian_rig::fleet::Fleet;
+use yilian_rig::modality::{CtStudy, dataset_bytes, echoscu, storescu};
+use yilian_rig::relay::Relay;
+
+fn sample(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/samples")
+        .join(rel);
+    assert!(p.exists(), "{} is missing", p.display());
+    p
+}
+
+struct Hub {
+    central: yilian_central::Running,
+    gateway: yilian_gateway::Running,
+    relay: Relay,
+    dicom: std::net::SocketAddr,
+}
+
+async fn hub(dir: &Path, dicom_extra: &str, quota_bytes: Option<u64>) -> Hub {
+    let _ = yilian_rig::logs::LogCapture::install();
+    let fleet = Fleet::create(dir).expect("fleet");
+    let cs = CentralSetup {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        metrics: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.join("central-data"),
+        tls: fleet.central("localhost").expect("cert"),
+    };
+    let toml = format!(
+        "{}\n[ecg]\ndirectory = {:?}\n",
+        cs.toml(),
+        dir.join("ecg-import").display().to_string()
+    );
+    std::fs::write(dir.join("central.toml"), toml).expect("write");
+    let central =
+        yilian_central::start(CentralConfig::load(&dir.join("central.toml")).expect("config"))
+            .await
+            .expect("central");
+    let relay = Relay::start(central.quic_addr).await.expect("relay");
+    let dicom = free_tcp_port().expect("a free port");
+    let gs = GatewaySetup {
+        central: relay.addr.to_string(),
+        server_name: "localhost".into(),
+        spool_dir: dir.join("spool"),
+        metrics: "127.0.0.1:0".parse().expect("addr"),
+        tls: fleet.gateway("lingshan/xiacun/box-1").expect("cert"),
+        folders: vec![],
+        idle_timeout_ms: Some(3000),
+        reconnect_max_ms: 500,
+        quota_bytes,
+        extra: format!(
+            "\n[[dicom]]\nname = \"modalities\"\nlisten = \"{dicom}\"\nae_title = \"YILIAN_GW\"\n{dicom_extra}"
+        ),
+    };
+    std::fs::write(dir.join("gateway.toml"), gs.toml()).expect("write");
+    let gateway =
+        yilian_gateway::start(GatewayConfig::load(&dir.join("gateway.toml")).expect("config"))
+            .await
+            .expect("gateway");
+    Hub {
+        central,
+        gateway,
+        relay,
+        dicom,
+    }
+}
+
+async fn wait_items(central: &yilian_central::Running, n: usize, secs: u64) -> Vec<ItemRow> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let items = central.store.items(None, None).expect("items");
+        if items.len() >= n {
+            return items;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} items at central",
+            items.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn meta<'a>(i: &'a ItemRow, k: &str) -> Option<&'a str> {
+    i.metadata.get(k).and_then(|v| v.as_str())
+}
+
+/// The files storescu's verbose log says were refused.
+fn refused_files(log: &str) -> Vec<PathBuf> {
+    let mut current = None;
+    let mut refused = Vec::new();
+    for line in log.lines() {
+        if let Some(f) = line.strip_prefix("I: Sending file: ") {
+            current = Some(PathBuf::from(f.trim()));
+        } else if line.contains("Received Store Response (Refused")
+            && let Some(f) = current.take()
+        {
+            refused.push(f);
+        }
+    }
+    refused
+}
+
+/// dcmtk's storescp, bit-preserving, as the reference receiver.
+struct Storescp {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    dir: PathBuf,
+}
+
+impl Storescp {
+    fn start(dir: &Path) -> Storescp {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let addr = free_tcp_port().expect("port");
+        let child = std::process::Command::new("/usr/bin/storescp")
+            .args(["-B", "-aet", "STORESCP", "-od"])
+            .arg(dir)
+            .arg(addr.port().to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dcmtk is missing: apt-get install dcmtk (./scripts/test-all does)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "storescp did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Storescp {
+            child,
+            addr,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The files it stored, once there are `n`.
+    fn files(&self, n: usize) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v: Vec<Vec<u8>> = std::fs::read_dir(&self.dir)
+                .expect("ls")
+                .flatten()
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .collect();
+            if v.len() >= n {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "storescp stored {} of {n}",
+                v.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Storescp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("join")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn storescu_series_and_samples_arrive_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = hub(dir.path(), "", None).await;
+    let addr = hub.dicom;
+    let echo = run(move || echoscu(addr, "YILIAN_GW", "CT_ROOM"))
+        .await
+        .expect("echoscu");
+    assert!(
+        echo.status.success(),
+        "echoscu: {}",
+        String::from_utf8_lossy(&echo.stderr)
+    );
+
+    let study = CtStudy::new(1, 20);
+    let files = study.write(&dir.path().join("ct")).expect("write study");
+    let mut all = files.clone();
+    all.push(sample("dicom-charset/chrX1.dcm"));
+    all.push(sample("dicom-ecg/ecgtoolkit_Example_12lead.dcm"));
+    let to_send = all.clone();
+    let out = run(move || storescu(addr, "YILIAN_GW", "CT_ROOM", &to_send))
+        .await
+        .expect("storescu");
+    assert!(
+        out.status.success(),
+        "storescu: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let items = wait_items(&hub.central, all.len(), 60).await;
+    assert_eq!(items.len(), all.len());
+    // What storescu sends is its own re-encoding of each file; dcmtk's
+    // storescp in bit-preserving mode, sent the same files, stores exactly
+    // the bytes on the wire: ours must be the same.
+    let anchor_dir = dir.path().join("storescp");
+    let anchor = Storescp::start(&anchor_dir);
+    let (a, to_send) = (anchor.addr, all.clone());
+    let out = run(move || storescu(a, "STORESCP", "CT_ROOM", &to_send))
+        .await
+        .expect("storescu");
+    assert!(out.status.success());
+    let anchored = anchor.files(all.len());
+    for item in &items {
+        assert_eq!(item.kind, "dicom");
+        assert_eq!(meta(item, "calling_ae"), Some("CT_ROOM"));
+        let stored = std::fs::read(&item.path).expect("blob");
+        let ours = dataset_bytes(&stored).expect("a Part 10 file at central");
+        assert!(
+            anchored.iter().any(|a| dataset_bytes(a) == Some(ours)),
+            "{:?} differs from what storescp -B received",
+            meta(item, "sop_instance_uid")
+        );
+    }
+    // Our own CT files go out as written, so their data sets match too.
+    for path in &files {
+        let original = std::fs::read(path).expect("read");
+        let sent = dataset_bytes(&original).expect("a Part 10 file");
+        assert!(
+            items
+                .iter()
+                .any(|i| { dataset_bytes(&std::fs::read(&i.path).expect("blob")) == Some(sent) }),
+            "{} not at central unchanged",
+            path.display()
+        );
+    }
+    let ct = items
+        .iter()
+        .find(|i| meta(i, "sop_instance_uid") == Some(study.sop_instance_uid(0).as_str()))
+        .expect("first slice");
+    assert_eq!(meta(ct, "patient_name"), Some("Zhang^San=张^三"));
+    assert_eq!(meta(ct, "study_uid"), Some(study.study_uid.as_str()));
+    assert_eq!(meta(ct, "modality"), Some("CT"));
+    assert_eq!(ct.lane, "bulk");
+    let chinese = items
+        .iter()
+        .find(|i| meta(i, "patient_id") == Some("X1EXAMPLE"))
+        .expect("chrX1");
+    assert_eq!(
+        meta(chinese, "patient_name"),
+        Some("Wang^XiaoDong=王^小東=")
+    );
+    let ecg = items
+        .iter()
+        .find(|i| meta(i, "ecg") == Some("record"))
+        .expect("the DICOM ECG");
+    assert!(meta(ecg, "sop_class").is_some_and(|c| c.starts_with("1.2.840.10008.5.1.4.1.1.9.1")));
+
+    // Sent again (a modality that lost our answers): stored once.
+    let again = files[..3].to_vec();
+    let out = run(move || storescu(addr, "YILIAN_GW", "CT_ROOM", &again))
+        .await
+        .expect("storescu");
+    assert!(out.status.success());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        hub.central.store.items(None, None).expect("items").len(),
+        all.len()
+    );
+    hub.gateway.shutdown().await;
+    hub.central.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn allow_list_refuses_unknown_callers_and_sets_their_lane() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = "[[dicom.allowed]]\nae_title = \"DR_ROOM\"\n\n[[dicom.allowed]]\nae_title = \"ECG_CART\"\nlane = \"clinical\"\n";
+    let hub = hub(dir.path(), extra, None).await;
+    let addr = hub.dicom;
+    let refused = run(move || echoscu(addr, "YILIAN_GW", "INTRUDER"))
+        .await
+        .expect("echoscu");
+    assert!(
+        !refused.status.success(),
+        "an unknown caller must be refused"
+    );
+    let text = String::from_utf8_lossy(&refused.stderr).to_lowercase()
+        + &String::from_utf8_lossy(&refused.stdout).to_lowercase();
+    assert!(text.contains("calling ae title not recognized"), "{text}");
+    let ok = run(move || echoscu(addr, "YILIAN_GW", "DR_ROOM"))
+        .await
+        .expect("echoscu");
+    assert!(ok.status.success());
+
+    let ecg = vec![sample("dicom-ecg/ecgtoolkit_Example_12lead.dcm")];
+    let out = run(move || storescu(addr, "YILIAN_GW", "ECG_CART", &ecg))
+        .await
+        .expect("storescu");
+    assert!(out.status.success());
+    let items = wait_items(&hub.central, 1, 30).await;
+    assert_eq!(items[0].lane, "clinical", "the ECG cart's own lane");
+    hub.gateway.shutdown().await;
+    hub.central.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_spool_answers_a700_and_the_retry_succeeds_once_space_frees() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Room for about four 512 KiB slices below the high watermark.
+    let hub = hub(dir.path(), "", Some(2_400_000)).await;
+    hub.relay.cut();
+    let addr = hub.dicom;
+    let study = CtStudy::new(2, 10);
+    let files = study.write(&dir.path().join("ct")).expect("write study");
+    let to_send = files.clone();
+    let out = run(move || storescu(addr, "YILIAN_GW", "CT_ROOM", &to_send))
+        .await
+        .expect("storescu");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("Refused: OutOfResources"), "{said}");
+    assert!(said.contains("Received Store Response (Success)"), "{said}");
+    let m = hub.gateway.metrics.encode();
+    assert!(
+        m.contains("yilian_spool_refusals_total{reason=\"full\"}"),
+        "{m}"
+    );
+
+    // The link returns, the backlog drains, delivered items make room; the
+    // modality sends again what was refused, as a console's queue does.
+    hub.relay.restore();
+    let mut pending = refused_files(&said);
+    assert_eq!(pending.len() + 4, files.len(), "{said}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pending.is_empty() {
+        assert!(Instant::now() < deadline, "still refused: {pending:?}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let to_send = pending.clone();
+        let out = run(move || storescu(addr, "YILIAN_GW", "CT_ROOM", &to_send))
+            .await
+            .expect("storescu");
+        let said = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        pending = refused_files(&said);
+    }
+    let items = wait_items(&hub.central, files.len(), 60).await;
+    let mut uids: Vec<&str> = items
+        .iter()
+        .filter_map(|i| meta(i, "sop_instance_uid"))
+        .collect();
+    uids.sort_unstable();
+    uids.dedup();
+    assert_eq!(uids.len(), files.len(), "every slice at central");
+    assert_eq!(items.len(), files.len(), "and each once");
+    hub.gateway.shutdown().await;
+    hub.central.shutdown().await;
+}
