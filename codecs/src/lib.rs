@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod astm;
+pub mod dicom;
 pub mod ecg;
 mod escapes;
 pub mod hl7;

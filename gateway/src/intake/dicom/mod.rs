@@ -28,7 +28,8 @@ use yilian_spool::{Lane, NewItem, Spool, SpoolWriter};
 use crate::config::DicomSection;
 use crate::content::{Profile, describe_bytes};
 use crate::metrics::GatewayMetrics;
-use dimse::{Request, status};
+use dimse::status;
+use yilian_codecs::dicom::{Command, command};
 
 /// Bytes of each data set kept to read its metadata from (headers sit well
 /// within it; pixel data that follows is never looked at).
@@ -65,7 +66,7 @@ impl AccessControl for AllowList {
 
 /// One instance being received.
 struct Instance {
-    request: Request,
+    request: Command,
     context_id: u8,
     /// `None` once the spool refused: the rest of the data set is read and
     /// dropped, and the answer is 0xA700.
@@ -265,26 +266,18 @@ impl DicomAdapter {
         assoc: &dicom_ul::association::AsyncServerAssociation<TcpStream>,
         calling: &str,
     ) -> Option<(u8, Vec<u8>)> {
-        let request = match dimse::read_request(bytes) {
+        let request = match Command::parse(bytes) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(device = %self.config.name, calling_ae = %calling, error = %e, "unreadable DIMSE command ignored");
                 return None;
             }
         };
-        match request.command {
-            dimse::C_ECHO_RQ => Some((
-                context_id,
-                dimse::response(
-                    dimse::C_ECHO_RSP,
-                    request.message_id,
-                    &request.sop_class,
-                    None,
-                    status::SUCCESS,
-                    None,
-                ),
-            )),
-            dimse::C_STORE_RQ => {
+        match request.field {
+            command::C_ECHO_RQ => {
+                Some((context_id, request.response(status::SUCCESS, None).encode()))
+            }
+            command::C_STORE_RQ => {
                 let ts = assoc
                     .presentation_contexts()
                     .iter()
@@ -297,24 +290,18 @@ impl DicomAdapter {
             other => {
                 tracing::info!(device = %self.config.name, calling_ae = %calling, command = format!("{other:#06x}"),
                     "DIMSE operation not offered here");
-                (!request.has_dataset).then(|| {
-                    (
-                        context_id,
-                        dimse::response(
-                            other | 0x8000,
-                            request.message_id,
-                            &request.sop_class,
-                            None,
-                            status::UNRECOGNIZED_OPERATION,
-                            Some("operation not supported by this node"),
-                        ),
-                    )
+                (!request.has_dataset()).then(|| {
+                    let rsp = request.response(
+                        status::UNRECOGNIZED_OPERATION,
+                        Some("operation not supported by this node"),
+                    );
+                    (context_id, rsp.encode())
                 })
             }
         }
     }
 
-    fn begin(&self, request: Request, context_id: u8, ts: &str, calling: &str) -> Instance {
+    fn begin(&self, request: Command, context_id: u8, ts: &str, calling: &str) -> Instance {
         let mut item = NewItem::new(
             self.lane_for(calling),
             "dicom",
@@ -324,28 +311,32 @@ impl DicomAdapter {
             .insert("calling_ae".into(), calling.to_owned());
         let mut refused = None;
         let mut prefix = Vec::new();
-        let writer =
-            match dimse::part10_header(&request.sop_class, &request.sop_instance, ts, calling) {
+        let writer = match dimse::part10_header(
+            &request.affected_sop_class,
+            &request.affected_sop_instance,
+            ts,
+            calling,
+        ) {
+            Err(e) => {
+                // Only a command without the UIDs gets here.
+                refused = Some(("io", format!("cannot build the Part 10 header: {e}")));
+                None
+            }
+            Ok(header) => match self
+                .spool
+                .writer(item)
+                .and_then(|mut w| w.write_bytes(&header).map(|()| w))
+            {
+                Ok(w) => {
+                    prefix = header;
+                    Some(w)
+                }
                 Err(e) => {
-                    // Only a command without the UIDs gets here.
-                    refused = Some(("io", format!("cannot build the Part 10 header: {e}")));
+                    refused = Some((e.reason(), e.to_string()));
                     None
                 }
-                Ok(header) => match self
-                    .spool
-                    .writer(item)
-                    .and_then(|mut w| w.write_bytes(&header).map(|()| w))
-                {
-                    Ok(w) => {
-                        prefix = header;
-                        Some(w)
-                    }
-                    Err(e) => {
-                        refused = Some((e.reason(), e.to_string()));
-                        None
-                    }
-                },
-            };
+            },
+        };
         Instance {
             request,
             context_id,
@@ -399,22 +390,12 @@ impl DicomAdapter {
         self.flush(&mut inst).await;
         let r = &inst.request;
         let answer = |status: u16, comment: Option<&str>| {
-            (
-                inst.context_id,
-                dimse::response(
-                    dimse::C_STORE_RSP,
-                    r.message_id,
-                    &r.sop_class,
-                    Some(&r.sop_instance),
-                    status,
-                    comment,
-                ),
-            )
+            (inst.context_id, r.response(status, comment).encode())
         };
         let Some(mut writer) = inst.writer.take() else {
             let (reason, why) = inst.refused.clone().unwrap_or(("io", String::new()));
             self.metrics.refused(reason);
-            tracing::error!(device = %self.config.name, calling_ae = %calling, sop_instance = %r.sop_instance,
+            tracing::error!(device = %self.config.name, calling_ae = %calling, sop_instance = %r.affected_sop_instance,
                 error = %why,
                 "spool refused a DICOM instance; answered 0xA700 so the modality keeps it and retries");
             return (
@@ -430,7 +411,7 @@ impl DicomAdapter {
         let complete = (inst.received as usize) < METADATA_PREFIX;
         let d = describe_bytes(&inst.prefix, Profile::Files);
         if complete && d.metadata.contains_key("parse_error") {
-            tracing::warn!(device = %self.config.name, calling_ae = %calling, sop_instance = %r.sop_instance,
+            tracing::warn!(device = %self.config.name, calling_ae = %calling, sop_instance = %r.affected_sop_instance,
                 error = d.metadata.get("parse_error").map(String::as_str).unwrap_or(""),
                 "malformed DICOM data set refused with 0xC000; the modality keeps it");
             return (
@@ -442,10 +423,10 @@ impl DicomAdapter {
         item.metadata.extend(d.metadata.clone());
         item.metadata
             .entry("sop_class".into())
-            .or_insert_with(|| r.sop_class.clone());
+            .or_insert_with(|| r.affected_sop_class.clone());
         item.metadata
             .entry("sop_instance_uid".into())
-            .or_insert_with(|| r.sop_instance.clone());
+            .or_insert_with(|| r.affected_sop_instance.clone());
         if d.stat {
             item.lane = Lane::Urgent;
         }
@@ -455,7 +436,7 @@ impl DicomAdapter {
         let sha = hex::encode(writer.sha256_so_far());
         writer.item_mut().dedup_key = Some(format!(
             "dicom:{}:{}:{sha}",
-            self.config.name, r.sop_instance
+            self.config.name, r.affected_sop_instance
         ));
         match tokio::task::spawn_blocking(move || writer.commit()).await {
             Ok(Ok(c)) => {
