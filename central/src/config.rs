@@ -16,6 +16,33 @@ pub struct CentralConfig {
     pub lis: Option<LisSection>,
     /// The ECG reading system's import directory.
     pub ecg: Option<EcgSection>,
+    /// The hospital PACS that DICOM instances are forwarded to.
+    pub pacs: Option<PacsSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PacsSection {
+    /// `host:port` of the PACS's DICOM listener.
+    pub address: String,
+    /// The PACS's AE title.
+    pub ae_title: String,
+    /// Ours, as the PACS knows it.
+    #[serde(default = "default_calling_ae")]
+    pub calling_ae_title: String,
+    #[serde(default = "default_pacs_timeout", with = "humantime_serde")]
+    pub timeout: std::time::Duration,
+    #[serde(default = "default_retry_base", with = "humantime_serde")]
+    pub retry_base: std::time::Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: std::time::Duration,
+}
+
+fn default_calling_ae() -> String {
+    "YILIAN_HUB".into()
+}
+fn default_pacs_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -3,7 +3,7 @@
 //! - [`config`] — `central.toml`.
 //! - [`store`] — the durable ingest store (SQLite + content-addressed blobs).
 //! - [`server`] — the QUIC listener and the per-stream protocol drivers.
-//! - [`outbox`] — the delivery loop; [`lis`] and [`ecg`] the destinations.
+//! - [`outbox`] — the delivery loop; [`lis`], [`ecg`] and [`pacs`] the destinations.
 //! - [`metrics`], [`http`]: Prometheus metrics, including per-gateway series.
 
 #![forbid(unsafe_code)]
@@ -14,6 +14,7 @@ pub mod http;
 pub mod lis;
 pub mod metrics;
 pub mod outbox;
+pub mod pacs;
 pub mod server;
 pub mod service;
 pub mod store;
@@ -104,6 +105,18 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
             metrics.clone(),
             lis.retry_base,
             lis.retry_max,
+            stopped.clone(),
+        ));
+    }
+    if let Some(pacs) = &config.pacs {
+        shared.pacs_enabled = true;
+        metrics.register_destination(pacs::DESTINATION);
+        tokio::spawn(outbox::drive(
+            pacs::PacsDelivery::new(pacs.clone(), store.clone()),
+            store.clone(),
+            metrics.clone(),
+            pacs.retry_base,
+            pacs.retry_max,
             stopped.clone(),
         ));
     }

@@ -37,6 +37,8 @@ pub struct Shared {
     pub lis_enabled: bool,
     /// Whether ECG items are queued for the ECG reading system.
     pub ecg_enabled: bool,
+    /// Whether DICOM instances are queued for the hospital PACS.
+    pub pacs_enabled: bool,
     /// The live connection of each box: a new one supersedes the old, whose
     /// streams are then closed at once instead of lingering until the idle
     /// timeout (the box only ever keeps one).
@@ -54,6 +56,7 @@ impl Shared {
             max_upload_bytes,
             lis_enabled: false,
             ecg_enabled: false,
+            pacs_enabled: false,
             connections: Arc::default(),
             upload_locks: Arc::default(),
         }
@@ -69,6 +72,10 @@ impl Shared {
         // source sent that needs review.
         if self.ecg_enabled && offer.metadata.contains_key("ecg") {
             d.push(crate::ecg::DESTINATION);
+        }
+        // DICOM ECGs go to the PACS as well as to the ECG system.
+        if self.pacs_enabled && offer.kind == "dicom" {
+            d.push(crate::pacs::DESTINATION);
         }
         d
     }

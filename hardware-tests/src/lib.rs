@@ -7,6 +7,7 @@
 //!   link (black-hole) and re-map the gateway's address like a NAT would.
 //! - [`files`] — deterministic test payloads.
 //! - [`cable`] — serial cables (socat pty pairs) that can be pulled.
+//! - [`orthanc`] — Orthanc as the hospital PACS, with its own config.
 //! - [`modality`] — CT studies as Part 10 files, dcmtk's storescu/echoscu.
 //! - [`cart`] — an ECG cart: SCP-ECG records, raw or by lrzsz XMODEM/YMODEM.
 //! - [`demo`], [`bench`]: the `yilian-rig demo` and `yilian-rig bench` jobs.
@@ -23,6 +24,7 @@ pub mod files;
 pub mod fleet;
 pub mod logs;
 pub mod modality;
+pub mod orthanc;
 pub mod procs;
 pub mod relay;
 pub mod scrape;

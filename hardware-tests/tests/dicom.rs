@@ -4,7 +4,8 @@
 //! arrive at central byte for byte (data set unchanged, Part 10 header
 //! added), an unknown calling AE is refused when an allow-list is set, and
 //! a full spool answers 0xA700 until space frees, when the modality's retry
-//! succeeds.
+//! succeeds; and a 400-image CT study reaches Orthanc, the hospital PACS,
+//! with the same SOP Instance UIDs and pixel data.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use yilian_gateway::GatewayConfig;
 use yilian_rig::configs::{CentralSetup, GatewaySetup, free_tcp_port};
 use yilian_rig::fleet::Fleet;
 use yilian_rig::modality::{CtStudy, dataset_bytes, echoscu, storescu};
+use yilian_rig::orthanc::Orthanc;
 use yilian_rig::relay::Relay;
 
 fn sample(rel: &str) -> PathBuf {
@@ -33,6 +35,15 @@ struct Hub {
 }
 
 async fn hub(dir: &Path, dicom_extra: &str, quota_bytes: Option<u64>) -> Hub {
+    hub_with(dir, dicom_extra, quota_bytes, "").await
+}
+
+async fn hub_with(
+    dir: &Path,
+    dicom_extra: &str,
+    quota_bytes: Option<u64>,
+    central_extra: &str,
+) -> Hub {
     let _ = yilian_rig::logs::LogCapture::install();
     let fleet = Fleet::create(dir).expect("fleet");
     let cs = CentralSetup {
@@ -42,7 +53,7 @@ async fn hub(dir: &Path, dicom_extra: &str, quota_bytes: Option<u64>) -> Hub {
         tls: fleet.central("localhost").expect("cert"),
     };
     let toml = format!(
-        "{}\n[ecg]\ndirectory = {:?}\n",
+        "{}\n[ecg]\ndirectory = {:?}\n{central_extra}",
         cs.toml(),
         dir.join("ecg-import").display().to_string()
     );
@@ -367,6 +378,74 @@ async fn a_full_spool_answers_a700_and_the_retry_succeeds_once_space_frees() {
     uids.dedup();
     assert_eq!(uids.len(), files.len(), "every slice at central");
     assert_eq!(items.len(), files.len(), "and each once");
+    hub.gateway.shutdown().await;
+    hub.central.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_400_image_ct_study_reaches_orthanc_unchanged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let orthanc = Orthanc::start(&dir.path().join("orthanc")).expect("Orthanc");
+    let pacs = format!(
+        "\n[pacs]\naddress = \"{}\"\nae_title = \"{}\"\nretry_base = \"200ms\"\n",
+        orthanc.dicom, orthanc.ae_title
+    );
+    let hub = hub_with(dir.path(), "", None, &pacs).await;
+    let study = CtStudy::new(3, 400);
+    let files = study.write(&dir.path().join("ct")).expect("write study");
+    let addr = hub.dicom;
+    let started = Instant::now();
+    let to_send = files.clone();
+    let out = run(move || storescu(addr, "YILIAN_GW", "CT_ROOM", &to_send))
+        .await
+        .expect("storescu");
+    assert!(out.status.success());
+    let sent = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let n = orthanc.instance_count().expect("Orthanc statistics");
+        if n >= 400 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{n} of 400 instances in Orthanc");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "400 CT images (512x512x16 bit): storescu done in {:.1} s, all in Orthanc after {:.1} s",
+        sent.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    // Every 40th slice fetched back: same UID, same pixel data.
+    for i in (0..400).step_by(40) {
+        let uid = study.sop_instance_uid(i);
+        let theirs = orthanc.instance_file(&uid).expect("in Orthanc");
+        let ours = std::fs::read(&files[i]).expect("read");
+        let pixels = |bytes: &[u8]| {
+            let o = dicom_object::OpenFileOptions::new()
+                .from_reader(std::io::Cursor::new(bytes.to_vec()))
+                .expect("parses");
+            let sop = o
+                .element(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+                .expect("uid")
+                .to_str()
+                .expect("str")
+                .trim_end_matches('\0')
+                .to_owned();
+            let px = o
+                .element(dicom_dictionary_std::tags::PIXEL_DATA)
+                .expect("pixels")
+                .to_bytes()
+                .expect("bytes")
+                .to_vec();
+            (sop, px)
+        };
+        assert_eq!(pixels(&theirs), pixels(&ours), "slice {i}");
+    }
+    let m = hub.central.metrics.encode();
+    assert!(
+        m.contains(r#"yilian_central_outbox_items{destination="pacs",state="delivered"} 400"#),
+        "{m}"
+    );
     hub.gateway.shutdown().await;
     hub.central.shutdown().await;
 }
