@@ -281,10 +281,10 @@ impl Destination for PacsDelivery {
             let reusable = self.open.as_ref().is_some_and(|o| {
                 o.sop_class == meta.sop_class && o.transfer_syntax == meta.transfer_syntax
             });
-            if fresh || !reusable {
-                if let Err(v) = self.connect(&meta.sop_class, &meta.transfer_syntax).await {
-                    return v;
-                }
+            if (fresh || !reusable)
+                && let Err(v) = self.connect(&meta.sop_class, &meta.transfer_syntax).await
+            {
+                return v;
             }
             match self.send(row, &path, meta.dataset_offset, &rq).await {
                 Attempt::Done(v) => return v,
