@@ -5,7 +5,11 @@
 //!   machine's raw `write + fdatasync` rate (group commit should let many
 //!   concurrent writers beat it);
 //! - bulk upload over loopback QUIC through the real gateway and central,
-//!   beside one raw quinn stream with the same TLS and transport settings.
+//!   beside one raw quinn stream with the same TLS and transport settings;
+//! - DICOM ingest of a 400-image CT study sent by dcmtk `storescu` into the
+//!   gateway (durable: every instance fsynced and indexed before Success),
+//!   beside dcmtk `storescp` (writes files, no fsync) and Orthanc on the
+//!   same files.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -53,6 +57,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     spool_benches(dir.path(), &mut report).await?;
     hl7_benches(dir.path(), &mut report).await?;
     upload_benches(dir.path(), &opts, &mut report).await?;
+    dicom_benches(dir.path(), &mut report).await?;
     Ok(report)
 }
 
@@ -158,6 +163,116 @@ async fn spool_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Re
 /// HL7 ORU^R01 over MLLP into a real gateway (durable commits, uploads to
 /// a real central running alongside): messages per second and the time from
 /// the last byte sent to the ACK received.
+/// Sends `files` with storescu; returns the wall time.
+async fn timed_storescu(
+    addr: std::net::SocketAddr,
+    called: &'static str,
+    files: Vec<std::path::PathBuf>,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::modality::storescu(addr, called, "BENCH_CT", &files)
+    })
+    .await??;
+    let took = started.elapsed();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(
+        out.status.success() && !said.contains("Refused") && !said.contains("Failed"),
+        "storescu to {called} failed: {}",
+        said.lines()
+            .filter(|l| l.starts_with("E:") || l.contains("Refused"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    Ok(took)
+}
+
+async fn dicom_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<()> {
+    let study = crate::modality::CtStudy::new(42, 400);
+    let files = {
+        let (s, d) = (study.clone(), dir.join("ct-study"));
+        tokio::task::spawn_blocking(move || s.write(&d)).await??
+    };
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+        .sum();
+    let figure = |t: Duration| {
+        format!(
+            "{:.0} images/s, {:.0} MB/s",
+            files.len() as f64 / t.as_secs_f64(),
+            bytes as f64 / 1e6 / t.as_secs_f64()
+        )
+    };
+
+    // The gateway alone: its uplink points nowhere, so ingest is measured
+    // without the upload competing for the two cores.
+    let fleet = Fleet::create(&dir.join("dicom-fleet"))?;
+    let listen = crate::configs::free_tcp_port()?;
+    let nowhere = crate::configs::free_udp_port()?;
+    let gw_setup = GatewaySetup {
+        central: nowhere.to_string(),
+        server_name: "localhost".into(),
+        spool_dir: dir.join("dicom-spool"),
+        metrics: "127.0.0.1:0".parse()?,
+        tls: fleet.gateway("bench/bench/box-1")?,
+        folders: vec![],
+        idle_timeout_ms: None,
+        reconnect_max_ms: 60_000,
+        quota_bytes: None,
+        extra: format!(
+            "\n[[dicom]]\nname = \"bench\"\nlisten = \"{listen}\"\nae_title = \"YILIAN_GW\"\nmax_pdu = 131072\n"
+        ),
+    };
+    let gt = dir.join("dicom-gateway.toml");
+    std::fs::write(&gt, gw_setup.toml())?;
+    let gateway = yilian_gateway::start(GatewayConfig::load(&gt)?).await?;
+    let ours = timed_storescu(listen, "YILIAN_GW", files.clone()).await?;
+    gateway.shutdown().await;
+
+    // dcmtk storescp: files written, never fsynced.
+    let scp_dir = dir.join("storescp");
+    std::fs::create_dir_all(&scp_dir)?;
+    let scp_addr = crate::configs::free_tcp_port()?;
+    let mut scp = crate::modality::dcmtk("storescp")
+        .args(["-aet", "STORESCP", "-od"])
+        .arg(&scp_dir)
+        .arg(scp_addr.port().to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("storescp (apt-get install dcmtk)")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(scp_addr).is_err() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let theirs = timed_storescu(scp_addr, "STORESCP", files.clone()).await;
+    let _ = scp.kill();
+    let _ = scp.wait();
+    let theirs = theirs?;
+
+    // Orthanc, as a PACS would be installed.
+    let orthanc = {
+        let d = dir.join("orthanc");
+        tokio::task::spawn_blocking(move || crate::orthanc::Orthanc::start(&d)).await??
+    };
+    let pacs = timed_storescu(orthanc.dicom, "ORTHANC", files.clone()).await?;
+    drop(orthanc);
+
+    report.row(
+        "DICOM ingest, 400 CT images (0.5 MB), storescu → gateway, durable",
+        figure(ours),
+        format!(
+            "storescp (no fsync): {}; Orthanc: {}",
+            figure(theirs),
+            figure(pacs)
+        ),
+    );
+    Ok(())
+}
+
 async fn hl7_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<()> {
     let fsyncs = {
         let d = dir.to_owned();

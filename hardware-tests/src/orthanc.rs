@@ -41,7 +41,9 @@ impl Orthanc {
         let path = dir.join("orthanc.json");
         std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
         let log = std::fs::File::create(dir.join("orthanc.log"))?;
+        // dcmtk inside Orthanc: see `modality::dcmtk` on TCP_NODELAY.
         let child = Command::new("/usr/sbin/Orthanc")
+            .env("TCP_NODELAY", "1")
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))

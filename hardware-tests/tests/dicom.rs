@@ -138,7 +138,7 @@ impl Storescp {
     fn start(dir: &Path) -> Storescp {
         std::fs::create_dir_all(dir).expect("mkdir");
         let addr = free_tcp_port().expect("port");
-        let child = std::process::Command::new("/usr/bin/storescp")
+        let child = yilian_rig::modality::dcmtk("storescp")
             .args(["-B", "-aet", "STORESCP", "-od"])
             .arg(dir)
             .arg(addr.port().to_string())
