@@ -58,6 +58,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     hl7_benches(dir.path(), &mut report).await?;
     upload_benches(dir.path(), &opts, &mut report).await?;
     dicom_benches(dir.path(), &mut report).await?;
+    large_instance_bench(dir.path(), &mut report).await?;
     Ok(report)
 }
 
@@ -269,6 +270,73 @@ async fn dicom_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Re
             figure(theirs),
             figure(pacs)
         ),
+    );
+    Ok(())
+}
+
+/// Peak resident memory of a process (`VmHWM`), in bytes.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A 2 GiB multi-frame instance streamed into the real gateway process:
+/// its peak RSS shows that memory does not grow with the instance.
+async fn large_instance_bench(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<()> {
+    let file = dir.join("multiframe-2gib.dcm");
+    let size = {
+        let f = file.clone();
+        tokio::task::spawn_blocking(move || crate::modality::write_large_multiframe(&f, 1000))
+            .await??
+    };
+    let fleet = Fleet::create(&dir.join("large-fleet"))?;
+    let listen = crate::configs::free_tcp_port()?;
+    let gw_setup = GatewaySetup {
+        central: crate::configs::free_udp_port()?.to_string(),
+        server_name: "localhost".into(),
+        spool_dir: dir.join("large-spool"),
+        metrics: crate::configs::free_tcp_port()?,
+        tls: fleet.gateway("bench/bench/box-1")?,
+        folders: vec![],
+        idle_timeout_ms: None,
+        reconnect_max_ms: 60_000,
+        quota_bytes: Some(8 << 30),
+        extra: format!(
+            "\n[[dicom]]\nname = \"bench\"\nlisten = \"{listen}\"\nae_title = \"YILIAN_GW\"\n"
+        ),
+    };
+    let gt = dir.join("large-gateway.toml");
+    std::fs::write(&gt, gw_setup.toml())?;
+    let gt_arg = gt.to_string_lossy().into_owned();
+    let gateway = crate::procs::Proc::spawn(
+        "yilian-gateway",
+        &["run", "--config", &gt_arg],
+        &dir.join("large-gateway.log"),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(listen).is_err() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the gateway did not start; see large-gateway.log"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let idle = peak_rss(gateway.id()).unwrap_or(0);
+    let took = timed_storescu(listen, "YILIAN_GW", vec![file.clone()]).await?;
+    let peak = peak_rss(gateway.id()).unwrap_or(0);
+    drop(gateway);
+    let _ = std::fs::remove_file(&file);
+    report.row(
+        "2 GiB multi-frame instance, storescu → gateway process",
+        format!(
+            "peak RSS {:.0} MiB ({:.0} MiB at start), {:.0} MB/s",
+            peak as f64 / 1048576.0,
+            idle as f64 / 1048576.0,
+            size as f64 / 1e6 / took.as_secs_f64()
+        ),
+        format!("instance size: {:.0} MiB", size as f64 / 1048576.0),
     );
     Ok(())
 }

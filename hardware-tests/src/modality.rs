@@ -180,3 +180,95 @@ pub fn storescu(
         .args(files)
         .output()
 }
+
+pub const MULTIFRAME_WORD_SC: &str = "1.2.840.10008.5.1.4.1.1.7.3";
+
+/// Writes a multi-frame secondary capture of `frames` 1024×1024 16-bit
+/// frames (2 MiB each) without holding it in memory: the header through
+/// dicom-rs, then the pixel data streamed. Returns the file size.
+pub fn write_large_multiframe(path: &Path, frames: u32) -> std::io::Result<u64> {
+    use std::io::Write;
+    let sop = format!("1.2.826.0.1.3680043.10.1431.9.7.{frames}");
+    let mut o = InMemDicomObject::new_empty();
+    let s = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
+    o.put(s(tags::SOP_CLASS_UID, VR::UI, MULTIFRAME_WORD_SC));
+    o.put(s(tags::SOP_INSTANCE_UID, VR::UI, &sop));
+    o.put(s(tags::MODALITY, VR::CS, "OT"));
+    o.put(s(tags::PATIENT_ID, VR::LO, "BIG0001"));
+    o.put(s(
+        tags::STUDY_INSTANCE_UID,
+        VR::UI,
+        "1.2.826.0.1.3680043.10.1431.9.7.1",
+    ));
+    o.put(s(
+        tags::SERIES_INSTANCE_UID,
+        VR::UI,
+        "1.2.826.0.1.3680043.10.1431.9.7.2",
+    ));
+    o.put(DataElement::new(
+        tags::SAMPLES_PER_PIXEL,
+        VR::US,
+        PrimitiveValue::from(1u16),
+    ));
+    o.put(s(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"));
+    o.put(DataElement::new(
+        tags::NUMBER_OF_FRAMES,
+        VR::IS,
+        PrimitiveValue::from(frames.to_string()),
+    ));
+    o.put(DataElement::new(
+        tags::ROWS,
+        VR::US,
+        PrimitiveValue::from(1024u16),
+    ));
+    o.put(DataElement::new(
+        tags::COLUMNS,
+        VR::US,
+        PrimitiveValue::from(1024u16),
+    ));
+    o.put(DataElement::new(
+        tags::BITS_ALLOCATED,
+        VR::US,
+        PrimitiveValue::from(16u16),
+    ));
+    o.put(DataElement::new(
+        tags::BITS_STORED,
+        VR::US,
+        PrimitiveValue::from(16u16),
+    ));
+    o.put(DataElement::new(
+        tags::HIGH_BIT,
+        VR::US,
+        PrimitiveValue::from(15u16),
+    ));
+    o.put(DataElement::new(
+        tags::PIXEL_REPRESENTATION,
+        VR::US,
+        PrimitiveValue::from(0u16),
+    ));
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(MULTIFRAME_WORD_SC)
+        .media_storage_sop_instance_uid(&sop)
+        .transfer_syntax(EXPLICIT_VR_LE)
+        .build()
+        .map_err(std::io::Error::other)?;
+    let mut f = std::io::BufWriter::with_capacity(4 << 20, std::fs::File::create(path)?);
+    f.write_all(&[0u8; 128])?;
+    f.write_all(b"DICM")?;
+    meta.write(&mut f).map_err(std::io::Error::other)?;
+    let ts = dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
+    o.write_dataset_with_ts(&mut f, &ts)
+        .map_err(std::io::Error::other)?;
+    let frame = 1024 * 1024 * 2usize;
+    let len = u32::try_from(frame as u64 * u64::from(frames))
+        .map_err(|_| std::io::Error::other("pixel data over 4 GiB"))?;
+    // (7FE0,0010) OW, explicit VR: tag, "OW", two reserved bytes, length.
+    f.write_all(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0])?;
+    f.write_all(&len.to_le_bytes())?;
+    let block: Vec<u8> = (0..frame).map(|i| (i % 251) as u8).collect();
+    for _ in 0..frames {
+        f.write_all(&block)?;
+    }
+    f.flush()?;
+    Ok(std::fs::metadata(path)?.len())
+}
