@@ -13,6 +13,10 @@ pub mod command {
     pub const C_ECHO_RQ: u16 = 0x0030;
     pub const C_ECHO_RSP: u16 = 0x8030;
     pub const C_CANCEL_RQ: u16 = 0x0FFF;
+    pub const N_EVENT_REPORT_RQ: u16 = 0x0100;
+    pub const N_EVENT_REPORT_RSP: u16 = 0x8100;
+    pub const N_ACTION_RQ: u16 = 0x0130;
+    pub const N_ACTION_RSP: u16 = 0x8130;
 }
 
 /// Command Data Set Type meaning "no data set follows".
@@ -42,9 +46,17 @@ pub struct Command {
     pub data_set_type: u16,
     pub status: Option<u16>,
     pub error_comment: Option<String>,
+    /// N-services: the SOP the request addresses.
+    pub requested_sop_class: String,
+    pub requested_sop_instance: String,
+    /// N-EVENT-REPORT's Event Type ID.
+    pub event_type: Option<u16>,
+    /// N-ACTION's Action Type ID.
+    pub action_type: Option<u16>,
 }
 
 const AFFECTED_SOP_CLASS: u32 = 0x0000_0002;
+const REQUESTED_SOP_CLASS: u32 = 0x0000_0003;
 const COMMAND_FIELD: u32 = 0x0000_0100;
 const MESSAGE_ID: u32 = 0x0000_0110;
 const MESSAGE_ID_RESPONDED: u32 = 0x0000_0120;
@@ -53,6 +65,9 @@ const DATA_SET_TYPE: u32 = 0x0000_0800;
 const STATUS: u32 = 0x0000_0900;
 const ERROR_COMMENT: u32 = 0x0000_0902;
 const AFFECTED_SOP_INSTANCE: u32 = 0x0000_1000;
+const REQUESTED_SOP_INSTANCE: u32 = 0x0000_1001;
+const EVENT_TYPE: u32 = 0x0000_1002;
+const ACTION_TYPE: u32 = 0x0000_1008;
 
 /// Longest value accepted in a command set (UIDs are 64, comments 64).
 const MAX_VALUE: usize = 1024;
@@ -108,6 +123,10 @@ impl Command {
                     STATUS => c.status = u16_of(v),
                     ERROR_COMMENT => c.error_comment = Some(text(v)),
                     AFFECTED_SOP_INSTANCE => c.affected_sop_instance = text(v),
+                    REQUESTED_SOP_CLASS => c.requested_sop_class = text(v),
+                    REQUESTED_SOP_INSTANCE => c.requested_sop_instance = text(v),
+                    EVENT_TYPE => c.event_type = u16_of(v),
+                    ACTION_TYPE => c.action_type = u16_of(v),
                     _ => {}
                 }
             }
@@ -142,6 +161,9 @@ impl Command {
         if !self.affected_sop_class.is_empty() {
             put(AFFECTED_SOP_CLASS, &padded(&self.affected_sop_class, 0));
         }
+        if !self.requested_sop_class.is_empty() {
+            put(REQUESTED_SOP_CLASS, &padded(&self.requested_sop_class, 0));
+        }
         put(COMMAND_FIELD, &self.field.to_le_bytes());
         if self.field & 0x8000 == 0 {
             put(MESSAGE_ID, &self.message_id.to_le_bytes());
@@ -168,6 +190,18 @@ impl Command {
                 &padded(&self.affected_sop_instance, 0),
             );
         }
+        if !self.requested_sop_instance.is_empty() {
+            put(
+                REQUESTED_SOP_INSTANCE,
+                &padded(&self.requested_sop_instance, 0),
+            );
+        }
+        if let Some(e) = self.event_type {
+            put(EVENT_TYPE, &e.to_le_bytes());
+        }
+        if let Some(a) = self.action_type {
+            put(ACTION_TYPE, &a.to_le_bytes());
+        }
         let mut out = Vec::with_capacity(body.len() + 12);
         out.extend_from_slice(&0u16.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
@@ -179,10 +213,15 @@ impl Command {
 
     /// A response to `self` with `status`.
     pub fn response(&self, status: u16, comment: Option<&str>) -> Command {
+        let or = |a: &String, b: &String| if a.is_empty() { b.clone() } else { a.clone() };
         Command {
             field: self.field | 0x8000,
-            affected_sop_class: self.affected_sop_class.clone(),
-            affected_sop_instance: self.affected_sop_instance.clone(),
+            // N-service responses name in "affected" what the request
+            // named in "requested".
+            affected_sop_class: or(&self.affected_sop_class, &self.requested_sop_class),
+            affected_sop_instance: or(&self.affected_sop_instance, &self.requested_sop_instance),
+            action_type: self.action_type,
+            event_type: self.event_type,
             message_id_responded: self.message_id,
             data_set_type: NO_DATASET,
             status: Some(status),
@@ -271,6 +310,24 @@ mod tests {
         assert_eq!(back.message_id_responded, 9);
         assert_eq!(back.error_comment.as_deref(), Some("full"));
         assert!(!back.has_dataset());
+    }
+
+    #[test]
+    fn an_n_action_round_trips_and_its_response_names_the_instance() {
+        let rq = Command {
+            field: command::N_ACTION_RQ,
+            requested_sop_class: "1.2.840.10008.1.20.1".into(),
+            requested_sop_instance: "1.2.840.10008.1.20.1.1".into(),
+            message_id: 3,
+            action_type: Some(1),
+            data_set_type: 0,
+            ..Command::default()
+        };
+        let back = Command::parse(&rq.encode()).expect("parses");
+        assert_eq!(back, rq);
+        let rsp = Command::parse(&back.response(0, None).encode()).expect("parses");
+        assert_eq!(rsp.affected_sop_instance, "1.2.840.10008.1.20.1.1");
+        assert_eq!(rsp.action_type, Some(1));
     }
 
     #[test]

@@ -331,6 +331,9 @@ pub struct DicomPeer {
     pub ae_title: String,
     #[serde(default, deserialize_with = "de_lane_opt")]
     pub lane: Option<Lane>,
+    /// `host:port` where the modality listens, for storage commitment
+    /// results sent after it has released its association.
+    pub address: Option<String>,
 }
 
 fn default_ae_title() -> String {

@@ -143,7 +143,23 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         tasks.spawn(serve);
     }
     for node in &config.dicom {
+        let ledger_dir = config.spool.dir.join("commitments").join(&node.name);
+        let ledger = intake::dicom::commitment::Ledger::open(&ledger_dir).with_context(|| {
+            format!(
+                "opening the storage commitment ledger in {}",
+                ledger_dir.display()
+            )
+        })?;
+        tasks.spawn(
+            intake::dicom::commitment::Notifier {
+                config: node.clone(),
+                ledger: ledger.clone(),
+                spool_dir: config.spool.dir.clone(),
+            }
+            .run(stop_rx.clone()),
+        );
         let adapter = intake::dicom::DicomAdapter {
+            ledger,
             config: node.clone(),
             spool: spool.clone(),
             metrics: metrics.clone(),

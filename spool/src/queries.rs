@@ -94,6 +94,17 @@ pub(crate) fn list_with_key(
     query_items(conn, sql, params![limit, key])
 }
 
+/// Items whose metadata `key` (a plain name) equals `value`.
+pub(crate) fn list_by_metadata(
+    conn: &Connection,
+    key: &str,
+    value: &str,
+) -> Result<Vec<ItemSummary>, SpoolError> {
+    let sql = "SELECT id, upload_id, lane, kind, source, metadata, size, sha256, state, attempts, received_ms, delivered_ms, last_error
+         FROM items WHERE json_extract(metadata, '$.' || ?1) = ?2 ORDER BY id";
+    query_items(conn, sql, params![key, value])
+}
+
 pub(crate) fn list(
     conn: &Connection,
     dead_only: bool,

@@ -316,6 +316,17 @@ impl Spool {
         Ok((stats, items))
     }
 
+    /// Items whose metadata has `key` equal to `value` (a DICOM instance by
+    /// its SOP Instance UID), read like [`Spool::inspect`].
+    pub fn inspect_by_metadata(
+        dir: &Path,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<ItemSummary>, SpoolError> {
+        let conn = schema::open_ro(&dir.join("index.sqlite"))?;
+        queries::list_by_metadata(&conn, key, value)
+    }
+
     /// The newest `limit` items whose metadata has `key` (e.g. `ecg`), read
     /// like [`Spool::inspect`] from a spool another process may hold.
     pub fn inspect_with_key(

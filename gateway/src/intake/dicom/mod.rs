@@ -12,6 +12,7 @@
 //! not on a configured allow-list is rejected at association time with
 //! "calling AE title not recognized".
 
+pub mod commitment;
 pub mod dimse;
 pub mod sop_classes;
 
@@ -37,8 +38,18 @@ const METADATA_PREFIX: usize = 256 * 1024;
 /// Data gathered before one hand-over to the blocking spool writer.
 const WRITE_BATCH: usize = 1024 * 1024;
 
+/// A storage commitment request whose data set is arriving.
+struct Action {
+    request: Command,
+    context_id: u8,
+    transfer_syntax: String,
+    data: Vec<u8>,
+}
+
 pub struct DicomAdapter {
     pub config: DicomSection,
+    /// Where storage commitment requests wait for their answer.
+    pub ledger: commitment::Ledger,
     pub spool: Spool,
     pub metrics: GatewayMetrics,
     pub wake: Arc<Notify>,
@@ -143,7 +154,8 @@ impl DicomAdapter {
             .strict(false)
             .read_timeout(self.config.timeout)
             .write_timeout(self.config.timeout)
-            .with_abstract_syntax(sop_classes::VERIFICATION);
+            .with_abstract_syntax(sop_classes::VERIFICATION)
+            .with_abstract_syntax(commitment::STORAGE_COMMITMENT);
         for uid in sop_classes::STORAGE {
             o = o.with_abstract_syntax(*uid);
         }
@@ -175,6 +187,7 @@ impl DicomAdapter {
         tracing::info!(device = %self.config.name, %peer, calling_ae = %calling, "DICOM association accepted");
         let mut command: Vec<u8> = Vec::new();
         let mut current: Option<Instance> = None;
+        let mut action: Option<Action> = None;
         let mut stored = 0u64;
         loop {
             let pdu = match assoc.receive().await {
@@ -203,9 +216,25 @@ impl DicomAdapter {
                                     &bytes,
                                     value.presentation_context_id,
                                     &mut current,
+                                    &mut action,
                                     &assoc,
                                     &calling,
                                 )
+                            }
+                            PDataValueType::Data if action.is_some() => {
+                                let Some(a) = action.as_mut() else { continue };
+                                if a.data.len() + value.data.len() > 16 * 1024 * 1024 {
+                                    tracing::warn!(device = %self.config.name, calling_ae = %calling,
+                                        "storage commitment request over 16 MiB; refused");
+                                    action = None;
+                                    continue;
+                                }
+                                a.data.extend_from_slice(&value.data);
+                                if !value.is_last {
+                                    continue;
+                                }
+                                let Some(a) = action.take() else { continue };
+                                Some(self.on_action(a, &calling).await)
                             }
                             PDataValueType::Data => {
                                 let Some(inst) = current.as_mut() else {
@@ -263,9 +292,18 @@ impl DicomAdapter {
         bytes: &[u8],
         context_id: u8,
         current: &mut Option<Instance>,
+        action: &mut Option<Action>,
         assoc: &dicom_ul::association::AsyncServerAssociation<TcpStream>,
         calling: &str,
     ) -> Option<(u8, Vec<u8>)> {
+        let transfer_syntax = |id: u8| {
+            assoc
+                .presentation_contexts()
+                .iter()
+                .find(|pc| pc.id == id)
+                .map(|pc| pc.transfer_syntax.trim_end_matches('\0').to_owned())
+                .unwrap_or_default()
+        };
         let request = match Command::parse(bytes) {
             Ok(r) => r,
             Err(e) => {
@@ -278,13 +316,20 @@ impl DicomAdapter {
                 Some((context_id, request.response(status::SUCCESS, None).encode()))
             }
             command::C_STORE_RQ => {
-                let ts = assoc
-                    .presentation_contexts()
-                    .iter()
-                    .find(|pc| pc.id == context_id)
-                    .map(|pc| pc.transfer_syntax.trim_end_matches('\0').to_owned())
-                    .unwrap_or_default();
+                let ts = transfer_syntax(context_id);
                 *current = Some(self.begin(request, context_id, &ts, calling));
+                None
+            }
+            command::N_ACTION_RQ
+                if request.requested_sop_class == commitment::STORAGE_COMMITMENT
+                    && request.has_dataset() =>
+            {
+                *action = Some(Action {
+                    transfer_syntax: transfer_syntax(context_id),
+                    request,
+                    context_id,
+                    data: Vec::new(),
+                });
                 None
             }
             other => {
@@ -299,6 +344,35 @@ impl DicomAdapter {
                 })
             }
         }
+    }
+
+    /// A complete storage commitment request: kept on disk, then accepted.
+    async fn on_action(&self, a: Action, calling: &str) -> (u8, Vec<u8>) {
+        let parsed = commitment::parse_action(&a.data, &a.transfer_syntax, calling);
+        let status = match parsed {
+            Err(e) => {
+                tracing::warn!(device = %self.config.name, calling_ae = %calling, error = %e,
+                    "unreadable storage commitment request refused");
+                0x0110
+            }
+            Ok(r) => {
+                let ledger = self.ledger.clone();
+                let (tx, n) = (r.transaction_uid.clone(), r.references.len());
+                match tokio::task::spawn_blocking(move || ledger.save(&r)).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(device = %self.config.name, calling_ae = %calling, transaction = %tx, instances = n,
+                            "storage commitment requested; the result follows once central has the instances");
+                        status::SUCCESS
+                    }
+                    _ => {
+                        tracing::error!(device = %self.config.name, calling_ae = %calling,
+                            "cannot record a storage commitment request; refused");
+                        0x0110
+                    }
+                }
+            }
+        };
+        (a.context_id, a.request.response(status, None).encode())
     }
 
     fn begin(&self, request: Command, context_id: u8, ts: &str, calling: &str) -> Instance {
