@@ -73,6 +73,26 @@ enum Command {
         #[arg(long)]
         requeue: Option<i64>,
     },
+    /// A clinic's modality worklist: `import FILE` adds or replaces
+    /// scheduled steps (a JSON array; entries with `"status": "completed"`
+    /// or `"cancelled"` are removed); without a file, lists it. Gateways of
+    /// the clinic get the new list with their next heartbeat.
+    Worklist {
+        #[arg(
+            long,
+            default_value = "/etc/yilian/central.toml",
+            conflicts_with = "data_dir"
+        )]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// COUNTY/CLINIC
+        #[arg(long)]
+        clinic: String,
+        /// JSON file to import.
+        #[arg(long)]
+        import: Option<PathBuf>,
+    },
     /// List the gateways central has heard from.
     Gateways {
         #[arg(
@@ -250,6 +270,71 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         row.last_error.as_deref().unwrap_or("")
                     )?;
                 }
+            }
+            Ok(())
+        }
+        Command::Worklist {
+            config,
+            data_dir: dir,
+            clinic,
+            import,
+        } => {
+            let dir = data_dir(&config, dir)?;
+            anyhow::ensure!(
+                clinic.split('/').count() == 2 && !clinic.split('/').any(str::is_empty),
+                "--clinic is COUNTY/CLINIC, got {clinic:?}"
+            );
+            let mut out = std::io::stdout().lock();
+            if let Some(file) = import {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let values: Vec<serde_json::Value> =
+                    serde_json::from_str(&text).with_context(|| {
+                        format!("{} is not a JSON array of entries", file.display())
+                    })?;
+                let (mut upserts, mut removals) = (Vec::new(), Vec::new());
+                for (i, v) in values.into_iter().enumerate() {
+                    let status = v["status"].as_str().unwrap_or("scheduled").to_owned();
+                    let entry: yilian_protocol::messages::WorklistEntry =
+                        serde_json::from_value(v).with_context(|| format!("entry {i}"))?;
+                    anyhow::ensure!(
+                        !entry.accession_number.is_empty(),
+                        "entry {i} has no accession_number"
+                    );
+                    match status.as_str() {
+                        "completed" | "cancelled" | "discontinued" => {
+                            removals.push(entry.accession_number)
+                        }
+                        _ => upserts.push(entry),
+                    }
+                }
+                let store = Store::open(&dir)?;
+                store.worklist_update(&clinic, &upserts, &removals)?;
+                writeln!(
+                    out,
+                    "{clinic}: {} scheduled step(s) added or updated, {} removed",
+                    upserts.len(),
+                    removals.len()
+                )?;
+            }
+            let store = Store::open_read_only(&dir)?;
+            let (version, entries) = store.worklist(&clinic)?;
+            writeln!(
+                out,
+                "{clinic} worklist version {version}, {} entr(ies)",
+                entries.len()
+            )?;
+            for e in entries {
+                writeln!(
+                    out,
+                    "  {:<16} {:<16} {:<24} {:<4} {} {}",
+                    e.accession_number,
+                    e.patient_id,
+                    e.patient_name,
+                    e.modality,
+                    e.scheduled_start_date,
+                    e.scheduled_station_ae_title
+                )?;
             }
             Ok(())
         }

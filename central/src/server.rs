@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use yilian_link::{LinkError, MessageReader, peer_identity, write_message};
 use yilian_protocol::messages::{
-    Envelope, HeartbeatAck, HelloAck, Offer, RejectReason, envelope::Body,
+    Envelope, HeartbeatAck, HelloAck, Offer, RejectReason, WorklistSnapshot, envelope::Body,
 };
 use yilian_protocol::upload::{DEFAULT_IDLE_TIMEOUT, ReceiverEvent, UploadReceiver};
 use yilian_protocol::{BoxIdentity, Lane, SUPPORTED_VERSIONS};
@@ -289,9 +289,25 @@ async fn control_stream(
                         .get_or_create(&l)
                         .set(b.oldest_age_seconds);
                 }
+                // The clinic's worklist goes down when the box's copy differs.
+                let store = shared.store.clone();
+                let clinic = format!("{}/{}", identity.county(), identity.clinic());
+                let worklist = tokio::task::spawn_blocking(move || store.worklist(&clinic))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .filter(|(version, _)| *version != hb.worklist_version)
+                    .map(|(version, entries)| WorklistSnapshot { version, entries });
+                if let Some(w) = &worklist {
+                    tracing::info!(gateway = %identity, version = %w.version, entries = w.entries.len(),
+                        "sending the clinic's worklist");
+                }
                 write_message(
                     &mut send,
-                    &Envelope::new(Body::HeartbeatAck(HeartbeatAck { seq: hb.seq })),
+                    &Envelope::new(Body::HeartbeatAck(HeartbeatAck {
+                        seq: hb.seq,
+                        worklist,
+                    })),
                 )
                 .await?;
             }

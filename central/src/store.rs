@@ -86,6 +86,13 @@ CREATE TABLE IF NOT EXISTS outbox(
     UNIQUE(gateway, upload_id, destination)
 );
 CREATE INDEX IF NOT EXISTS outbox_ready ON outbox(destination, state, next_attempt_ms, id);
+CREATE TABLE IF NOT EXISTS worklist(
+    clinic TEXT NOT NULL,
+    accession TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY(clinic, accession)
+);
 CREATE TABLE IF NOT EXISTS gateways(
     identity TEXT PRIMARY KEY,
     county TEXT NOT NULL,
@@ -391,6 +398,61 @@ impl Store {
             end_to_end_ms: committed - offer.received_unix_ms,
             path: self.blob_path(sha_hex).display().to_string(),
         })
+    }
+
+    /// Adds or replaces scheduled steps of a clinic (`COUNTY/CLINIC`) and
+    /// removes the completed or cancelled ones, in one transaction.
+    pub fn worklist_update(
+        &self,
+        clinic: &str,
+        upserts: &[yilian_protocol::messages::WorklistEntry],
+        removals: &[String],
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        for e in upserts {
+            let json = serde_json::to_string(e).unwrap_or_else(|_| "{}".into());
+            tx.execute(
+                "INSERT INTO worklist(clinic, accession, entry, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(clinic, accession) DO UPDATE SET entry = ?3, updated_ms = ?4",
+                params![clinic, e.accession_number, json, now],
+            )?;
+        }
+        for a in removals {
+            tx.execute(
+                "DELETE FROM worklist WHERE clinic = ?1 AND accession = ?2",
+                params![clinic, a],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A clinic's worklist and its version (a hash of the entries, so any
+    /// change, including a removal, gives a new one).
+    pub fn worklist(
+        &self,
+        clinic: &str,
+    ) -> Result<(String, Vec<yilian_protocol::messages::WorklistEntry>), StoreError> {
+        use sha2::Digest;
+        let db = self.db();
+        let mut stmt =
+            db.prepare("SELECT entry FROM worklist WHERE clinic = ?1 ORDER BY accession")?;
+        let rows: Vec<String> = stmt
+            .query_map(params![clinic], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut h = sha2::Sha256::new();
+        for r in &rows {
+            h.update(r.as_bytes());
+            h.update(b"\n");
+        }
+        let version = hex::encode(&h.finalize()[..8]);
+        let entries = rows
+            .iter()
+            .filter_map(|r| serde_json::from_str(r).ok())
+            .collect();
+        Ok((version, entries))
     }
 
     /// Whether the index takes a write transaction (the watchdog's check).

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod service;
 pub mod status;
 pub mod uplink;
+pub mod worklist;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,6 +102,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
                 format!("binding the metrics listener on {}", config.metrics.listen)
             })?;
 
+    let worklist = worklist::WorklistCache::load(&config.spool.dir.join("worklist.json"));
     let (stop, stop_rx) = watch::channel(false);
     let wake = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
@@ -160,6 +162,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         );
         let adapter = intake::dicom::DicomAdapter {
             ledger,
+            worklist: worklist.clone(),
             config: node.clone(),
             spool: spool.clone(),
             metrics: metrics.clone(),
@@ -193,6 +196,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         status: status_tx,
         config_version: config.version.clone(),
         certificate_not_after: not_after,
+        worklist: worklist.clone(),
     };
     tasks.spawn(uplink.run(stop_rx.clone()));
     tasks.spawn(housekeeping(

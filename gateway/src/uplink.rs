@@ -17,7 +17,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use yilian_link::{LinkError, MessageReader, write_message};
 use yilian_protocol::messages::{
-    Chunk, Envelope, Heartbeat, Hello, LaneBacklog, Offer, envelope::Body,
+    Chunk, Envelope, Heartbeat, HeartbeatAck, Hello, LaneBacklog, Offer, envelope::Body,
 };
 use yilian_protocol::upload::{
     DEFAULT_IDLE_TIMEOUT, SenderTransmit, UploadError, UploadOutcome, UploadSender,
@@ -87,6 +87,8 @@ pub struct Uplink {
     pub status: watch::Sender<LinkStatus>,
     pub config_version: String,
     pub certificate_not_after: i64,
+    /// Replaced when central sends the clinic's worklist.
+    pub worklist: crate::worklist::WorklistCache,
 }
 
 /// What each heartbeat reports besides the backlog.
@@ -97,6 +99,7 @@ struct HeartbeatSource {
     config_version: String,
     certificate_not_after: i64,
     interval: Duration,
+    worklist: crate::worklist::WorklistCache,
 }
 
 /// Exponential backoff with full jitter between half and all of the step.
@@ -280,6 +283,7 @@ impl Uplink {
                                 config_version: self.config_version.clone(),
                                 certificate_not_after: self.certificate_not_after,
                                 interval: self.config.heartbeat_interval,
+                                worklist: self.worklist.clone(),
                             },
                         );
                         tokio::spawn(async move {
@@ -406,10 +410,19 @@ async fn heartbeat_loop(
                     metrics_text: source.metrics.encode(),
                     config_version: source.config_version.clone(),
                     certificate_not_after: source.certificate_not_after,
+                    worklist_version: source.worklist.version(),
                 }));
                 write_message(&mut send, &hb).await?;
             }
             msg = reader.next() => match msg? {
+                Some(Envelope { body: Some(Body::HeartbeatAck(HeartbeatAck { worklist: Some(w), .. })), .. }) => {
+                    let (cache, n) = (source.worklist.clone(), w.entries.len());
+                    let version = w.version.clone();
+                    match tokio::task::spawn_blocking(move || cache.replace(w.version, w.entries)).await {
+                        Ok(Ok(())) => tracing::info!(version = %version, entries = n, "worklist updated from central"),
+                        _ => tracing::error!("cannot store the worklist central sent; the old one stays in use"),
+                    }
+                }
                 Some(_) => {}
                 None => return Ok(()),
             }

@@ -7,7 +7,10 @@
 //! succeeds; and a 400-image CT study reaches Orthanc, the hospital PACS,
 //! with the same SOP Instance UIDs and pixel data; and a storage
 //! commitment request from pynetdicom answered only once central has the
-//! instances, on a new association, with the unknown instance as failed.
+//! instances, on a new association, with the unknown instance as failed;
+//! and dcmtk `findscu` getting the clinic's worklist, imported at central
+//! with `yilian-central worklist`, from the gateway while central is
+//! unreachable.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -565,6 +568,195 @@ async fn storage_commitment_is_reported_only_after_central_has_the_instances() {
     assert_eq!(report["failed"], serde_json::json!([[never_sent, 0x0112]]));
     assert_eq!(report["event_type"], 2, "some failed");
     assert_eq!(report["transaction"], "1.2.826.0.1.3680043.10.1431.9.99.1");
+    hub.gateway.shutdown().await;
+    hub.central.shutdown().await;
+}
+
+/// `findscu -W` against the gateway; returns the matches' data sets.
+fn findscu(
+    addr: std::net::SocketAddr,
+    keys: &[&str],
+    out: &Path,
+) -> Vec<dicom_object::InMemDicomObject> {
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out).expect("mkdir");
+    let mut cmd = yilian_rig::modality::dcmtk("findscu");
+    cmd.args(["-W", "-X", "-od"])
+        .arg(out)
+        .args(["-aet", "DR_ROOM", "-aec", "YILIAN_GW"]);
+    for k in keys {
+        cmd.args(["-k", k]);
+    }
+    let o = cmd
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .output()
+        .expect("findscu");
+    assert!(
+        o.status.success(),
+        "findscu: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut files: Vec<PathBuf> = std::fs::read_dir(out)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(f).expect("read");
+            // findscu -X writes bare data sets in Explicit VR Little Endian.
+            let ts = dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
+            match dicom_object::OpenFileOptions::new()
+                .from_reader(std::io::Cursor::new(bytes.clone()))
+            {
+                Ok(o) => o.into_inner(),
+                Err(_) => dicom_object::InMemDicomObject::read_dataset_with_ts(&bytes[..], &ts)
+                    .expect("dataset"),
+            }
+        })
+        .collect()
+}
+
+fn text(o: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> String {
+    o.element(tag)
+        .ok()
+        .and_then(|e| {
+            e.to_str()
+                .ok()
+                .map(|s| s.trim_end_matches(['\0', ' ']).to_owned())
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worklist_answers_from_the_box_while_central_is_unreachable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = hub(dir.path(), "", None).await;
+    let orders = serde_json::json!([
+        {"accession_number": "ACC1001", "patient_id": "P1001", "patient_name": "Wang^Xiaoming=王^小明",
+         "patient_sex": "M", "patient_birth_date": "19700101", "modality": "DX",
+         "scheduled_station_ae_title": "DR_ROOM", "scheduled_start_date": "20261123", "scheduled_start_time": "090000",
+         "scheduled_procedure_step_id": "SPS1", "requested_procedure_id": "RP1",
+         "study_instance_uid": "1.2.826.0.1.3680043.10.1431.9.50.1", "requested_procedure_description": "Chest PA"},
+        {"accession_number": "ACC1002", "patient_id": "P1002", "patient_name": "Li^Hua=李^华",
+         "modality": "DX", "scheduled_station_ae_title": "DR_ROOM", "scheduled_start_date": "20261124"},
+        {"accession_number": "ACC1003", "patient_id": "P1003", "patient_name": "Zhao^Lei",
+         "modality": "US", "scheduled_station_ae_title": "US_ROOM", "scheduled_start_date": "20261123"}
+    ]);
+    let file = dir.path().join("orders.json");
+    std::fs::write(&file, orders.to_string()).expect("write");
+    let central_cli = yilian_rig::procs::binary("yilian-central").expect("yilian-central built");
+    let import = |f: &Path| {
+        let o = std::process::Command::new(&central_cli)
+            .args(["worklist", "--data-dir"])
+            .arg(dir.path().join("central-data"))
+            .args(["--clinic", "lingshan/xiacun", "--import"])
+            .arg(f)
+            .output()
+            .expect("yilian-central worklist");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let said = import(&file);
+    assert!(said.contains("3 scheduled step(s) added"), "{said}");
+    let version = |s: &str| {
+        s.split("version ")
+            .nth(1)
+            .and_then(|v| v.split(',').next())
+            .map(str::to_owned)
+    };
+    let v1 = version(&said).expect("version");
+    let wait_version = |v: String| {
+        let gw_dir = dir.path().join("spool").join("worklist.json");
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let held = yilian_gateway::worklist::WorklistCache::load(&gw_dir).version();
+                if held == v {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "gateway holds worklist {held:?}, not {v}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    wait_version(v1).await;
+
+    // Central unreachable from here on.
+    hub.relay.cut();
+    let addr = hub.dicom;
+    let out = dir.path().join("find");
+    let all_dx = run({
+        let o = out.clone();
+        move || {
+            findscu(
+                addr,
+                &[
+                    "PatientName",
+                    "PatientID",
+                    "AccessionNumber",
+                    "ScheduledProcedureStepSequence[0].Modality=DX",
+                    "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate",
+                ],
+                &o,
+            )
+        }
+    })
+    .await;
+    let mut accessions: Vec<String> = all_dx
+        .iter()
+        .map(|o| text(o, dicom_dictionary_std::tags::ACCESSION_NUMBER))
+        .collect();
+    accessions.sort();
+    assert_eq!(accessions, ["ACC1001", "ACC1002"]);
+    let wang = run({
+        let o = out.clone();
+        move || findscu(addr, &["PatientName=wang*", "PatientID", "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=20261120-20261123"], &o)
+    })
+    .await;
+    assert_eq!(wang.len(), 1);
+    assert_eq!(
+        text(&wang[0], dicom_dictionary_std::tags::PATIENT_ID),
+        "P1001"
+    );
+    assert_eq!(
+        text(&wang[0], dicom_dictionary_std::tags::PATIENT_NAME),
+        "Wang^Xiaoming=王^小明"
+    );
+    let none = run({
+        let o = out.clone();
+        move || findscu(addr, &["PatientID=P9*"], &o)
+    })
+    .await;
+    assert!(none.is_empty());
+
+    // The link returns; ACC1001 is done and leaves the box's list.
+    hub.relay.restore();
+    let done = dir.path().join("done.json");
+    std::fs::write(
+        &done,
+        r#"[{"accession_number": "ACC1001", "status": "completed"}]"#,
+    )
+    .expect("write");
+    let said = import(&done);
+    wait_version(version(&said).expect("version")).await;
+    let left = run({
+        let o = out.clone();
+        move || findscu(addr, &["AccessionNumber"], &o)
+    })
+    .await;
+    let mut accessions: Vec<String> = left
+        .iter()
+        .map(|o| text(o, dicom_dictionary_std::tags::ACCESSION_NUMBER))
+        .collect();
+    accessions.sort();
+    assert_eq!(accessions, ["ACC1002", "ACC1003"]);
     hub.gateway.shutdown().await;
     hub.central.shutdown().await;
 }

@@ -99,6 +99,9 @@ pub struct Heartbeat {
     /// Expiry of the gateway's certificate, seconds since the epoch.
     #[prost(int64, tag = "6")]
     pub certificate_not_after: i64,
+    /// Version of the modality worklist the gateway holds ("" for none).
+    #[prost(string, tag = "7")]
+    pub worklist_version: String,
 }
 
 /// Backlog of one lane at the time of a heartbeat.
@@ -118,6 +121,59 @@ pub struct LaneBacklog {
 pub struct HeartbeatAck {
     #[prost(uint64, tag = "1")]
     pub seq: u64,
+    /// The clinic's whole worklist, sent when the gateway's version is not
+    /// central's: the gateway replaces its copy and answers modalities
+    /// from it, also while the link is down.
+    #[prost(message, optional, tag = "2")]
+    pub worklist: Option<WorklistSnapshot>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WorklistSnapshot {
+    #[prost(string, tag = "1")]
+    pub version: String,
+    #[prost(message, repeated, tag = "2")]
+    pub entries: Vec<WorklistEntry>,
+}
+
+/// One scheduled procedure step, with the attributes modalities query.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct WorklistEntry {
+    #[prost(string, tag = "1")]
+    pub accession_number: String,
+    #[prost(string, tag = "2")]
+    pub patient_id: String,
+    /// DICOM PN (`Family^Given`, ideographic after `=`).
+    #[prost(string, tag = "3")]
+    pub patient_name: String,
+    /// YYYYMMDD.
+    #[prost(string, tag = "4")]
+    pub patient_birth_date: String,
+    #[prost(string, tag = "5")]
+    pub patient_sex: String,
+    #[prost(string, tag = "6")]
+    pub requested_procedure_id: String,
+    #[prost(string, tag = "7")]
+    pub requested_procedure_description: String,
+    #[prost(string, tag = "8")]
+    pub study_instance_uid: String,
+    #[prost(string, tag = "9")]
+    pub modality: String,
+    #[prost(string, tag = "10")]
+    pub scheduled_station_ae_title: String,
+    /// YYYYMMDD.
+    #[prost(string, tag = "11")]
+    pub scheduled_start_date: String,
+    /// HHMMSS.
+    #[prost(string, tag = "12")]
+    pub scheduled_start_time: String,
+    #[prost(string, tag = "13")]
+    pub scheduled_procedure_step_id: String,
+    #[prost(string, tag = "14")]
+    pub scheduled_procedure_step_description: String,
+    #[prost(string, tag = "15")]
+    pub referring_physician: String,
 }
 
 /// Either side closes the control stream with a reason.

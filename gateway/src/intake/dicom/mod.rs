@@ -14,6 +14,7 @@
 
 pub mod commitment;
 pub mod dimse;
+pub mod find;
 pub mod sop_classes;
 
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub struct DicomAdapter {
     pub config: DicomSection,
     /// Where storage commitment requests wait for their answer.
     pub ledger: commitment::Ledger,
+    /// What modality worklist queries are answered from.
+    pub worklist: crate::worklist::WorklistCache,
     pub spool: Spool,
     pub metrics: GatewayMetrics,
     pub wake: Arc<Notify>,
@@ -155,7 +158,8 @@ impl DicomAdapter {
             .read_timeout(self.config.timeout)
             .write_timeout(self.config.timeout)
             .with_abstract_syntax(sop_classes::VERIFICATION)
-            .with_abstract_syntax(commitment::STORAGE_COMMITMENT);
+            .with_abstract_syntax(commitment::STORAGE_COMMITMENT)
+            .with_abstract_syntax(find::MWL_FIND);
         for uid in sop_classes::STORAGE {
             o = o.with_abstract_syntax(*uid);
         }
@@ -205,6 +209,7 @@ impl DicomAdapter {
             match pdu {
                 Pdu::PData { data } => {
                     for value in data {
+                        let mut extra: Vec<PDataValue> = Vec::new();
                         let reply = match value.value_type {
                             PDataValueType::Command => {
                                 command.extend_from_slice(&value.data);
@@ -225,7 +230,7 @@ impl DicomAdapter {
                                 let Some(a) = action.as_mut() else { continue };
                                 if a.data.len() + value.data.len() > 16 * 1024 * 1024 {
                                     tracing::warn!(device = %self.config.name, calling_ae = %calling,
-                                        "storage commitment request over 16 MiB; refused");
+                                        "DIMSE request data set over 16 MiB; refused");
                                     action = None;
                                     continue;
                                 }
@@ -234,7 +239,12 @@ impl DicomAdapter {
                                     continue;
                                 }
                                 let Some(a) = action.take() else { continue };
-                                Some(self.on_action(a, &calling).await)
+                                if a.request.field == command::C_FIND_RQ {
+                                    extra = self.on_find(a, &calling);
+                                    None
+                                } else {
+                                    Some(self.on_action(a, &calling).await)
+                                }
                             }
                             PDataValueType::Data => {
                                 let Some(inst) = current.as_mut() else {
@@ -253,15 +263,15 @@ impl DicomAdapter {
                             }
                         };
                         if let Some((context_id, bytes)) = reply {
-                            let pdu = Pdu::PData {
-                                data: vec![PDataValue {
-                                    presentation_context_id: context_id,
-                                    value_type: PDataValueType::Command,
-                                    is_last: true,
-                                    data: bytes,
-                                }],
-                            };
-                            if let Err(e) = assoc.send(&pdu).await {
+                            extra.push(PDataValue {
+                                presentation_context_id: context_id,
+                                value_type: PDataValueType::Command,
+                                is_last: true,
+                                data: bytes,
+                            });
+                        }
+                        for v in extra {
+                            if let Err(e) = assoc.send(&Pdu::PData { data: vec![v] }).await {
                                 tracing::warn!(device = %self.config.name, calling_ae = %calling, error = %e,
                                     "cannot answer the modality; it will resend what it has no answer for");
                                 return;
@@ -320,6 +330,20 @@ impl DicomAdapter {
                 *current = Some(self.begin(request, context_id, &ts, calling));
                 None
             }
+            // Matches are all sent at once; a cancel arriving after them has
+            // nothing left to stop and gets no answer.
+            command::C_CANCEL_RQ => None,
+            command::C_FIND_RQ
+                if request.affected_sop_class == find::MWL_FIND && request.has_dataset() =>
+            {
+                *action = Some(Action {
+                    transfer_syntax: transfer_syntax(context_id),
+                    request,
+                    context_id,
+                    data: Vec::new(),
+                });
+                None
+            }
             command::N_ACTION_RQ
                 if request.requested_sop_class == commitment::STORAGE_COMMITMENT
                     && request.has_dataset() =>
@@ -333,7 +357,7 @@ impl DicomAdapter {
                 None
             }
             other => {
-                tracing::info!(device = %self.config.name, calling_ae = %calling, command = format!("{other:#06x}"),
+                tracing::info!(device = %self.config.name, calling_ae = %calling, command = format!("{other:#06x}"), sop_class = %request.affected_sop_class, data_set_type = request.data_set_type,
                     "DIMSE operation not offered here");
                 (!request.has_dataset()).then(|| {
                     let rsp = request.response(
@@ -344,6 +368,51 @@ impl DicomAdapter {
                 })
             }
         }
+    }
+
+    /// A worklist query: one pending response with a data set per match,
+    /// then the final one.
+    fn on_find(&self, a: Action, calling: &str) -> Vec<PDataValue> {
+        let pdv = |kind, data| PDataValue {
+            presentation_context_id: a.context_id,
+            value_type: kind,
+            is_last: true,
+            data,
+        };
+        let query = match find::parse_query(&a.data, &a.transfer_syntax) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(device = %self.config.name, calling_ae = %calling, error = %e, "unreadable worklist query");
+                let rsp = a
+                    .request
+                    .response(0xC000, Some("identifier does not parse"));
+                return vec![pdv(PDataValueType::Command, rsp.encode())];
+            }
+        };
+        let entries = self.worklist.entries();
+        let mut out = Vec::new();
+        let mut matched = 0;
+        for e in entries.iter().filter(|e| query.matches(e)) {
+            match find::response_dataset(e, &a.transfer_syntax) {
+                Ok(data) => {
+                    let mut rsp = a.request.response(0xFF00, None);
+                    rsp.data_set_type = 0;
+                    out.push(pdv(PDataValueType::Command, rsp.encode()));
+                    out.push(pdv(PDataValueType::Data, data));
+                    matched += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(device = %self.config.name, error = %e, "cannot encode a worklist entry")
+                }
+            }
+        }
+        tracing::info!(device = %self.config.name, calling_ae = %calling, matched, of = entries.len(),
+            worklist = %self.worklist.version(), "worklist query answered");
+        out.push(pdv(
+            PDataValueType::Command,
+            a.request.response(status::SUCCESS, None).encode(),
+        ));
+        out
     }
 
     /// A complete storage commitment request: kept on disk, then accepted.
