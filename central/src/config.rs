@@ -18,6 +18,18 @@ pub struct CentralConfig {
     pub ecg: Option<EcgSection>,
     /// The hospital PACS that DICOM instances are forwarded to.
     pub pacs: Option<PacsSection>,
+    /// Orders from the hospital RIS for the clinics' worklists.
+    pub worklist: Option<WorklistSection>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorklistSection {
+    /// Where the RIS sends ORM^O01 / OMI^O23 over MLLP.
+    pub hl7_listen: Option<SocketAddr>,
+    /// RIS facility codes (MSH-6) to clinics, `CODE = "COUNTY/CLINIC"`.
+    #[serde(default)]
+    pub facilities: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

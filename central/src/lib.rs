@@ -3,6 +3,7 @@
 //! - [`config`] — `central.toml`.
 //! - [`store`] — the durable ingest store (SQLite + content-addressed blobs).
 //! - [`server`] — the QUIC listener and the per-stream protocol drivers.
+//! - [`orders`] — RIS orders (HL7 ORM/OMI) into the clinics' worklists.
 //! - [`outbox`] — the delivery loop; [`lis`], [`ecg`] and [`pacs`] the destinations.
 //! - [`metrics`], [`http`]: Prometheus metrics, including per-gateway series.
 
@@ -13,6 +14,7 @@ pub mod ecg;
 pub mod http;
 pub mod lis;
 pub mod metrics;
+pub mod orders;
 pub mod outbox;
 pub mod pacs;
 pub mod server;
@@ -107,6 +109,19 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
             lis.retry_max,
             stopped.clone(),
         ));
+    }
+    if let Some(w) = &config.worklist
+        && let Some(addr) = w.hl7_listen
+    {
+        let listener = orders::OrderListener {
+            config: w.clone(),
+            store: store.clone(),
+        };
+        let serve = listener
+            .bind(addr, stopped.clone())
+            .await
+            .with_context(|| format!("binding the RIS order listener on {addr}"))?;
+        tokio::spawn(serve);
     }
     if let Some(pacs) = &config.pacs {
         shared.pacs_enabled = true;

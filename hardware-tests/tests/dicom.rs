@@ -10,7 +10,8 @@
 //! instances, on a new association, with the unknown instance as failed;
 //! and dcmtk `findscu` getting the clinic's worklist, imported at central
 //! with `yilian-central worklist`, from the gateway while central is
-//! unreachable.
+//! unreachable, and an ORM^O01 from the RIS (sent by the python `hl7`
+//! package's `mllp_send`) reaching that worklist.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -757,6 +758,83 @@ async fn worklist_answers_from_the_box_while_central_is_unreachable() {
         .collect();
     accessions.sort();
     assert_eq!(accessions, ["ACC1002", "ACC1003"]);
+    hub.gateway.shutdown().await;
+    hub.central.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ris_order_over_mllp_reaches_the_modality_worklist() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ris = free_tcp_port().expect("port");
+    let central_extra = format!(
+        "\n[worklist]\nhl7_listen = \"{ris}\"\nfacilities = {{ XIACUN = \"lingshan/xiacun\" }}\n"
+    );
+    let hub = hub_with(dir.path(), "", None, &central_extra).await;
+    let obr: Vec<String> = (0..=24)
+        .map(|i| match i {
+            0 => "OBR".into(),
+            1 => "1".into(),
+            3 => "FL9".into(),
+            4 => "CHEST^Chest PA".into(),
+            18 => "ACC3001".into(),
+            21 => "DR_ROOM".into(),
+            24 => "DX".into(),
+            _ => String::new(),
+        })
+        .collect();
+    let order = format!(
+        "MSH|^~\\&|RIS|COUNTY|YILIAN|XIACUN|20261123090000||ORM^O01|ORD0001|P|2.3|||AL|NE||UNICODE UTF-8\r\
+         PID|1||P3001^^^H||Sun^Li^^^^^L~孙^丽||19900303|F\r\
+         ORC|NW|PL9|FL9||SC||^^^20261123100000\r{}\r",
+        obr.join("|")
+    );
+    let file = dir.path().join("orm.hl7");
+    std::fs::write(&file, order.replace('\r', "\n")).expect("write");
+    let sender = std::process::Command::new("sh")
+        .args(["-c", "command -v mllp_send"])
+        .output()
+        .expect("sh");
+    let sender = String::from_utf8_lossy(&sender.stdout).trim().to_owned();
+    assert!(!sender.is_empty(), "mllp_send missing (pip install hl7)");
+    let out = std::process::Command::new(&sender)
+        .args(["--loose", "-p", &ris.port().to_string(), "-f"])
+        .arg(&file)
+        .arg("127.0.0.1")
+        .output()
+        .expect("mllp_send");
+    let ack = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(ack.contains("MSA|AA|ORD0001"), "{ack}");
+
+    let addr = hub.dicom;
+    let out_dir = dir.path().join("find");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        let o = out_dir.clone();
+        let r = run(move || {
+            findscu(
+                addr,
+                &["AccessionNumber=ACC3001", "PatientName", "PatientID"],
+                &o,
+            )
+        })
+        .await;
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the order never reached the gateway's worklist"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        text(&found[0], dicom_dictionary_std::tags::PATIENT_ID),
+        "P3001"
+    );
+    assert_eq!(
+        text(&found[0], dicom_dictionary_std::tags::PATIENT_NAME),
+        "Sun^Li"
+    );
     hub.gateway.shutdown().await;
     hub.central.shutdown().await;
 }
