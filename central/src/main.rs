@@ -93,6 +93,27 @@ enum Command {
         #[arg(long)]
         import: Option<PathBuf>,
     },
+    /// DICOM studies received, by study: patient, modalities, series and
+    /// instances, how many the PACS has, and whether the study is complete
+    /// (nothing new for the quiet period).
+    Studies {
+        #[arg(
+            long,
+            default_value = "/etc/yilian/central.toml",
+            conflicts_with = "data_dir"
+        )]
+        config: PathBuf,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Only studies from this gateway (COUNTY/CLINIC/BOX).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// A study with nothing new for this long is complete.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        quiet: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the gateways central has heard from.
     Gateways {
         #[arg(
@@ -334,6 +355,58 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     e.modality,
                     e.scheduled_start_date,
                     e.scheduled_station_ae_title
+                )?;
+            }
+            Ok(())
+        }
+        Command::Studies {
+            config,
+            data_dir: dir,
+            gateway,
+            quiet,
+            json,
+        } => {
+            let dir = data_dir(&config, dir)?;
+            let store = Store::open_read_only(&dir)?;
+            let studies = store.studies(gateway.as_deref(), quiet.as_millis() as i64)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                for s in studies {
+                    writeln!(out, "{}", serde_json::to_string(&s)?)?;
+                }
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "{:<24} {:<14} {:<14} {:<8} {:>6} {:>9} {:>9}  {:<20} STATE",
+                "GATEWAY",
+                "ACCESSION",
+                "PATIENT ID",
+                "MODALITY",
+                "SERIES",
+                "INSTANCES",
+                "IN PACS",
+                "LAST RECEIVED"
+            )?;
+            for s in studies {
+                let state = match (s.complete, s.refused_by_pacs) {
+                    (_, n) if n > 0 => format!("{n} REFUSED by the PACS (yilian-central outbox)"),
+                    (true, _) if s.forwarded == s.instances => "complete, in the PACS".to_owned(),
+                    (true, _) => "complete".to_owned(),
+                    (false, _) => "receiving".to_owned(),
+                };
+                writeln!(
+                    out,
+                    "{:<24} {:<14} {:<14} {:<8} {:>6} {:>9} {:>9}  {:<20} {}",
+                    s.gateway,
+                    s.accession,
+                    s.patient_id,
+                    s.modalities,
+                    s.series,
+                    s.instances,
+                    s.forwarded,
+                    &s.last_at[..s.last_at.len().min(19)],
+                    state
                 )?;
             }
             Ok(())

@@ -125,6 +125,28 @@ pub struct ItemRow {
     pub path: String,
 }
 
+/// A DICOM study as central holds it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StudyRow {
+    pub gateway: String,
+    pub study_uid: String,
+    pub accession: String,
+    pub patient_id: String,
+    pub patient_name: String,
+    pub modalities: String,
+    pub series: u64,
+    pub instances: u64,
+    pub bytes: u64,
+    pub first_at: String,
+    pub last_at: String,
+    /// Instances the PACS has taken.
+    pub forwarded: u64,
+    /// Instances the PACS refused (parked in the outbox).
+    pub refused_by_pacs: u64,
+    /// Nothing new for the quiet period.
+    pub complete: bool,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GatewayRow {
     pub identity: String,
@@ -453,6 +475,55 @@ impl Store {
             .filter_map(|r| serde_json::from_str(r).ok())
             .collect();
         Ok((version, entries))
+    }
+
+    /// DICOM studies received, newest first: instances and series counted,
+    /// forwarded to the PACS or not, and complete once nothing has arrived
+    /// for `quiet_ms`.
+    pub fn studies(
+        &self,
+        gateway: Option<&str>,
+        quiet_ms: i64,
+    ) -> Result<Vec<StudyRow>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT i.gateway,
+                    json_extract(i.metadata, '$.study_uid') AS study,
+                    MAX(json_extract(i.metadata, '$.patient_id')),
+                    MAX(json_extract(i.metadata, '$.patient_name')),
+                    GROUP_CONCAT(DISTINCT json_extract(i.metadata, '$.modality')),
+                    COUNT(DISTINCT json_extract(i.metadata, '$.series_uid')),
+                    COUNT(*), SUM(i.size), MIN(i.committed_ms), MAX(i.committed_ms),
+                    SUM(CASE WHEN o.state = 1 THEN 1 ELSE 0 END),
+                    SUM(CASE WHEN o.state = 2 THEN 1 ELSE 0 END),
+                    MAX(json_extract(i.metadata, '$.accession'))
+             FROM items i
+             LEFT JOIN outbox o ON o.gateway = i.gateway AND o.upload_id = i.upload_id AND o.destination = 'pacs'
+             WHERE i.kind = 'dicom' AND study IS NOT NULL AND (?1 IS NULL OR i.gateway = ?1)
+             GROUP BY i.gateway, study
+             ORDER BY MAX(i.committed_ms) DESC",
+        )?;
+        let now = now_ms();
+        let rows = stmt.query_map(params![gateway], |r| {
+            let last: i64 = r.get(9)?;
+            Ok(StudyRow {
+                gateway: r.get(0)?,
+                study_uid: r.get(1)?,
+                patient_id: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                patient_name: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                modalities: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                series: r.get::<_, i64>(5)? as u64,
+                instances: r.get::<_, i64>(6)? as u64,
+                bytes: r.get::<_, i64>(7)? as u64,
+                first_at: rfc3339(r.get(8)?),
+                last_at: rfc3339(last),
+                forwarded: r.get::<_, i64>(10)? as u64,
+                refused_by_pacs: r.get::<_, i64>(11)? as u64,
+                accession: r.get::<_, Option<String>>(12)?.unwrap_or_default(),
+                complete: now - last >= quiet_ms,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Whether the index takes a write transaction (the watchdog's check).

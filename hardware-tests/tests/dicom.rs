@@ -452,6 +452,21 @@ async fn a_400_image_ct_study_reaches_orthanc_unchanged() {
         m.contains(r#"yilian_central_outbox_items{destination="pacs",state="delivered"} 400"#),
         "{m}"
     );
+    // Indexed by study: one study, one series, all 400 in the PACS; still
+    // receiving within the quiet period, complete after it.
+    let studies = hub.central.store.studies(None, 60_000).expect("studies");
+    assert_eq!(studies.len(), 1);
+    let s = &studies[0];
+    assert_eq!(
+        (s.study_uid.as_str(), s.series, s.instances, s.forwarded),
+        (study.study_uid.as_str(), 1, 400, 400)
+    );
+    assert_eq!(
+        (s.patient_id.as_str(), s.modalities.as_str()),
+        (study.patient_id.as_str(), "CT")
+    );
+    assert!(!s.complete);
+    assert!(hub.central.store.studies(None, 0).expect("studies")[0].complete);
     hub.gateway.shutdown().await;
     hub.central.shutdown().await;
 }
