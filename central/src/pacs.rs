@@ -19,7 +19,7 @@ use dicom_ul::association::AsyncClientAssociation;
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpStream;
-use yilian_codecs::dicom::{Command, command, read_part10};
+use yilian_codecs::dicom::{Command, MAX_COMMAND_SET, command, read_part10};
 
 use crate::config::PacsSection;
 use crate::outbox::{Destination, Verdict};
@@ -181,6 +181,12 @@ impl PacsDelivery {
                     let mut last = false;
                     for v in data {
                         if v.value_type == PDataValueType::Command {
+                            if answer.len() + v.data.len() > MAX_COMMAND_SET {
+                                self.open = None;
+                                return Attempt::Done(Verdict::Retry(
+                                    "the PACS sent an oversized answer".into(),
+                                ));
+                            }
                             answer.extend_from_slice(&v.data);
                             last |= v.is_last;
                         }

@@ -19,6 +19,11 @@ pub mod command {
     pub const N_ACTION_RSP: u16 = 0x8130;
 }
 
+/// Largest command set accepted from a peer, all fragments together. Real
+/// ones are a few hundred bytes; the bound keeps a peer that never sends
+/// the last fragment from growing the buffer without end.
+pub const MAX_COMMAND_SET: usize = 64 * 1024;
+
 /// Command Data Set Type meaning "no data set follows".
 pub const NO_DATASET: u16 = 0x0101;
 

@@ -60,10 +60,14 @@ pub enum AecgError {
 const MAX_FIELD: usize = 256;
 /// Deepest nesting followed; aECG headers sit well within it.
 const MAX_DEPTH: usize = 64;
+/// Bytes read before giving up on reaching the waveforms: headers are
+/// kilobytes; the bound also caps the parser's buffer, which holds one
+/// whole event (a hostile file could make one text node gigabytes long).
+const MAX_HEADER_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Reads the header of the aECG document in `input`.
 pub fn read_aecg<R: BufRead>(input: R) -> Result<AecgHeader, AecgError> {
-    let mut reader = Reader::from_reader(input);
+    let mut reader = Reader::from_reader(input.take(MAX_HEADER_BYTES));
     let mut buf = Vec::new();
     // Local names of the open elements, root first.
     let mut path: Vec<String> = Vec::new();

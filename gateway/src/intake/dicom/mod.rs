@@ -31,7 +31,7 @@ use crate::config::DicomSection;
 use crate::content::{Profile, describe_bytes};
 use crate::metrics::GatewayMetrics;
 use dimse::status;
-use yilian_codecs::dicom::{Command, command};
+use yilian_codecs::dicom::{self, Command, command};
 
 /// Bytes of each data set kept to read its metadata from (headers sit well
 /// within it; pixel data that follows is never looked at).
@@ -212,6 +212,12 @@ impl DicomAdapter {
                         let mut extra: Vec<PDataValue> = Vec::new();
                         let reply = match value.value_type {
                             PDataValueType::Command => {
+                                if command.len() + value.data.len() > dicom::MAX_COMMAND_SET {
+                                    tracing::warn!(device = %self.config.name, calling_ae = %calling,
+                                        "DIMSE command set over 64 KiB; association aborted");
+                                    let _ = assoc.abort().await;
+                                    return;
+                                }
                                 command.extend_from_slice(&value.data);
                                 if !value.is_last {
                                     continue;
