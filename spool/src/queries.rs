@@ -94,15 +94,16 @@ pub(crate) fn list_with_key(
     query_items(conn, sql, params![limit, key])
 }
 
-/// Items whose metadata `key` (a plain name) equals `value`.
+/// Items whose metadata `key` (a plain name) is one of `values`.
 pub(crate) fn list_by_metadata(
     conn: &Connection,
     key: &str,
-    value: &str,
+    values: &[String],
 ) -> Result<Vec<ItemSummary>, SpoolError> {
     let sql = "SELECT id, upload_id, lane, kind, source, metadata, size, sha256, state, attempts, received_ms, delivered_ms, last_error
-         FROM items WHERE json_extract(metadata, '$.' || ?1) = ?2 ORDER BY id";
-    query_items(conn, sql, params![key, value])
+         FROM items WHERE json_extract(metadata, '$.' || ?1) IN (SELECT value FROM json_each(?2)) ORDER BY id";
+    let list = serde_json::to_string(values).unwrap_or_else(|_| "[]".into());
+    query_items(conn, sql, params![key, list])
 }
 
 pub(crate) fn list(

@@ -316,15 +316,16 @@ impl Spool {
         Ok((stats, items))
     }
 
-    /// Items whose metadata has `key` equal to `value` (a DICOM instance by
-    /// its SOP Instance UID), read like [`Spool::inspect`].
+    /// Items whose metadata `key` is one of `values` (DICOM instances by
+    /// their SOP Instance UIDs), in one pass over the index, read like
+    /// [`Spool::inspect`].
     pub fn inspect_by_metadata(
         dir: &Path,
         key: &str,
-        value: &str,
+        values: &[String],
     ) -> Result<Vec<ItemSummary>, SpoolError> {
         let conn = schema::open_ro(&dir.join("index.sqlite"))?;
-        queries::list_by_metadata(&conn, key, value)
+        queries::list_by_metadata(&conn, key, values)
     }
 
     /// The newest `limit` items whose metadata has `key` (e.g. `ecg`), read

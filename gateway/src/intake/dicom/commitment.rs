@@ -166,17 +166,25 @@ struct Outcome {
 
 /// What became of each referenced instance; `None` while any is pending.
 fn resolve(spool_dir: &Path, r: &Request) -> Option<Outcome> {
+    let uids: Vec<String> = r
+        .references
+        .iter()
+        .map(|x| x.sop_instance.clone())
+        .collect();
+    let items = Spool::inspect_by_metadata(spool_dir, "sop_instance_uid", &uids).ok()?;
     let mut ok = Vec::new();
     let mut failed = Vec::new();
     for reference in &r.references {
-        let items =
-            Spool::inspect_by_metadata(spool_dir, "sop_instance_uid", &reference.sop_instance)
-                .ok()?;
-        if items.iter().any(|i| i.state == "delivered") {
+        let states: Vec<&str> = items
+            .iter()
+            .filter(|i| i.metadata.get("sop_instance_uid") == Some(&reference.sop_instance))
+            .map(|i| i.state)
+            .collect();
+        if states.contains(&"delivered") {
             ok.push(reference.clone());
-        } else if items.is_empty() {
+        } else if states.is_empty() {
             failed.push((reference.clone(), NO_SUCH_INSTANCE));
-        } else if items.iter().all(|i| i.state == "dead") {
+        } else if states.iter().all(|s| *s == "dead") {
             failed.push((reference.clone(), PROCESSING_FAILURE));
         } else {
             return None;
@@ -250,7 +258,7 @@ impl Notifier {
         let mut failures: BTreeMap<String, u32> = BTreeMap::new();
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = stop.changed() => return,
             }
             let me = this.clone();
