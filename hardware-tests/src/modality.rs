@@ -78,42 +78,7 @@ impl CtStudy {
             VR::IS,
             PrimitiveValue::from((i + 1).to_string()),
         ));
-        o.put(DataElement::new(
-            tags::SAMPLES_PER_PIXEL,
-            VR::US,
-            PrimitiveValue::from(1u16),
-        ));
-        o.put(s(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"));
-        o.put(DataElement::new(
-            tags::ROWS,
-            VR::US,
-            PrimitiveValue::from(self.rows),
-        ));
-        o.put(DataElement::new(
-            tags::COLUMNS,
-            VR::US,
-            PrimitiveValue::from(self.cols),
-        ));
-        o.put(DataElement::new(
-            tags::BITS_ALLOCATED,
-            VR::US,
-            PrimitiveValue::from(16u16),
-        ));
-        o.put(DataElement::new(
-            tags::BITS_STORED,
-            VR::US,
-            PrimitiveValue::from(12u16),
-        ));
-        o.put(DataElement::new(
-            tags::HIGH_BIT,
-            VR::US,
-            PrimitiveValue::from(11u16),
-        ));
-        o.put(DataElement::new(
-            tags::PIXEL_REPRESENTATION,
-            VR::US,
-            PrimitiveValue::from(0u16),
-        ));
+        put_monochrome_16(&mut o, self.rows, self.cols, 12);
         let n = usize::from(self.rows) * usize::from(self.cols);
         // A deterministic pattern that differs per slice.
         let pixels: Vec<u8> = (0..n)
@@ -133,6 +98,23 @@ impl CtStudy {
             .transfer_syntax(EXPLICIT_VR_LE);
         o.with_meta(meta).map_err(std::io::Error::other)
     }
+}
+
+/// The Image Pixel attributes of a grayscale image, 16 bits allocated.
+fn put_monochrome_16(o: &mut InMemDicomObject, rows: u16, cols: u16, bits_stored: u16) {
+    let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
+    o.put(us(tags::SAMPLES_PER_PIXEL, 1));
+    o.put(DataElement::new(
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        PrimitiveValue::from("MONOCHROME2"),
+    ));
+    o.put(us(tags::ROWS, rows));
+    o.put(us(tags::COLUMNS, cols));
+    o.put(us(tags::BITS_ALLOCATED, 16));
+    o.put(us(tags::BITS_STORED, bits_stored));
+    o.put(us(tags::HIGH_BIT, bits_stored - 1));
+    o.put(us(tags::PIXEL_REPRESENTATION, 0));
 }
 
 /// The bytes of a Part 10 file after its file meta group: the data set as
@@ -206,46 +188,11 @@ pub fn write_large_multiframe(path: &Path, frames: u32) -> std::io::Result<u64> 
         "1.2.826.0.1.3680043.10.1431.9.7.2",
     ));
     o.put(DataElement::new(
-        tags::SAMPLES_PER_PIXEL,
-        VR::US,
-        PrimitiveValue::from(1u16),
-    ));
-    o.put(s(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"));
-    o.put(DataElement::new(
         tags::NUMBER_OF_FRAMES,
         VR::IS,
         PrimitiveValue::from(frames.to_string()),
     ));
-    o.put(DataElement::new(
-        tags::ROWS,
-        VR::US,
-        PrimitiveValue::from(1024u16),
-    ));
-    o.put(DataElement::new(
-        tags::COLUMNS,
-        VR::US,
-        PrimitiveValue::from(1024u16),
-    ));
-    o.put(DataElement::new(
-        tags::BITS_ALLOCATED,
-        VR::US,
-        PrimitiveValue::from(16u16),
-    ));
-    o.put(DataElement::new(
-        tags::BITS_STORED,
-        VR::US,
-        PrimitiveValue::from(16u16),
-    ));
-    o.put(DataElement::new(
-        tags::HIGH_BIT,
-        VR::US,
-        PrimitiveValue::from(15u16),
-    ));
-    o.put(DataElement::new(
-        tags::PIXEL_REPRESENTATION,
-        VR::US,
-        PrimitiveValue::from(0u16),
-    ));
+    put_monochrome_16(&mut o, 1024, 1024, 16);
     let meta = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(MULTIFRAME_WORD_SC)
         .media_storage_sop_instance_uid(&sop)
