@@ -61,6 +61,9 @@ impl WorklistCache {
         )?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
         if let Ok(mut w) = self.inner.write() {
             *w = stored;
         }
