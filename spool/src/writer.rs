@@ -355,12 +355,15 @@ impl Writer {
         let high = self.config.high_mark();
         let low = self.config.low_mark();
         let used = self.usage.used.load(Ordering::SeqCst);
-        if used + size > high {
+        let refusing = self.usage.refusing.load(Ordering::SeqCst);
+        // While refusing, the bar is the low mark, so eviction must aim for
+        // it too: otherwise items delivered after the first refusal stay
+        // held below the high mark and the refusal never lifts.
+        if used + size > high || (refusing && used + size > low) {
             let target = low.saturating_sub(size);
             self.evict_delivered(None, target, unlink)?;
         }
         let used = self.usage.used.load(Ordering::SeqCst);
-        let refusing = self.usage.refusing.load(Ordering::SeqCst);
         let over = used + size > high;
         // Hysteresis: once refusing, accept again only below the low mark,
         // so devices do not flap between accepted and refused.

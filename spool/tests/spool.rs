@@ -223,6 +223,39 @@ fn quota_refuses_above_high_mark_and_evicts_only_delivered() {
 }
 
 #[test]
+fn a_refusal_lifts_once_items_delivered_after_it_are_evicted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut c = config(dir.path());
+    c.quota_bytes = 1_000_000;
+    c.high_watermark = 0.9;
+    c.low_watermark = 0.5;
+    let spool = Spool::open(c).expect("open");
+    for _ in 0..4 {
+        spool
+            .append(item(Lane::Bulk), &vec![1u8; 200_000])
+            .expect("append");
+    }
+    // Refused at 800 kB; then one is delivered, and the next refusal
+    // evicts it: 600 kB undelivered.
+    assert!(spool.append(item(Lane::Bulk), &vec![2u8; 200_000]).is_err());
+    let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
+    spool.ack(l).expect("ack");
+    assert!(spool.append(item(Lane::Bulk), &vec![2u8; 200_000]).is_err());
+    assert_eq!(spool.stats().expect("stats").used_bytes, 600_000);
+    // The rest is delivered. 600 kB + 200 kB is under the high mark but
+    // over the low one: the spool must evict to lift its refusal rather
+    // than keep refusing a device while it holds only delivered data.
+    while let Some(l) = spool.lease(&Lane::ALL).expect("lease") {
+        spool.ack(l).expect("ack");
+    }
+    spool
+        .append(item(Lane::Bulk), &vec![2u8; 200_000])
+        .expect("room once the delivered items go");
+    // Evicted oldest first only down to the low mark less the new item.
+    assert_eq!(spool.stats().expect("stats").used_bytes, 400_000);
+}
+
+#[test]
 fn streaming_writer_refuses_early_and_leaves_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut c = config(dir.path());
