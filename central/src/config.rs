@@ -20,6 +20,33 @@ pub struct CentralConfig {
     pub pacs: Option<PacsSection>,
     /// Orders from the hospital RIS for the clinics' worklists.
     pub worklist: Option<WorklistSection>,
+    /// Enrollment and renewal of box certificates by central's issuing CA.
+    pub enrollment: Option<EnrollmentSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentSection {
+    /// The issuing CA (certificate and key) below the fleet root; the root
+    /// key itself stays offline.
+    pub issuing_cert: PathBuf,
+    pub issuing_key: PathBuf,
+    /// Lifetime of box certificates; boxes renew at two thirds of it.
+    #[serde(default = "default_cert_lifetime", with = "humantime_serde")]
+    pub certificate_lifetime: std::time::Duration,
+    /// How long after expiry a box that was offline may still renew by
+    /// proving its old key, instead of needing a new token.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace: std::time::Duration,
+    /// The `host:port` boxes reach central at, written into tokens.
+    pub public_address: Option<String>,
+}
+
+fn default_cert_lifetime() -> std::time::Duration {
+    std::time::Duration::from_secs(7 * 24 * 3600)
+}
+fn default_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(30 * 24 * 3600)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -185,6 +212,13 @@ impl CentralConfig {
         ] {
             if p.is_relative() {
                 *p = base.join(&*p);
+            }
+        }
+        if let Some(e) = &mut config.enrollment {
+            for p in [&mut e.issuing_cert, &mut e.issuing_key] {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
             }
         }
         Ok(config)

@@ -9,14 +9,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod ecg;
+pub mod fleet;
 pub mod http;
 pub mod lis;
 pub mod metrics;
 pub mod orders;
 pub mod outbox;
 pub mod pacs;
+pub mod registry;
 pub mod server;
 pub mod service;
 pub mod store;
@@ -78,7 +81,9 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
         cert: config.tls.cert.clone(),
         key: config.tls.key.clone(),
     };
-    let server_config = server_config(&tls).context("loading central's TLS files")?;
+    let fleet = fleet::Fleet::open(&config, store.clone())?;
+    let server_config =
+        server_config(&tls, fleet.revocations()).context("loading central's TLS files")?;
     let socket = bind_udp(config.server.listen)
         .with_context(|| format!("binding the QUIC listener on {}", config.server.listen))?;
     let endpoint = quinn::Endpoint::new(
@@ -96,6 +101,7 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
         store.clone(),
         metrics.clone(),
         config.server.max_upload_bytes,
+        fleet,
     );
     let (stop, mut stopped) = watch::channel(false);
     if let Some(lis) = &config.lis {

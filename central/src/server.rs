@@ -9,14 +9,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
-use yilian_link::{LinkError, MessageReader, peer_identity, write_message};
+use yilian_link::{LinkError, MessageReader, Peer, connection_peer, write_message};
 use yilian_protocol::messages::{
-    Envelope, HeartbeatAck, HelloAck, Offer, RejectReason, WorklistSnapshot, envelope::Body,
+    ConfigPush, Envelope, HeartbeatAck, HelloAck, Offer, RejectReason, WorklistSnapshot,
+    envelope::Body,
 };
 use yilian_protocol::upload::{DEFAULT_IDLE_TIMEOUT, ReceiverEvent, UploadReceiver};
 use yilian_protocol::{BoxIdentity, Lane, SUPPORTED_VERSIONS};
 
+use crate::fleet::Fleet;
 use crate::metrics::{CentralMetrics, GatewayLabels, LaneLabels, ReasonLabels};
+use crate::registry::ReportedState;
 use crate::store::{ItemRow, PartialUpload, Store, StoreError};
 
 /// Application close codes on the connection.
@@ -25,6 +28,8 @@ pub mod close {
     pub const VERSION: u32 = 2;
     pub const PROTOCOL: u32 = 3;
     pub const SHUTDOWN: u32 = 4;
+    /// The box was revoked by an administrator.
+    pub const REVOKED: u32 = 5;
 }
 
 /// State shared by all connections.
@@ -39,6 +44,8 @@ pub struct Shared {
     pub ecg_enabled: bool,
     /// Whether DICOM instances are queued for the hospital PACS.
     pub pacs_enabled: bool,
+    /// Enrollment, renewal, revocation, published configuration.
+    pub fleet: Fleet,
     /// The live connection of each box: a new one supersedes the old, whose
     /// streams are then closed at once instead of lingering until the idle
     /// timeout (the box only ever keeps one).
@@ -49,11 +56,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(store: Store, metrics: CentralMetrics, max_upload_bytes: u64) -> Self {
+    pub fn new(store: Store, metrics: CentralMetrics, max_upload_bytes: u64, fleet: Fleet) -> Self {
         Self {
             store,
             metrics,
             max_upload_bytes,
+            fleet,
             lis_enabled: false,
             ecg_enabled: false,
             pacs_enabled: false,
@@ -78,6 +86,28 @@ impl Shared {
             d.push(crate::pacs::DESTINATION);
         }
         d
+    }
+
+    /// Closes a box's live connection, if it has one. Returns whether it had.
+    pub fn disconnect(&self, identity: &BoxIdentity, code: u32, reason: &[u8]) -> bool {
+        let conn = self
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(identity);
+        if let Some(c) = &conn {
+            c.close(code.into(), reason);
+        }
+        conn.is_some()
+    }
+
+    /// Whether a box has a live connection now.
+    pub fn is_connected(&self, identity: &str) -> bool {
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .any(|k| k.to_string() == identity)
     }
 
     fn upload_lock(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
@@ -112,14 +142,25 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, shared: Shared) {
 }
 
 async fn handle_connection(conn: quinn::Connection, remote: SocketAddr, shared: Shared) {
-    let identity = match peer_identity(&conn) {
-        Ok(id) => id,
+    let identity = match connection_peer(&conn) {
+        Ok(Peer::Gateway(id)) => id,
+        Ok(Peer::Admin(name)) => {
+            return crate::admin::serve_admin(conn, remote, name, shared).await;
+        }
+        Ok(Peer::Anonymous) => return crate::admin::serve_anonymous(conn, remote, shared).await,
         Err(e) => {
             tracing::warn!(%remote, error = %e, "connection without a usable gateway identity");
             conn.close(close::PROTOCOL.into(), b"no identity");
             return;
         }
     };
+    // The handshake already refuses revoked boxes; this covers a
+    // revocation that landed during the handshake.
+    if shared.fleet.is_revoked(&identity) {
+        tracing::warn!(gateway = %identity, %remote, "refused a revoked box");
+        conn.close(close::REVOKED.into(), b"revoked");
+        return;
+    }
     let labels = GatewayLabels::of(&identity);
     if let Some(old) = shared
         .connections
@@ -200,10 +241,14 @@ async fn handle_stream(
     match first.body {
         Some(Body::Hello(_)) => control_stream(first, send, reader, identity, shared).await,
         Some(Body::Offer(_)) => upload_stream(first, send, reader, identity, shared).await,
+        Some(Body::RenewRequest(req)) => {
+            crate::admin::renew(send, req, identity, shared).await?;
+            Ok(())
+        }
         _ => {
             let _ = send.reset(close::PROTOCOL.into());
             Err(StreamError::Protocol(
-                "stream must start with Hello or Offer".into(),
+                "stream must start with Hello, Offer or RenewRequest".into(),
             ))
         }
     }
@@ -302,11 +347,13 @@ async fn control_stream(
                     tracing::info!(gateway = %identity, version = %w.version, entries = w.entries.len(),
                         "sending the clinic's worklist");
                 }
+                let config = record_and_config(shared, identity, &hb).await;
                 write_message(
                     &mut send,
                     &Envelope::new(Body::HeartbeatAck(HeartbeatAck {
                         seq: hb.seq,
                         worklist,
+                        config,
                     })),
                 )
                 .await?;
@@ -320,6 +367,63 @@ async fn control_stream(
         }
     }
     Ok(())
+}
+
+/// Keeps what the heartbeat reports for `fleet list`, and returns the
+/// configuration published for the box when it neither runs nor has
+/// refused that version.
+async fn record_and_config(
+    shared: &Shared,
+    identity: &BoxIdentity,
+    hb: &yilian_protocol::messages::Heartbeat,
+) -> Option<ConfigPush> {
+    let backlog: Vec<serde_json::Value> = hb
+        .backlog
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "lane": Lane::try_from(b.lane).unwrap_or(Lane::Bulk).name(),
+                "items": b.items,
+                "bytes": b.bytes,
+                "oldest_age_seconds": b.oldest_age_seconds,
+            })
+        })
+        .collect();
+    let state = ReportedState {
+        certificate_not_after: hb.certificate_not_after,
+        config_version: hb.config_version.clone(),
+        pushed_config_version: hb.pushed_config_version.clone(),
+        pushed_config_error: hb.pushed_config_error.clone(),
+        backlog: serde_json::Value::Array(backlog),
+    };
+    let store = shared.store.clone();
+    let id = identity.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        store.record_state(&id.to_string(), &state)?;
+        store.config_for(id.county(), id.clinic(), &id.to_string())
+    })
+    .await;
+    let published = match r {
+        Ok(Ok(p)) => p?,
+        Ok(Err(e)) => {
+            tracing::warn!(gateway = %identity, error = %e, "cannot record the box's state");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let refused_already = hb
+        .pushed_config_error
+        .split_once(':')
+        .is_some_and(|(v, _)| v == published.version);
+    if published.version == hb.pushed_config_version || refused_already {
+        return None;
+    }
+    tracing::info!(gateway = %identity, version = %published.version, scope = %published.scope,
+        "sending published configuration");
+    Some(ConfigPush {
+        version: published.version,
+        toml: published.toml,
+    })
 }
 
 async fn touch(shared: &Shared, identity: &BoxIdentity, software: Option<&str>) {

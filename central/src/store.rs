@@ -102,6 +102,45 @@ CREATE TABLE IF NOT EXISTS gateways(
     last_seen_ms INTEGER NOT NULL,
     software_version TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS gateway_state(
+    identity TEXT PRIMARY KEY,
+    certificate_not_after INTEGER NOT NULL DEFAULT 0,
+    config_version TEXT NOT NULL DEFAULT '',
+    pushed_config_version TEXT NOT NULL DEFAULT '',
+    pushed_config_error TEXT NOT NULL DEFAULT '',
+    backlog TEXT NOT NULL DEFAULT '[]',
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens(
+    id TEXT PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    used_ms INTEGER,
+    used_from TEXT
+);
+CREATE TABLE IF NOT EXISTS revocations(
+    identity TEXT PRIMARY KEY,
+    revoked_ms INTEGER NOT NULL,
+    revoked_by TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS configs(
+    scope TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    toml TEXT NOT NULL,
+    set_ms INTEGER NOT NULL,
+    set_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
 ";
 
 /// One committed item, as `yilian-central items` lists it.
@@ -236,7 +275,7 @@ impl Store {
         })
     }
 
-    fn db(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves the connection usable
         // (SQLite rolls back the open transaction), so recover the guard.
         self.inner.db.lock().unwrap_or_else(|p| p.into_inner())

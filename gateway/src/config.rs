@@ -33,6 +33,10 @@ pub struct GatewayConfig {
     /// SHA-256 of the configuration text: the version reported to central.
     #[serde(skip)]
     pub version: String,
+    /// The box's own file this was read from (published configuration is
+    /// validated against it).
+    #[serde(skip)]
+    pub source: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -539,6 +543,7 @@ impl GatewayConfig {
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(text.as_bytes()))
         };
+        c.source = path.to_owned();
         let base = path.parent().unwrap_or(Path::new(".")).to_owned();
         let abs = |p: &mut PathBuf| {
             if p.is_relative() {

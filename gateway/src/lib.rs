@@ -5,17 +5,22 @@
 //! - [`intake`] — device adapters feeding the spool.
 //! - [`uplink`] — the QUIC link to central and the upload loop.
 //! - [`metrics`], [`http`]: Prometheus metrics and local status.
-//! - [`service`] — systemd readiness, status, watchdog, journald.
+//! - [`pushed`] — configuration published at central, laid over the box's file.
+//! - [`certificate`] — enrollment and renewal of the box certificate.
+//! - [`enrollment`] — `enroll`, and first boot from an offline bundle.
 //! - [`service`] — systemd readiness, status, watchdog, journald.
 //! - [`status`] — what `yilian-gateway status` prints.
 
 #![forbid(unsafe_code)]
 
+pub mod certificate;
 pub mod config;
 pub mod content;
+pub mod enrollment;
 pub mod http;
 pub mod intake;
 pub mod metrics;
+pub mod pushed;
 pub mod service;
 pub mod status;
 pub mod uplink;
@@ -48,6 +53,9 @@ pub struct Running {
     pub spool: Spool,
     pub metrics: GatewayMetrics,
     pub link: watch::Receiver<LinkStatus>,
+    /// Notified when configuration published at central was accepted and
+    /// the gateway should restart with it.
+    pub reload: Arc<Notify>,
     stop: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
 }
@@ -75,7 +83,8 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         cert: config.uplink.cert.clone(),
         key: config.uplink.key.clone(),
     };
-    let mut client = client_config(&tls).context("loading the gateway's TLS files")?;
+    // Fail at start-up on unusable files, with the file named.
+    client_config(&tls).context("loading the gateway's TLS files")?;
     let not_after = yilian_link::load_cert_chain(&tls.cert)
         .ok()
         .and_then(|chain| {
@@ -91,9 +100,6 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
             version: config.version.chars().take(12).collect(),
         })
         .set(1);
-    if let Some(idle) = config.uplink.idle_timeout {
-        client.transport_config(yilian_link::transport_config_with_idle(idle));
-    }
     let (status_tx, status_rx) = watch::channel(LinkStatus::new(&config.uplink.central));
     let (metrics_addr, http) =
         http::bind(config.metrics.listen, metrics.clone(), status_rx.clone())
@@ -186,17 +192,20 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         };
         tasks.spawn(adapter.run(stop_rx.clone()));
     }
+    let reload = Arc::new(Notify::new());
     let uplink = Uplink {
         server_name: config.server_name(),
         config: config.uplink.clone(),
-        client_config: client,
+        tls,
         spool: spool.clone(),
         metrics: metrics.clone(),
         wake,
         status: status_tx,
         config_version: config.version.clone(),
-        certificate_not_after: not_after,
         worklist: worklist.clone(),
+        pushed: pushed::Pushed::open(&config.spool.dir),
+        config_source: config.source.clone(),
+        reload: reload.clone(),
     };
     tasks.spawn(uplink.run(stop_rx.clone()));
     tasks.spawn(housekeeping(
@@ -217,6 +226,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         spool,
         metrics,
         link: status_rx,
+        reload,
         stop,
         tasks,
     })

@@ -21,6 +21,21 @@ enum Command {
         #[arg(long, default_value = "/etc/yilian/gateway.toml")]
         config: PathBuf,
     },
+    /// Enroll this box: make its key, get its certificate from central with
+    /// a token from the county admin (or from an offline bundle).
+    Enroll {
+        #[arg(long, default_value = "/etc/yilian/gateway.toml")]
+        config: PathBuf,
+        /// `host:port` of central; defaults to the token's, then the
+        /// configuration's.
+        #[arg(long)]
+        central: Option<String>,
+        #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+        token: Option<String>,
+        /// A directory written by `yilian-provision bundle` (a USB stick).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+    },
     /// Check a configuration file and exit.
     CheckConfig {
         #[arg(long, default_value = "/etc/yilian/gateway.toml")]
@@ -61,17 +76,26 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
-            let config = GatewayConfig::load(&config)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(async {
-                let running = yilian_gateway::start(config).await?;
-                yilian_gateway::service::supervise(&running, shutdown_signal()).await;
-                tracing::info!("shutting down");
-                running.shutdown().await;
-                anyhow::Ok(())
-            })
+            rt.block_on(run_gateway(config))
+        }
+        Command::Enroll {
+            config,
+            central,
+            token,
+            bundle,
+        } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(yilian_gateway::enrollment::enroll_command(
+                &config,
+                central.as_deref(),
+                token.as_deref(),
+                bundle.as_deref(),
+            ))
         }
         Command::CheckConfig { config } => {
             let c = GatewayConfig::load(&config)?;
@@ -124,6 +148,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Runs until a shutdown signal, restarting with the new configuration when
+/// central publishes one the box accepted. If the gateway cannot start with
+/// it (a port taken, a device missing), the published part is refused and
+/// the box's own configuration runs again.
+async fn run_gateway(path: PathBuf) -> anyhow::Result<()> {
+    yilian_gateway::enrollment::first_boot(&path).await?;
+    let mut shutdown = Box::pin(shutdown_signal());
+    loop {
+        let (config, pushed) = yilian_gateway::pushed::load_effective(&path)?;
+        let version = pushed.version();
+        let running = match yilian_gateway::start(config).await {
+            Ok(r) => r,
+            Err(e) if !version.is_empty() => {
+                tracing::error!(version = %version, error = %format!("{e:#}"),
+                    "cannot start with the published configuration; going back to the box's own");
+                pushed.refuse(
+                    &version,
+                    &format!("the gateway could not start with it: {e:#}"),
+                );
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let reload = running.reload.clone();
+        let reloading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = reloading.clone();
+        yilian_gateway::service::supervise(&running, async {
+            tokio::select! {
+                _ = &mut shutdown => {}
+                _ = reload.notified() => flag.store(true, std::sync::atomic::Ordering::SeqCst),
+            }
+        })
+        .await;
+        if reloading.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!("restarting with the published configuration");
+            running.shutdown().await;
+            continue;
+        }
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        return Ok(());
     }
 }
 

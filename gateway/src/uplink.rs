@@ -8,6 +8,7 @@
 //! refused the item itself.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
-use yilian_link::{LinkError, MessageReader, write_message};
+use yilian_link::{LinkError, MessageReader, TlsFiles, write_message};
 use yilian_protocol::messages::{
     Chunk, Envelope, Heartbeat, HeartbeatAck, Hello, LaneBacklog, Offer, envelope::Body,
 };
@@ -80,15 +81,20 @@ const UNAVAILABLE_DELAY: Duration = Duration::from_secs(30);
 pub struct Uplink {
     pub config: UplinkSection,
     pub server_name: String,
-    pub client_config: quinn::ClientConfig,
+    /// Read again at every connection, so a renewed certificate is used.
+    pub tls: TlsFiles,
     pub spool: Spool,
     pub metrics: GatewayMetrics,
     pub wake: Arc<Notify>,
     pub status: watch::Sender<LinkStatus>,
     pub config_version: String,
-    pub certificate_not_after: i64,
     /// Replaced when central sends the clinic's worklist.
     pub worklist: crate::worklist::WorklistCache,
+    /// Configuration published at central, and where to validate it.
+    pub pushed: crate::pushed::Pushed,
+    pub config_source: PathBuf,
+    /// Asks the supervisor to restart the gateway with a new configuration.
+    pub reload: Arc<Notify>,
 }
 
 /// What each heartbeat reports besides the backlog.
@@ -97,9 +103,11 @@ struct HeartbeatSource {
     spool: Spool,
     metrics: GatewayMetrics,
     config_version: String,
-    certificate_not_after: i64,
     interval: Duration,
     worklist: crate::worklist::WorklistCache,
+    pushed: crate::pushed::Pushed,
+    config_source: PathBuf,
+    reload: Arc<Notify>,
 }
 
 /// Exponential backoff with full jitter between half and all of the step.
@@ -214,9 +222,8 @@ impl Uplink {
         let runtime = quinn::default_runtime().ok_or_else(|| {
             UplinkError::Link(LinkError::Socket(std::io::Error::other("no async runtime")))
         })?;
-        let mut ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+        let ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
             .map_err(|e| UplinkError::Link(LinkError::Socket(e)))?;
-        ep.set_default_client_config(self.client_config.clone());
         *slot = Some(ep.clone());
         Ok(ep)
     }
@@ -228,10 +235,15 @@ impl Uplink {
         stop: &mut watch::Receiver<bool>,
         backoff: &mut Backoff,
     ) -> Result<(), UplinkError> {
+        self.renew_if_expired().await;
+        let mut client = yilian_link::client_config(&self.tls)?;
+        if let Some(idle) = self.config.idle_timeout {
+            client.transport_config(yilian_link::transport_config_with_idle(idle));
+        }
         let addr = self.resolve().await?;
         let ep = self.endpoint_for(endpoint, addr)?;
         let connecting = ep
-            .connect(addr, &self.server_name)
+            .connect_with(client, addr, &self.server_name)
             .map_err(LinkError::from)?;
         let conn = tokio::select! {
             c = connecting => c?,
@@ -248,9 +260,38 @@ impl Uplink {
             s.identity = Some(identity.clone());
             s.last_error = None;
         });
+        spawn_renewal(conn.clone(), self.tls.clone(), self.metrics.clone());
         let result = self.serve(&conn, stop).await;
         conn.close(0u32.into(), b"gateway closing");
         result
+    }
+
+    /// A certificate that expired (while the box was offline, or because
+    /// the clock jumped) cannot open the link; renew it by proving the old
+    /// key, over a connection without a certificate.
+    async fn renew_if_expired(&self) {
+        let Some((nb, na)) = crate::certificate::validity(&self.tls.cert) else {
+            return;
+        };
+        if crate::certificate::renewal(nb, na, crate::now_ms() / 1000)
+            != crate::certificate::Renewal::Expired
+        {
+            return;
+        }
+        tracing::warn!(
+            expired = na,
+            "the box certificate has expired; asking central to renew it with proof of the old key"
+        );
+        match crate::certificate::renew_expired(&self.tls, &self.config.central, &self.server_name)
+            .await
+        {
+            Ok(i) => {
+                self.metrics.certificate_expiry.set(i.not_after);
+                tracing::info!(identity = %i.identity, not_after = i.not_after, "certificate renewed after expiry");
+            }
+            Err(e) => tracing::error!(error = %e,
+                "cannot renew the expired certificate; if the grace period has passed, enroll again with a new token"),
+        }
     }
 
     /// The hello exchange. With TLS 1.3, a client whose certificate central
@@ -281,9 +322,11 @@ impl Uplink {
                                 spool: self.spool.clone(),
                                 metrics: self.metrics.clone(),
                                 config_version: self.config_version.clone(),
-                                certificate_not_after: self.certificate_not_after,
                                 interval: self.config.heartbeat_interval,
                                 worklist: self.worklist.clone(),
+                                pushed: self.pushed.clone(),
+                                config_source: self.config_source.clone(),
+                                reload: self.reload.clone(),
                             },
                         );
                         tokio::spawn(async move {
@@ -409,18 +452,25 @@ async fn heartbeat_loop(
                     backlog,
                     metrics_text: source.metrics.encode(),
                     config_version: source.config_version.clone(),
-                    certificate_not_after: source.certificate_not_after,
+                    certificate_not_after: source.metrics.certificate_expiry.get(),
                     worklist_version: source.worklist.version(),
+                    pushed_config_version: source.pushed.version(),
+                    pushed_config_error: source.pushed.error(),
                 }));
                 write_message(&mut send, &hb).await?;
             }
             msg = reader.next() => match msg? {
-                Some(Envelope { body: Some(Body::HeartbeatAck(HeartbeatAck { worklist: Some(w), .. })), .. }) => {
-                    let (cache, n) = (source.worklist.clone(), w.entries.len());
-                    let version = w.version.clone();
-                    match tokio::task::spawn_blocking(move || cache.replace(w.version, w.entries)).await {
-                        Ok(Ok(())) => tracing::info!(version = %version, entries = n, "worklist updated from central"),
-                        _ => tracing::error!("cannot store the worklist central sent; the old one stays in use"),
+                Some(Envelope { body: Some(Body::HeartbeatAck(HeartbeatAck { worklist, config, .. })), .. }) => {
+                    if let Some(w) = worklist {
+                        let (cache, n) = (source.worklist.clone(), w.entries.len());
+                        let version = w.version.clone();
+                        match tokio::task::spawn_blocking(move || cache.replace(w.version, w.entries)).await {
+                            Ok(Ok(())) => tracing::info!(version = %version, entries = n, "worklist updated from central"),
+                            _ => tracing::error!("cannot store the worklist central sent; the old one stays in use"),
+                        }
+                    }
+                    if let Some(c) = config {
+                        apply_pushed(&source, c).await;
                     }
                 }
                 Some(_) => {}
@@ -428,6 +478,60 @@ async fn heartbeat_loop(
             }
         }
     }
+}
+
+/// Validates configuration published at central; keeps it and asks for a
+/// restart with it, or records the refusal that the next heartbeats report.
+async fn apply_pushed(source: &HeartbeatSource, push: yilian_protocol::messages::ConfigPush) {
+    let pushed = source.pushed.clone();
+    let path = source.config_source.clone();
+    let version = push.version.clone();
+    let r =
+        tokio::task::spawn_blocking(move || pushed.offer(&path, &push.version, &push.toml)).await;
+    match r {
+        Ok(Ok(())) => {
+            tracing::info!(version = %version, "applying the configuration published at central");
+            source.reload.notify_one();
+        }
+        Ok(Err(reason)) => tracing::error!(version = %version, %reason,
+            "refused the configuration published at central; the current one stays in use"),
+        Err(_) => {}
+    }
+}
+
+/// Renews the certificate over this connection once two thirds of its life
+/// have passed. The connection keeps its handshake; the next one uses the
+/// new certificate.
+fn spawn_renewal(conn: quinn::Connection, tls: TlsFiles, metrics: GatewayMetrics) {
+    use crate::certificate::{Renewal, renew_online, renewal, validity};
+    tokio::spawn(async move {
+        loop {
+            // Re-read the dates every time: the clock may have jumped.
+            let wait = match validity(&tls.cert) {
+                None => Duration::from_secs(60),
+                Some((nb, na)) => match renewal(nb, na, crate::now_ms() / 1000) {
+                    Renewal::NotYet { renew_at } => {
+                        Duration::from_secs((renew_at - crate::now_ms() / 1000).clamp(1, 60) as u64)
+                    }
+                    Renewal::Due | Renewal::Expired => match renew_online(&conn, &tls).await {
+                        Ok(i) => {
+                            metrics.certificate_expiry.set(i.not_after);
+                            tracing::info!(not_after = i.not_after, "box certificate renewed");
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "certificate renewal failed; trying again");
+                            Duration::from_secs(((na - nb) / 30).clamp(1, 300) as u64)
+                        }
+                    },
+                },
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = conn.closed() => return,
+            }
+        }
+    });
 }
 
 fn spawn_rtt_probe(

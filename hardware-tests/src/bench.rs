@@ -542,7 +542,7 @@ async fn raw_quinn(
 ) -> anyhow::Result<Duration> {
     let server = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(server_config(ctls)?),
+        Some(server_config(ctls, yilian_link::Revocations::default())?),
         bind_udp("127.0.0.1:0".parse()?)?,
         quinn::default_runtime().context("runtime")?,
     )?;

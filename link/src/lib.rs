@@ -18,8 +18,14 @@ mod transport;
 
 pub use error::LinkError;
 pub use framed::{MessageReader, write_message};
-pub use identity::{certificate_not_after, identity_from_certificate, peer_identity};
+pub use identity::{
+    ADMIN_SCHEME, Peer, certificate_not_after, certificate_validity, connection_peer,
+    identity_from_certificate, peer_from_certificate, peer_identity,
+};
 pub use pem::{load_cert_chain, load_private_key};
 pub use socket::{SOCKET_BUFFER_BYTES, bind_udp};
-pub use tls::{TlsFiles, client_config, server_config};
+pub use tls::{
+    Revocations, TlsFiles, anonymous_client_config, certificate_fingerprint, client_config,
+    pinned_client_config, server_config, verify_expired_gateway_chain,
+};
 pub use transport::{IDLE_TIMEOUT, KEEP_ALIVE, transport_config, transport_config_with_idle};

@@ -37,7 +37,8 @@ async fn server(dir: &Path, ca: &FleetCa) -> (quinn::Endpoint, SocketAddr) {
         ca.cert_pem(),
     )
     .expect("write");
-    let config = server_config(&files(&out, "central")).expect("server config");
+    let config = server_config(&files(&out, "central"), yilian_link::Revocations::default())
+        .expect("server config");
     let socket = bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
     let ep = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),

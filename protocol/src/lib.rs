@@ -8,6 +8,7 @@
 //!   (offer → held offset → chunks → COMMITTED / REJECTED), in the style of
 //!   quinn-proto: inputs via `handle_*`, outputs via `poll_*`, time passed in.
 //! - [`identity`] — the box identity carried in certificates.
+//! - [`pushed`] — what central may publish into a box's configuration.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod exposition;
 pub mod frame;
 pub mod identity;
 pub mod messages;
+pub mod pushed;
 pub mod upload;
 pub mod version;
 

@@ -12,7 +12,10 @@ use std::collections::BTreeMap;
 /// One message on any stream of the link.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Envelope {
-    #[prost(oneof = "envelope::Body", tags = "1, 2, 3, 4, 5, 10, 11, 12, 13, 14")]
+    #[prost(
+        oneof = "envelope::Body",
+        tags = "1, 2, 3, 4, 5, 10, 11, 12, 13, 14, 20, 21, 22, 23, 24"
+    )]
     pub body: Option<envelope::Body>,
 }
 
@@ -41,6 +44,16 @@ pub mod envelope {
         Committed(Committed),
         #[prost(message, tag = "14")]
         Rejected(Rejected),
+        #[prost(message, tag = "20")]
+        EnrollRequest(EnrollRequest),
+        #[prost(message, tag = "21")]
+        CertificateResponse(CertificateResponse),
+        #[prost(message, tag = "22")]
+        RenewRequest(RenewRequest),
+        #[prost(message, tag = "23")]
+        AdminRequest(AdminRequest),
+        #[prost(message, tag = "24")]
+        AdminResponse(AdminResponse),
     }
 }
 
@@ -102,6 +115,14 @@ pub struct Heartbeat {
     /// Version of the modality worklist the gateway holds ("" for none).
     #[prost(string, tag = "7")]
     pub worklist_version: String,
+    /// Version of the centrally published configuration the gateway runs
+    /// ("" for none).
+    #[prost(string, tag = "8")]
+    pub pushed_config_version: String,
+    /// The last published configuration the gateway refused, as
+    /// `VERSION: reason` ("" when none was refused).
+    #[prost(string, tag = "9")]
+    pub pushed_config_error: String,
 }
 
 /// Backlog of one lane at the time of a heartbeat.
@@ -126,6 +147,81 @@ pub struct HeartbeatAck {
     /// from it, also while the link is down.
     #[prost(message, optional, tag = "2")]
     pub worklist: Option<WorklistSnapshot>,
+    /// Configuration published for this box at central, sent when the
+    /// gateway neither runs nor has refused this version.
+    #[prost(message, optional, tag = "3")]
+    pub config: Option<ConfigPush>,
+}
+
+/// Gateway configuration published centrally: a TOML fragment holding the
+/// device sections and uplink tuning, which the box lays over its local
+/// file after validating the result.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConfigPush {
+    #[prost(string, tag = "1")]
+    pub version: String,
+    #[prost(string, tag = "2")]
+    pub toml: String,
+}
+
+/// First message of an enrollment stream, on a connection without a client
+/// certificate: the single-use token and a CSR for the key the box made.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EnrollRequest {
+    #[prost(string, tag = "1")]
+    pub token: String,
+    #[prost(string, tag = "2")]
+    pub csr_pem: String,
+}
+
+/// Renewal of a box certificate. On a mutually authenticated connection the
+/// identity is the connection's; on a connection without a certificate
+/// (the box's certificate expired while it was offline) `expired_chain_pem`
+/// is the old chain, and the CSR must be signed by its key.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RenewRequest {
+    #[prost(string, tag = "1")]
+    pub csr_pem: String,
+    #[prost(string, tag = "2")]
+    pub expired_chain_pem: String,
+}
+
+/// Central's answer to an enrollment or renewal.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CertificateResponse {
+    /// The box certificate followed by the issuing CA ("" when refused).
+    #[prost(string, tag = "1")]
+    pub chain_pem: String,
+    /// The fleet root CA.
+    #[prost(string, tag = "2")]
+    pub ca_pem: String,
+    /// Why it was refused ("" when issued).
+    #[prost(string, tag = "3")]
+    pub error: String,
+    /// The identity the certificate carries.
+    #[prost(string, tag = "4")]
+    pub identity: String,
+}
+
+/// A fleet administration command from `yilian-provision`, on a connection
+/// authenticated by an admin certificate.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AdminRequest {
+    /// e.g. `token.create`, `fleet.list`, `revoke`, `config.set`.
+    #[prost(string, tag = "1")]
+    pub command: String,
+    /// The command's arguments as a JSON object.
+    #[prost(string, tag = "2")]
+    pub args_json: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AdminResponse {
+    /// The result as JSON ("" when refused).
+    #[prost(string, tag = "1")]
+    pub result_json: String,
+    #[prost(string, tag = "2")]
+    pub error: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

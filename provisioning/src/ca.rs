@@ -16,6 +16,11 @@ use yilian_protocol::BoxIdentity;
 
 pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca.key";
+/// The issuing CA central holds, below the fleet root.
+pub const ISSUING_CERT_FILE: &str = "issuing.pem";
+pub const ISSUING_KEY_FILE: &str = "issuing.key";
+/// SAN URI scheme of administrator certificates.
+pub const ADMIN_SCHEME: &str = "yilian-admin://";
 
 /// Clock skew tolerated between the CA and the boxes: certificates start
 /// this long before their issue time.
@@ -36,6 +41,8 @@ pub enum ProvisionError {
     Rcgen(#[from] rcgen::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error("certificate signing request: {0}")]
+    Csr(String),
 }
 
 fn io_err<'a>(
@@ -138,8 +145,114 @@ impl FleetCa {
         Ok(Self { cert_pem, issuer })
     }
 
+    /// Loads a CA from its certificate and key files (the issuing CA
+    /// central holds).
+    pub fn load_files(cert_path: &Path, key_path: &Path) -> Result<Self, ProvisionError> {
+        let cert_pem = fs::read_to_string(cert_path).map_err(io_err("read", cert_path))?;
+        let key_pem = fs::read_to_string(key_path).map_err(io_err("read", key_path))?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)?;
+        Ok(Self { cert_pem, issuer })
+    }
+
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
+    }
+
+    /// `ca issuing`: an intermediate CA for central to issue box
+    /// certificates with, so that the root key can stay offline. It may not
+    /// sign further CAs.
+    pub fn issue_issuing_ca(
+        &self,
+        name: &str,
+        lifetime: Duration,
+    ) -> Result<IssuedCert, ProvisionError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationName, "Yilian fleet");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, OffsetDateTime::now_utc() - BACKDATE, lifetime);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// An administrator's client certificate (`yilian-admin://NAME`): what
+    /// `yilian-provision` presents to central for fleet commands.
+    pub fn issue_admin(
+        &self,
+        name: &str,
+        lifetime: Duration,
+    ) -> Result<IssuedCert, ProvisionError> {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+        {
+            return Err(ProvisionError::Invalid(format!(
+                "admin name {name:?} may only hold letters, digits, '-', '_', '.' and '@'"
+            )));
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationName, "Yilian administrator");
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::URI(format!("{ADMIN_SCHEME}{name}").try_into()?)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, OffsetDateTime::now_utc() - BACKDATE, lifetime);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Signs a box's CSR. Only the CSR's public key is used (its signature
+    /// proves the box holds the key): identity, usage and lifetime are
+    /// central's to decide, never the requester's.
+    pub fn sign_gateway_csr(
+        &self,
+        csr_pem: &str,
+        identity: &BoxIdentity,
+        not_before: OffsetDateTime,
+        lifetime: Duration,
+    ) -> Result<String, ProvisionError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| ProvisionError::Csr(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, identity.to_string());
+        dn.push(DnType::OrganizationName, "Yilian gateway");
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::URI(identity.to_uri().try_into()?)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, not_before, lifetime);
+        let signed = rcgen::CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        }
+        .signed_by(&self.issuer)?;
+        Ok(signed.pem())
     }
 
     /// A gateway certificate for `identity`, valid from `not_before` for

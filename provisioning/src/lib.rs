@@ -1,11 +1,19 @@
-//! The county admin's tool: the fleet CA and the certificates it issues.
+//! The county admin's tool and the fleet's certificate authority.
 //!
-//! Gateways get a certificate whose SAN URI carries their identity
-//! (`yilian://county/clinic/box`) and client-auth usage; central gets one for
-//! its DNS name (or IP) with server-auth usage. Both chain to the fleet CA.
+//! - [`ca`] — the fleet root CA (kept offline), the issuing CA central holds,
+//!   and the certificates they issue: boxes (`yilian://county/clinic/box`,
+//!   client auth), central (server auth), administrators
+//!   (`yilian-admin://name`, client auth).
+//! - [`csr`] — the box's side of enrollment: its own key and CSR.
+//! - [`token`] — single-use enrollment tokens.
+//! - [`admin`] — the authenticated client `yilian-provision` uses to run
+//!   fleet commands at central.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod ca;
+pub mod csr;
+pub mod token;
 
 pub use ca::{FleetCa, IssuedCert, ProvisionError};

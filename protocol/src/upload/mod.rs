@@ -88,6 +88,11 @@ pub(crate) fn body_name(body: &Option<crate::messages::envelope::Body>) -> &'sta
         Some(Body::Chunk(_)) => "Chunk",
         Some(Body::Committed(_)) => "Committed",
         Some(Body::Rejected(_)) => "Rejected",
+        Some(Body::EnrollRequest(_)) => "EnrollRequest",
+        Some(Body::CertificateResponse(_)) => "CertificateResponse",
+        Some(Body::RenewRequest(_)) => "RenewRequest",
+        Some(Body::AdminRequest(_)) => "AdminRequest",
+        Some(Body::AdminResponse(_)) => "AdminResponse",
     }
 }
 

@@ -1,0 +1,299 @@
+//! The fleet's records in central's index: enrollment tokens, revocations,
+//! published configuration, each box's last reported state, and the audit
+//! log of every change to the fleet.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use crate::store::{Store, StoreError, now_ms, rfc3339};
+
+/// Why a token cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenUse {
+    Consumed,
+    Unknown,
+    AlreadyUsed { at_ms: i64, from: String },
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRow {
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// A box as `fleet list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetRow {
+    pub identity: String,
+    pub software_version: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub last_seen_ms: i64,
+    /// Seconds since the epoch (0 when never reported).
+    pub certificate_not_after: i64,
+    /// Hash of the whole configuration the box runs.
+    pub config_version: String,
+    /// Version of the centrally published configuration it applied.
+    pub pushed_config_version: String,
+    /// The last published configuration it refused, and why.
+    pub pushed_config_error: String,
+    /// Backlog per lane at the last heartbeat.
+    pub backlog: serde_json::Value,
+    pub revoked: Option<String>,
+}
+
+/// What a box reported in its last heartbeat.
+#[derive(Debug, Clone, Default)]
+pub struct ReportedState {
+    pub certificate_not_after: i64,
+    pub config_version: String,
+    pub pushed_config_version: String,
+    pub pushed_config_error: String,
+    pub backlog: serde_json::Value,
+}
+
+/// Configuration published for a scope (`COUNTY`, `COUNTY/CLINIC` or a box).
+#[derive(Debug, Clone, Serialize)]
+pub struct PublishedConfig {
+    pub scope: String,
+    pub version: String,
+    pub toml: String,
+    pub set_at: String,
+    pub set_by: String,
+}
+
+impl Store {
+    pub fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO audit(at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![now_ms(), actor, action, target, detail],
+        )?;
+        Ok(())
+    }
+
+    pub fn audit_log(&self, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT at_ms, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit], |r| {
+            Ok(AuditRow {
+                at: rfc3339(r.get(0)?),
+                actor: r.get(1)?,
+                action: r.get(2)?,
+                target: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })?;
+        let mut out: Vec<AuditRow> = rows.collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Records a minted token, with its audit line, in one transaction.
+    pub fn token_created(
+        &self,
+        id: &str,
+        gateway: &str,
+        expires_ms: i64,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO tokens(id, gateway, expires_ms, created_ms, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, gateway, expires_ms, now, actor],
+        )?;
+        tx.execute(
+            "INSERT INTO audit(at_ms, actor, action, target, detail) VALUES (?1, ?2, 'token.create', ?3, ?4)",
+            params![now, actor, gateway, format!("token {id} expires {}", rfc3339(expires_ms))],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Marks a token used, atomically: of two boxes racing with the same
+    /// token, one wins.
+    pub fn consume_token(&self, id: &str, from: &str) -> Result<TokenUse, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let row: Option<(Option<i64>, Option<String>)> = tx
+            .query_row(
+                "SELECT used_ms, used_from FROM tokens WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let outcome = match row {
+            None => TokenUse::Unknown,
+            Some((Some(at_ms), used_from)) => TokenUse::AlreadyUsed {
+                at_ms,
+                from: used_from.unwrap_or_default(),
+            },
+            Some((None, _)) => {
+                tx.execute(
+                    "UPDATE tokens SET used_ms = ?2, used_from = ?3 WHERE id = ?1 AND used_ms IS NULL",
+                    params![id, now_ms(), from],
+                )?;
+                TokenUse::Consumed
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    pub fn revoke(&self, identity: &str, actor: &str, reason: &str) -> Result<bool, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let now = now_ms();
+        let added = tx.execute(
+            "INSERT OR IGNORE INTO revocations(identity, revoked_ms, revoked_by, reason) VALUES (?1, ?2, ?3, ?4)",
+            params![identity, now, actor, reason],
+        )? == 1;
+        tx.execute(
+            "INSERT INTO audit(at_ms, actor, action, target, detail) VALUES (?1, ?2, 'revoke', ?3, ?4)",
+            params![now, actor, identity, reason],
+        )?;
+        tx.commit()?;
+        Ok(added)
+    }
+
+    pub fn revoked_identities(&self) -> Result<Vec<String>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT identity FROM revocations")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn revocation(&self, identity: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT revoked_ms, revoked_by FROM revocations WHERE identity = ?1",
+                params![identity],
+                |r| {
+                    let at: i64 = r.get(0)?;
+                    let by: String = r.get(1)?;
+                    Ok(format!("{} by {by}", rfc3339(at)))
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn publish_config(
+        &self,
+        scope: &str,
+        version: &str,
+        toml: &str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO configs(scope, version, toml, set_ms, set_by) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(scope) DO UPDATE SET version = ?2, toml = ?3, set_ms = ?4, set_by = ?5",
+            params![scope, version, toml, now, actor],
+        )?;
+        tx.execute(
+            "INSERT INTO audit(at_ms, actor, action, target, detail) VALUES (?1, ?2, 'config.set', ?3, ?4)",
+            params![now, actor, scope, format!("version {version}")],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The configuration that applies to a box: its own, else its clinic's,
+    /// else its county's.
+    pub fn config_for(
+        &self,
+        county: &str,
+        clinic: &str,
+        identity: &str,
+    ) -> Result<Option<PublishedConfig>, StoreError> {
+        let clinic_scope = format!("{county}/{clinic}");
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT scope, version, toml, set_ms, set_by FROM configs
+                 WHERE scope IN (?1, ?2, ?3)
+                 ORDER BY length(scope) - length(replace(scope, '/', '')) DESC LIMIT 1",
+                params![identity, clinic_scope, county],
+                |r| {
+                    Ok(PublishedConfig {
+                        scope: r.get(0)?,
+                        version: r.get(1)?,
+                        toml: r.get(2)?,
+                        set_at: rfc3339(r.get(3)?),
+                        set_by: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn record_state(&self, identity: &str, s: &ReportedState) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT INTO gateway_state(identity, certificate_not_after, config_version,
+                pushed_config_version, pushed_config_error, backlog, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(identity) DO UPDATE SET certificate_not_after = ?2, config_version = ?3,
+                pushed_config_version = ?4, pushed_config_error = ?5, backlog = ?6, updated_ms = ?7",
+            params![
+                identity,
+                s.certificate_not_after,
+                s.config_version,
+                s.pushed_config_version,
+                s.pushed_config_error,
+                s.backlog.to_string(),
+                now_ms()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn fleet(&self) -> Result<Vec<FleetRow>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT g.identity, g.software_version, g.first_seen_ms, g.last_seen_ms,
+                    COALESCE(s.certificate_not_after, 0), COALESCE(s.config_version, ''),
+                    COALESCE(s.pushed_config_version, ''), COALESCE(s.pushed_config_error, ''),
+                    COALESCE(s.backlog, '[]'), r.revoked_ms, r.revoked_by
+             FROM gateways g
+             LEFT JOIN gateway_state s ON s.identity = g.identity
+             LEFT JOIN revocations r ON r.identity = g.identity
+             ORDER BY g.identity",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let backlog: String = r.get(8)?;
+            let revoked_ms: Option<i64> = r.get(9)?;
+            let revoked_by: Option<String> = r.get(10)?;
+            Ok(FleetRow {
+                identity: r.get(0)?,
+                software_version: r.get(1)?,
+                first_seen: rfc3339(r.get(2)?),
+                last_seen: rfc3339(r.get(3)?),
+                last_seen_ms: r.get(3)?,
+                certificate_not_after: r.get(4)?,
+                config_version: r.get(5)?,
+                pushed_config_version: r.get(6)?,
+                pushed_config_error: r.get(7)?,
+                backlog: serde_json::from_str(&backlog).unwrap_or_default(),
+                revoked: revoked_ms
+                    .map(|at| format!("{} by {}", rfc3339(at), revoked_by.unwrap_or_default())),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
