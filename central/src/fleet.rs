@@ -24,8 +24,9 @@ use crate::config::{CentralConfig, EnrollmentSection};
 use crate::registry::TokenUse;
 use crate::store::{Store, StoreError, now_ms, rfc3339};
 
-/// A box's certificate starts this long before it is issued, for clocks
-/// that lag central's.
+/// A box's certificate starts up to this long before it is issued, for
+/// clocks that lag central's (a tenth of the lifetime when that is shorter,
+/// so that short lifetimes still renew at two thirds).
 const BACKDATE_SECS: i64 = 3600;
 
 #[derive(Debug, thiserror::Error)]
@@ -324,16 +325,17 @@ impl Fleet {
         csr_pem: &str,
     ) -> Result<Issued, FleetError> {
         let now = OffsetDateTime::now_utc();
-        let not_before = now - time::Duration::seconds(BACKDATE_SECS);
         let lifetime = issuing.config.certificate_lifetime;
+        let backdate = Duration::from_secs(BACKDATE_SECS as u64).min(lifetime / 10);
+        let not_before = now - backdate;
         let cert = issuing
             .ca
-            .sign_gateway_csr(csr_pem, identity, not_before, lifetime)
+            .sign_gateway_csr(csr_pem, identity, not_before, lifetime + backdate)
             .map_err(|e| match e {
                 ProvisionError::Csr(m) => refused(format!("certificate request refused: {m}")),
                 other => FleetError::Issue(other),
             })?;
-        let not_after = not_before + lifetime;
+        let not_after = now + lifetime;
         Ok(Issued {
             identity: identity.clone(),
             chain_pem: format!("{cert}{}", issuing.ca.cert_pem()),

@@ -29,12 +29,11 @@ impl Fleet {
     /// Central's certificate for `host`, in `dir/central`.
     pub fn central(&self, host: &str) -> anyhow::Result<TlsFiles> {
         let out = self.dir.join("central");
-        write_cert_files(
-            &out,
-            "central",
-            &self.ca.issue_central(host, DAY * 365)?,
-            self.ca.cert_pem(),
-        )?;
+        // With the fleet CA in the chain, as `cert issue --central-host`
+        // writes it: enrolling boxes check central against it.
+        let mut issued = self.ca.issue_central(host, DAY * 365)?;
+        issued.cert_pem.push_str(self.ca.cert_pem());
+        write_cert_files(&out, "central", &issued, self.ca.cert_pem())?;
         Ok(TlsFiles {
             ca: out.join("ca.pem"),
             cert: out.join("central.pem"),

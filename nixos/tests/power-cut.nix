@@ -8,7 +8,7 @@ let
   provision = self.packages.${pkgs.system}.yilian-provision;
   pki = pkgs.runCommand "yilian-test-pki" { nativeBuildInputs = [ provision ]; } ''
     yilian-provision ca init --dir $out/ca
-    yilian-provision cert issue --ca $out/ca --central central --out $out/central
+    yilian-provision cert issue --ca $out/ca --central-host central --out $out/central
     yilian-provision cert issue --ca $out/ca --gateway test/clinic/box-1 --out $out/gateway
   '';
 in

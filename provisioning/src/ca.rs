@@ -224,7 +224,8 @@ impl FleetCa {
         })
     }
 
-    /// Signs a box's CSR. Only the CSR's public key is used (its signature
+    /// Signs a box's CSR, valid from `not_before` for `lifetime`. Only the
+    /// CSR's public key is used (its signature
     /// proves the box holds the key): identity, usage and lifetime are
     /// central's to decide, never the requester's.
     pub fn sign_gateway_csr(
@@ -246,7 +247,9 @@ impl FleetCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, not_before, lifetime);
+        // Exactly the window asked for: central chooses its backdating.
+        params.not_before = not_before;
+        params.not_after = not_before + lifetime;
         let signed = rcgen::CertificateSigningRequestParams {
             params,
             public_key: csr.public_key,

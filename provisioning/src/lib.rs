@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod ca;
 pub mod csr;
+pub mod render;
 pub mod token;
 
 pub use ca::{FleetCa, IssuedCert, ProvisionError};

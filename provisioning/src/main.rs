@@ -4,8 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use serde_json::json;
 use time::OffsetDateTime;
+use yilian_link::TlsFiles;
 use yilian_protocol::BoxIdentity;
 use yilian_provision::FleetCa;
 use yilian_provision::ca::write_cert_files;
@@ -14,9 +17,24 @@ use yilian_provision::ca::write_cert_files;
 #[command(
     name = "yilian-provision",
     version,
-    about = "Fleet CA and box certificates for Yilian"
+    about = "Fleet CA, enrollment tokens and fleet management for Yilian"
 )]
 struct Cli {
+    /// `host:port` of central, for fleet commands.
+    #[arg(long, global = true, env = "YILIAN_CENTRAL")]
+    central: Option<String>,
+    /// Directory with this administrator's admin.pem, admin.key and the
+    /// fleet ca.pem (`cert issue --admin-name NAME --out DIR`).
+    #[arg(
+        long,
+        global = true,
+        env = "YILIAN_ADMIN",
+        default_value = "/etc/yilian/admin"
+    )]
+    admin: PathBuf,
+    /// Name in central's certificate; defaults to the host of --central.
+    #[arg(long, global = true)]
+    server_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,15 +46,101 @@ enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
-    /// Certificates for gateways and central.
+    /// Certificates for gateways, central and administrators.
     Cert {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Single-use enrollment tokens (minted by central).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// An offline enrollment bundle for a USB stick: token, fleet CA and
+    /// optionally the box's initial gateway.toml, in DIR/yilian-bundle.
+    Bundle {
+        #[arg(long)]
+        gateway: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// The box's initial configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
+        expires: Duration,
+    },
+    /// Every box central knows.
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCommand,
+    },
+    /// Cut a box off at once: central refuses its handshakes and uploads.
+    Revoke {
+        gateway: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Gateway configuration published centrally.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Who changed what in the fleet, and when.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token bound to COUNTY/CLINIC/BOX.
+    Create {
+        #[arg(long)]
+        gateway: String,
+        #[arg(long, default_value = "72h", value_parser = humantime::parse_duration)]
+        expires: Duration,
+        /// Also print it as a QR code, for a phone.
+        #[arg(long)]
+        qr: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// One line per box.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one box, with its history.
+    Show { gateway: String },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Publish FILE (device sections, uplink tuning) for a county, a clinic
+    /// or a box; the most specific one applies.
+    Set { scope: String, file: PathBuf },
 }
 
 #[derive(Subcommand)]
 enum CaCommand {
+    /// Create an issuing CA (issuing.pem, issuing.key) signed by the root
+    /// in --root, for central's [enrollment]; the root key can then go back
+    /// offline.
+    Issuing {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "Yilian issuing CA")]
+        name: String,
+        #[arg(long, default_value = "2years", value_parser = humantime::parse_duration)]
+        lifetime: Duration,
+    },
     /// Create the fleet CA (ca.pem, ca.key) in DIR. Keep ca.key offline.
     Init {
         #[arg(long)]
@@ -51,15 +155,18 @@ enum CaCommand {
 
 #[derive(Subcommand)]
 enum CertCommand {
-    /// Issue a certificate: --gateway COUNTY/CLINIC/BOX, or --central HOSTNAME.
+    /// Issue a certificate: --gateway COUNTY/CLINIC/BOX, --central HOSTNAME
+    /// or --admin NAME.
     Issue {
         /// Directory holding the fleet CA.
         #[arg(long)]
         ca: PathBuf,
-        #[arg(long, conflicts_with = "central", required_unless_present = "central")]
+        #[arg(long, group = "subject", required = true)]
         gateway: Option<String>,
-        #[arg(long)]
-        central: Option<String>,
+        #[arg(long = "central-host", group = "subject")]
+        central_host: Option<String>,
+        #[arg(long = "admin-name", group = "subject")]
+        admin_name: Option<String>,
         /// Where to write NAME.pem, NAME.key and ca.pem.
         #[arg(long)]
         out: PathBuf,
@@ -79,7 +186,31 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let session = Session {
+        central: cli.central.clone(),
+        admin: cli.admin.clone(),
+        server_name: cli.server_name.clone(),
+    };
     match cli.command {
+        Command::Ca {
+            command:
+                CaCommand::Issuing {
+                    root,
+                    out,
+                    name,
+                    lifetime,
+                },
+        } => {
+            let root_ca = FleetCa::load(&root)?;
+            let issued = root_ca.issue_issuing_ca(&name, lifetime)?;
+            write_cert_files(&out, "issuing", &issued, root_ca.cert_pem())?;
+            println!(
+                "wrote {0}/issuing.pem and {0}/issuing.key for central's [enrollment]; \
+                 the root key in {1} can go back offline",
+                out.display(),
+                root.display()
+            );
+        }
         Command::Ca {
             command:
                 CaCommand::Init {
@@ -96,31 +227,197 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 CertCommand::Issue {
                     ca,
                     gateway,
-                    central,
+                    central_host,
+                    admin_name,
                     out,
                     lifetime,
                 },
         } => {
             let ca = FleetCa::load(&ca)?;
-            let (name, issued) = match (gateway, central) {
-                (Some(id), _) => {
+            let (name, mut issued) = match (gateway, central_host, admin_name) {
+                (Some(id), _, _) => {
                     let id = BoxIdentity::parse(&id)?;
                     (
                         "gateway",
                         ca.issue_gateway(&id, OffsetDateTime::now_utc(), lifetime)?,
                     )
                 }
-                (None, Some(host)) => ("central", ca.issue_central(&host, lifetime)?),
-                (None, None) => {
-                    anyhow::bail!("give --gateway COUNTY/CLINIC/BOX or --central HOSTNAME")
-                }
+                (None, Some(host), _) => ("central", ca.issue_central(&host, lifetime)?),
+                (None, None, Some(admin)) => ("admin", ca.issue_admin(&admin, lifetime)?),
+                (None, None, None) => anyhow::bail!(
+                    "give --gateway COUNTY/CLINIC/BOX, --central-host HOSTNAME or --admin-name NAME"
+                ),
             };
+            if name == "central" {
+                // Central presents the fleet CA too: a box enrolling has
+                // only the CA's fingerprint from its token to check it by.
+                issued.cert_pem.push_str(ca.cert_pem());
+            }
             write_cert_files(&out, name, &issued, ca.cert_pem())?;
             println!(
                 "wrote {0}/{name}.pem, {0}/{name}.key and {0}/ca.pem",
                 out.display()
             );
         }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    gateway,
+                    expires,
+                    qr,
+                },
+        } => {
+            let v = session.call(
+                "token.create",
+                json!({ "gateway": gateway, "expires_seconds": expires.as_secs(), "central": session.central }),
+            )?;
+            let token = v["token"].as_str().unwrap_or_default();
+            println!("{token}");
+            eprintln!(
+                "for {}, single use, expires {}; fleet CA SHA-256 {}",
+                v["gateway"].as_str().unwrap_or_default(),
+                v["expires"].as_str().unwrap_or_default(),
+                v["ca_sha256"].as_str().unwrap_or_default()
+            );
+            eprintln!("on the box: yilian-gateway enroll --token {token}");
+            if qr {
+                let code = qrcode::QrCode::new(token.as_bytes())?;
+                println!(
+                    "{}",
+                    code.render::<qrcode::render::unicode::Dense1x2>()
+                        .quiet_zone(true)
+                        .build()
+                );
+            }
+        }
+        Command::Bundle {
+            gateway,
+            out,
+            config,
+            expires,
+        } => {
+            let initial = config
+                .map(|p| {
+                    std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+                })
+                .transpose()?;
+            let v = session.call(
+                "token.create",
+                json!({ "gateway": gateway, "expires_seconds": expires.as_secs(), "central": session.central }),
+            )?;
+            let dir = out.join("yilian-bundle");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let ca = std::fs::read_to_string(session.admin.join("ca.pem"))
+                .context("reading the fleet CA beside the admin certificate")?;
+            std::fs::write(dir.join("token"), v["token"].as_str().unwrap_or_default())?;
+            std::fs::write(dir.join("ca.pem"), ca)?;
+            if let Some(text) = initial {
+                std::fs::write(dir.join("gateway.toml"), text)?;
+            }
+            println!(
+                "wrote {} for {} (expires {}); the box enrolls from it at first boot, \
+                 or with `yilian-gateway enroll --bundle DIR`",
+                dir.display(),
+                v["gateway"].as_str().unwrap_or_default(),
+                v["expires"].as_str().unwrap_or_default()
+            );
+        }
+        Command::Fleet {
+            command: FleetCommand::List { json },
+        } => {
+            let v = session.call("fleet.list", json!({}))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{}", yilian_provision::render::fleet_table(&v, now_secs()));
+            }
+        }
+        Command::Fleet {
+            command: FleetCommand::Show { gateway },
+        } => {
+            let v = session.call("fleet.show", json!({ "gateway": gateway }))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Command::Revoke { gateway, reason } => {
+            let v = session.call("revoke", json!({ "gateway": gateway, "reason": reason }))?;
+            println!(
+                "{} revoked{}",
+                v["gateway"].as_str().unwrap_or_default(),
+                if v["was_connected"].as_bool() == Some(true) {
+                    "; its connection was closed"
+                } else {
+                    ""
+                }
+            );
+        }
+        Command::Config {
+            command: ConfigCommand::Set { scope, file },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let v = session.call("config.set", json!({ "scope": scope, "toml": text }))?;
+            println!(
+                "published version {} for {}; boxes apply it at their next heartbeat and report it in `fleet list`",
+                v["version"].as_str().unwrap_or_default(),
+                v["scope"].as_str().unwrap_or_default()
+            );
+        }
+        Command::Audit { limit, json } => {
+            let v = session.call("audit", json!({ "limit": limit }))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for a in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<24} {:<14} {:<28} {}",
+                        a["at"].as_str().unwrap_or_default(),
+                        a["actor"].as_str().unwrap_or_default(),
+                        a["action"].as_str().unwrap_or_default(),
+                        a["target"].as_str().unwrap_or_default(),
+                        a["detail"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
     }
     Ok(())
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Where and as whom fleet commands go.
+struct Session {
+    central: Option<String>,
+    admin: PathBuf,
+    server_name: Option<String>,
+}
+
+impl Session {
+    fn call(&self, command: &str, args: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        let central = self
+            .central
+            .clone()
+            .context("give --central HOST:PORT (or set YILIAN_CENTRAL)")?;
+        let files = TlsFiles {
+            ca: self.admin.join("ca.pem"),
+            cert: self.admin.join("admin.pem"),
+            key: self.admin.join("admin.key"),
+        };
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or_else(|| yilian_provision::admin::host_of(&central));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(yilian_provision::admin::admin(
+            &central, &name, &files, command, args,
+        ))
+        .with_context(|| format!("{command} at {central}"))
+    }
 }

@@ -1,0 +1,511 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers may panic on setup failure
+//! Fleet provisioning with the real binaries: `yilian-provision` minting
+//! tokens, publishing configuration and revoking at a running
+//! `yilian-central`, and `yilian-gateway enroll` / `run` on the box side.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use yilian_link::TlsFiles;
+use yilian_rig::configs::{CentralSetup, FolderSetup, GatewaySetup, free_tcp_port, free_udp_port};
+use yilian_rig::procs::{Proc, binary};
+
+fn run(bin: &str, args: &[&str]) -> Output {
+    Command::new(binary(bin).expect("binary"))
+        .args(args)
+        .output()
+        .expect("spawn")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8")
+}
+
+/// A fleet made with the admin's tool: offline root, issuing CA for
+/// central, central's certificate, an administrator's certificate.
+struct Bench {
+    dir: PathBuf,
+    quic: SocketAddr,
+    metrics: SocketAddr,
+    _central: Proc,
+}
+
+impl Bench {
+    fn start(dir: &Path, lifetime: &str) -> Self {
+        let root = dir.join("root");
+        ok(run("yilian-provision", &["ca", "init", "--dir", s(&root)]));
+        ok(run(
+            "yilian-provision",
+            &[
+                "ca",
+                "issuing",
+                "--root",
+                s(&root),
+                "--out",
+                s(&dir.join("issuing")),
+            ],
+        ));
+        ok(run(
+            "yilian-provision",
+            &[
+                "cert",
+                "issue",
+                "--ca",
+                s(&root),
+                "--central-host",
+                "localhost",
+                "--out",
+                s(&dir.join("central")),
+            ],
+        ));
+        ok(run(
+            "yilian-provision",
+            &[
+                "cert",
+                "issue",
+                "--ca",
+                s(&root),
+                "--admin-name",
+                "alice",
+                "--out",
+                s(&dir.join("admin")),
+            ],
+        ));
+        let quic = free_udp_port().expect("port");
+        let metrics = free_tcp_port().expect("port");
+        let setup = CentralSetup {
+            listen: quic,
+            metrics,
+            data_dir: dir.join("central-data"),
+            tls: TlsFiles {
+                ca: dir.join("central/ca.pem"),
+                cert: dir.join("central/central.pem"),
+                key: dir.join("central/central.key"),
+            },
+        };
+        let toml = format!(
+            "{}\n[enrollment]\nissuing_cert = \"{}\"\nissuing_key = \"{}\"\ncertificate_lifetime = \"{lifetime}\"\ngrace = \"1h\"\npublic_address = \"{quic}\"\n",
+            setup.toml(),
+            s(&dir.join("issuing/issuing.pem")),
+            s(&dir.join("issuing/issuing.key")),
+        );
+        std::fs::write(dir.join("central.toml"), toml).expect("write");
+        let central = Proc::spawn(
+            "yilian-central",
+            &["serve", "--config", s(&dir.join("central.toml"))],
+            &dir.join("central.log"),
+        )
+        .expect("central");
+        wait_tcp(metrics);
+        Self {
+            dir: dir.to_owned(),
+            quic,
+            metrics,
+            _central: central,
+        }
+    }
+
+    fn admin(&self, args: &[&str]) -> Output {
+        let central = self.quic.to_string();
+        let admin = self.dir.join("admin");
+        let mut all = vec![
+            "--central",
+            &central,
+            "--admin",
+            s(&admin),
+            "--server-name",
+            "localhost",
+        ];
+        all.extend_from_slice(args);
+        run("yilian-provision", &all)
+    }
+
+    fn token(&self, gateway: &str, expires: &str) -> String {
+        ok(self.admin(&[
+            "token",
+            "create",
+            "--gateway",
+            gateway,
+            "--expires",
+            expires,
+        ]))
+    }
+
+    /// A box directory with a gateway.toml pointing at `central` and no
+    /// certificate yet.
+    fn box_dir(&self, name: &str, central: SocketAddr, extra: &str) -> PathBuf {
+        let dir = self.dir.join(name);
+        let gw = GatewaySetup {
+            central: central.to_string(),
+            server_name: "localhost".into(),
+            spool_dir: dir.join("spool"),
+            metrics: free_tcp_port().expect("port"),
+            tls: TlsFiles {
+                ca: dir.join("tls/ca.pem"),
+                cert: dir.join("tls/gateway.pem"),
+                key: dir.join("tls/gateway.key"),
+            },
+            folders: vec![FolderSetup {
+                name: "share".into(),
+                path: dir.join("drop"),
+                lane: "bulk",
+                settle_ms: 300,
+            }],
+            idle_timeout_ms: None,
+            reconnect_max_ms: 1000,
+            quota_bytes: None,
+            extra: extra.to_owned(),
+        };
+        std::fs::create_dir_all(dir.join("drop")).expect("mkdir");
+        std::fs::write(dir.join("gateway.toml"), gw.toml()).expect("write");
+        dir
+    }
+
+    fn fleet(&self) -> serde_json::Value {
+        serde_json::from_str(&ok(self.admin(&["fleet", "list", "--json"]))).expect("json")
+    }
+
+    fn show(&self, gateway: &str) -> serde_json::Value {
+        serde_json::from_str(&ok(self.admin(&["fleet", "show", gateway]))).expect("json")
+    }
+}
+
+fn enroll(box_dir: &Path, token: &str, central: Option<SocketAddr>) -> Output {
+    let config = box_dir.join("gateway.toml");
+    let central = central.map(|c| c.to_string());
+    let mut args = vec!["enroll", "--config", s(&config), "--token", token];
+    if let Some(c) = &central {
+        args.extend_from_slice(&["--central", c]);
+    }
+    run("yilian-gateway", &args)
+}
+
+fn wait_tcp(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "{addr} never listened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Flips one character in the middle of a token part.
+fn tamper(token: &str, part: usize) -> String {
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let p = &mut parts[part];
+    let mid = p.len() / 2;
+    let c = if &p[mid..=mid] == "A" { "B" } else { "A" };
+    p.replace_range(mid..=mid, c);
+    parts.join(".")
+}
+
+#[test]
+fn tokens_enroll_once_for_their_box_and_only_at_the_fleets_central() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bench = Bench::start(tmp.path(), "7d");
+
+    // The happy path: a token, a box that makes its own key.
+    let t1 = bench.token("anxi/hutou/box-1", "72h");
+    let b1 = bench.box_dir("box-1", bench.quic, "");
+    let out = ok(enroll(&b1, &t1, None));
+    assert!(out.contains("enrolled as anxi/hutou/box-1"), "{out}");
+    let key = std::fs::read_to_string(b1.join("tls/gateway.key")).expect("key");
+    assert!(key.contains("PRIVATE KEY"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(b1.join("tls/gateway.key"))
+            .expect("stat")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o077, 0, "the box key is private");
+
+    // Reuse, by the same or another box.
+    let b2 = bench.box_dir("box-2", bench.quic, "");
+    let used = enroll(&b2, &t1, None);
+    assert!(!used.status.success());
+    assert!(
+        text(&used).contains("token already used"),
+        "{}",
+        text(&used)
+    );
+
+    // Expired.
+    let short = bench.token("anxi/hutou/box-2", "1s");
+    std::thread::sleep(Duration::from_secs(2));
+    let expired = enroll(&b2, &short, None);
+    assert!(
+        text(&expired).contains("token expired"),
+        "{}",
+        text(&expired)
+    );
+
+    // Forged: the MAC does not match the claims.
+    let t2 = bench.token("anxi/hutou/box-2", "72h");
+    let forged = enroll(&b2, &tamper(&t2, 2), None);
+    assert!(!forged.status.success());
+    assert!(
+        text(&forged).contains("signature invalid"),
+        "{}",
+        text(&forged)
+    );
+
+    // A token for one box, a request for another.
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let claims = yilian_provision::token::peek(&t2).expect("claims");
+    let key = yilian_provision::csr::generate_key().expect("key");
+    let other = yilian_protocol::BoxIdentity::parse("anxi/hutou/box-9").expect("id");
+    let csr = yilian_provision::csr::request(&key, &other).expect("csr");
+    let r = rt.block_on(yilian_provision::admin::enroll(
+        &bench.quic.to_string(),
+        "localhost",
+        &claims.ca_sha256,
+        &t2,
+        &csr,
+    ));
+    let e = r.expect_err("another identity").to_string();
+    assert!(e.contains("the token is for anxi/hutou/box-2"), "{e}");
+
+    // An impostor central with a certificate from another CA: the box
+    // refuses it before sending the token, which stays good.
+    let other_dir = tmp.path().join("impostor");
+    std::fs::create_dir_all(&other_dir).expect("mkdir");
+    let impostor = Bench::start(&other_dir, "7d");
+    let refused = enroll(&b2, &t2, Some(impostor.quic));
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("does not hold the fleet CA"),
+        "{}",
+        text(&refused)
+    );
+    // And a token whose fleet CA fingerprint was changed (here: the MAC
+    // breaks too, but the box refuses central first).
+    let mut c = claims.clone();
+    c.ca_sha256 = "00".repeat(32);
+    let json = serde_json::to_vec(&c).expect("json");
+    let body = data_encoding::BASE64URL_NOPAD.encode(&json);
+    let mac = t2.rsplit('.').next().expect("mac");
+    let wrong_pin = enroll(&b2, &format!("yl1.{body}.{mac}"), None);
+    assert!(
+        text(&wrong_pin).contains("does not hold the fleet CA"),
+        "{}",
+        text(&wrong_pin)
+    );
+    let out = ok(enroll(&b2, &t2, None));
+    assert!(out.contains("enrolled as anxi/hutou/box-2"), "{out}");
+
+    // The enrolled box runs and uploads without further input.
+    let _gw = Proc::spawn(
+        "yilian-gateway",
+        &["run", "--config", s(&b1.join("gateway.toml"))],
+        &b1.join("gateway.log"),
+    )
+    .expect("gateway");
+    std::fs::write(b1.join("drop/ecg.txt"), b"hello central").expect("drop");
+    wait_for("box-1 up with its upload delivered", 30, || {
+        let f = bench.fleet();
+        f.as_array().into_iter().flatten().any(|r| {
+            r["identity"] == "anxi/hutou/box-1"
+                && r["link_up"] == true
+                && r["backlog"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().all(|x| x["items"] == 0))
+                && r["certificate_not_after"].as_i64().unwrap_or(0) > 0
+        })
+    });
+    let audit = ok(bench.admin(&["audit"]));
+    for line in [
+        "token.create",
+        "admin:alice",
+        "enroll",
+        "gateway:anxi/hutou/box-1",
+    ] {
+        assert!(audit.contains(line), "{audit}");
+    }
+    let table = ok(bench.admin(&["fleet", "list"]));
+    assert!(
+        table.contains("anxi/hutou/box-1") && table.contains("up"),
+        "{table}"
+    );
+    let _ = bench.metrics;
+}
+
+#[test]
+fn renewal_published_configuration_and_revocation_mid_upload() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // Short-lived certificates: renewal at two thirds, 10 s in.
+    let bench = Bench::start(tmp.path(), "15s");
+    let relay = tokio::runtime::Runtime::new().expect("rt");
+    let shaped = relay
+        .block_on(yilian_rig::relay::Relay::start_shaped(
+            bench.quic,
+            Some(yilian_rig::relay::Shaping {
+                bytes_per_sec: 2_000_000,
+                queue: Duration::from_millis(50),
+            }),
+        ))
+        .expect("relay");
+    let b = bench.box_dir("box-1", shaped.addr, "");
+    ok(enroll(
+        &b,
+        &bench.token("anxi/hutou/box-1", "1h"),
+        Some(bench.quic),
+    ));
+    let cert = b.join("tls/gateway.pem");
+    let first = std::fs::read_to_string(&cert).expect("cert");
+    let mut gw = Proc::spawn(
+        "yilian-gateway",
+        &["run", "--config", s(&b.join("gateway.toml"))],
+        &b.join("gateway.log"),
+    )
+    .expect("gateway");
+
+    // Published configuration: a valid one is applied (a new HL7
+    // listener appears), an invalid one is refused and reported while
+    // the valid one keeps running.
+    let hl7 = free_tcp_port().expect("port");
+    let good = tmp.path().join("good.toml");
+    std::fs::write(
+        &good,
+        format!("[uplink]\nmax_in_flight = 2\n\n[[hl7]]\nname = \"lab\"\nlisten = \"{hl7}\"\n"),
+    )
+    .expect("write");
+    let said = ok(bench.admin(&["config", "set", "anxi/hutou/box-1", s(&good)]));
+    let good_version = said.split_whitespace().nth(2).expect("version").to_owned();
+    wait_for("the published configuration applied", 60, || {
+        bench.show("anxi/hutou/box-1")["pushed_config_version"] == good_version.as_str()
+    });
+    wait_tcp(hl7);
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[hl7]]\nname = \"lab\"\nlisten = \"not an address\"\n",
+    )
+    .expect("write");
+    let said = ok(bench.admin(&["config", "set", "anxi/hutou/box-1", s(&bad)]));
+    let bad_version = said.split_whitespace().nth(2).expect("version").to_owned();
+    wait_for("the invalid configuration reported", 60, || {
+        bench.show("anxi/hutou/box-1")["pushed_config_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&bad_version))
+    });
+    assert_eq!(
+        bench.show("anxi/hutou/box-1")["pushed_config_version"],
+        good_version.as_str()
+    );
+    std::net::TcpStream::connect_timeout(&hl7, Duration::from_secs(1))
+        .expect("the valid configuration still runs");
+    let refused = bench.admin(&[
+        "config",
+        "set",
+        "anxi/hutou",
+        s(&tmp.path().join("central.toml")),
+    ]);
+    assert!(
+        !refused.status.success(),
+        "central's own file is not a gateway fragment"
+    );
+
+    // Renewal over the link at two thirds of the certificate's life.
+    wait_for("the certificate renewed", 30, || {
+        std::fs::read_to_string(&cert).is_ok_and(|c| c != first)
+    });
+    let audit = ok(bench.admin(&["audit"]));
+    assert!(audit.contains("renew"), "{audit}");
+
+    // Offline across expiry: the box comes back with an expired
+    // certificate and renews by proving its old key.
+    gw.kill9();
+    let (_, not_after) = yilian_gateway::certificate::validity(&cert).expect("validity");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    std::thread::sleep(Duration::from_secs((not_after - now + 1).max(0) as u64));
+    let expired = std::fs::read_to_string(&cert).expect("cert");
+    let mut gw = Proc::spawn(
+        "yilian-gateway",
+        &["run", "--config", s(&b.join("gateway.toml"))],
+        &b.join("gateway.log"),
+    )
+    .expect("gateway");
+    wait_for("renewal after expiry and the link back up", 60, || {
+        std::fs::read_to_string(&cert).is_ok_and(|c| c != expired)
+            && bench
+                .fleet()
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|r| r["link_up"] == true)
+    });
+    let audit = ok(bench.admin(&["audit"]));
+    assert!(audit.contains("renew.expired"), "{audit}");
+
+    // Revoked mid-upload: a 20 MB file on a 2 MB/s link.
+    std::fs::write(b.join("drop/study.bin"), vec![7u8; 20_000_000]).expect("drop");
+    std::thread::sleep(Duration::from_secs(4));
+    let out = ok(bench.admin(&["revoke", "anxi/hutou/box-1", "--reason", "stolen"]));
+    assert!(out.contains("its connection was closed"), "{out}");
+    std::thread::sleep(Duration::from_secs(5));
+    let row = bench.show("anxi/hutou/box-1");
+    assert_eq!(row["link_up"], false, "{row}");
+    assert!(
+        row["revoked"]
+            .as_str()
+            .is_some_and(|r| r.contains("admin:alice")),
+        "{row}"
+    );
+    let items = Command::new(binary("yilian-central").expect("bin"))
+        .args([
+            "items",
+            "--config",
+            s(&tmp.path().join("central.toml")),
+            "--json",
+        ])
+        .output()
+        .expect("items");
+    assert!(
+        !String::from_utf8_lossy(&items.stdout).contains("study.bin"),
+        "the interrupted upload was not committed"
+    );
+    let log = std::fs::read_to_string(tmp.path().join("central.log")).expect("log");
+    assert!(
+        log.contains("refused a revoked box"),
+        "reconnects are refused"
+    );
+    // The box keeps the item: nothing acknowledged to a device is dropped
+    // by a revocation (an admin may re-enroll it under a new identity).
+    let status = Command::new(binary("yilian-gateway").expect("bin"))
+        .args(["status", "--config", s(&b.join("gateway.toml")), "--json"])
+        .output()
+        .expect("status");
+    let st = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        st.contains("study.bin") || st.contains("\"items\": 1"),
+        "{st}"
+    );
+    // A revoked identity gets no new token.
+    let again = bench.admin(&["token", "create", "--gateway", "anxi/hutou/box-1"]);
+    assert!(text(&again).contains("is revoked"), "{}", text(&again));
+    gw.kill9();
+}
