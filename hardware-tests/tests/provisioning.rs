@@ -509,3 +509,89 @@ fn renewal_published_configuration_and_revocation_mid_upload() {
     assert!(text(&again).contains("is revoked"), "{}", text(&again));
     gw.kill9();
 }
+
+#[test]
+fn a_replaced_box_drains_its_backlog_before_it_is_revoked() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bench = Bench::start(tmp.path(), "7d");
+    let rt = tokio::runtime::Runtime::new().expect("rt");
+    let relay = rt
+        .block_on(yilian_rig::relay::Relay::start(bench.quic))
+        .expect("relay");
+    // The old box, with its link down and three items waiting.
+    let old = bench.box_dir("old", relay.addr, "");
+    ok(enroll(
+        &old,
+        &bench.token("anxi/hutou/box-1", "1h"),
+        Some(bench.quic),
+    ));
+    relay.cut();
+    let _old_gw = Proc::spawn(
+        "yilian-gateway",
+        &["run", "--config", s(&old.join("gateway.toml"))],
+        &old.join("gateway.log"),
+    )
+    .expect("gateway");
+    for i in 0..3 {
+        std::fs::write(
+            old.join(format!("drop/result-{i}.txt")),
+            format!("old box {i}"),
+        )
+        .expect("drop");
+    }
+    // Its replacement arrives under its own name in the same clinic.
+    let new = bench.box_dir("new", bench.quic, "");
+    ok(enroll(&new, &bench.token("anxi/hutou/box-2", "1h"), None));
+    let _new_gw = Proc::spawn(
+        "yilian-gateway",
+        &["run", "--config", s(&new.join("gateway.toml"))],
+        &new.join("gateway.log"),
+    )
+    .expect("gateway");
+    std::fs::write(new.join("drop/result-new.txt"), b"new box").expect("drop");
+    // The old box still reaches central: it drains, and only then is
+    // it revoked.
+    std::thread::sleep(Duration::from_secs(2));
+    relay.restore();
+    let items = || {
+        let out = Command::new(binary("yilian-central").expect("bin"))
+            .args([
+                "items",
+                "--config",
+                s(&tmp.path().join("central.toml")),
+                "--json",
+            ])
+            .output()
+            .expect("items");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    wait_for("the old box drained and the new one delivered", 60, || {
+        let all = items();
+        all.matches("anxi/hutou/box-1").count() >= 3 && all.contains("anxi/hutou/box-2")
+    });
+    wait_for("the old box reporting an empty backlog", 30, || {
+        bench.show("anxi/hutou/box-1")["backlog"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty() && l.iter().all(|x| x["items"] == 0))
+    });
+    ok(bench.admin(&[
+        "revoke",
+        "anxi/hutou/box-1",
+        "--reason",
+        "replaced by box-2",
+    ]));
+    let all = items();
+    for i in 0..3 {
+        assert!(all.contains(&format!("result-{i}.txt")), "{all}");
+    }
+    let fleet = bench.fleet();
+    let rows = fleet.as_array().expect("rows");
+    assert!(
+        rows.iter()
+            .any(|r| r["identity"] == "anxi/hutou/box-1" && !r["revoked"].is_null())
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r["identity"] == "anxi/hutou/box-2" && r["revoked"].is_null())
+    );
+}
