@@ -314,6 +314,36 @@ fn tokens_enroll_once_for_their_box_and_only_at_the_fleets_central() {
     let out = ok(enroll(&b2, &t2, None));
     assert!(out.contains("enrolled as anxi/hutou/box-2"), "{out}");
 
+    // An offline bundle for a USB stick, with the box's initial
+    // configuration: a box with no configuration yet takes both.
+    let stick = tmp.path().join("usb");
+    let initial = bench.box_dir("box-3-template", bench.quic, "");
+    ok(bench.admin(&[
+        "bundle",
+        "--gateway",
+        "anxi/hutou/box-3",
+        "--out",
+        s(&stick),
+        "--config",
+        s(&initial.join("gateway.toml")),
+    ]));
+    let b3_config = tmp.path().join("box-3/etc/gateway.toml");
+    let out = ok(run(
+        "yilian-gateway",
+        &[
+            "enroll",
+            "--config",
+            s(&b3_config),
+            "--bundle",
+            s(&stick.join("yilian-bundle")),
+        ],
+    ));
+    assert!(out.contains("enrolled as anxi/hutou/box-3"), "{out}");
+    assert!(
+        b3_config.exists(),
+        "the bundle's gateway.toml was installed"
+    );
+
     // The enrolled box runs and uploads without further input.
     let _gw = Proc::spawn(
         "yilian-gateway",
