@@ -87,6 +87,27 @@ fn validity(params: &mut CertificateParams, not_before: OffsetDateTime, lifetime
     params.not_after = not_before + BACKDATE + lifetime;
 }
 
+/// Parameters of an end-entity certificate: subject, one SAN, signature
+/// usage, one extended usage, a random serial.
+fn leaf_params(
+    common_name: &str,
+    organization: &str,
+    san: SanType,
+    usage: ExtendedKeyUsagePurpose,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationName, organization);
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![san];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    params.serial_number = Some(random_serial());
+    params.use_authority_key_identifier_extension = true;
+    params
+}
+
 impl FleetCa {
     /// Creates a new CA in memory.
     pub fn generate(name: &str, lifetime: Duration) -> Result<(Self, IssuedCert), ProvisionError> {
@@ -206,16 +227,12 @@ impl FleetCa {
             )));
         }
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        dn.push(DnType::OrganizationName, "Yilian administrator");
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(format!("{ADMIN_SCHEME}{name}").try_into()?)];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.serial_number = Some(random_serial());
-        params.use_authority_key_identifier_extension = true;
+        let mut params = leaf_params(
+            name,
+            "Yilian administrator",
+            SanType::URI(format!("{ADMIN_SCHEME}{name}").try_into()?),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
         validity(&mut params, OffsetDateTime::now_utc() - BACKDATE, lifetime);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
@@ -237,16 +254,12 @@ impl FleetCa {
     ) -> Result<String, ProvisionError> {
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| ProvisionError::Csr(e.to_string()))?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, identity.to_string());
-        dn.push(DnType::OrganizationName, "Yilian gateway");
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(identity.to_uri().try_into()?)];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.serial_number = Some(random_serial());
-        params.use_authority_key_identifier_extension = true;
+        let mut params = leaf_params(
+            &identity.to_string(),
+            "Yilian gateway",
+            SanType::URI(identity.to_uri().try_into()?),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
         // Exactly the window asked for: central chooses its backdating.
         params.not_before = not_before;
         params.not_after = not_before + lifetime;
@@ -267,16 +280,12 @@ impl FleetCa {
         lifetime: Duration,
     ) -> Result<IssuedCert, ProvisionError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, identity.to_string());
-        dn.push(DnType::OrganizationName, "Yilian gateway");
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(identity.to_uri().try_into()?)];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.serial_number = Some(random_serial());
-        params.use_authority_key_identifier_extension = true;
+        let mut params = leaf_params(
+            &identity.to_string(),
+            "Yilian gateway",
+            SanType::URI(identity.to_uri().try_into()?),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
         validity(&mut params, not_before, lifetime);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
@@ -292,19 +301,16 @@ impl FleetCa {
         lifetime: Duration,
     ) -> Result<IssuedCert, ProvisionError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, hostname);
-        dn.push(DnType::OrganizationName, "Yilian central");
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![match hostname.parse::<IpAddr>() {
+        let san = match hostname.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => SanType::DnsName(hostname.try_into()?),
-        }];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.serial_number = Some(random_serial());
-        params.use_authority_key_identifier_extension = true;
+        };
+        let mut params = leaf_params(
+            hostname,
+            "Yilian central",
+            san,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
         validity(&mut params, OffsetDateTime::now_utc() - BACKDATE, lifetime);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
