@@ -10,6 +10,8 @@
 //! - [`orthanc`] — Orthanc as the hospital PACS, with its own config.
 //! - [`modality`] — CT studies as Part 10 files, dcmtk's storescu/echoscu.
 //! - [`cart`] — an ECG cart: SCP-ECG records, raw or by lrzsz XMODEM/YMODEM.
+//! - [`wan`] — the emulated uplink: link profiles between two network
+//!   namespaces joined by TUN devices.
 //! - [`demo`], [`bench`]: the `yilian-rig demo` and `yilian-rig bench` jobs.
 
 #![forbid(unsafe_code)]
@@ -29,3 +31,4 @@ pub mod procs;
 pub mod relay;
 pub mod scrape;
 pub mod units;
+pub mod wan;

@@ -1,5 +1,6 @@
 //! `yilian-rig`: the bench's command line.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,10 +37,83 @@ enum Command {
         #[arg(long)]
         markdown: Option<PathBuf>,
     },
+    /// One end of a plain flow that measures an emulated link (run inside
+    /// its namespaces by the bench; prints one JSON line).
+    Probe {
+        #[command(subcommand)]
+        probe: Probe,
+    },
+}
+
+#[derive(Subcommand)]
+enum Probe {
+    /// Accept one TCP connection, read it to the end, answer the count.
+    TcpSink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Send this many bytes over TCP; print goodput once the sink confirms.
+    TcpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+    },
+    /// Count and echo datagrams until killed.
+    UdpSink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Send numbered datagrams; print loss, round trips and received rate.
+    UdpSend {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 1200)]
+        size: usize,
+        /// Datagrams per second; 0 floods.
+        #[arg(long, default_value_t = 0.0)]
+        pps: f64,
+    },
+}
+
+fn run_probe(probe: Probe) -> anyhow::Result<()> {
+    use yilian_rig::wan::probe;
+    match probe {
+        Probe::TcpSink { listen } => probe::tcp_sink(listen),
+        Probe::TcpSend { to, bytes } => {
+            println!("{}", serde_json::to_string(&probe::tcp_send(to, bytes)?)?);
+            Ok(())
+        }
+        Probe::UdpSink { listen } => probe::udp_sink(listen),
+        Probe::UdpSend {
+            to,
+            count,
+            size,
+            pps,
+        } => {
+            println!(
+                "{}",
+                serde_json::to_string(&probe::udp_send(to, count, size, pps)?)?
+            );
+            Ok(())
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Probe { probe } = cli.command {
+        // Plain blocking sockets: no runtime, nothing else in the process.
+        return match run_probe(probe) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("yilian-rig probe: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if !matches!(cli.command, Command::Bench { .. }) || std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(
@@ -79,6 +153,7 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
+            Command::Probe { .. } => Ok(()),
         }
     });
     match result {

@@ -1,0 +1,17 @@
+//! The clinic's uplink on the bench: a userspace link emulator between two
+//! network namespaces (this kernel has no netem).
+//!
+//! - [`model`] — what one direction does to a packet (rate, queue, delay,
+//!   jitter, bursty loss, reordering, MTU, outages), on a virtual clock.
+//! - [`profile`] — named link profiles (`adsl`, `4g`, `satellite`, `flaky`,
+//!   `lan`) as small TOML files.
+//! - [`emulator`] — namespaces, TUN devices and the forwarding threads.
+//! - [`probe`] — plain TCP and UDP flows that measure the emulator itself.
+
+pub mod emulator;
+pub mod model;
+pub mod probe;
+pub mod profile;
+
+pub use emulator::{CLINIC_ADDR, HUB_ADDR, Namespace, Wan};
+pub use profile::Profile;
