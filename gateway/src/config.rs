@@ -97,6 +97,37 @@ pub struct UplinkSection {
     /// Longest wait between reconnect attempts.
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// Cap outside every schedule window (see [`crate::bandwidth`]).
+    #[serde(default = "unlimited")]
+    pub rate_limit: crate::bandwidth::Rate,
+    #[serde(default)]
+    pub schedule: Vec<crate::bandwidth::Window>,
+    /// The clinic's clock, for the schedule.
+    #[serde(default)]
+    pub utc_offset: crate::bandwidth::Offset,
+    /// Bytes per hour urgent items may send beyond the cap.
+    #[serde(default = "default_urgent_allowance")]
+    pub urgent_allowance: crate::bandwidth::ByteSize,
+}
+
+impl UplinkSection {
+    pub fn bandwidth_policy(&self) -> crate::bandwidth::Policy {
+        crate::bandwidth::Policy {
+            default: self.rate_limit,
+            windows: self.schedule.clone(),
+            offset: self.utc_offset,
+            urgent_allowance: self.urgent_allowance.0,
+        }
+    }
+}
+
+fn unlimited() -> crate::bandwidth::Rate {
+    crate::bandwidth::Rate(None)
+}
+fn default_urgent_allowance() -> crate::bandwidth::ByteSize {
+    // A few hundred STAT ECGs an hour; a CT study marked urgent would
+    // spend it and fall back under the cap.
+    crate::bandwidth::ByteSize(50_000_000)
 }
 
 fn default_in_flight() -> usize {

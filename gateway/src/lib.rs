@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bandwidth;
 pub mod certificate;
 pub mod config;
 pub mod content;

@@ -45,6 +45,7 @@ pub struct VersionLabels {
 }
 
 type GaugeF = Gauge<f64, AtomicU64>;
+type CounterF = Counter<f64, AtomicU64>;
 
 /// Why an upload attempt did not end in COMMITTED.
 pub const RETRY_REASONS: &[&str] = &[
@@ -83,6 +84,9 @@ pub struct GatewayMetrics {
     pub link_up: Gauge,
     pub link_connects: Counter,
     pub link_rtt: GaugeF,
+    pub rate_cap: GaugeF,
+    pub urgent_allowance: Gauge,
+    pub throttled: CounterF,
     pub certificate_expiry: Gauge,
     pub config_info: Family<VersionLabels, Gauge>,
     pub ecg_received: Family<EcgLabels, Counter>,
@@ -115,6 +119,9 @@ impl GatewayMetrics {
             link_up: Gauge::default(),
             link_connects: Counter::default(),
             link_rtt: GaugeF::default(),
+            rate_cap: GaugeF::default(),
+            urgent_allowance: Gauge::default(),
+            throttled: CounterF::default(),
             certificate_expiry: Gauge::default(),
             config_info: Family::default(),
             ecg_received: Family::default(),
@@ -211,6 +218,23 @@ impl GatewayMetrics {
             "Round-trip time to central as QUIC estimates it",
             Unit::Seconds,
             m.link_rtt.clone(),
+        );
+        r.register(
+            "yilian_uplink_rate_cap_bits_per_second",
+            "Upload cap in force now from the bandwidth schedule; 0 when unlimited",
+            m.rate_cap.clone(),
+        );
+        r.register_with_unit(
+            "yilian_uplink_urgent_allowance",
+            "Bytes urgent items may still send beyond the cap this hour",
+            Unit::Bytes,
+            m.urgent_allowance.clone(),
+        );
+        r.register_with_unit(
+            "yilian_uplink_throttled",
+            "Time uploads waited for the bandwidth cap, summed over uploads",
+            Unit::Seconds,
+            m.throttled.clone(),
         );
         r.register(
             "yilian_certificate_expiry_timestamp_seconds",

@@ -26,6 +26,7 @@ use yilian_protocol::upload::{
 use yilian_protocol::{RejectReason, SUPPORTED_VERSIONS};
 use yilian_spool::{Lane, Lease, Payload, Spool, SpoolError};
 
+use crate::bandwidth::Limiter;
 use crate::config::UplinkSection;
 use crate::metrics::{GatewayMetrics, LaneLabels};
 
@@ -156,7 +157,68 @@ fn wire_lane(lane: Lane) -> yilian_protocol::Lane {
 
 impl Uplink {
     /// Runs until `stop` turns true.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        let limiter = Arc::new(Limiter::new(self.config.bandwidth_policy()));
+        if !limiter.policy().is_unlimited() {
+            tracing::info!(
+                default = %limiter.policy().default,
+                windows = limiter.policy().windows.len(),
+                "bandwidth schedule in force"
+            );
+        }
+        tokio::spawn(report_bandwidth(
+            limiter.clone(),
+            self.metrics.clone(),
+            stop.clone(),
+        ));
+        let this = Running {
+            uplink: self,
+            limiter,
+        };
+        this.run(stop).await
+    }
+}
+
+/// The uplink with what lives as long as it runs.
+struct Running {
+    uplink: Uplink,
+    limiter: Arc<Limiter>,
+}
+
+impl std::ops::Deref for Running {
+    type Target = Uplink;
+    fn deref(&self) -> &Uplink {
+        &self.uplink
+    }
+}
+
+/// Publishes the cap in force and the urgent allowance left.
+async fn report_bandwidth(
+    limiter: Arc<Limiter>,
+    metrics: GatewayMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last: Option<Option<f64>> = None;
+    loop {
+        let cap = limiter.current_cap();
+        if last != Some(cap) {
+            let shown = crate::bandwidth::Rate(cap);
+            tracing::info!(cap = %shown, "upload cap now");
+            last = Some(cap);
+        }
+        metrics.rate_cap.set(cap.unwrap_or(0.0));
+        metrics
+            .urgent_allowance
+            .set(limiter.allowance_left().min(i64::MAX as u64) as i64);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+impl Running {
+    async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(500), self.config.reconnect_max);
         let mut endpoint: Option<quinn::Endpoint> = None;
         loop {
@@ -396,6 +458,7 @@ impl Uplink {
                     lease,
                     self.config.chunk_size,
                     self.metrics.clone(),
+                    self.limiter.clone(),
                 ));
             }
             tokio::select! {
@@ -571,11 +634,12 @@ async fn upload_task(
     lease: Lease,
     chunk_size: usize,
     metrics: GatewayMetrics,
+    limiter: Arc<Limiter>,
 ) -> Lane {
     let lane = lease.lane;
     let upload_id = lease.upload_id.clone();
     let started = Instant::now();
-    let result = attempt(&conn, &spool, &lease, chunk_size, &metrics).await;
+    let result = attempt(&conn, &spool, &lease, chunk_size, &metrics, &limiter).await;
     let settle = move || -> Result<(), SpoolError> {
         match result {
             Ok(UploadOutcome::Committed) => {
@@ -655,6 +719,7 @@ async fn attempt(
     lease: &Lease,
     chunk_size: usize,
     metrics: &GatewayMetrics,
+    limiter: &Limiter,
 ) -> Result<UploadOutcome, AttemptError> {
     let payload = {
         let spool = spool.clone();
@@ -689,7 +754,8 @@ async fn attempt(
             Some(SenderTransmit::Chunk { offset, len }) => {
                 let data = read_chunk(payload.clone(), offset, len).await?;
                 let env = Envelope::new(Body::Chunk(Chunk { offset, data }));
-                let r = write_message(&mut send, &env).await;
+                let urgent = lease.lane == Lane::Urgent;
+                let r = write_paced(&mut send, &env, limiter, urgent, metrics).await;
                 if r.is_ok() {
                     metrics.uploaded_bytes.inc_by(len as u64);
                 }
@@ -729,6 +795,32 @@ async fn attempt(
             return Err(AttemptError::Link(e));
         }
     }
+}
+
+/// Piece of a chunk written at a time under a cap: small enough that a
+/// thin line is not flooded in one burst.
+const PACED_PIECE: usize = 16 * 1024;
+
+/// Writes one message, in pieces paced by the bandwidth cap when one is
+/// in force.
+async fn write_paced(
+    send: &mut quinn::SendStream,
+    env: &Envelope,
+    limiter: &Limiter,
+    urgent: bool,
+    metrics: &GatewayMetrics,
+) -> Result<(), LinkError> {
+    if limiter.current_cap().is_none() {
+        return write_message(send, env).await;
+    }
+    let mut frame = yilian_protocol::encode_frame(env);
+    while !frame.is_empty() {
+        let piece = frame.split_to(frame.len().min(PACED_PIECE));
+        let waited = limiter.acquire(piece.len(), urgent).await;
+        metrics.throttled.inc_by(waited.as_secs_f64());
+        send.write_chunk(piece).await.map_err(LinkError::from)?;
+    }
+    Ok(())
 }
 
 async fn read_chunk(payload: Arc<Payload>, offset: u64, len: usize) -> Result<Bytes, AttemptError> {

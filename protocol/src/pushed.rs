@@ -15,6 +15,10 @@ pub const UPLINK_KEYS: &[&str] = &[
     "heartbeat_interval",
     "idle_timeout",
     "reconnect_max",
+    "rate_limit",
+    "schedule",
+    "utc_offset",
+    "urgent_allowance",
 ];
 
 /// Checks one key of a fragment: `table`, or `table.key` for `[uplink]`.
