@@ -308,7 +308,13 @@ impl Limiter {
 
     /// How long the caller must wait before sending `bytes`, having taken
     /// them from the bucket; zero when it may send at once.
-    pub fn take(&self, bytes: usize, urgent: bool, now: Instant, cap_bits: Option<f64>) -> Duration {
+    pub fn take(
+        &self,
+        bytes: usize,
+        urgent: bool,
+        now: Instant,
+        cap_bits: Option<f64>,
+    ) -> Duration {
         let Ok(mut s) = self.state.lock() else {
             return Duration::ZERO;
         };
@@ -441,7 +447,10 @@ mod tests {
             Days(0b111_0001)
         );
         assert!(Offset::try_from("8".to_owned()).is_err());
-        assert_eq!(ByteSize::try_from("50 MB".to_owned()).unwrap().0, 50_000_000);
+        assert_eq!(
+            ByteSize::try_from("50 MB".to_owned()).unwrap().0,
+            50_000_000
+        );
     }
 
     #[test]

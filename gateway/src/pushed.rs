@@ -216,6 +216,24 @@ path = "/srv/old"
     }
 
     #[test]
+    fn central_can_publish_a_bandwidth_schedule() {
+        let fragment = "[uplink]\nrate_limit = \"20 Mbit/s\"\nurgent_allowance = \"10 MB\"\n\n\
+                        [[uplink.schedule]]\ndays = \"mon-fri\"\nfrom = \"08:00\"\nto = \"18:00\"\nrate = \"2 Mbit/s\"\n";
+        let merged = overlay(BASE, fragment).expect("merge");
+        let c =
+            GatewayConfig::parse(&merged, Path::new("/etc/yilian/gateway.toml")).expect("valid");
+        let p = c.uplink.bandwidth_policy();
+        assert_eq!(p.default.0, Some(20e6));
+        assert_eq!(p.windows.len(), 1);
+        assert_eq!(p.urgent_allowance, 10_000_000);
+        // A schedule with a typo is refused like any invalid fragment.
+        let bad = fragment.replace("mon-fri", "weekdays");
+        let merged = overlay(BASE, &bad).expect("merge");
+        let e = GatewayConfig::parse(&merged, Path::new("/etc/yilian/gateway.toml")).unwrap_err();
+        assert!(e.to_string().contains("unknown day"), "{e}");
+    }
+
+    #[test]
     fn fragments_may_not_touch_the_link_or_the_spool() {
         for bad in [
             "[spool]\ndir = \"/tmp\"\n",

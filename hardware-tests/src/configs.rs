@@ -59,6 +59,11 @@ pub struct GatewaySetup {
 
 impl GatewaySetup {
     pub fn toml(&self) -> String {
+        self.toml_with_uplink("")
+    }
+
+    /// With more keys for `[uplink]` (a rate limit, a schedule).
+    pub fn toml_with_uplink(&self, uplink_extra: &str) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "[spool]\ndir = \"{}\"", q(&self.spool_dir));
         if let Some(quota) = self.quota_bytes {
@@ -77,6 +82,7 @@ impl GatewaySetup {
         if let Some(ms) = self.idle_timeout_ms {
             let _ = writeln!(s, "idle_timeout = \"{ms}ms\"");
         }
+        s.push_str(uplink_extra);
         let _ = writeln!(s, "\n[metrics]\nlisten = \"{}\"", self.metrics);
         s.push_str(&self.extra);
         for f in &self.folders {

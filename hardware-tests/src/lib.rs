@@ -12,6 +12,8 @@
 //! - [`cart`] — an ECG cart: SCP-ECG records, raw or by lrzsz XMODEM/YMODEM.
 //! - [`wan`] — the emulated uplink: link profiles between two network
 //!   namespaces joined by TUN devices.
+//! - [`clinic`] — central and a gateway as real processes on either side
+//!   of the emulated uplink.
 //! - [`demo`], [`bench`]: the `yilian-rig demo` and `yilian-rig bench` jobs.
 
 #![forbid(unsafe_code)]
@@ -20,6 +22,7 @@ pub mod analyzer;
 pub mod bench;
 pub mod cable;
 pub mod cart;
+pub mod clinic;
 pub mod configs;
 pub mod demo;
 pub mod files;

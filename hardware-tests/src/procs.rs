@@ -29,11 +29,26 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(bin: &str, args: &[&str], log: &Path) -> anyhow::Result<Self> {
+        Self::spawn_in(None, bin, args, log)
+    }
+
+    /// Like [`Proc::spawn`], inside a bench network namespace.
+    pub fn spawn_in(
+        ns: Option<&crate::wan::Namespace>,
+        bin: &str,
+        args: &[&str],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
-        let child = Command::new(binary(bin)?)
+        let path = binary(bin)?;
+        let mut command = match ns {
+            Some(ns) => ns.command(&path),
+            None => Command::new(&path),
+        };
+        let child = command
             .args(args)
             .env(
                 "RUST_LOG",
