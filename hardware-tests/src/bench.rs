@@ -26,17 +26,32 @@ use crate::fleet::Fleet;
 pub struct BenchOptions {
     pub upload_mib: u64,
     pub file_mib: u64,
+    /// Groups to run; empty runs all.
+    pub only: Vec<String>,
+    pub link: crate::bench_link::LinkOptions,
 }
+
+/// The benchmark groups, in the order they run.
+pub const GROUPS: [&str; 6] = ["spool", "hl7", "upload", "dicom", "large", "link"];
 
 #[derive(Default)]
 pub struct Report {
     rows: Vec<(String, String, String)>,
+    charts: Vec<(String, crate::plot::Chart)>,
 }
 
 impl Report {
-    fn row(&mut self, what: &str, figure: String, anchor: String) {
+    pub fn row(&mut self, what: &str, figure: String, anchor: String) {
         println!("{what:<52} {figure:<28} {anchor}");
         self.rows.push((what.to_owned(), figure, anchor));
+    }
+
+    pub fn chart(&mut self, file: &str, chart: crate::plot::Chart) {
+        self.charts.push((file.to_owned(), chart));
+    }
+
+    pub fn charts(&self) -> &[(String, crate::plot::Chart)] {
+        &self.charts
     }
 
     pub fn markdown(&self) -> String {
@@ -54,11 +69,37 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         .prefix("yilian-bench-")
         .tempdir_in(bench_dir())?;
     println!("{:<52} {:<28} anchor", "benchmark", "figure");
-    spool_benches(dir.path(), &mut report).await?;
-    hl7_benches(dir.path(), &mut report).await?;
-    upload_benches(dir.path(), &opts, &mut report).await?;
-    dicom_benches(dir.path(), &mut report).await?;
-    large_instance_bench(dir.path(), &mut report).await?;
+    for g in &opts.only {
+        anyhow::ensure!(
+            GROUPS.contains(&g.as_str()),
+            "unknown benchmark group {g:?} (groups: {})",
+            GROUPS.join(", ")
+        );
+    }
+    let on = |g: &str| opts.only.is_empty() || opts.only.iter().any(|o| o == g);
+    if on("spool") {
+        spool_benches(dir.path(), &mut report).await?;
+    }
+    if on("hl7") {
+        hl7_benches(dir.path(), &mut report).await?;
+    }
+    if on("upload") {
+        upload_benches(dir.path(), &opts, &mut report).await?;
+    }
+    if on("dicom") {
+        dicom_benches(dir.path(), &mut report).await?;
+    }
+    if on("large") {
+        large_instance_bench(dir.path(), &mut report).await?;
+    }
+    if on("link") {
+        let path = dir.path().to_owned();
+        let link = opts.link;
+        report = tokio::task::spawn_blocking(move || {
+            crate::bench_link::run(&path, &link, &mut report).map(|()| report)
+        })
+        .await??;
+    }
     Ok(report)
 }
 
@@ -275,7 +316,7 @@ async fn dicom_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Re
 }
 
 /// Peak resident memory of a process (`VmHWM`), in bytes.
-fn peak_rss(pid: u32) -> Option<u64> {
+pub fn peak_rss(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

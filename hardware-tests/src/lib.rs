@@ -14,12 +14,15 @@
 //!   namespaces joined by TUN devices.
 //! - [`clinic`] — central and a gateway as real processes on either side
 //!   of the emulated uplink.
+//! - [`hub`] — central and a gateway in-process on loopback.
+//! - [`hw`] — real devices named by `YILIAN_HW_*` variables.
 //! - [`demo`], [`bench`]: the `yilian-rig demo` and `yilian-rig bench` jobs.
 
 #![forbid(unsafe_code)]
 
 pub mod analyzer;
 pub mod bench;
+pub mod bench_link;
 pub mod cable;
 pub mod cart;
 pub mod clinic;
@@ -27,9 +30,12 @@ pub mod configs;
 pub mod demo;
 pub mod files;
 pub mod fleet;
+pub mod hub;
+pub mod hw;
 pub mod logs;
 pub mod modality;
 pub mod orthanc;
+pub mod plot;
 pub mod procs;
 pub mod relay;
 pub mod scrape;

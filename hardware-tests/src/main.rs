@@ -36,6 +36,23 @@ enum Command {
         /// Also write the table as Markdown here.
         #[arg(long)]
         markdown: Option<PathBuf>,
+        /// Write the report (bench.md and SVG charts) into this directory.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Run only these groups (spool, hl7, upload, dicom, large, link).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Shorter link scenarios (30 s outage in a 256 MiB backlog, 10 s
+        /// goodput runs on two profiles) instead of the full ones (5 min
+        /// outage in 2 GiB, 30 s runs on three profiles).
+        #[arg(long)]
+        quick: bool,
+        /// Link profiles for the goodput comparison (named or TOML files).
+        #[arg(long, value_delimiter = ',')]
+        profiles: Vec<String>,
+        /// Link scenarios to run: goodput, urgent, outage.
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
     },
     /// One end of a plain flow that measures an emulated link (run inside
     /// its namespaces by the bench; prints one JSON line).
@@ -142,14 +159,35 @@ fn main() -> ExitCode {
                 upload_mib,
                 file_mib,
                 markdown,
+                report: report_dir,
+                only,
+                quick,
+                profiles,
+                scenarios,
             } => {
+                let mut link = if quick {
+                    yilian_rig::bench_link::LinkOptions::quick()
+                } else {
+                    yilian_rig::bench_link::LinkOptions::full()
+                };
+                if !profiles.is_empty() {
+                    link.profiles = profiles;
+                }
+                if !scenarios.is_empty() {
+                    link.scenarios = scenarios;
+                }
                 let report = yilian_rig::bench::run(yilian_rig::bench::BenchOptions {
                     upload_mib,
                     file_mib,
+                    only,
+                    link,
                 })
                 .await?;
                 if let Some(path) = markdown {
                     std::fs::write(path, report.markdown())?;
+                }
+                if let Some(dir) = report_dir {
+                    yilian_rig::bench_link::write_report(&report, &dir)?;
                 }
                 Ok(())
             }

@@ -33,5 +33,6 @@ pub fn transport_config_with_idle(idle: Duration) -> Arc<TransportConfig> {
     t.send_window(64 * 1024 * 1024);
     t.max_concurrent_bidi_streams(VarInt::from_u32(64));
     t.max_concurrent_uni_streams(VarInt::from_u32(16));
+    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     Arc::new(t)
 }

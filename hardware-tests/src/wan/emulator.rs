@@ -66,6 +66,8 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 #[derive(Default)]
 pub struct DirectionStats {
     pub packets_in: AtomicU64,
+    /// Everything the sender put on the link, dropped packets included.
+    pub bytes_in: AtomicU64,
     pub packets_out: AtomicU64,
     pub bytes_out: AtomicU64,
     pub drops: [AtomicU64; 4],
@@ -313,6 +315,7 @@ fn read_side(
             Err(_) => return,
         };
         st.packets_in.fetch_add(1, Ordering::Relaxed);
+        st.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
         let now = started.elapsed();
         let down =
             shared.cut.load(Ordering::Relaxed) || outage.as_ref().is_some_and(|o| o.active(now));

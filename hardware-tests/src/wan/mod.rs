@@ -4,7 +4,7 @@
 //! - [`model`] — what one direction does to a packet (rate, queue, delay,
 //!   jitter, bursty loss, reordering, MTU, outages), on a virtual clock.
 //! - [`profile`] — named link profiles (`adsl`, `4g`, `satellite`, `flaky`,
-//!   `lan`) as small TOML files.
+//!   `fibre`, `lan`) as small TOML files.
 //! - [`emulator`] — namespaces, TUN devices and the forwarding threads.
 //! - [`probe`] — plain TCP and UDP flows that measure the emulator itself.
 

@@ -32,11 +32,12 @@ fn default_mtu() -> u16 {
     1500
 }
 
-const NAMED: [(&str, &str); 5] = [
+const NAMED: [(&str, &str); 6] = [
     ("adsl", include_str!("../../profiles/adsl.toml")),
     ("4g", include_str!("../../profiles/4g.toml")),
     ("satellite", include_str!("../../profiles/satellite.toml")),
     ("flaky", include_str!("../../profiles/flaky.toml")),
+    ("fibre", include_str!("../../profiles/fibre.toml")),
     ("lan", include_str!("../../profiles/lan.toml")),
 ];
 
