@@ -97,6 +97,9 @@ pub struct UplinkSection {
     /// Longest wait between reconnect attempts.
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// Congestion controller for uploads: `bbr` (default) or `cubic`.
+    #[serde(default)]
+    pub congestion: yilian_link::Congestion,
     /// Cap outside every schedule window (see [`crate::bandwidth`]).
     #[serde(default = "unlimited")]
     pub rate_limit: crate::bandwidth::Rate,

@@ -299,9 +299,12 @@ impl Running {
     ) -> Result<(), UplinkError> {
         self.renew_if_expired().await;
         let mut client = yilian_link::client_config(&self.tls)?;
-        if let Some(idle) = self.config.idle_timeout {
-            client.transport_config(yilian_link::transport_config_with_idle(idle));
-        }
+        client.transport_config(yilian_link::transport_config_for(
+            self.config
+                .idle_timeout
+                .unwrap_or(yilian_link::IDLE_TIMEOUT),
+            self.config.congestion,
+        ));
         let addr = self.resolve().await?;
         let ep = self.endpoint_for(endpoint, addr)?;
         let connecting = ep

@@ -186,11 +186,22 @@ fn goodput(dir: &Path, name: &str, secs: u64, report: &mut Report) -> anyhow::Re
     let nginx = Nginx::start(&clinic, &dir)?;
 
     let cpu0 = cpu_seconds(clinic.gateway.id());
+    let wire0 = clinic
+        .wan
+        .up()
+        .bytes_in
+        .load(std::sync::atomic::Ordering::Relaxed);
     let file = format!("BULK-{name}.BIN");
     clinic.drop_file(&clinic.bulk, &file, size)?;
     let row = clinic.wait_committed(&file, Duration::from_secs(secs * 20 + 120))?;
     let ours = size as f64 * 8.0 / (row.end_to_end_ms as f64 / 1000.0);
     let cpu = cpu_seconds(clinic.gateway.id()) - cpu0;
+    let wire = clinic
+        .wan
+        .up()
+        .bytes_in
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - wire0;
 
     let source = dir.join(format!("curl-{name}.bin"));
     std::fs::File::create(&source)?.set_len(size)?;
@@ -203,7 +214,12 @@ fn goodput(dir: &Path, name: &str, secs: u64, report: &mut Report) -> anyhow::Re
             profile.base_rtt_ms(),
             size / 1_000_000
         ),
-        format!("{} ({:.0} % of link)", mbit(ours), ours / rate * 100.0),
+        format!(
+            "{} ({:.0} % of link; wire +{:.0} %)",
+            mbit(ours),
+            ours / rate * 100.0,
+            (wire as f64 / size as f64 - 1.0) * 100.0
+        ),
         format!(
             "curl → nginx HTTPS {} ({:.0} %)",
             mbit(theirs),

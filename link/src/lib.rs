@@ -28,4 +28,7 @@ pub use tls::{
     Revocations, TlsFiles, anonymous_client_config, certificate_fingerprint, client_config,
     pinned_client_config, server_config, verify_expired_gateway_chain,
 };
-pub use transport::{IDLE_TIMEOUT, KEEP_ALIVE, transport_config, transport_config_with_idle};
+pub use transport::{
+    Congestion, IDLE_TIMEOUT, KEEP_ALIVE, transport_config, transport_config_for,
+    transport_config_with_idle,
+};

@@ -19,10 +19,32 @@ pub fn transport_config() -> Arc<TransportConfig> {
     transport_config_with_idle(IDLE_TIMEOUT)
 }
 
+/// The sender's congestion controller.
+///
+/// Measured on the bench's `4g` profile (20 Mbit/s, 80 ms, 1 % loss in
+/// bursts): BBR reaches ~90 % of the link but puts about twice the payload
+/// on the wire (quinn's BBR overshoots the bottleneck queue); Cubic keeps
+/// the wire within ~6 % of the payload but, reading every random loss as
+/// congestion, reaches ~11 %. On clean links both fill the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// For lossy radio links where the backlog must drain.
+    #[default]
+    Bbr,
+    /// For metered links where every byte is paid for.
+    Cubic,
+}
+
 /// As [`transport_config`], with another idle timeout (keep-alive stays at
 /// most a third of it). The effective idle timeout of a connection is the
 /// smaller of the two ends' values.
 pub fn transport_config_with_idle(idle: Duration) -> Arc<TransportConfig> {
+    transport_config_for(idle, Congestion::default())
+}
+
+/// As [`transport_config_with_idle`], with the congestion controller named.
+pub fn transport_config_for(idle: Duration, congestion: Congestion) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE.min(idle / 3)));
     if let Ok(idle) = IdleTimeout::try_from(idle) {
@@ -33,6 +55,13 @@ pub fn transport_config_with_idle(idle: Duration) -> Arc<TransportConfig> {
     t.send_window(64 * 1024 * 1024);
     t.max_concurrent_bidi_streams(VarInt::from_u32(64));
     t.max_concurrent_uni_streams(VarInt::from_u32(16));
-    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    match congestion {
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        }
+        Congestion::Cubic => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+        }
+    };
     Arc::new(t)
 }

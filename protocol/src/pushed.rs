@@ -15,6 +15,7 @@ pub const UPLINK_KEYS: &[&str] = &[
     "heartbeat_interval",
     "idle_timeout",
     "reconnect_max",
+    "congestion",
     "rate_limit",
     "schedule",
     "utc_offset",
