@@ -42,14 +42,9 @@ impl TryFrom<String> for Rate {
         if t.eq_ignore_ascii_case("unlimited") {
             return Ok(Rate(None));
         }
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("rate {s:?}: expected e.g. \"2 Mbit/s\" or \"unlimited\""))?;
-        let scale = match unit.trim() {
+        let (n, unit) = number_and_unit(t)
+            .ok_or_else(|| format!("rate {s:?}: expected e.g. \"2 Mbit/s\" or \"unlimited\""))?;
+        let scale = match unit {
             "bit/s" => 1.0,
             "kbit/s" => 1e3,
             "Mbit/s" => 1e6,
@@ -78,6 +73,15 @@ impl fmt::Display for Rate {
     }
 }
 
+/// "2.5 Mbit/s" → (2.5, "Mbit/s"); `None` without a leading number.
+fn number_and_unit(t: &str) -> Option<(f64, &str)> {
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    Some((num.parse().ok()?, unit.trim()))
+}
+
 /// A byte count such as "50 MB" or "512 KiB".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -87,14 +91,9 @@ impl TryFrom<String> for ByteSize {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
         let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("size {s:?}: expected e.g. \"50 MB\""))?;
-        let scale = match unit.trim() {
+        let (n, unit) =
+            number_and_unit(t).ok_or_else(|| format!("size {s:?}: expected e.g. \"50 MB\""))?;
+        let scale = match unit {
             "" | "B" => 1u64,
             "kB" | "KB" => 1_000,
             "MB" => 1_000_000,
