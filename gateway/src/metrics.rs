@@ -219,8 +219,10 @@ impl GatewayMetrics {
             Unit::Seconds,
             m.link_rtt.clone(),
         );
+        // Prometheus wants base units, so the cap configured in bit/s is
+        // published in bytes per second.
         r.register(
-            "yilian_uplink_rate_cap_bits_per_second",
+            "yilian_uplink_rate_cap_bytes_per_second",
             "Upload cap in force now from the bandwidth schedule; 0 when unlimited",
             m.rate_cap.clone(),
         );

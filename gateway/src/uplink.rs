@@ -206,7 +206,7 @@ async fn report_bandwidth(
             tracing::info!(cap = %shown, "upload cap now");
             last = Some(cap);
         }
-        metrics.rate_cap.set(cap.unwrap_or(0.0));
+        metrics.rate_cap.set(cap.map_or(0.0, |bits| bits / 8.0));
         metrics
             .urgent_allowance
             .set(limiter.allowance_left().min(i64::MAX as u64) as i64);

@@ -47,8 +47,8 @@ fn the_gateway_keeps_to_the_scheduled_cap_and_stat_items_go_beyond_it() {
     )
     .unwrap();
     assert_eq!(
-        clinic.gateway_metric("yilian_uplink_rate_cap_bits_per_second", &[]),
-        Some(4e6)
+        clinic.gateway_metric("yilian_uplink_rate_cap_bytes_per_second", &[]),
+        Some(500_000.0)
     );
 
     clinic
