@@ -13,7 +13,8 @@ use crate::item::{Committed, NewItem};
 use crate::spool::Spool;
 use crate::writer::InsertRow;
 
-/// Fsyncs a directory so that a rename or unlink inside it is durable.
+/// Fsyncs a directory so that a name created, renamed or removed inside it
+/// is durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -98,10 +99,11 @@ impl SpoolWriter {
             return Ok(());
         }
         if self.file.is_none() {
-            let path = self
-                .spool
-                .tmp_dir()
-                .join(format!("{}.part", self.upload_id));
+            // Written under its final name: a file without an index row is
+            // an orphan that the next open removes, so no rename (and the
+            // journal commit it costs) stands between the bytes and the
+            // acknowledgement.
+            let path = self.spool.payload_dir().join(&self.upload_id);
             let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -120,8 +122,9 @@ impl SpoolWriter {
         Ok(())
     }
 
-    /// Makes the payload durable and indexes it. Returns only after file
-    /// fsync, rename, directory fsync and the index commit.
+    /// Makes the payload durable and indexes it. Returns only after the
+    /// file's data sync, the directory fsync that makes its name durable,
+    /// and the index commit.
     pub fn commit(mut self) -> Result<Committed, SpoolError> {
         if let Some(why) = self.failed.take() {
             return Err(SpoolError::Damaged {
@@ -132,18 +135,23 @@ impl SpoolWriter {
         let sha256: [u8; 32] = self.hasher.clone().finalize().into();
         let (inline, payload_path) = match self.file.take() {
             None => (Some(std::mem::take(&mut self.memory)), None),
-            Some((tmp, w)) => {
-                let f = w
-                    .into_inner()
-                    .map_err(|e| SpoolError::io("flush payload file", &tmp, e.into_error()))?;
-                f.sync_all()
-                    .map_err(|e| SpoolError::io("fsync payload file", &tmp, e))?;
+            Some((path, w)) => {
+                let f = w.into_inner().map_err(|e| {
+                    let _ = fs::remove_file(&path);
+                    SpoolError::io("flush payload file", &path, e.into_error())
+                })?;
+                // The size and extents are data for fdatasync: a new
+                // file's length reaches the disk with its bytes.
+                if let Err(e) = f.sync_data() {
+                    let _ = fs::remove_file(&path);
+                    return Err(SpoolError::io("fsync payload file", &path, e));
+                }
                 drop(f);
-                let dest = self.spool.payload_dir().join(&self.upload_id);
-                fs::rename(&tmp, &dest)
-                    .map_err(|e| SpoolError::io("rename payload file", &tmp, e))?;
-                sync_dir(self.spool.payload_dir())?;
-                (None, Some(dest))
+                if let Err(e) = sync_dir(self.spool.payload_dir()) {
+                    let _ = fs::remove_file(&path);
+                    return Err(e);
+                }
+                (None, Some(path))
             }
         };
         let row = InsertRow {
@@ -161,7 +169,7 @@ impl SpoolWriter {
 impl Drop for SpoolWriter {
     fn drop(&mut self) {
         if let Some((path, _)) = self.file.take() {
-            // Best effort: tmp/ is emptied at the next open anyway.
+            // Best effort: the next open removes payloads without a row.
             let _ = fs::remove_file(path);
         }
     }

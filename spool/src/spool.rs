@@ -27,7 +27,6 @@ pub(crate) fn now_ms() -> i64 {
 struct Inner {
     config: SpoolConfig,
     payload_dir: PathBuf,
-    tmp_dir: PathBuf,
     tx: SyncSender<Request>,
     usage: Arc<Usage>,
 }
@@ -48,25 +47,34 @@ impl std::fmt::Debug for Spool {
 }
 
 impl Spool {
-    /// Opens (creating if needed) and recovers a spool: removes payloads that
-    /// were being written, returns leased items to ready, removes payload
-    /// files no index row refers to, and dead-letters rows whose payload file
-    /// is gone (which fsync ordering makes impossible short of disk damage).
+    /// Opens (creating if needed) and recovers a spool: returns leased items
+    /// to ready, removes payload files no index row refers to (those being
+    /// written when the process stopped), and dead-letters rows whose payload
+    /// file is gone (which fsync ordering makes impossible short of disk
+    /// damage).
     pub fn open(config: SpoolConfig) -> Result<Spool, SpoolError> {
         config.validate().map_err(SpoolError::Config)?;
         let dir = config.dir.clone();
         let payload_dir = dir.join("payload");
-        let tmp_dir = dir.join("tmp");
-        for d in [&dir, &payload_dir, &tmp_dir] {
+        for d in [&dir, &payload_dir] {
             fs::create_dir_all(d).map_err(|e| SpoolError::io("create spool directory", d, e))?;
         }
         // The directories' own entries must be durable before anything in
-        // them is acknowledged: payload renames only fsync `payload/`.
+        // them is acknowledged: payload commits only fsync `payload/`.
         crate::files::sync_dir(&dir)?;
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             crate::files::sync_dir(parent)?;
         }
-        let removed_partial = clear_dir(&tmp_dir)?;
+        // Spools written by earlier versions staged payloads in `tmp/`.
+        let legacy_tmp = dir.join("tmp");
+        let removed_partial = if legacy_tmp.is_dir() {
+            let n = clear_dir(&legacy_tmp)?;
+            fs::remove_dir(&legacy_tmp)
+                .map_err(|e| SpoolError::io("remove directory", &legacy_tmp, e))?;
+            n
+        } else {
+            0
+        };
         let conn = schema::open_rw(&dir.join("index.sqlite"))?;
         let released = conn.execute("UPDATE items SET state = 0 WHERE state = 1", [])?;
         let (orphans, missing) = reconcile_payloads(&conn, &payload_dir)?;
@@ -101,7 +109,6 @@ impl Spool {
             inner: Arc::new(Inner {
                 config,
                 payload_dir,
-                tmp_dir,
                 tx,
                 usage,
             }),
@@ -114,10 +121,6 @@ impl Spool {
 
     pub(crate) fn payload_dir(&self) -> &Path {
         &self.inner.payload_dir
-    }
-
-    pub(crate) fn tmp_dir(&self) -> &Path {
-        &self.inner.tmp_dir
     }
 
     fn call(&self, op: Op) -> Result<Reply, SpoolError> {
@@ -396,8 +399,8 @@ fn reconcile_payloads(
         let entry = entry.map_err(|e| SpoolError::io("list", payload_dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if !known.contains(&name) {
-            // Renamed into place but the process died before the index
-            // commit: never acknowledged, so safe to remove.
+            // Written (perhaps in part) but the process died before the
+            // index commit: never acknowledged, so safe to remove.
             fs::remove_file(entry.path())
                 .map_err(|e| SpoolError::io("remove orphan payload", entry.path(), e))?;
             orphans += 1;

@@ -25,7 +25,7 @@ pub(crate) struct InsertRow {
     pub size: u64,
     pub sha256: [u8; 32],
     pub inline: Option<Vec<u8>>,
-    /// The payload file already renamed into place, removed again if the
+    /// The payload file already synced in place, removed again if the
     /// insert is refused or turns out to be a duplicate.
     pub payload_path: Option<PathBuf>,
 }

@@ -275,10 +275,11 @@ fn streaming_writer_refuses_early_and_leaves_nothing() {
     );
     assert!(w.commit().is_err());
     assert_eq!(
-        std::fs::read_dir(dir.path().join("tmp"))
+        std::fs::read_dir(dir.path().join("payload"))
             .expect("ls")
             .count(),
-        0
+        0,
+        "the refused payload's file is removed"
     );
     spool
         .append(item(Lane::Bulk), b"still works")
@@ -294,19 +295,23 @@ fn restart_recovers_leases_and_partial_files() {
             .append(item(Lane::Bulk), &vec![9u8; 200_000])
             .expect("append");
         let _leased = spool.lease(&Lane::ALL).expect("lease").expect("item");
-        // A payload being written when the process died:
+        // A payload being written when the process died, its index commit
+        // never reached:
+        std::fs::write(dir.path().join("payload").join("deadbeef"), b"half").expect("write");
+        // A partial payload staged the way earlier versions did:
+        std::fs::create_dir_all(dir.path().join("tmp")).expect("mkdir");
         std::fs::write(dir.path().join("tmp").join("abc.part"), b"half").expect("write");
-        // A payload renamed into place whose index commit never happened:
-        std::fs::write(dir.path().join("payload").join("deadbeef"), b"orphan").expect("write");
     }
     let spool = Spool::open(config(dir.path())).expect("reopen");
+    assert!(!dir.path().join("tmp").exists());
+    assert!(!dir.path().join("payload").join("deadbeef").exists());
     assert_eq!(
-        std::fs::read_dir(dir.path().join("tmp"))
+        std::fs::read_dir(dir.path().join("payload"))
             .expect("ls")
             .count(),
-        0
+        1,
+        "the committed payload stays"
     );
-    assert!(!dir.path().join("payload").join("deadbeef").exists());
     let l = spool
         .lease(&Lane::ALL)
         .expect("lease")
