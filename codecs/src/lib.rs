@@ -2,6 +2,8 @@
 //! no panics on any input (each parser has a fuzz target).
 //!
 //! - [`astm`] — ASTM E1381 link layer and E1394 records for analyzers.
+//! - [`dicom`], [`dicom_extent`] — DIMSE command sets, Part 10 headers, and
+//!   how much of a data set's head a DICOM library may safely parse.
 //! - [`ecg`] — SCP-ECG record headers, tolerant of known device deviations.
 //! - [`hl7`] — HL7 v2: charsets, parsing, escapes, acknowledgements.
 //! - [`mllp`] — MLLP framing for HL7 v2 over TCP.
@@ -11,6 +13,7 @@
 
 pub mod astm;
 pub mod dicom;
+pub mod dicom_extent;
 pub mod ecg;
 mod escapes;
 pub mod hl7;

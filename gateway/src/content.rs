@@ -60,6 +60,10 @@ pub struct Quarantine {
     pub reason: String,
 }
 
+/// Bytes of a DICOM file read for its metadata: headers sit well within
+/// them, before any pixel data.
+const DICOM_HEAD_BYTES: u64 = 1024 * 1024;
+
 pub const QUARANTINE_CLASSES: &[&str] = &["unreadable", "checksum", "not_ecg", "too_large"];
 
 impl Description {
@@ -130,9 +134,19 @@ pub fn describe_bytes(data: &[u8], profile: Profile) -> Description {
     match kind {
         ContentKind::ScpEcg => describe_scp(&mut d, data),
         ContentKind::Aecg => describe_aecg(&mut d, data),
-        ContentKind::Dicom => describe_dicom(&mut d, std::io::Cursor::new(data)),
+        ContentKind::Dicom => describe_dicom(&mut d, data, true),
         _ => {}
     }
+    d.finish(profile)
+}
+
+/// Describes a DICOM instance from its first bytes (Part 10 header and the
+/// start of the data set); `whole` when `head` is the entire instance, so
+/// that an element running past its end is a malformed data set rather than
+/// the cut.
+pub fn describe_dicom_head(head: &[u8], whole: bool, profile: Profile) -> Description {
+    let mut d = Description::new(ContentKind::Dicom);
+    describe_dicom(&mut d, head, whole);
     d.finish(profile)
 }
 
@@ -160,10 +174,13 @@ pub fn describe_file(path: &Path, head: &[u8], size: u64, profile: Profile) -> D
             Ok(f) => describe_aecg(&mut d, f),
             Err(e) => d.quarantine("unreadable", format!("cannot read the aECG file: {e}")),
         },
-        ContentKind::Dicom => match open() {
-            Ok(f) => describe_dicom(&mut d, f),
-            Err(e) => d.quarantine("unreadable", format!("cannot read the DICOM file: {e}")),
-        },
+        ContentKind::Dicom => {
+            let mut head = Vec::new();
+            match open().and_then(|f| f.take(DICOM_HEAD_BYTES).read_to_end(&mut head)) {
+                Ok(_) => describe_dicom(&mut d, &head, size <= DICOM_HEAD_BYTES),
+                Err(e) => d.quarantine("unreadable", format!("cannot read the DICOM file: {e}")),
+            }
+        }
         _ => {}
     }
     d.finish(profile)
@@ -277,14 +294,30 @@ fn hl7_ts(ts: &str) -> String {
     s
 }
 
-fn describe_dicom(d: &mut Description, input: impl Read) {
+fn describe_dicom(d: &mut Description, head: &[u8], whole: bool) {
     use dicom_dictionary_std::tags;
     use dicom_object::OpenFileOptions;
 
     // Everything needed sits before the waveform and pixel data, which are
-    // never read (a multi-frame instance can be gigabytes).
+    // never read (a multi-frame instance can be gigabytes). The library
+    // allocates values at their declared length before reading them, so it
+    // only sees the elements whose lengths fit in the bytes at hand.
+    let stop = tags::WAVEFORM_SEQUENCE;
+    let stop = (u32::from(stop.group()) << 16) | u32::from(stop.element());
+    let extent = match yilian_codecs::dicom_extent::parsable_extent(head, stop) {
+        Ok(e) => e,
+        Err(e) => {
+            d.quarantine("unreadable", format!("unreadable DICOM file: {e}"));
+            return;
+        }
+    };
+    if let (true, Some(why)) = (whole, &extent.short) {
+        d.quarantine("unreadable", format!("malformed DICOM data set: {why}"));
+        return;
+    }
+    let parsable = head.get(..extent.len).unwrap_or(head);
     let options = OpenFileOptions::new().read_until(tags::WAVEFORM_SEQUENCE);
-    let object = match options.from_reader(BufReader::new(input)) {
+    let object = match options.from_reader(parsable) {
         Ok(o) => o,
         Err(e) => {
             d.quarantine("unreadable", format!("unreadable DICOM file: {e}"));

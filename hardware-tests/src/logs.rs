@@ -12,16 +12,22 @@ pub struct LogCapture {
 }
 
 impl LogCapture {
-    /// Installs a global subscriber writing into the capture (and returns
-    /// it); for use once per test binary.
+    /// Installs the global subscriber writing into the capture, once per
+    /// process, and returns the capture: every test of a binary shares it,
+    /// whichever installed it first.
     pub fn install() -> Self {
-        let cap = Self::default();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info,quinn=warn"))
-            .with_ansi(false)
-            .with_writer(cap.clone())
-            .try_init();
-        cap
+        static CAPTURE: std::sync::OnceLock<LogCapture> = std::sync::OnceLock::new();
+        CAPTURE
+            .get_or_init(|| {
+                let cap = Self::default();
+                let _ = tracing_subscriber::fmt()
+                    .with_env_filter(tracing_subscriber::EnvFilter::new("info,quinn=warn"))
+                    .with_ansi(false)
+                    .with_writer(cap.clone())
+                    .try_init();
+                cap
+            })
+            .clone()
     }
 
     pub fn text(&self) -> String {

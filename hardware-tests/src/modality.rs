@@ -219,3 +219,43 @@ pub fn write_large_multiframe(path: &Path, frames: u32) -> std::io::Result<u64> 
     f.flush()?;
     Ok(std::fs::metadata(path)?.len())
 }
+
+/// Writes a small secondary capture whose private OB element (0029,1010)
+/// declares 2 GiB but holds four bytes: the data set a faulty console or a
+/// hostile peer would send. Returns its SOP Instance UID.
+pub fn write_malformed(path: &Path, seed: u32) -> std::io::Result<String> {
+    const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
+    let sop = format!("1.2.826.0.1.3680043.10.1431.9.66.{seed}");
+    let mut o = InMemDicomObject::new_empty();
+    let s = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
+    o.put(s(tags::SOP_CLASS_UID, VR::UI, SC));
+    o.put(s(tags::SOP_INSTANCE_UID, VR::UI, &sop));
+    o.put(s(tags::PATIENT_ID, VR::LO, "BAD0001"));
+    o.put(s(tags::MODALITY, VR::CS, "OT"));
+    o.put(DataElement::new(
+        dicom_core::Tag(0x0029, 0x1010),
+        VR::OB,
+        PrimitiveValue::from(vec![1u8, 2, 3, 4]),
+    ));
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(SC)
+        .media_storage_sop_instance_uid(&sop)
+        .transfer_syntax(EXPLICIT_VR_LE)
+        .build()
+        .map_err(std::io::Error::other)?;
+    let mut bytes = vec![0u8; 128];
+    bytes.extend_from_slice(b"DICM");
+    meta.write(&mut bytes).map_err(std::io::Error::other)?;
+    let ts = dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
+    o.write_dataset_with_ts(&mut bytes, &ts)
+        .map_err(std::io::Error::other)?;
+    // (0029,1010) OB: tag, VR, two reserved bytes, then the length to forge.
+    let header = [0x29, 0x00, 0x10, 0x10, b'O', b'B', 0, 0, 4, 0, 0, 0];
+    let at = bytes
+        .windows(header.len())
+        .position(|w| w == header)
+        .ok_or_else(|| std::io::Error::other("private element not written"))?;
+    bytes[at + 8..at + 12].copy_from_slice(&0x7FFF_FFF0u32.to_le_bytes());
+    std::fs::write(path, bytes)?;
+    Ok(sop)
+}

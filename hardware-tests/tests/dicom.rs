@@ -4,7 +4,9 @@
 //! arrive at central byte for byte (data set unchanged, Part 10 header
 //! added), an unknown calling AE is refused when an allow-list is set, and
 //! a full spool answers 0xA700 until space frees, when the modality's retry
-//! succeeds; and a 400-image CT study reaches Orthanc, the hospital PACS,
+//! succeeds; a malformed data set (sent raw by pynetdicom) is answered
+//! 0xC000 without the gateway allocating what its headers claim, between
+//! two good instances that are stored; and a 400-image CT study reaches Orthanc, the hospital PACS,
 //! with the same SOP Instance UIDs and pixel data; and a storage
 //! commitment request from pynetdicom answered only once central has the
 //! instances, on a new association, with the unknown instance as failed;
@@ -21,7 +23,7 @@ use yilian_central::store::ItemRow;
 use yilian_gateway::GatewayConfig;
 use yilian_rig::configs::{CentralSetup, GatewaySetup, free_tcp_port};
 use yilian_rig::fleet::Fleet;
-use yilian_rig::modality::{CtStudy, dataset_bytes, echoscu, storescu};
+use yilian_rig::modality::{CtStudy, dataset_bytes, echoscu, storescu, write_malformed};
 use yilian_rig::orthanc::Orthanc;
 use yilian_rig::relay::Relay;
 
@@ -384,6 +386,72 @@ async fn a_full_spool_answers_a700_and_the_retry_succeeds_once_space_frees() {
     uids.dedup();
     assert_eq!(uids.len(), files.len(), "every slice at central");
     assert_eq!(items.len(), files.len(), "and each once");
+    hub.gateway.shutdown().await;
+    hub.central.shutdown().await;
+}
+
+/// The process's peak resident memory, in bytes.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_malformed_data_set_gets_c000_and_the_good_ones_around_it_are_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = yilian_rig::logs::LogCapture::install();
+    let hub = hub(dir.path(), "", None).await;
+    let study = CtStudy::new(66, 2);
+    let good = study.write(&dir.path().join("ct")).expect("write study");
+    let bad = dir.path().join("forged.dcm");
+    let bad_uid = write_malformed(&bad, 1).expect("write malformed");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/store_raw_scu.py");
+    let before = peak_rss();
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(["--port", &hub.dicom.port().to_string()])
+        .args(["--called", "YILIAN_GW", "--calling", "CT_ROOM"])
+        .arg(&good[0])
+        .arg(&bad)
+        .arg(&good[1])
+        .output()
+        .expect("python3 with pynetdicom (./scripts/test-all installs it)");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let statuses: Vec<Option<u64>> = said
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["status"].as_u64())
+        .collect();
+    assert_eq!(statuses, [Some(0), Some(0xC000), Some(0)], "{said}");
+    // The forged element claims 2 GiB; the gateway (in this process) must
+    // not have allocated it to find out.
+    let grew = peak_rss().saturating_sub(before);
+    assert!(grew < 512 << 20, "peak RSS grew by {grew} bytes");
+    let items = wait_items(&hub.central, 2, 30).await;
+    let mut uids: Vec<&str> = items
+        .iter()
+        .filter_map(|i| meta(i, "sop_instance_uid"))
+        .collect();
+    uids.sort_unstable();
+    assert_eq!(
+        uids,
+        [study.sop_instance_uid(0), study.sop_instance_uid(1)],
+        "the good instances, and not {bad_uid}"
+    );
+    let log = logs.text();
+    assert!(
+        log.contains("malformed DICOM data set refused") && log.contains("(0029,1010)"),
+        "the operator is told which element: {log}"
+    );
     hub.gateway.shutdown().await;
     hub.central.shutdown().await;
 }

@@ -28,7 +28,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use yilian_spool::{Lane, NewItem, Spool, SpoolWriter};
 
 use crate::config::DicomSection;
-use crate::content::{Profile, describe_bytes};
+use crate::content::{Profile, describe_dicom_head};
 use crate::metrics::GatewayMetrics;
 use dimse::status;
 use yilian_codecs::dicom::{self, Command, command};
@@ -36,8 +36,10 @@ use yilian_codecs::dicom::{self, Command, command};
 /// Bytes of each data set kept to read its metadata from (headers sit well
 /// within it; pixel data that follows is never looked at).
 const METADATA_PREFIX: usize = 256 * 1024;
-/// Data gathered before one hand-over to the blocking spool writer.
-const WRITE_BATCH: usize = 1024 * 1024;
+/// Data gathered before one hand-over to the blocking spool writer; small
+/// enough that a typical image (0.5 MB) is mostly written while the rest of
+/// it still arrives.
+const WRITE_BATCH: usize = 256 * 1024;
 
 /// A storage commitment request whose data set is arriving.
 struct Action {
@@ -89,6 +91,8 @@ struct Instance {
     refused: Option<(&'static str, String)>,
     batch: Vec<u8>,
     prefix: Vec<u8>,
+    /// Data went past the prefix: metadata is read from a cut data set.
+    cut: bool,
     received: u64,
 }
 
@@ -493,6 +497,7 @@ impl DicomAdapter {
             refused,
             batch: Vec::with_capacity(WRITE_BATCH),
             prefix,
+            cut: false,
             received: 0,
         }
     }
@@ -502,10 +507,10 @@ impl DicomAdapter {
         if inst.writer.is_none() {
             return;
         }
-        if inst.prefix.len() < METADATA_PREFIX {
-            let take = (METADATA_PREFIX - inst.prefix.len()).min(data.len());
-            inst.prefix.extend_from_slice(&data[..take]);
-        }
+        let room = METADATA_PREFIX.saturating_sub(inst.prefix.len());
+        let take = room.min(data.len());
+        inst.prefix.extend_from_slice(&data[..take]);
+        inst.cut |= take < data.len();
         inst.batch.extend_from_slice(&data);
         if inst.batch.len() >= WRITE_BATCH {
             self.flush(inst).await;
@@ -557,9 +562,8 @@ impl DicomAdapter {
         };
         // Whole data sets that do not parse are refused; a prefix that does
         // not parse is only noted (the rest may be fine).
-        let complete = (inst.received as usize) < METADATA_PREFIX;
-        let d = describe_bytes(&inst.prefix, Profile::Files);
-        if complete && d.metadata.contains_key("parse_error") {
+        let d = describe_dicom_head(&inst.prefix, !inst.cut, Profile::Files);
+        if !inst.cut && d.metadata.contains_key("parse_error") {
             tracing::warn!(device = %self.config.name, calling_ae = %calling, sop_instance = %r.affected_sop_instance,
                 error = d.metadata.get("parse_error").map(String::as_str).unwrap_or(""),
                 "malformed DICOM data set refused with 0xC000; the modality keeps it");
