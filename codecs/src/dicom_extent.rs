@@ -293,14 +293,31 @@ impl Walk<'_> {
 /// contain. Deflated data sets end at the file meta group.
 pub fn parsable_extent(data: &[u8], stop: u32) -> Result<Extent, DicomError> {
     let meta = read_part10(data)?;
-    let Some(syntax) = Syntax::of(&meta.transfer_syntax) else {
-        return Ok(Extent {
-            len: meta.dataset_offset,
+    Ok(walk_from(
+        data,
+        meta.dataset_offset,
+        &meta.transfer_syntax,
+        stop,
+    ))
+}
+
+/// The same for a bare data set in `transfer_syntax`, as DIMSE messages
+/// carry them (a C-FIND identifier, an N-ACTION's request). With
+/// `stop = u32::MAX` the whole of a complete data set is checked: a `short`
+/// answer then means it is malformed.
+pub fn dataset_extent(data: &[u8], transfer_syntax: &str, stop: u32) -> Extent {
+    walk_from(data, 0, transfer_syntax, stop)
+}
+
+fn walk_from(data: &[u8], start: usize, transfer_syntax: &str, stop: u32) -> Extent {
+    let Some(syntax) = Syntax::of(transfer_syntax) else {
+        return Extent {
+            len: start,
             short: None,
-        });
+        };
     };
     let walk = Walk { data };
-    let mut at = meta.dataset_offset;
+    let mut at = start;
     while at < data.len() {
         let Some(h) = walk.header(syntax, at) else {
             // A header cut short at the end of the input.
@@ -312,17 +329,17 @@ pub fn parsable_extent(data: &[u8], stop: u32) -> Result<Extent, DicomError> {
         match walk.element(syntax, at, data.len(), 0) {
             Ok(next) => at = next,
             Err(why) => {
-                return Ok(Extent {
+                return Extent {
                     len: at,
                     short: Some(why),
-                });
+                };
             }
         }
     }
-    Ok(Extent {
+    Extent {
         len: at,
         short: None,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -474,6 +491,16 @@ mod tests {
                 short: None
             }
         );
+    }
+
+    #[test]
+    fn bare_data_sets_are_checked_whole() {
+        let mut body = short((0x0008, 0x1195), b"UI", b"1.2.3\0");
+        let good = dataset_extent(&body, EXPLICIT, u32::MAX);
+        assert_eq!((good.len, good.short), (body.len(), None));
+        body.extend(long((0x0008, 0x1199), b"SQ", 0x4000_0000, &[]));
+        let bad = dataset_extent(&body, EXPLICIT, u32::MAX);
+        assert!(bad.short.is_some());
     }
 
     #[test]

@@ -67,10 +67,7 @@ pub fn parse_action(
     transfer_syntax: &str,
     calling_ae: &str,
 ) -> Result<Request, String> {
-    let ts = TransferSyntaxRegistry
-        .get(transfer_syntax)
-        .ok_or_else(|| format!("unknown transfer syntax {transfer_syntax}"))?;
-    let o = InMemDicomObject::read_dataset_with_ts(data, ts).map_err(|e| e.to_string())?;
+    let o = super::dimse::read_request_dataset(data, transfer_syntax)?;
     let transaction_uid = text_of(&o, tags::TRANSACTION_UID).ok_or("no Transaction UID")?;
     let items = o
         .element_opt(tags::REFERENCED_SOP_SEQUENCE)

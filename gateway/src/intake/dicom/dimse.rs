@@ -1,5 +1,6 @@
-//! The storage SCP's status codes and the Part 10 header the spool stores
-//! in front of each received data set (command sets themselves are
+//! The storage SCP's status codes, the Part 10 header the spool stores in
+//! front of each received data set, and the checked read of data sets that
+//! requests carry (command sets themselves are
 //! `yilian_codecs::dicom::Command`).
 
 use dicom_object::FileMetaTableBuilder;
@@ -41,6 +42,30 @@ pub fn part10_header(
     Ok(out)
 }
 
+/// Reads a data set a DIMSE request carried whole (a C-FIND identifier, an
+/// N-ACTION's request). Every element length is checked against the bytes
+/// first: the library allocates what a header declares before reading it.
+pub fn read_request_dataset(
+    data: &[u8],
+    transfer_syntax: &str,
+) -> Result<dicom_object::InMemDicomObject, String> {
+    use dicom_encoding::TransferSyntaxIndex;
+    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(transfer_syntax)
+        .ok_or_else(|| format!("unknown transfer syntax {transfer_syntax}"))?;
+    let extent = yilian_codecs::dicom_extent::dataset_extent(data, transfer_syntax, u32::MAX);
+    if let Some(why) = extent.short {
+        return Err(format!("malformed data set: {why}"));
+    }
+    if extent.len != data.len() {
+        return Err(format!(
+            "data set in {} not accepted here, or with trailing bytes",
+            ts.name()
+        ));
+    }
+    dicom_object::InMemDicomObject::read_dataset_with_ts(data, ts).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +98,18 @@ mod tests {
             .to_int::<u32>()
             .expect("int");
         assert_eq!(len as usize, bytes.len() - 12);
+    }
+
+    #[test]
+    fn a_request_data_set_with_a_forged_length_is_refused_before_parsing() {
+        // (0008,0050) SH "A1", then (0040,0100) SQ claiming 1 GiB.
+        let mut data = vec![0x08, 0x00, 0x50, 0x00, b'S', b'H', 2, 0, b'A', b'1'];
+        data.extend_from_slice(&[0x40, 0x00, 0x00, 0x01, b'S', b'Q', 0, 0]);
+        data.extend_from_slice(&0x4000_0000u32.to_le_bytes());
+        let e = read_request_dataset(&data, "1.2.840.10008.1.2.1").expect_err("refused");
+        assert!(e.contains("(0040,0100)"), "{e}");
+        let ok = read_request_dataset(&data[..10], "1.2.840.10008.1.2.1").expect("reads");
+        assert!(ok.element(tags::ACCESSION_NUMBER).is_ok());
     }
 
     #[test]

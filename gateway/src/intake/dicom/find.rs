@@ -29,10 +29,7 @@ fn text(o: &InMemDicomObject, tag: dicom_core::Tag) -> String {
 
 /// Reads the matching keys of a worklist query identifier.
 pub fn parse_query(data: &[u8], transfer_syntax: &str) -> Result<Query, String> {
-    let ts = TransferSyntaxRegistry
-        .get(transfer_syntax)
-        .ok_or_else(|| format!("unknown transfer syntax {transfer_syntax}"))?;
-    let o = InMemDicomObject::read_dataset_with_ts(data, ts).map_err(|e| e.to_string())?;
+    let o = super::dimse::read_request_dataset(data, transfer_syntax)?;
     let mut q = Query {
         patient_id: text(&o, tags::PATIENT_ID),
         patient_name: text(&o, tags::PATIENT_NAME),
