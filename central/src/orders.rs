@@ -5,7 +5,8 @@
 //! facility code mapped in `[worklist] facilities`. ORC-1 NW/XO/SC add or
 //! update the scheduled step, CA/DC/OC/CR (and SC with ORC-5 CM, CA or DC)
 //! remove it. Fields: accession IPC-1, else OBR-18, else OBR-3/ORC-3;
-//! patient PID-3/5/7/8; procedure OBR-4 (text), OBR-19 or IPC-2; study UID
+//! patient PID-3/5/7/8 (PID-5's pinyin and character repetitions become
+//! the DICOM name's component groups); procedure OBR-4 (text), OBR-19 or IPC-2; study UID
 //! IPC-3; step IPC-4 or OBR-20; modality IPC-5 or OBR-24; station AE IPC-8
 //! or OBR-21; start TQ1-7, else OBR-27.4, else ORC-7.4, else OBR-7;
 //! referring physician OBR-16. The ACK (AA) goes after the database commit;
@@ -47,6 +48,89 @@ fn first<'a>(m: &'a Message, candidates: &[(&str, usize, usize)]) -> &'a str {
         .map(|(s, f, c)| m.get(s, *f, *c))
         .find(|v| !v.is_empty())
         .unwrap_or("")
+}
+
+/// Where the parts of a name sit in an HL7 name type: family name (given,
+/// middle, suffix and prefix follow it) and the name representation code.
+struct NameLayout {
+    family: usize,
+    representation: usize,
+}
+
+/// XPN (PID-5): family 1, representation code 8.
+const XPN: NameLayout = NameLayout {
+    family: 1,
+    representation: 8,
+};
+/// XCN (OBR-16): ID first, family 2, representation code 15.
+const XCN: NameLayout = NameLayout {
+    family: 2,
+    representation: 15,
+};
+
+/// A DICOM person name from the repetitions of an HL7 name field. Chinese
+/// RIS send the pinyin and the characters as two repetitions
+/// (`Wang^Xiaoming~王^小明`), marked A(lphabetic) and I(deographic) in the
+/// name representation code or not at all; they become the component
+/// groups `Wang^Xiaoming=王^小明`. Unmarked, a name with non-ASCII
+/// characters is the ideographic one; a single unmarked name stays in the
+/// first group whatever its script, as consoles display that one.
+fn person_name(m: &Message, seg: &str, f: usize, layout: NameLayout) -> String {
+    let Some(segment) = m.segment(seg) else {
+        return String::new();
+    };
+    let d = &m.delimiters;
+    let mut groups: [Option<String>; 3] = [None, None, None];
+    let mut unmarked = 0;
+    for rep in segment.field(f).split(d.repetition) {
+        let parts: Vec<&str> = rep.split(d.component).collect();
+        let part = |i: usize| {
+            let raw = parts.get(i.wrapping_sub(1)).copied().unwrap_or("");
+            // `^`, `=` and `\` delimit a DICOM name; they cannot be in it.
+            yilian_codecs::hl7::escape::unescape(raw, d)
+                .chars()
+                .filter(|c| !matches!(c, '^' | '=' | '\\'))
+                .collect::<String>()
+                .trim()
+                .to_owned()
+        };
+        // DICOM order: family, given, middle, prefix, suffix.
+        let f0 = layout.family;
+        let mut pn = [
+            part(f0),
+            part(f0 + 1),
+            part(f0 + 2),
+            part(f0 + 4),
+            part(f0 + 3),
+        ]
+        .join("^");
+        while pn.ends_with('^') {
+            pn.pop();
+        }
+        if pn.is_empty() {
+            continue;
+        }
+        let slot = match part(layout.representation).as_str() {
+            "A" => 0,
+            "I" => 1,
+            "P" => 2,
+            _ => {
+                unmarked += 1;
+                usize::from(!pn.is_ascii())
+            }
+        };
+        if groups[slot].is_none() {
+            groups[slot] = Some(pn);
+        }
+    }
+    if unmarked == 1 && groups.iter().filter(|g| g.is_some()).count() == 1 {
+        return groups.into_iter().flatten().next().unwrap_or_default();
+    }
+    let mut out = groups.map(Option::unwrap_or_default).join("=");
+    while out.ends_with('=') {
+        out.pop();
+    }
+    out
 }
 
 /// Interprets an ORM^O01 or OMI^O23.
@@ -108,14 +192,6 @@ pub fn order_update(
     if patient_id.is_empty() {
         return Err(error("PID^1^3", 101, "no patient identifier"));
     }
-    let name = |seg: &str, f: usize, family: usize| {
-        let (fam, given) = (m.get(seg, f, family), m.get(seg, f, family + 1));
-        if given.is_empty() {
-            fam.to_owned()
-        } else {
-            format!("{fam}^{given}")
-        }
-    };
     let start = first(
         m,
         &[("TQ1", 7, 1), ("OBR", 27, 4), ("ORC", 7, 4), ("OBR", 7, 1)],
@@ -124,7 +200,7 @@ pub fn order_update(
     let entry = WorklistEntry {
         accession_number: accession,
         patient_id,
-        patient_name: name("PID", 5, 1),
+        patient_name: person_name(m, "PID", 5, XPN),
         patient_birth_date: m.get("PID", 7, 1).chars().take(8).collect(),
         patient_sex: m.get("PID", 8, 1).to_owned(),
         requested_procedure_id: first(m, &[("IPC", 2, 1), ("OBR", 19, 1)]).to_owned(),
@@ -136,7 +212,7 @@ pub fn order_update(
         scheduled_start_time: digits.chars().skip(8).take(6).collect(),
         scheduled_procedure_step_id: first(m, &[("IPC", 4, 1), ("OBR", 20, 1)]).to_owned(),
         scheduled_procedure_step_description: first(m, &[("OBR", 4, 2), ("OBR", 4, 1)]).to_owned(),
-        referring_physician: name("OBR", 16, 2),
+        referring_physician: person_name(m, "OBR", 16, XCN),
     };
     Ok(OrderUpdate {
         clinic,
@@ -320,6 +396,35 @@ mod tests {
         );
         let u = order_update(&parse(&text), &facilities).expect("a cancel");
         assert_eq!(u.remove.as_deref(), Some("ACC2001"));
+    }
+
+    #[test]
+    fn names_in_two_scripts_become_dicom_component_groups() {
+        let pn = |pid5: &str| {
+            let m = parse(&format!(
+                "MSH|^~\\&|RIS|COUNTY|YILIAN|a/b|20261123||ORM^O01|M9|P|2.5\nPID|1||P1||{pid5}"
+            ));
+            person_name(&m, "PID", 5, XPN)
+        };
+        // Marked with the name representation code, in either order.
+        assert_eq!(
+            pn("王^小明^^^^^L^I~Wang^Xiaoming^^^^^L^A"),
+            "Wang^Xiaoming=王^小明"
+        );
+        // Unmarked: the script decides.
+        assert_eq!(pn("Wang^Xiaoming~王^小明"), "Wang^Xiaoming=王^小明");
+        assert_eq!(pn("王^小明~Wang^Xiaoming"), "Wang^Xiaoming=王^小明");
+        // A single name stays in the first group, whatever its script.
+        assert_eq!(pn("王^小明"), "王^小明");
+        assert_eq!(pn("Chen^Jing"), "Chen^Jing");
+        // Only an ideographic name, said so.
+        assert_eq!(pn("王^小明^^^^^L^I"), "=王^小明");
+        // Phonetic after an empty ideographic group; middle name and prefix
+        // in DICOM's order; escapes undone, DICOM delimiters dropped.
+        assert_eq!(pn("Li^Na^^^^^^A~li^na^^^^^^P"), "Li^Na==li^na");
+        assert_eq!(pn("Smith^John^Q^Jr^Dr"), "Smith^John^Q^Dr^Jr");
+        assert_eq!(pn("O\\T\\Brien^Pat"), "O&Brien^Pat");
+        assert_eq!(pn(""), "");
     }
 
     #[test]

@@ -122,6 +122,15 @@ fn single_value(key: &str, value: &str, ignore_case: bool) -> bool {
     key.is_empty() || key == "*" || wildcard(key, value, ignore_case)
 }
 
+/// A person name key matches the whole value or any one of its component
+/// groups (alphabetic, ideographic, phonetic): a console searching "王*"
+/// finds "Wang^Xiaoming=王^小明". A key with its own `=` matches whole
+/// values only.
+fn person_name(key: &str, value: &str) -> bool {
+    single_value(key, value, true)
+        || (!key.contains('=') && value.split('=').any(|group| wildcard(key, group, true)))
+}
+
 fn date_range(key: &str, date: &str) -> bool {
     if key.is_empty() {
         return true;
@@ -137,7 +146,7 @@ fn date_range(key: &str, date: &str) -> bool {
 impl Query {
     pub fn matches(&self, e: &WorklistEntry) -> bool {
         single_value(&self.patient_id, &e.patient_id, false)
-            && single_value(&self.patient_name, &e.patient_name, true)
+            && person_name(&self.patient_name, &e.patient_name)
             && single_value(&self.accession_number, &e.accession_number, false)
             && single_value(
                 &self.requested_procedure_id,
@@ -177,6 +186,9 @@ mod tests {
         };
         assert!(q(&|q| q.patient_name = "wang*".into()));
         assert!(q(&|q| q.patient_name = "*王^小明".into()));
+        assert!(q(&|q| q.patient_name = "王*".into()));
+        assert!(q(&|q| q.patient_name = "王^小明".into()));
+        assert!(!q(&|q| q.patient_name = "李*".into()));
         assert!(q(&|q| q.patient_id = "P00?".into()));
         assert!(!q(&|q| q.patient_id = "P00".into()));
         assert!(q(&|q| q.modality = "DX".into()));

@@ -916,9 +916,33 @@ async fn a_ris_order_over_mllp_reaches_the_modality_worklist() {
         text(&found[0], dicom_dictionary_std::tags::PATIENT_ID),
         "P3001"
     );
+    // The pinyin and the characters, sent as two repetitions of PID-5,
+    // are the two component groups of the DICOM name...
     assert_eq!(
         text(&found[0], dicom_dictionary_std::tags::PATIENT_NAME),
-        "Sun^Li"
+        "Sun^Li=孙^丽"
+    );
+    // ...and a console searching by the characters finds the order.
+    let o = dir.path().join("find-ideographic");
+    let by_characters = run(move || {
+        findscu(
+            addr,
+            &[
+                "SpecificCharacterSet=ISO_IR 192",
+                "PatientName=孙*",
+                "AccessionNumber",
+            ],
+            &o,
+        )
+    })
+    .await;
+    assert_eq!(by_characters.len(), 1);
+    assert_eq!(
+        text(
+            &by_characters[0],
+            dicom_dictionary_std::tags::ACCESSION_NUMBER
+        ),
+        "ACC3001"
     );
     hub.gateway.shutdown().await;
     hub.central.shutdown().await;
