@@ -54,12 +54,17 @@ fn addr(port: u16) -> String {
     SocketAddr::from((HUB_ADDR, port)).to_string()
 }
 
+/// The emulator is a userspace process timing packets: two of them at once
+/// on a two-core machine measure each other's scheduling, not the model.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn within(measured: f64, expected: f64, share: f64) -> bool {
     (measured - expected).abs() <= expected * share
 }
 
 #[test]
 fn rate_delay_and_loss_of_plain_flows_match_the_profile() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let profile = Profile::parse(
         "bench-check",
         r#"
@@ -99,7 +104,9 @@ fn rate_delay_and_loss_of_plain_flows_match_the_profile() {
     );
     assert!(within(r.loss_up, 0.05, 0.12), "loss {}", r.loss_up);
     assert!(within(r.rtt_ms_p50, 50.6, 0.03), "rtt p50 {}", r.rtt_ms_p50);
-    assert!(r.rtt_ms_p99 < 53.0, "rtt p99 {}", r.rtt_ms_p99);
+    // A queue would add up to its 100 ms; the slack above the propagation
+    // delays is the emulator's own timer and scheduling jitter.
+    assert!(r.rtt_ms_p99 < 56.0, "rtt p99 {}", r.rtt_ms_p99);
     assert!(r.rtt_ms_min >= 50.0, "rtt min {}", r.rtt_ms_min);
     assert_eq!(r.reordered, 0);
     let lost = wan.up().dropped(DropCause::Loss);
@@ -133,6 +140,7 @@ fn rate_delay_and_loss_of_plain_flows_match_the_profile() {
 
 #[test]
 fn tcp_goodput_fills_a_clean_link_and_an_outage_stops_everything() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let profile = Profile::parse(
         "bench-tcp",
         "mtu = 1500\n[up]\nrate_kbit = 10000\nqueue_ms = 100\ndelay_ms = 15\n[down]\ndelay_ms = 15\n",
