@@ -206,37 +206,59 @@ async fn spool_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Re
 /// a real central running alongside): messages per second and the time from
 /// the last byte sent to the ACK received.
 /// Sends `files` with storescu; returns the wall time.
+/// `files` sent by `associations` storescu processes at once, each with its
+/// share in one association, as a console with several send queues does.
 async fn timed_storescu(
     addr: std::net::SocketAddr,
     called: &'static str,
     files: Vec<std::path::PathBuf>,
+    associations: usize,
 ) -> anyhow::Result<Duration> {
+    let share = files.len().div_ceil(associations.max(1)).max(1);
     let started = Instant::now();
-    let out = tokio::task::spawn_blocking(move || {
-        crate::modality::storescu(addr, called, "BENCH_CT", &files)
-    })
-    .await??;
+    let senders: Vec<_> = files
+        .chunks(share)
+        .map(|chunk| {
+            let chunk = chunk.to_vec();
+            tokio::task::spawn_blocking(move || {
+                crate::modality::storescu(addr, called, "BENCH_CT", &chunk)
+            })
+        })
+        .collect();
+    let mut outs = Vec::with_capacity(senders.len());
+    for s in senders {
+        outs.push(s.await??);
+    }
     let took = started.elapsed();
-    let said =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    anyhow::ensure!(
-        out.status.success() && !said.contains("Refused") && !said.contains("Failed"),
-        "storescu to {called} failed: {}",
-        said.lines()
-            .filter(|l| l.starts_with("E:") || l.contains("Refused"))
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
+    for out in outs {
+        let said = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(
+            out.status.success() && !said.contains("Refused") && !said.contains("Failed"),
+            "storescu to {called} failed: {}",
+            said.lines()
+                .filter(|l| l.starts_with("E:") || l.contains("Refused"))
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
     Ok(took)
 }
 
+/// How many associations send at once in the ingest benchmarks.
+const INGEST_ASSOCIATIONS: [usize; 2] = [1, 4];
+
 async fn dicom_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<()> {
-    let study = crate::modality::CtStudy::new(42, 400);
-    let files = {
-        let (s, d) = (study.clone(), dir.join("ct-study"));
-        tokio::task::spawn_blocking(move || s.write(&d)).await??
-    };
+    // A study per round: a receiver given the same instances again may
+    // take a shortcut (the gateway and Orthanc both recognise a resend).
+    let mut rounds = Vec::new();
+    for (i, _) in INGEST_ASSOCIATIONS.iter().enumerate() {
+        let study = crate::modality::CtStudy::new(42 + i as u32, 400);
+        let d = dir.join(format!("ct-study-{i}"));
+        rounds.push(tokio::task::spawn_blocking(move || study.write(&d)).await??);
+    }
+    let files = rounds[0].clone();
     let bytes: u64 = files
         .iter()
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
@@ -271,15 +293,19 @@ async fn dicom_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Re
     let gt = dir.join("dicom-gateway.toml");
     std::fs::write(&gt, gw_setup.toml())?;
     let gateway = yilian_gateway::start(GatewayConfig::load(&gt)?).await?;
-    let ours = timed_storescu(listen, "YILIAN_GW", files.clone()).await?;
+    let mut ours = Vec::new();
+    for (i, n) in INGEST_ASSOCIATIONS.into_iter().enumerate() {
+        ours.push(timed_storescu(listen, "YILIAN_GW", rounds[i].clone(), n).await?);
+    }
     gateway.shutdown().await;
 
-    // dcmtk storescp: files written, never fsynced.
+    // dcmtk storescp: files written, never fsynced; a process per
+    // association (`--fork`) so that it too takes several at once.
     let scp_dir = dir.join("storescp");
     std::fs::create_dir_all(&scp_dir)?;
     let scp_addr = crate::configs::free_tcp_port()?;
     let mut scp = crate::modality::dcmtk("storescp")
-        .args(["-aet", "STORESCP", "-od"])
+        .args(["--fork", "-aet", "STORESCP", "-od"])
         .arg(&scp_dir)
         .arg(scp_addr.port().to_string())
         .stdout(std::process::Stdio::null())
@@ -290,28 +316,39 @@ async fn dicom_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Re
     while std::net::TcpStream::connect(scp_addr).is_err() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let theirs = timed_storescu(scp_addr, "STORESCP", files.clone()).await;
+    let mut theirs = Vec::new();
+    for (i, n) in INGEST_ASSOCIATIONS.into_iter().enumerate() {
+        theirs.push(timed_storescu(scp_addr, "STORESCP", rounds[i].clone(), n).await);
+    }
     let _ = scp.kill();
     let _ = scp.wait();
-    let theirs = theirs?;
+    let theirs = theirs.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
 
     // Orthanc, as a PACS would be installed.
     let orthanc = {
         let d = dir.join("orthanc");
         tokio::task::spawn_blocking(move || crate::orthanc::Orthanc::start(&d)).await??
     };
-    let pacs = timed_storescu(orthanc.dicom, "ORTHANC", files.clone()).await?;
+    let mut pacs = Vec::new();
+    for (i, n) in INGEST_ASSOCIATIONS.into_iter().enumerate() {
+        pacs.push(timed_storescu(orthanc.dicom, "ORTHANC", rounds[i].clone(), n).await?);
+    }
     drop(orthanc);
 
-    report.row(
-        "DICOM ingest, 400 CT images (0.5 MB), storescu → gateway, durable",
-        figure(ours),
-        format!(
-            "storescp (no fsync): {}; Orthanc: {}",
-            figure(theirs),
-            figure(pacs)
-        ),
-    );
+    for (i, n) in INGEST_ASSOCIATIONS.iter().enumerate() {
+        report.row(
+            &format!(
+                "DICOM ingest, 400 CT images (0.5 MB), storescu → gateway, durable, {n} association{}",
+                if *n == 1 { "" } else { "s at once" }
+            ),
+            figure(ours[i]),
+            format!(
+                "storescp (no fsync): {}; Orthanc: {}",
+                figure(theirs[i]),
+                figure(pacs[i])
+            ),
+        );
+    }
     Ok(())
 }
 
@@ -365,7 +402,7 @@ async fn large_instance_bench(dir: &std::path::Path, report: &mut Report) -> any
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let idle = peak_rss(gateway.id()).unwrap_or(0);
-    let took = timed_storescu(listen, "YILIAN_GW", vec![file.clone()]).await?;
+    let took = timed_storescu(listen, "YILIAN_GW", vec![file.clone()], 1).await?;
     let peak = peak_rss(gateway.id()).unwrap_or(0);
     drop(gateway);
     let _ = std::fs::remove_file(&file);

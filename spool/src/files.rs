@@ -37,6 +37,8 @@ pub struct SpoolWriter {
     /// Payloads start in memory and move to a file past the inline limit.
     memory: Vec<u8>,
     file: Option<(PathBuf, BufWriter<File>)>,
+    /// The payload file once [`SpoolWriter::sync`] made it durable.
+    synced: Option<PathBuf>,
     failed: Option<String>,
 }
 
@@ -51,6 +53,7 @@ impl SpoolWriter {
             written: 0,
             memory: Vec::new(),
             file: None,
+            synced: None,
             failed: None,
         })
     }
@@ -89,6 +92,12 @@ impl SpoolWriter {
     }
 
     fn write_inner(&mut self, data: &[u8]) -> Result<(), SpoolError> {
+        if self.synced.is_some() {
+            return Err(SpoolError::Damaged {
+                upload_id: self.upload_id.clone(),
+                detail: "written after it was synced".into(),
+            });
+        }
         self.spool.check_room(self.written + data.len() as u64)?;
         self.hasher.update(data);
         self.written += data.len() as u64;
@@ -122,37 +131,53 @@ impl SpoolWriter {
         Ok(())
     }
 
-    /// Makes the payload durable and indexes it. Returns only after the
-    /// file's data sync, the directory fsync that makes its name durable,
-    /// and the index commit.
-    pub fn commit(mut self) -> Result<Committed, SpoolError> {
-        if let Some(why) = self.failed.take() {
+    /// Makes the payload's bytes durable (its file's data sync and the
+    /// directory fsync that makes its name durable); nothing may be written
+    /// after. [`SpoolWriter::commit`] does this itself: calling it first
+    /// lets an adapter do other work (reading metadata) while the disk
+    /// syncs, before it knows what to index.
+    pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if let Some(why) = &self.failed {
             return Err(SpoolError::Damaged {
                 upload_id: self.upload_id.clone(),
                 detail: format!("a write failed: {why}"),
             });
         }
-        let sha256: [u8; 32] = self.hasher.clone().finalize().into();
-        let (inline, payload_path) = match self.file.take() {
-            None => (Some(std::mem::take(&mut self.memory)), None),
-            Some((path, w)) => {
-                let f = w.into_inner().map_err(|e| {
-                    let _ = fs::remove_file(&path);
-                    SpoolError::io("flush payload file", &path, e.into_error())
-                })?;
-                // The size and extents are data for fdatasync: a new
-                // file's length reaches the disk with its bytes.
-                if let Err(e) = f.sync_data() {
-                    let _ = fs::remove_file(&path);
-                    return Err(SpoolError::io("fsync payload file", &path, e));
-                }
-                drop(f);
-                if let Err(e) = sync_dir(self.spool.payload_dir()) {
-                    let _ = fs::remove_file(&path);
-                    return Err(e);
-                }
-                (None, Some(path))
+        let Some((path, w)) = self.file.take() else {
+            return Ok(());
+        };
+        let result = w
+            .into_inner()
+            .map_err(|e| SpoolError::io("flush payload file", &path, e.into_error()))
+            .and_then(|f| {
+                // The size and extents are data for fdatasync: a new file's
+                // length reaches the disk with its bytes.
+                f.sync_data()
+                    .map_err(|e| SpoolError::io("fsync payload file", &path, e))
+            })
+            .and_then(|()| sync_dir(self.spool.payload_dir()));
+        match result {
+            Ok(()) => {
+                self.synced = Some(path);
+                Ok(())
             }
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                self.failed = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the payload durable and indexes it. Returns only after the
+    /// file's data sync, the directory fsync that makes its name durable,
+    /// and the index commit.
+    pub fn commit(mut self) -> Result<Committed, SpoolError> {
+        self.sync()?;
+        let sha256: [u8; 32] = self.hasher.clone().finalize().into();
+        let (inline, payload_path) = match self.synced.take() {
+            None => (Some(std::mem::take(&mut self.memory)), None),
+            Some(path) => (None, Some(path)),
         };
         let row = InsertRow {
             upload_id: std::mem::take(&mut self.upload_id),
@@ -168,7 +193,8 @@ impl SpoolWriter {
 
 impl Drop for SpoolWriter {
     fn drop(&mut self) {
-        if let Some((path, _)) = self.file.take() {
+        let path = self.file.take().map(|(p, _)| p).or(self.synced.take());
+        if let Some(path) = path {
             // Best effort: the next open removes payloads without a row.
             let _ = fs::remove_file(path);
         }

@@ -546,7 +546,7 @@ impl DicomAdapter {
         let answer = |status: u16, comment: Option<&str>| {
             (inst.context_id, r.response(status, comment).encode())
         };
-        let Some(mut writer) = inst.writer.take() else {
+        let Some(writer) = inst.writer.take() else {
             let (reason, why) = inst.refused.clone().unwrap_or(("io", String::new()));
             self.metrics.refused(reason);
             tracing::error!(device = %self.config.name, calling_ae = %calling, sop_instance = %r.affected_sop_instance,
@@ -560,10 +560,33 @@ impl DicomAdapter {
                 false,
             );
         };
+        // The disk syncs the payload while its metadata is read: the two
+        // longest steps before the answer, overlapped.
+        let (prefix, whole) = (std::mem::take(&mut inst.prefix), !inst.cut);
+        let (synced, described) = tokio::join!(
+            tokio::task::spawn_blocking(move || {
+                let mut writer = writer;
+                let r = writer.sync();
+                (writer, r)
+            }),
+            tokio::task::spawn_blocking(move || describe_dicom_head(
+                &prefix,
+                whole,
+                Profile::Files
+            )),
+        );
+        let (d, mut writer) = match (described, synced) {
+            (Ok(d), Ok((writer, Ok(())))) => (d, writer),
+            (_, Ok((_, Err(e)))) => {
+                return self.refused_at_commit(&e.to_string(), e.reason(), calling, answer);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                return self.refused_at_commit(&e.to_string(), "io", calling, answer);
+            }
+        };
         // Whole data sets that do not parse are refused; a prefix that does
         // not parse is only noted (the rest may be fine).
-        let d = describe_dicom_head(&inst.prefix, !inst.cut, Profile::Files);
-        if !inst.cut && d.metadata.contains_key("parse_error") {
+        if whole && d.metadata.contains_key("parse_error") {
             tracing::warn!(device = %self.config.name, calling_ae = %calling, sop_instance = %r.affected_sop_instance,
                 error = d.metadata.get("parse_error").map(String::as_str).unwrap_or(""),
                 "malformed DICOM data set refused with 0xC000; the modality keeps it");
@@ -602,25 +625,29 @@ impl DicomAdapter {
                     upload = c.upload_id(), duplicate = c.is_duplicate(), "DICOM instance spooled");
                 (answer(status::SUCCESS, None), true)
             }
-            Ok(Err(e)) => {
-                self.metrics.refused(e.reason());
-                tracing::error!(device = %self.config.name, calling_ae = %calling, error = %e,
-                    "spool refused a DICOM instance at commit; answered 0xA700");
-                (
-                    answer(
-                        status::OUT_OF_RESOURCES,
-                        Some("gateway storage full or failing"),
-                    ),
-                    false,
-                )
-            }
-            Err(e) => {
-                tracing::error!(device = %self.config.name, error = %e, "DICOM commit task failed");
-                (
-                    answer(status::OUT_OF_RESOURCES, Some("gateway storage failing")),
-                    false,
-                )
-            }
+            Ok(Err(e)) => self.refused_at_commit(&e.to_string(), e.reason(), calling, answer),
+            Err(e) => self.refused_at_commit(&e.to_string(), "io", calling, answer),
         }
+    }
+
+    /// The spool could not make an instance durable: 0xA700, so the
+    /// modality keeps it and retries.
+    fn refused_at_commit(
+        &self,
+        error: &str,
+        reason: &'static str,
+        calling: &str,
+        answer: impl Fn(u16, Option<&str>) -> (u8, Vec<u8>),
+    ) -> ((u8, Vec<u8>), bool) {
+        self.metrics.refused(reason);
+        tracing::error!(device = %self.config.name, calling_ae = %calling, %error,
+            "spool refused a DICOM instance at commit; answered 0xA700");
+        (
+            answer(
+                status::OUT_OF_RESOURCES,
+                Some("gateway storage full or failing"),
+            ),
+            false,
+        )
     }
 }
