@@ -108,16 +108,16 @@ impl SpoolWriter {
             return Ok(());
         }
         if self.file.is_none() {
-            // Written under its final name: a file without an index row is
-            // an orphan that the next open removes, so no rename (and the
-            // journal commit it costs) stands between the bytes and the
-            // acknowledgement.
-            let path = self.spool.payload_dir().join(&self.upload_id);
+            // Written under its final name, in a file created ahead whose
+            // name is already durable: no rename and no directory fsync
+            // stand between the bytes and the acknowledgement. A file
+            // without an index row is an orphan that the next open removes.
+            let (id, path) = self.spool.blank_payload()?;
+            self.upload_id = id;
             let f = OpenOptions::new()
                 .write(true)
-                .create_new(true)
                 .open(&path)
-                .map_err(|e| SpoolError::io("create payload file", &path, e))?;
+                .map_err(|e| SpoolError::io("open payload file", &path, e))?;
             let mut w = BufWriter::with_capacity(1024 * 1024, f);
             w.write_all(&self.memory)
                 .map_err(|e| SpoolError::io("write payload file", &path, e))?;
@@ -131,8 +131,8 @@ impl SpoolWriter {
         Ok(())
     }
 
-    /// Makes the payload's bytes durable (its file's data sync and the
-    /// directory fsync that makes its name durable); nothing may be written
+    /// Makes the payload's bytes durable (its file's data sync; the file's
+    /// name was made durable when it was created); nothing may be written
     /// after. [`SpoolWriter::commit`] does this itself: calling it first
     /// lets an adapter do other work (reading metadata) while the disk
     /// syncs, before it knows what to index.
@@ -154,8 +154,7 @@ impl SpoolWriter {
                 // length reaches the disk with its bytes.
                 f.sync_data()
                     .map_err(|e| SpoolError::io("fsync payload file", &path, e))
-            })
-            .and_then(|()| sync_dir(self.spool.payload_dir()));
+            });
         match result {
             Ok(()) => {
                 self.synced = Some(path);
@@ -170,8 +169,7 @@ impl SpoolWriter {
     }
 
     /// Makes the payload durable and indexes it. Returns only after the
-    /// file's data sync, the directory fsync that makes its name durable,
-    /// and the index commit.
+    /// file's data sync and the index commit.
     pub fn commit(mut self) -> Result<Committed, SpoolError> {
         self.sync()?;
         let sha256: [u8; 32] = self.hasher.clone().finalize().into();

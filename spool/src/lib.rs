@@ -2,16 +2,17 @@
 //!
 //! An item is appended by a device adapter and acknowledged to the device
 //! only with the [`Committed`] proof in hand: that value exists only once the
-//! payload file's data is synced, its directory fsynced, and the index row
-//! committed with `synchronous=FULL`. The uplink then [`Spool::lease`]s
+//! payload file's data is synced (in a file created ahead, its name made
+//! durable then) and the index row committed with `synchronous=FULL`. The uplink then [`Spool::lease`]s
 //! items by lane, and [`Spool::ack`]s them when central answered COMMITTED;
 //! nothing undelivered is ever evicted.
 //!
 //! Layout of a spool directory:
 //! - `index.sqlite` (+ WAL): one row per item, small payloads inline;
-//! - `payload/<upload_id>`: large payloads. Written under their final name;
-//!   one without an index row (the process stopped before the commit) was
-//!   never acknowledged and is removed at open.
+//! - `payload/<upload_id>`: large payloads. Created empty ahead of need, a
+//!   batch per directory fsync, and written under that final name; one
+//!   without an index row (unused, or the process stopped before the
+//!   commit) was never acknowledged and is removed at open.
 //!
 //! All index writes go through one writer thread that commits whatever
 //! requests are waiting in one transaction (group commit), so many devices

@@ -24,9 +24,14 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Payload files created ahead per directory fsync.
+const BLANKS_PER_BATCH: usize = 16;
+
 struct Inner {
     config: SpoolConfig,
     payload_dir: PathBuf,
+    /// Upload ids whose payload files exist, empty, with durable names.
+    blanks: std::sync::Mutex<Vec<String>>,
     tx: SyncSender<Request>,
     usage: Arc<Usage>,
 }
@@ -109,6 +114,7 @@ impl Spool {
             inner: Arc::new(Inner {
                 config,
                 payload_dir,
+                blanks: std::sync::Mutex::new(Vec::new()),
                 tx,
                 usage,
             }),
@@ -119,8 +125,35 @@ impl Spool {
         &self.inner.config
     }
 
-    pub(crate) fn payload_dir(&self) -> &Path {
-        &self.inner.payload_dir
+    /// An upload id whose payload file already exists, empty, under a name
+    /// that is durable. Created a batch at a time with one directory fsync
+    /// for the batch, so a payload's commit needs only its own data sync,
+    /// not a directory fsync each. Unused ones have no index row and go at
+    /// the next open like any orphan.
+    pub(crate) fn blank_payload(&self) -> Result<(String, PathBuf), SpoolError> {
+        let mut blanks = self.inner.blanks.lock().unwrap_or_else(|p| p.into_inner());
+        if blanks.is_empty() {
+            for _ in 0..BLANKS_PER_BATCH {
+                let id = crate::files::new_upload_id();
+                let path = self.inner.payload_dir.join(&id);
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| SpoolError::io("create payload file", &path, e))?;
+                blanks.push(id);
+            }
+            crate::files::sync_dir(&self.inner.payload_dir)?;
+        }
+        let id = blanks.pop().ok_or_else(|| {
+            SpoolError::io(
+                "create payload file",
+                &self.inner.payload_dir,
+                std::io::Error::other("no payload file"),
+            )
+        })?;
+        let path = self.inner.payload_dir.join(&id);
+        Ok((id, path))
     }
 
     fn call(&self, op: Op) -> Result<Reply, SpoolError> {
