@@ -418,8 +418,10 @@ fn reconcile_payloads(
                 .unwrap_or(false);
             if !ok && state != 3 {
                 tracing::error!(item = id, upload_id = %upload_id, "spool payload file missing or wrong size; item dead-lettered");
+                // Its dedup key goes with the payload: the device's resend
+                // must be stored anew, not answered as already held.
                 conn.execute(
-                    "UPDATE items SET state = 3, last_error = 'payload file missing or wrong size at spool open' WHERE id = ?1",
+                    "UPDATE items SET state = 3, dedup_key = NULL, last_error = 'payload file missing or wrong size at spool open' WHERE id = ?1",
                     params![id],
                 )?;
                 missing += 1;

@@ -127,6 +127,28 @@ fn dedup_key_stores_once() {
 }
 
 #[test]
+fn a_payload_lost_to_disk_damage_does_not_answer_for_the_resend() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut it = item(Lane::Clinical);
+    it.dedup_key = Some("dicom:ct:1.2.3:abc".into());
+    let first = {
+        let spool = Spool::open(config(dir.path())).expect("open");
+        spool
+            .append(it.clone(), &vec![7u8; 100_000])
+            .expect("append")
+    };
+    std::fs::remove_file(dir.path().join("payload").join(first.upload_id())).expect("damage");
+    let spool = Spool::open(config(dir.path())).expect("reopen");
+    let again = spool.append(it, &vec![7u8; 100_000]).expect("append");
+    assert!(
+        !again.is_duplicate(),
+        "stored anew, not the dead item's proof"
+    );
+    let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
+    assert_eq!(l.upload_id, again.upload_id());
+}
+
+#[test]
 fn poison_item_is_dead_lettered_without_blocking_the_lane() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut c = config(dir.path());
