@@ -37,8 +37,8 @@ use yilian_codecs::dicom::{self, Command, command};
 /// within it; pixel data that follows is never looked at).
 const METADATA_PREFIX: usize = 256 * 1024;
 /// Data gathered before one hand-over to the blocking spool writer; small
-/// enough that a typical image (0.5 MB) is mostly written while the rest of
-/// it still arrives.
+/// enough that a typical image (0.5 MB) is mostly hashed and copied out
+/// while the rest of it still arrives.
 const WRITE_BATCH: usize = 256 * 1024;
 
 /// A storage commitment request whose data set is arriving.
