@@ -13,6 +13,11 @@ use crate::item::{Committed, NewItem};
 use crate::spool::Spool;
 use crate::writer::InsertRow;
 
+/// Payload bytes held in memory before they go to the file. Larger writes
+/// go straight through, so an adapter handing over big pieces has them in
+/// the page cache as they arrive rather than all at the commit.
+const WRITE_BUFFER: usize = 256 * 1024;
+
 /// Fsyncs a directory so that a name created, renamed or removed inside it
 /// is durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
@@ -118,7 +123,7 @@ impl SpoolWriter {
                 .write(true)
                 .open(&path)
                 .map_err(|e| SpoolError::io("open payload file", &path, e))?;
-            let mut w = BufWriter::with_capacity(1024 * 1024, f);
+            let mut w = BufWriter::with_capacity(WRITE_BUFFER, f);
             w.write_all(&self.memory)
                 .map_err(|e| SpoolError::io("write payload file", &path, e))?;
             self.memory = Vec::new();
