@@ -120,7 +120,42 @@ impl Walk<'_> {
             });
         }
         let vr = [*self.data.get(at + 4)?, *self.data.get(at + 5)?];
+        // PS3.5 7.1.2: these VRs have a 2-byte length; every other one, and
+        // a VR nobody knows (which parsers read as UN), has two reserved
+        // bytes and a 4-byte length. The walk must read lengths exactly as
+        // the library will.
         if matches!(
+            &vr,
+            b"AE"
+                | b"AS"
+                | b"AT"
+                | b"CS"
+                | b"DA"
+                | b"DS"
+                | b"DT"
+                | b"FL"
+                | b"FD"
+                | b"IS"
+                | b"LO"
+                | b"LT"
+                | b"PN"
+                | b"SH"
+                | b"SL"
+                | b"SS"
+                | b"ST"
+                | b"TM"
+                | b"UI"
+                | b"UL"
+                | b"US"
+        ) {
+            return Some(Header {
+                tag,
+                vr: Some(vr),
+                len: u32::from(s.u16_at(self.data, at + 6)?),
+                value: at + 8,
+            });
+        }
+        let known = matches!(
             &vr,
             b"OB"
                 | b"OD"
@@ -131,25 +166,16 @@ impl Walk<'_> {
                 | b"SQ"
                 | b"SV"
                 | b"UC"
-                | b"UN"
                 | b"UR"
                 | b"UT"
                 | b"UV"
-        ) {
-            Some(Header {
-                tag,
-                vr: Some(vr),
-                len: s.u32_at(self.data, at + 8)?,
-                value: at + 12,
-            })
-        } else {
-            Some(Header {
-                tag,
-                vr: Some(vr),
-                len: u32::from(s.u16_at(self.data, at + 6)?),
-                value: at + 8,
-            })
-        }
+        );
+        Some(Header {
+            tag,
+            vr: Some(if known { vr } else { *b"UN" }),
+            len: s.u32_at(self.data, at + 8)?,
+            value: at + 12,
+        })
     }
 
     /// Checks the element at `at` and everything nested in it against
@@ -414,6 +440,19 @@ mod tests {
         let e = parsable_extent(&f, WAVEFORM).unwrap();
         assert_eq!(e.len, f.len() - body.len() + head);
         assert!(e.short.unwrap().contains("(0029,1010)"));
+    }
+
+    #[test]
+    fn an_unknown_vr_has_a_four_byte_length_as_parsers_read_it() {
+        // VR "ZZ": a parser reads it as UN, two reserved bytes and a 4-byte
+        // length, here 2 GiB.
+        let mut body = short((0x0010, 0x0020), b"LO", b"P123");
+        let head = body.len();
+        body.extend(long((0x0011, 0x0010), b"ZZ", 0x8000_0000, b"tiny"));
+        let f = part10(EXPLICIT, &body);
+        let e = parsable_extent(&f, WAVEFORM).unwrap();
+        assert_eq!(e.len, f.len() - body.len() + head);
+        assert!(e.short.unwrap().contains("(0011,0010)"));
     }
 
     #[test]
