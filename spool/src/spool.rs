@@ -133,6 +133,10 @@ impl Spool {
     pub(crate) fn blank_payload(&self) -> Result<(String, PathBuf), SpoolError> {
         let mut blanks = self.inner.blanks.lock().unwrap_or_else(|p| p.into_inner());
         if blanks.is_empty() {
+            // Handed out only once the directory fsync made every name in
+            // the batch durable; a failed batch leaves orphans for the next
+            // open, never a file whose name could vanish.
+            let mut batch = Vec::with_capacity(BLANKS_PER_BATCH);
             for _ in 0..BLANKS_PER_BATCH {
                 let id = crate::files::new_upload_id();
                 let path = self.inner.payload_dir.join(&id);
@@ -141,9 +145,10 @@ impl Spool {
                     .create_new(true)
                     .open(&path)
                     .map_err(|e| SpoolError::io("create payload file", &path, e))?;
-                blanks.push(id);
+                batch.push(id);
             }
             crate::files::sync_dir(&self.inner.payload_dir)?;
+            *blanks = batch;
         }
         let id = blanks.pop().ok_or_else(|| {
             SpoolError::io(
