@@ -19,6 +19,8 @@ p.add_argument("--host", default="127.0.0.1")
 p.add_argument("--port", type=int, required=True)
 p.add_argument("--called", required=True)
 p.add_argument("--calling", required=True)
+p.add_argument("--max-send-pdu", type=int, default=0,
+               help="send P-DATA PDUs of at most this size (0: as the peer allows)")
 p.add_argument("files", nargs="+")
 a = p.parse_args()
 
@@ -29,6 +31,13 @@ for f in a.files:
 assoc = ae.associate(a.host, a.port, ae_title=a.called)
 if not assoc.is_established:
     raise SystemExit("association refused")
+if a.max_send_pdu:
+    # pynetdicom fragments by the peer's maximum PDU, read through this
+    # property; capping it plays a console whose own send limit is below
+    # what the peer offers.
+    offered = assoc.dimse.maximum_pdu_size
+    cap = min(a.max_send_pdu, offered) if offered else a.max_send_pdu
+    type(assoc.dimse).maximum_pdu_size = property(lambda _self: cap)
 for f in a.files:
     rsp = assoc.send_c_store(f)
     status = int(rsp.Status) if "Status" in rsp else None

@@ -259,3 +259,70 @@ pub fn write_malformed(path: &Path, seed: u32) -> std::io::Result<String> {
     std::fs::write(path, bytes)?;
     Ok(sop)
 }
+
+pub const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
+
+/// Writes a secondary capture whose data set (the bytes after the file
+/// meta group, as they cross the network) is exactly `dataset_len` bytes:
+/// a private OB element takes up whatever the identifying attributes leave.
+/// Data sets have even lengths; `dataset_len` must be even and at least
+/// 512. Returns the SOP Instance UID.
+pub fn write_sized(path: &Path, uid_root: &str, dataset_len: usize) -> std::io::Result<String> {
+    if dataset_len % 2 != 0 || dataset_len < 512 {
+        return Err(std::io::Error::other("a data set length is even and ≥ 512"));
+    }
+    let sop = format!("{uid_root}.{dataset_len}");
+    let build = |pad: usize| {
+        let mut o = InMemDicomObject::new_empty();
+        let s = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
+        o.put(s(tags::SOP_CLASS_UID, VR::UI, SECONDARY_CAPTURE));
+        o.put(s(tags::SOP_INSTANCE_UID, VR::UI, &sop));
+        o.put(s(tags::PATIENT_ID, VR::LO, "SIZE0001"));
+        o.put(s(tags::MODALITY, VR::CS, "OT"));
+        o.put(s(
+            tags::STUDY_INSTANCE_UID,
+            VR::UI,
+            &format!("{uid_root}.1"),
+        ));
+        o.put(s(
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            &format!("{uid_root}.2"),
+        ));
+        // A pattern, not zeros, so a misplaced byte shows in the comparison.
+        let value: Vec<u8> = (0..pad).map(|i| (i % 251) as u8).collect();
+        o.put(DataElement::new(
+            dicom_core::Tag(0x0029, 0x1010),
+            VR::OB,
+            PrimitiveValue::from(value),
+        ));
+        o
+    };
+    let ts = dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN.erased();
+    let encoded = |o: &InMemDicomObject| -> std::io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        o.write_dataset_with_ts(&mut v, &ts)
+            .map_err(std::io::Error::other)?;
+        Ok(v)
+    };
+    // The OB element's header is 12 bytes whatever its length, so the
+    // padding is what the rest leaves.
+    let base = encoded(&build(0))?.len();
+    let pad = dataset_len
+        .checked_sub(base)
+        .ok_or_else(|| std::io::Error::other("data set too small for its attributes"))?;
+    let dataset = encoded(&build(pad))?;
+    debug_assert_eq!(dataset.len(), dataset_len);
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(SECONDARY_CAPTURE)
+        .media_storage_sop_instance_uid(&sop)
+        .transfer_syntax(EXPLICIT_VR_LE)
+        .build()
+        .map_err(std::io::Error::other)?;
+    let mut bytes = vec![0u8; 128];
+    bytes.extend_from_slice(b"DICM");
+    meta.write(&mut bytes).map_err(std::io::Error::other)?;
+    bytes.extend_from_slice(&dataset);
+    std::fs::write(path, bytes)?;
+    Ok(sop)
+}

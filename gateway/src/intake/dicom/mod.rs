@@ -80,15 +80,29 @@ impl AccessControl for AllowList {
     }
 }
 
+/// Where an instance's bytes go. A refusal always carries its reason, so
+/// the 0xA700 answer and its log line can never be left without one.
+enum Sink {
+    Writing(SpoolWriter),
+    /// The spool refused: the rest of the data set is read and dropped, and
+    /// the answer is 0xA700.
+    Refused {
+        /// The spool's reason label, for the refusal counter.
+        reason: &'static str,
+        /// What went wrong, for the operator.
+        why: String,
+    },
+    /// Between a hand-over to the blocking writer and its return; never
+    /// seen by the commit.
+    InFlight,
+}
+
 /// One instance being received.
 struct Instance {
     request: Command,
     context_id: u8,
-    /// `None` once the spool refused: the rest of the data set is read and
-    /// dropped, and the answer is 0xA700.
-    writer: Option<SpoolWriter>,
-    /// Why not: the spool's reason label and message.
-    refused: Option<(&'static str, String)>,
+    /// Where the data set goes, or why it goes nowhere.
+    sink: Sink,
     batch: Vec<u8>,
     prefix: Vec<u8>,
     /// Data went past the prefix: metadata is read from a cut data set.
@@ -462,9 +476,8 @@ impl DicomAdapter {
         );
         item.metadata
             .insert("calling_ae".into(), calling.to_owned());
-        let mut refused = None;
         let mut prefix = Vec::new();
-        let writer = match dimse::part10_header(
+        let sink = match dimse::part10_header(
             &request.affected_sop_class,
             &request.affected_sop_instance,
             ts,
@@ -472,8 +485,10 @@ impl DicomAdapter {
         ) {
             Err(e) => {
                 // Only a command without the UIDs gets here.
-                refused = Some(("io", format!("cannot build the Part 10 header: {e}")));
-                None
+                Sink::Refused {
+                    reason: "io",
+                    why: format!("cannot build the Part 10 header: {e}"),
+                }
             }
             Ok(header) => match self
                 .spool
@@ -482,19 +497,18 @@ impl DicomAdapter {
             {
                 Ok(w) => {
                     prefix = header;
-                    Some(w)
+                    Sink::Writing(w)
                 }
-                Err(e) => {
-                    refused = Some((e.reason(), e.to_string()));
-                    None
-                }
+                Err(e) => Sink::Refused {
+                    reason: e.reason(),
+                    why: e.to_string(),
+                },
             },
         };
         Instance {
             request,
             context_id,
-            writer,
-            refused,
+            sink,
             batch: Vec::with_capacity(WRITE_BATCH),
             prefix,
             cut: false,
@@ -504,7 +518,7 @@ impl DicomAdapter {
 
     async fn on_data(&self, inst: &mut Instance, data: Vec<u8>) {
         inst.received += data.len() as u64;
-        if inst.writer.is_none() {
+        if !matches!(inst.sink, Sink::Writing(_)) {
             return;
         }
         let room = METADATA_PREFIX.saturating_sub(inst.prefix.len());
@@ -519,8 +533,18 @@ impl DicomAdapter {
 
     /// Hands the gathered bytes to the spool writer on a blocking thread.
     async fn flush(&self, inst: &mut Instance) {
-        let (Some(mut w), false) = (inst.writer.take(), inst.batch.is_empty()) else {
+        // Nothing gathered (the data set ended exactly on a batch boundary):
+        // the writer must stay where it is, or the commit finds none and
+        // refuses an instance nothing was wrong with.
+        if inst.batch.is_empty() {
             return;
+        }
+        let mut w = match std::mem::replace(&mut inst.sink, Sink::InFlight) {
+            Sink::Writing(w) => w,
+            other => {
+                inst.sink = other;
+                return;
+            }
         };
         let batch = std::mem::take(&mut inst.batch);
         match tokio::task::spawn_blocking(move || {
@@ -532,34 +556,68 @@ impl DicomAdapter {
             Ok((w, mut batch, Ok(()))) => {
                 batch.clear();
                 inst.batch = batch;
-                inst.writer = Some(w);
+                inst.sink = Sink::Writing(w);
             }
-            Ok((_, _, Err(e))) => inst.refused = Some((e.reason(), e.to_string())),
-            Err(e) => inst.refused = Some(("io", e.to_string())),
+            Ok((_, _, Err(e))) => {
+                inst.sink = Sink::Refused {
+                    reason: e.reason(),
+                    why: e.to_string(),
+                }
+            }
+            Err(e) => {
+                inst.sink = Sink::Refused {
+                    reason: "io",
+                    why: format!("the spool's write task failed: {e}"),
+                }
+            }
         }
     }
 
     /// The data set is complete: commit and answer.
     async fn finish(&self, mut inst: Instance, calling: &str) -> ((u8, Vec<u8>), bool) {
         self.flush(&mut inst).await;
+        let writer = match std::mem::replace(&mut inst.sink, Sink::InFlight) {
+            Sink::Writing(w) => w,
+            Sink::Refused { reason, why } => {
+                self.metrics.refused(reason);
+                tracing::error!(device = %self.config.name, calling_ae = %calling,
+                    sop_instance = %inst.request.affected_sop_instance, reason, error = %why,
+                    "spool refused a DICOM instance; answered 0xA700 so the modality keeps it and retries");
+                let rsp = inst.request.response(
+                    status::OUT_OF_RESOURCES,
+                    Some("gateway storage full or failing"),
+                );
+                return ((inst.context_id, rsp.encode()), false);
+            }
+            Sink::InFlight => {
+                // Unreachable by construction (every hand-over puts the
+                // writer or a refusal back), but if it ever happens the
+                // modality must hear "retry", and the log must say why.
+                self.metrics.refused("io");
+                tracing::error!(device = %self.config.name, calling_ae = %calling,
+                    sop_instance = %inst.request.affected_sop_instance,
+                    "the spool writer of a DICOM instance was lost between two writes (a bug: please report it); answered 0xA700");
+                let rsp = inst
+                    .request
+                    .response(status::OUT_OF_RESOURCES, Some("gateway storage failing"));
+                return ((inst.context_id, rsp.encode()), false);
+            }
+        };
         let r = &inst.request;
         let answer = |status: u16, comment: Option<&str>| {
             (inst.context_id, r.response(status, comment).encode())
         };
-        let Some(writer) = inst.writer.take() else {
-            let (reason, why) = inst.refused.clone().unwrap_or(("io", String::new()));
-            self.metrics.refused(reason);
-            tracing::error!(device = %self.config.name, calling_ae = %calling, sop_instance = %r.affected_sop_instance,
-                error = %why,
-                "spool refused a DICOM instance; answered 0xA700 so the modality keeps it and retries");
+        if inst.received == 0 {
+            // Nothing to store: a console bug, never an image. Dropping the
+            // writer discards the Part 10 header already written.
+            drop(writer);
+            tracing::warn!(device = %self.config.name, calling_ae = %calling, sop_instance = %r.affected_sop_instance,
+                "C-STORE with an empty data set refused with 0xC000");
             return (
-                answer(
-                    status::OUT_OF_RESOURCES,
-                    Some("gateway storage full or failing"),
-                ),
+                answer(status::CANNOT_UNDERSTAND, Some("empty data set")),
                 false,
             );
-        };
+        }
         // The disk syncs the payload while its metadata is read: the two
         // longest steps before the answer, overlapped.
         let (prefix, whole) = (std::mem::take(&mut inst.prefix), !inst.cut);
