@@ -82,10 +82,29 @@ fn number_and_unit(t: &str) -> Option<(f64, &str)> {
     Some((num.parse().ok()?, unit.trim()))
 }
 
-/// A byte count such as "50 MB" or "512 KiB".
+/// A byte count such as "50 MB", "512 KiB", "20 GiB", or a plain number
+/// of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[serde(try_from = "SizeText")]
 pub struct ByteSize(pub u64);
+
+/// What a size may be written as in TOML.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeText {
+    Bytes(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeText> for ByteSize {
+    type Error = String;
+    fn try_from(s: SizeText) -> Result<Self, String> {
+        match s {
+            SizeText::Bytes(n) => Ok(ByteSize(n)),
+            SizeText::Text(t) => ByteSize::try_from(t),
+        }
+    }
+}
 
 impl TryFrom<String> for ByteSize {
     type Error = String;
@@ -101,7 +120,11 @@ impl TryFrom<String> for ByteSize {
             "KiB" => 1 << 10,
             "MiB" => 1 << 20,
             "GiB" => 1 << 30,
-            other => return Err(format!("size {s:?}: unknown unit {other:?}")),
+            other => {
+                return Err(format!(
+                    "size {s:?}: unknown unit {other:?} (B, kB, MB, GB, KiB, MiB, GiB)"
+                ));
+            }
         };
         Ok(ByteSize((n * scale as f64) as u64))
     }

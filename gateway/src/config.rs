@@ -43,9 +43,15 @@ pub struct GatewayConfig {
 #[serde(deny_unknown_fields)]
 pub struct SpoolSection {
     pub dir: PathBuf,
-    /// Bytes the spool may hold, e.g. 21474836480 (20 GiB).
-    #[serde(default = "default_quota")]
-    pub quota_bytes: u64,
+    /// What the spool may hold, e.g. "20 GiB" (`quota_bytes`, a number of
+    /// bytes, is read too). Capped at run time by what the spool's
+    /// filesystem can hold.
+    #[serde(default = "default_quota", alias = "quota_bytes")]
+    pub quota: crate::bandwidth::ByteSize,
+    /// Space kept in a reserve file and released when the disk runs out,
+    /// so the box can still open its spool and deliver its backlog.
+    #[serde(default = "default_reserve")]
+    pub reserve: crate::bandwidth::ByteSize,
     #[serde(default = "default_high")]
     pub high_watermark: f64,
     #[serde(default = "default_low")]
@@ -58,8 +64,11 @@ pub struct SpoolSection {
     pub max_attempts: u32,
 }
 
-fn default_quota() -> u64 {
-    20 * 1024 * 1024 * 1024
+fn default_quota() -> crate::bandwidth::ByteSize {
+    crate::bandwidth::ByteSize(20 * 1024 * 1024 * 1024)
+}
+fn default_reserve() -> crate::bandwidth::ByteSize {
+    crate::bandwidth::ByteSize(32 * 1024 * 1024)
 }
 fn default_high() -> f64 {
     0.95
@@ -727,6 +736,12 @@ impl GatewayConfig {
         c.spool_config()
             .validate()
             .map_err(|m| invalid("spool", m))?;
+        if c.spool.reserve.0 < 1 << 20 {
+            return Err(invalid(
+                "spool.reserve",
+                "must be at least \"1 MiB\": without it a full disk stops the box from opening its spool".into(),
+            ));
+        }
         if c.uplink.max_in_flight == 0 {
             return Err(invalid("uplink.max_in_flight", "must be at least 1".into()));
         }
@@ -747,7 +762,8 @@ impl GatewayConfig {
 
     pub fn spool_config(&self) -> SpoolConfig {
         let mut s = SpoolConfig::new(&self.spool.dir);
-        s.quota_bytes = self.spool.quota_bytes;
+        s.quota_bytes = self.spool.quota.0;
+        s.reserve_bytes = self.spool.reserve.0;
         s.high_watermark = self.spool.high_watermark;
         s.low_watermark = self.spool.low_watermark;
         s.retention = self.spool.retention;

@@ -64,7 +64,7 @@ pub const RETRY_REASONS: &[&str] = &[
 ];
 
 /// Why the spool refused an item (`SpoolError::reason`).
-pub const REFUSAL_REASONS: &[&str] = &["full", "io", "index", "damaged", "closed"];
+pub const REFUSAL_REASONS: &[&str] = &["full", "disk_full", "io", "index", "damaged", "closed"];
 
 #[derive(Clone)]
 pub struct GatewayMetrics {
@@ -75,6 +75,8 @@ pub struct GatewayMetrics {
     pub dead_letters: Gauge,
     pub spool_used: Gauge,
     pub spool_quota: Gauge,
+    pub spool_fs_available: Gauge,
+    pub spool_reserve_held: Gauge,
     pub refusals: Family<ReasonLabels, Counter>,
     pub intake_items: Family<DeviceLabels, Counter>,
     pub intake_bytes: Family<DeviceLabels, Counter>,
@@ -110,6 +112,8 @@ impl GatewayMetrics {
             dead_letters: Gauge::default(),
             spool_used: Gauge::default(),
             spool_quota: Gauge::default(),
+            spool_fs_available: Gauge::default(),
+            spool_reserve_held: Gauge::default(),
             refusals: Family::default(),
             intake_items: Family::default(),
             intake_bytes: Family::default(),
@@ -167,9 +171,20 @@ impl GatewayMetrics {
         );
         r.register_with_unit(
             "yilian_spool_quota",
-            "Spool quota",
+            "Spool quota in force: the configured one, or less when the spool's filesystem cannot hold that much",
             Unit::Bytes,
             m.spool_quota.clone(),
+        );
+        r.register_with_unit(
+            "yilian_spool_filesystem_available",
+            "Free space on the spool's filesystem",
+            Unit::Bytes,
+            m.spool_fs_available.clone(),
+        );
+        r.register(
+            "yilian_spool_reserve_held",
+            "1 while the spool's disk reserve is in place; 0 once released because the disk ran out",
+            m.spool_reserve_held.clone(),
         );
         r.register(
             "yilian_spool_refusals",
@@ -308,6 +323,9 @@ impl GatewayMetrics {
         self.dead_letters.set(stats.dead as i64);
         self.spool_used.set(stats.used_bytes as i64);
         self.spool_quota.set(stats.quota_bytes as i64);
+        self.spool_fs_available
+            .set(i64::try_from(stats.fs_available_bytes).unwrap_or(i64::MAX));
+        self.spool_reserve_held.set(i64::from(stats.reserve_held));
     }
 
     pub fn refused(&self, reason: &str) {

@@ -28,7 +28,8 @@ pub fn collect(config: &GatewayConfig, recent: u32) -> anyhow::Result<StatusRepo
     Ok(StatusReport {
         link,
         spool: SpoolStats {
-            quota_bytes: config.spool.quota_bytes,
+            quota_bytes: config.spool.quota.0,
+            quota_configured_bytes: config.spool.quota.0,
             ..spool
         },
         recent,

@@ -5,8 +5,12 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
-    /// Bytes of payload the spool may hold in all.
+    /// Bytes of payload the spool may hold in all. Capped at run time by
+    /// what the spool's filesystem can hold (see `capacity`).
     pub quota_bytes: u64,
+    /// Bytes kept in a reserve file, released when the filesystem runs out
+    /// so the index can still open, record deliveries and evict.
+    pub reserve_bytes: u64,
     /// Fraction of the quota above which appends are refused.
     pub high_watermark: f64,
     /// Fraction of the quota below which appends are accepted again, and to
@@ -29,6 +33,7 @@ impl SpoolConfig {
         Self {
             dir: dir.into(),
             quota_bytes: 20 * 1024 * 1024 * 1024,
+            reserve_bytes: 32 * 1024 * 1024,
             high_watermark: 0.95,
             low_watermark: 0.85,
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -39,12 +44,12 @@ impl SpoolConfig {
         }
     }
 
-    pub(crate) fn high_mark(&self) -> u64 {
-        (self.quota_bytes as f64 * self.high_watermark) as u64
-    }
-
-    pub(crate) fn low_mark(&self) -> u64 {
-        (self.quota_bytes as f64 * self.low_watermark) as u64
+    /// The high and low marks of a quota of `quota` bytes.
+    pub(crate) fn marks(&self, quota: u64) -> (u64, u64) {
+        (
+            (quota as f64 * self.high_watermark) as u64,
+            (quota as f64 * self.low_watermark) as u64,
+        )
     }
 
     /// Checks the settings; the message says which one is wrong.

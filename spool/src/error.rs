@@ -6,11 +6,16 @@ use std::path::PathBuf;
 pub enum SpoolError {
     /// The quota's high watermark is reached: refuse the device so it
     /// retries later. Nothing already stored is affected.
-    #[error("spool full: {used} bytes held, refusing above {high_mark} until below {low_mark}")]
+    #[error(
+        "spool full{}: {used} bytes held, refusing above {high_mark} until below {low_mark}",
+        if *by_disk { " (its filesystem has no more room than that, whatever the quota)" } else { "" }
+    )]
     Full {
         used: u64,
         high_mark: u64,
         low_mark: u64,
+        /// The filesystem, not the configured quota, set the marks.
+        by_disk: bool,
     },
     #[error("{context} {path}: {source}")]
     Io {
@@ -51,7 +56,8 @@ impl SpoolError {
     /// A short, stable reason for metrics labels and device refusals.
     pub fn reason(&self) -> &'static str {
         match self {
-            SpoolError::Full { .. } => "full",
+            SpoolError::Full { by_disk: false, .. } => "full",
+            SpoolError::Full { by_disk: true, .. } => "disk_full",
             SpoolError::Io { .. } => "io",
             SpoolError::Db(_) => "index",
             SpoolError::SchemaTooNew { .. } => "schema",

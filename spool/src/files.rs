@@ -3,8 +3,9 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use sha2::{Digest, Sha256};
 
@@ -26,6 +27,47 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
         .map_err(|e| SpoolError::io("fsync directory", dir, e))
 }
 
+/// Creates `dir` and its missing parents with mode 0700, whatever the
+/// umask: spool and data directories hold patient data. An existing
+/// directory is left as it is (an administrator may have shared it on
+/// purpose).
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    // `mode` is filtered by the umask; say it again.
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+/// Opens options for a new file readable by its owner only.
+pub(crate) fn private_file() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.mode(0o600);
+    o
+}
+
+/// Makes the index and its journal files owner-only: SQLite creates them
+/// with the process's umask (0644 when started from a shell).
+pub(crate) fn make_private(dir: &Path) -> Result<(), SpoolError> {
+    for name in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
+        let path = dir.join(name);
+        match fs::metadata(&path) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                    .map_err(|e| SpoolError::io("restrict permissions of", &path, e))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SpoolError::io("stat", &path, e)),
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn new_upload_id() -> String {
     let bytes: [u8; 16] = rand::random();
     hex::encode(bytes)
@@ -45,12 +87,15 @@ pub struct SpoolWriter {
     /// The payload file once [`SpoolWriter::sync`] made it durable.
     synced: Option<PathBuf>,
     failed: Option<String>,
+    /// Bytes this writer counted in the spool's in-flight usage.
+    counted: u64,
 }
 
 impl SpoolWriter {
     pub(crate) fn new(spool: Spool, item: NewItem) -> Result<Self, SpoolError> {
         spool.check_room(0)?;
         Ok(Self {
+            counted: 0,
             spool,
             item,
             upload_id: new_upload_id(),
@@ -104,6 +149,17 @@ impl SpoolWriter {
             });
         }
         self.spool.check_room(self.written + data.len() as u64)?;
+        let written = self.write_file(data);
+        if let Err(SpoolError::Io { source, .. }) = &written
+            && crate::capacity::is_no_space(source)
+        {
+            self.spool
+                .out_of_space("a payload write found the filesystem full");
+        }
+        written
+    }
+
+    fn write_file(&mut self, data: &[u8]) -> Result<(), SpoolError> {
         self.hasher.update(data);
         self.written += data.len() as u64;
         if self.file.is_none()
@@ -126,12 +182,14 @@ impl SpoolWriter {
             let mut w = BufWriter::with_capacity(WRITE_BUFFER, f);
             w.write_all(&self.memory)
                 .map_err(|e| SpoolError::io("write payload file", &path, e))?;
+            self.count(self.memory.len() as u64);
             self.memory = Vec::new();
             self.file = Some((path, w));
         }
         if let Some((path, w)) = &mut self.file {
             w.write_all(data)
                 .map_err(|e| SpoolError::io("write payload file", path.as_path(), e))?;
+            self.count(data.len() as u64);
         }
         Ok(())
     }
@@ -167,6 +225,12 @@ impl SpoolWriter {
             }
             Err(e) => {
                 let _ = fs::remove_file(&path);
+                if let SpoolError::Io { source, .. } = &e
+                    && crate::capacity::is_no_space(source)
+                {
+                    self.spool
+                        .out_of_space("a payload sync found the filesystem full");
+                }
                 self.failed = Some(e.to_string());
                 Err(e)
             }
@@ -194,8 +258,19 @@ impl SpoolWriter {
     }
 }
 
+impl SpoolWriter {
+    fn count(&mut self, n: u64) {
+        self.counted += n;
+        self.spool.usage().writing.fetch_add(n, Ordering::SeqCst);
+    }
+}
+
 impl Drop for SpoolWriter {
     fn drop(&mut self) {
+        self.spool
+            .usage()
+            .writing
+            .fetch_sub(self.counted, Ordering::SeqCst);
         let path = self.file.take().map(|(p, _)| p).or(self.synced.take());
         if let Some(path) = path {
             // Best effort: the next open removes payloads without a row.

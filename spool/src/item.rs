@@ -204,6 +204,14 @@ pub struct SpoolStats {
     pub dead: u64,
     pub delivered_kept: u64,
     pub used_bytes: u64,
+    /// The quota in force: the configured one, or less when the
+    /// filesystem cannot hold that much.
     pub quota_bytes: u64,
+    /// The quota as configured.
+    pub quota_configured_bytes: u64,
+    /// Free space on the spool's filesystem at the last look.
+    pub fs_available_bytes: u64,
+    /// Whether the disk reserve is in place (released when the disk ran out).
+    pub reserve_held: bool,
     pub refusing: bool,
 }

@@ -20,6 +20,7 @@
 
 #![forbid(unsafe_code)]
 
+mod capacity;
 mod config;
 mod error;
 mod files;
@@ -37,3 +38,7 @@ pub use item::{
     SpoolStats,
 };
 pub use spool::{Spool, requeue_in};
+
+/// Creates a directory, and its missing parents, readable by its owner
+/// only, whatever the umask: spool and data directories hold patient data.
+pub use files::create_private_dir;

@@ -46,8 +46,13 @@ pub(crate) fn open_rw(path: &Path) -> Result<Connection, SpoolError> {
             known: SCHEMA_VERSION,
         });
     }
-    conn.execute_batch(SCHEMA)?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    // Nothing is written when the index is already current: on a full disk
+    // a write here would fail, and the box must still be able to open its
+    // spool and deliver what it holds.
+    if found < SCHEMA_VERSION {
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    }
     Ok(conn)
 }
 

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::params;
 
+use crate::capacity::{Capacity, fs_space};
 use crate::config::SpoolConfig;
 use crate::files::{Payload, SpoolWriter};
 use crate::item::{
@@ -34,6 +35,7 @@ struct Inner {
     blanks: std::sync::Mutex<Vec<String>>,
     tx: SyncSender<Request>,
     usage: Arc<Usage>,
+    capacity: Arc<Capacity>,
 }
 
 /// A handle to an open spool; cheap to clone, usable from many threads.
@@ -62,7 +64,21 @@ impl Spool {
         let dir = config.dir.clone();
         let payload_dir = dir.join("payload");
         for d in [&dir, &payload_dir] {
-            fs::create_dir_all(d).map_err(|e| SpoolError::io("create spool directory", d, e))?;
+            crate::files::create_private_dir(d)
+                .map_err(|e| SpoolError::io("create spool directory", d, e))?;
+        }
+        let capacity = Arc::new(Capacity::new(
+            &dir,
+            config.quota_bytes,
+            config.reserve_bytes,
+        ));
+        // On a full filesystem SQLite cannot even open its index (recovery
+        // and the journal need a little space): give the reserve back first,
+        // so the box can still deliver what it holds.
+        if let Ok(space) = fs_space(&dir)
+            && space.available < config.reserve_bytes.max(1 << 20)
+        {
+            capacity.release_reserve("the filesystem was full when the spool opened");
         }
         // The directories' own entries must be durable before anything in
         // them is acknowledged: payload commits only fsync `payload/`.
@@ -80,7 +96,17 @@ impl Spool {
         } else {
             0
         };
-        let conn = schema::open_rw(&dir.join("index.sqlite"))?;
+        let index = dir.join("index.sqlite");
+        let conn = match schema::open_rw(&index) {
+            Err(SpoolError::Db(e))
+                if crate::capacity::is_sqlite_full(&e)
+                    && capacity.release_reserve("the index could not open for lack of space") =>
+            {
+                schema::open_rw(&index)?
+            }
+            other => other?,
+        };
+        crate::files::make_private(&dir)?;
         let released = conn.execute("UPDATE items SET state = 0 WHERE state = 1", [])?;
         let (orphans, missing) = reconcile_payloads(&conn, &payload_dir)?;
         if removed_partial + released + orphans + missing > 0 {
@@ -96,15 +122,28 @@ impl Spool {
             conn.query_row("SELECT COALESCE(SUM(size), 0) FROM items", [], |r| r.get(0))?;
         let usage = Arc::new(Usage::default());
         usage.used.store(used as u64, Ordering::SeqCst);
-        usage
-            .refusing
-            .store(used as u64 > config.high_mark(), Ordering::SeqCst);
+        capacity.ensure_reserve();
+        let effective = capacity.effective_quota(used as u64);
+        if effective < config.quota_bytes {
+            let total = fs_space(&dir).map(|s| s.total).unwrap_or(0);
+            tracing::warn!(
+                quota_bytes = config.quota_bytes,
+                effective_quota_bytes = effective,
+                filesystem_bytes = total,
+                dir = %dir.display(),
+                "the spool's quota is more than its filesystem can hold; the spool holds at most the effective quota (lower `quota` in [spool] to silence this)"
+            );
+        }
+        let (high, _) = config.marks(effective);
+        usage.refusing.store(used as u64 > high, Ordering::SeqCst);
 
         let (tx, rx) = mpsc::sync_channel::<Request>(1024);
         let writer = Writer {
             conn,
             config: config.clone(),
             usage: usage.clone(),
+            capacity: capacity.clone(),
+            index_files_private: false,
         };
         std::thread::Builder::new()
             .name("spool-writer".into())
@@ -117,6 +156,7 @@ impl Spool {
                 blanks: std::sync::Mutex::new(Vec::new()),
                 tx,
                 usage,
+                capacity,
             }),
         })
     }
@@ -140,7 +180,7 @@ impl Spool {
             for _ in 0..BLANKS_PER_BATCH {
                 let id = crate::files::new_upload_id();
                 let path = self.inner.payload_dir.join(&id);
-                std::fs::OpenOptions::new()
+                crate::files::private_file()
                     .write(true)
                     .create_new(true)
                     .open(&path)
@@ -173,8 +213,12 @@ impl Spool {
     /// Refuses early when adding `extra` bytes would pass the high mark.
     pub(crate) fn check_room(&self, extra: u64) -> Result<(), SpoolError> {
         let used = self.inner.usage.used.load(Ordering::SeqCst);
+        let writing = self.inner.usage.writing.load(Ordering::SeqCst);
         let refusing = self.inner.usage.refusing.load(Ordering::SeqCst);
-        let high = self.inner.config.high_mark();
+        // Payloads being written are on the disk (missing from its free
+        // space) but not yet in `used`: held, so not charged twice.
+        let quota = self.inner.capacity.effective_quota(used + writing);
+        let (high, low) = self.inner.config.marks(quota);
         // While refusing, the writer thread decides (it may evict delivered
         // items first), so only the plain size check refuses here.
         if !refusing && used + extra > high {
@@ -182,10 +226,21 @@ impl Spool {
             return Err(SpoolError::Full {
                 used,
                 high_mark: high,
-                low_mark: self.inner.config.low_mark(),
+                low_mark: low,
+                by_disk: self.inner.capacity.limited_by_disk(),
             });
         }
         Ok(())
+    }
+
+    pub(crate) fn usage(&self) -> &Usage {
+        &self.inner.usage
+    }
+
+    /// A write found the filesystem full: give the reserve back so the
+    /// index can go on recording deliveries and evictions.
+    pub(crate) fn out_of_space(&self, what: &str) {
+        self.inner.capacity.release_reserve(what);
     }
 
     pub(crate) fn insert(&self, row: InsertRow) -> Result<Committed, SpoolError> {
@@ -330,7 +385,10 @@ impl Spool {
         }
     }
 
+    /// Counts per lane and usage. Also puts the disk reserve back once the
+    /// filesystem has room for it again (this is called every few seconds).
     pub fn stats(&self) -> Result<SpoolStats, SpoolError> {
+        self.inner.capacity.ensure_reserve();
         match self.call(Op::Stats)? {
             Reply::Stats(s) => Ok(s),
             _ => Err(SpoolError::Closed),

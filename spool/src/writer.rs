@@ -12,6 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::SpoolError;
+use crate::capacity::{Capacity, is_sqlite_full};
 use crate::config::SpoolConfig;
 use crate::item::{Committed, ItemSummary, Lane, Lease, NackOutcome, NewItem, SpoolStats};
 use crate::queries;
@@ -91,6 +92,9 @@ pub(crate) struct Request {
 #[derive(Debug, Default)]
 pub(crate) struct Usage {
     pub used: AtomicU64,
+    /// Payload bytes written to files by appends not yet committed: on the
+    /// disk, not yet in `used`.
+    pub writing: AtomicU64,
     pub refusing: AtomicBool,
 }
 
@@ -98,6 +102,10 @@ pub(crate) struct Writer {
     pub conn: Connection,
     pub config: SpoolConfig,
     pub usage: Arc<Usage>,
+    pub capacity: Arc<Capacity>,
+    /// The WAL and shared-memory files are made owner-only once they exist
+    /// (SQLite creates them with the process's umask).
+    pub index_files_private: bool,
 }
 
 impl Writer {
@@ -119,6 +127,10 @@ impl Writer {
         let mut unlink_after_commit: Vec<PathBuf> = Vec::new();
         if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
             tracing::error!(error = %e, "spool index: cannot begin a transaction");
+            if is_sqlite_full(&e) {
+                self.capacity
+                    .release_reserve("the spool index could not begin a transaction");
+            }
             let code = e.sqlite_error_code();
             for req in batch {
                 let err = match code {
@@ -164,6 +176,9 @@ impl Writer {
         }
         match self.conn.execute_batch("COMMIT") {
             Ok(()) => {
+                if !self.index_files_private {
+                    self.index_files_private = crate::files::make_private(&self.config.dir).is_ok();
+                }
                 for path in unlink_after_commit {
                     let _ = fs::remove_file(&path);
                 }
@@ -174,6 +189,12 @@ impl Writer {
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 self.usage.used.store(used_before, Ordering::SeqCst);
+                if is_sqlite_full(&e) {
+                    // Deliveries must still be recordable: without that the
+                    // box can never free the space it is out of.
+                    self.capacity
+                        .release_reserve("the spool index could not commit for lack of space");
+                }
                 let msg = e.to_string();
                 tracing::error!(error = %msg, "spool index commit failed; the requests in this group were refused");
                 for (reply, r) in replies.into_iter().zip(results) {
@@ -257,9 +278,24 @@ impl Writer {
                     .map(Reply::Count)
             }
             Op::Stats => {
+                // A refusing spool frees itself: on a full disk no append
+                // gets as far as the insert that would evict, so delivered
+                // items go here, every few seconds, until the refusal lifts.
+                if self.usage.refusing.load(Ordering::SeqCst) {
+                    match self.make_room(0, unlink) {
+                        Ok(()) => tracing::info!("spool accepts items again"),
+                        Err(SpoolError::Full { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
                 let mut s = queries::stats(&self.conn)?;
                 s.used_bytes = self.usage.used.load(Ordering::SeqCst);
-                s.quota_bytes = self.config.quota_bytes;
+                s.quota_bytes = self
+                    .capacity
+                    .effective_quota(s.used_bytes + self.usage.writing.load(Ordering::SeqCst));
+                s.quota_configured_bytes = self.config.quota_bytes;
+                s.fs_available_bytes = self.capacity.last_available();
+                s.reserve_held = self.capacity.reserve_held();
                 s.refusing = self.usage.refusing.load(Ordering::SeqCst);
                 Ok(Reply::Stats(s))
             }
@@ -352,9 +388,12 @@ impl Writer {
     /// reached evicts delivered items (oldest first) down to the low mark.
     /// Undelivered items are never evicted.
     fn make_room(&mut self, size: u64, unlink: &mut Vec<PathBuf>) -> Result<(), SpoolError> {
-        let high = self.config.high_mark();
-        let low = self.config.low_mark();
         let used = self.usage.used.load(Ordering::SeqCst);
+        let writing = self.usage.writing.load(Ordering::SeqCst);
+        // The payload being inserted is already on the disk and still in
+        // `writing` (its writer drops after the insert): held, not free.
+        let quota = self.capacity.effective_quota(used + writing);
+        let (high, low) = self.config.marks(quota);
         let refusing = self.usage.refusing.load(Ordering::SeqCst);
         // While refusing, the bar is the low mark, so eviction must aim for
         // it too: otherwise items delivered after the first refusal stay
@@ -374,6 +413,7 @@ impl Writer {
                 used,
                 high_mark: high,
                 low_mark: low,
+                by_disk: self.capacity.limited_by_disk(),
             });
         }
         Ok(())
