@@ -6,7 +6,7 @@
 
 let
   bundleMount = "/run/yilian-bundle";
-  secrets = "/var/lib/yilian-secrets";
+  identity = "/var/lib/yilian/identity";
 in
 {
   imports = [ ./modules/gateway.nix ];
@@ -23,16 +23,11 @@ in
     device = "/dev/disk/by-label/boot";
     fsType = "vfat";
   };
-  # Spool, secrets and drop folders live on the data partition.
+  # Spool and identity live on the data partition.
   fileSystems."/var/lib/yilian" = {
     device = "/dev/disk/by-label/yilian-data";
     fsType = "ext4";
     options = [ "noatime" "data=ordered" ];
-  };
-  fileSystems.${secrets} = {
-    device = "/var/lib/yilian/.secrets";
-    options = [ "bind" ];
-    depends = [ "/var/lib/yilian" ];
   };
 
   networking.hostName = lib.mkDefault "clinic-box";
@@ -59,32 +54,29 @@ in
   };
   systemd.tmpfiles.rules = [
     "d /srv/yilian/drop/ecg 2770 root yilian-gateway -"
-    "d ${secrets} 0700 root root -"
   ];
 
   services.yilian-gateway = {
     enable = true;
-    caFile = "${secrets}/ca.pem";
-    certFile = "${secrets}/gateway.pem";
-    keyFile = "${secrets}/gateway.key";
-    # Overridden by the bundle's central address at first boot, see below.
-    central = lib.mkDefault "hub.county.example:4433";
+    # Central's address comes from the bundle's token at first boot.
     settings.folder = [
       { name = "ecg-share"; path = "/srv/yilian/drop/ecg"; lane = "clinical"; }
     ];
   };
 
-  # First boot from a USB stick labelled YILIAN-BUNDLE holding the output
-  # of `yilian-provision cert issue --gateway ... --out`: ca.pem,
-  # gateway.pem, gateway.key. Copied once onto the data partition; the
-  # gateway waits for them.
+  # First boot from a USB stick labelled YILIAN-BUNDLE holding the
+  # `yilian-bundle/` directory that `yilian-provision bundle` writes (token,
+  # fleet CA): the box enrolls with it, making its key here, and the
+  # gateway starts with the identity in the state directory.
   systemd.services.yilian-bundle = {
-    description = "Install the Yilian provisioning bundle from USB";
+    description = "Enroll this box from the Yilian bundle on a USB stick";
     wantedBy = [ "multi-user.target" ];
     before = [ "yilian-gateway.service" ];
     requiredBy = [ "yilian-gateway.service" ];
-    unitConfig.ConditionPathExists = "!${secrets}/gateway.key";
-    path = [ pkgs.util-linux pkgs.coreutils ];
+    wants = [ "network-online.target" ];
+    after = [ "network-online.target" ];
+    unitConfig.ConditionPathExists = "!${identity}/gateway.pem";
+    path = [ pkgs.util-linux pkgs.coreutils config.services.yilian-gateway.package ];
     serviceConfig = {
       Type = "oneshot";
       RemainAfterExit = true;
@@ -97,13 +89,11 @@ in
       mkdir -p ${bundleMount}
       mount -o ro "$dev" ${bundleMount}
       trap 'umount ${bundleMount}' EXIT
-      for f in ca.pem gateway.pem gateway.key; do
-        install -m 0600 -o root -g root ${bundleMount}/$f ${secrets}/$f.new
-      done
+      # Makes the key, sends the token to the central it names, and hands
+      # the identity to the service user.
+      yilian-gateway enroll --config /etc/yilian/gateway.toml \
+        --bundle ${bundleMount}/yilian-bundle
       sync
-      for f in ca.pem gateway.pem gateway.key; do mv ${secrets}/$f.new ${secrets}/$f; done
-      sync
-      echo "provisioning bundle installed"
     '';
   };
 }

@@ -14,8 +14,13 @@ use yilian_spool::{Lane, SpoolConfig};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
+    #[serde(default)]
     pub spool: SpoolSection,
+    #[serde(default)]
     pub uplink: UplinkSection,
+    /// Where the box's key, certificate and fleet CA live.
+    #[serde(default)]
+    pub identity: IdentitySection,
     #[serde(default)]
     pub metrics: MetricsSection,
     #[serde(default)]
@@ -39,9 +44,14 @@ pub struct GatewayConfig {
     pub source: PathBuf,
 }
 
+/// The service's state directory: spool, identity, worklist and ledgers
+/// live under it, writable by the service under its sandbox.
+pub const STATE_DIR: &str = "/var/lib/yilian";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpoolSection {
+    #[serde(default = "default_spool_dir")]
     pub dir: PathBuf,
     /// What the spool may hold, e.g. "20 GiB" (`quota_bytes`, a number of
     /// bytes, is read too). Capped at run time by what the spool's
@@ -62,6 +72,47 @@ pub struct SpoolSection {
     /// Rejections by central before an item is set aside for an operator.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        Self {
+            dir: default_spool_dir(),
+            quota: default_quota(),
+            reserve: default_reserve(),
+            high_watermark: default_high(),
+            low_watermark: default_low(),
+            retention: default_retention(),
+            max_attempts: default_max_attempts(),
+        }
+    }
+}
+
+fn default_spool_dir() -> PathBuf {
+    Path::new(STATE_DIR).join("spool")
+}
+
+/// The box's identity: its private key, certificate chain and the fleet
+/// CA, written by `enroll` and replaced by every renewal. It belongs in
+/// the state directory (the configuration directory is read-only to the
+/// service), owned by the service user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    #[serde(default = "default_identity_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for IdentitySection {
+    fn default() -> Self {
+        Self {
+            dir: default_identity_dir(),
+        }
+    }
+}
+
+fn default_identity_dir() -> PathBuf {
+    Path::new(STATE_DIR).join("identity")
 }
 
 fn default_quota() -> crate::bandwidth::ByteSize {
@@ -86,13 +137,17 @@ fn default_max_attempts() -> u32 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkSection {
-    /// `host:port` of central; resolved again at every reconnect.
+    /// `host:port` of central; resolved again at every reconnect. Empty in
+    /// the file: the address `enroll` recorded with the box's identity.
+    #[serde(default)]
     pub central: String,
     /// Name in central's certificate; defaults to the host part of `central`.
     pub server_name: Option<String>,
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// Fixed TLS files (a bench or a lab). Without them the box uses the
+    /// identity that `enroll` wrote and renewals replace.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     /// Uploads in flight at once (urgent items get two more slots).
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
@@ -129,6 +184,28 @@ impl UplinkSection {
             windows: self.schedule.clone(),
             offset: self.utc_offset,
             urgent_allowance: self.urgent_allowance.0,
+        }
+    }
+}
+
+impl Default for UplinkSection {
+    fn default() -> Self {
+        Self {
+            central: String::new(),
+            server_name: None,
+            ca: None,
+            cert: None,
+            key: None,
+            max_in_flight: default_in_flight(),
+            chunk_size: default_chunk(),
+            heartbeat_interval: default_heartbeat(),
+            idle_timeout: None,
+            reconnect_max: default_backoff_max(),
+            congestion: yilian_link::Congestion::default(),
+            rate_limit: unlimited(),
+            schedule: Vec::new(),
+            utc_offset: crate::bandwidth::Offset::default(),
+            urgent_allowance: default_urgent_allowance(),
         }
     }
 }
@@ -594,9 +671,13 @@ impl GatewayConfig {
             }
         };
         abs(&mut c.spool.dir);
-        abs(&mut c.uplink.ca);
-        abs(&mut c.uplink.cert);
-        abs(&mut c.uplink.key);
+        abs(&mut c.identity.dir);
+        for p in [&mut c.uplink.ca, &mut c.uplink.cert, &mut c.uplink.key]
+            .into_iter()
+            .flatten()
+        {
+            abs(p);
+        }
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             path: path.to_owned(),
             key: key.to_owned(),
@@ -751,7 +832,14 @@ impl GatewayConfig {
                 "must be between 4096 and 1048576".into(),
             ));
         }
-        if c.uplink.central.rsplit_once(':').is_none() {
+        if c.uplink.central.is_empty() {
+            // Not in the file: the address recorded at enrollment, if the
+            // box is enrolled (`start` says what to do when it is not).
+            if let Some(e) = crate::enrollment::Record::read(&c.identity_dir()) {
+                c.uplink.central = e.central;
+            }
+        }
+        if !c.uplink.central.is_empty() && c.uplink.central.rsplit_once(':').is_none() {
             return Err(invalid(
                 "uplink.central",
                 format!("{:?} is not HOST:PORT", c.uplink.central),
@@ -769,6 +857,34 @@ impl GatewayConfig {
         s.retention = self.spool.retention;
         s.max_attempts = self.spool.max_attempts;
         s
+    }
+
+    /// The box's TLS files: those named in `[uplink]`, else the identity
+    /// in `[identity] dir`.
+    pub fn tls_files(&self) -> yilian_link::TlsFiles {
+        let dir = &self.identity.dir;
+        yilian_link::TlsFiles {
+            ca: self.uplink.ca.clone().unwrap_or_else(|| dir.join("ca.pem")),
+            cert: self
+                .uplink
+                .cert
+                .clone()
+                .unwrap_or_else(|| dir.join("gateway.pem")),
+            key: self
+                .uplink
+                .key
+                .clone()
+                .unwrap_or_else(|| dir.join("gateway.key")),
+        }
+    }
+
+    /// Where the box's certificate is, and its enrollment record beside it:
+    /// `[identity] dir`, or the directory of a fixed `uplink.cert`.
+    pub fn identity_dir(&self) -> PathBuf {
+        self.tls_files()
+            .cert
+            .parent()
+            .map_or_else(|| self.identity.dir.clone(), Path::to_path_buf)
     }
 
     /// The name to verify in central's certificate.

@@ -4,15 +4,31 @@
 //! A bundle is a directory named `yilian-bundle` holding `token` (the
 //! enrollment token), `ca.pem` (the fleet CA, for a human to check against
 //! the token's fingerprint) and optionally `gateway.toml` (the box's
-//! initial configuration, used when the box has none yet).
+//! initial configuration, used when the box has none yet) and the gateway
+//! package to install.
+//!
+//! What enrollment leaves behind, in the identity directory
+//! (`/var/lib/yilian/identity` unless `[identity] dir` says otherwise):
+//!
+//! ```text
+//! gateway.key       the box's private key (0600), made here, never sent
+//! gateway.pem       its certificate chain, replaced by every renewal
+//! ca.pem            the fleet CA
+//! enrollment.json   identity, central's address, when
+//! ```
+//!
+//! The directory belongs to the service user, so renewals under the
+//! service's sandbox (read-only `/etc`) persist. A box enrolled without a
+//! configuration file gets a minimal one: central comes from the token,
+//! devices are published from central.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use yilian_link::TlsFiles;
+use serde::{Deserialize, Serialize};
 use yilian_provision::token;
 
-use crate::config::GatewayConfig;
+use crate::config::{GatewayConfig, IdentitySection, STATE_DIR};
 
 /// Where a mounted USB stick's bundle is looked for at first boot.
 const BUNDLE_GLOBS: &[&str] = &[
@@ -23,49 +39,231 @@ const BUNDLE_GLOBS: &[&str] = &[
     "/mnt/*/yilian-bundle",
 ];
 
+/// The service user the packages and the NixOS module create; the
+/// identity is handed to it when `enroll` runs as root.
+pub const SERVICE_USER: &str = "yilian-gateway";
+
+const RECORD_FILE: &str = "enrollment.json";
+
+/// What enrollment recorded beside the identity.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Record {
+    /// `COUNTY/CLINIC/BOX`.
+    pub identity: String,
+    /// `host:port` of central, from the token or `--central`.
+    pub central: String,
+    /// Milliseconds since the epoch.
+    pub enrolled_ms: i64,
+    /// SHA-256 of the fleet CA the token named.
+    pub ca_sha256: String,
+}
+
+impl Record {
+    pub fn read(identity_dir: &Path) -> Option<Record> {
+        let text = std::fs::read_to_string(identity_dir.join(RECORD_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+/// Where `enroll` puts things when there is no configuration yet.
+#[derive(Debug, Clone)]
+pub struct EnrollOptions<'a> {
+    pub config_path: &'a Path,
+    pub central: Option<&'a str>,
+    /// The state directory for a box without a configuration file
+    /// (default `/var/lib/yilian`): the identity and spool go under it.
+    pub state_dir: Option<&'a Path>,
+}
+
+/// What `enroll` did, for the person at the box.
+#[derive(Debug)]
+pub struct Enrolled {
+    pub installed: crate::certificate::Installed,
+    pub identity_dir: PathBuf,
+    /// The configuration file written, when the box had none.
+    pub wrote_config: Option<PathBuf>,
+    pub central: String,
+}
+
 pub async fn enroll_command(
-    config_path: &Path,
-    central: Option<&str>,
+    opts: EnrollOptions<'_>,
     token_text: Option<&str>,
     bundle: Option<&Path>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Enrolled> {
     let token_text = match (token_text, bundle) {
         (Some(t), _) => t.trim().to_owned(),
-        (None, Some(dir)) => adopt_bundle(dir, config_path)?,
+        (None, Some(dir)) => adopt_bundle(dir, opts.config_path)?,
         (None, None) => anyhow::bail!("give --token TOKEN or --bundle DIR"),
     };
-    let installed = enroll(config_path, central, &token_text).await?;
-    println!(
-        "enrolled as {}; certificate valid until {} (renewed automatically over the link)",
-        installed.identity,
-        humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH
-                + std::time::Duration::from_secs(installed.not_after.max(0) as u64)
-        )
+    enroll(&opts, &token_text).await
+}
+
+async fn enroll(opts: &EnrollOptions<'_>, token_text: &str) -> anyhow::Result<Enrolled> {
+    let claims = token::peek(token_text).context("reading the enrollment token")?;
+    let config = if opts.config_path.exists() {
+        Some(GatewayConfig::load(opts.config_path)?)
+    } else {
+        None
+    };
+    let central = opts
+        .central
+        .map(str::to_owned)
+        .or(claims.central.clone())
+        .or_else(|| {
+            config
+                .as_ref()
+                .map(|c| c.uplink.central.clone())
+                .filter(|c| !c.is_empty())
+        })
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the token names no central and no configuration does: give --central HOST:PORT"
+            )
+        })?;
+    let state_dir = opts
+        .state_dir
+        .map_or_else(|| PathBuf::from(STATE_DIR), Path::to_owned);
+    let (files, identity_dir, server_name) = match &config {
+        Some(c) => (
+            c.tls_files(),
+            c.identity_dir(),
+            c.uplink.server_name.clone(),
+        ),
+        None => {
+            let identity = IdentitySection {
+                dir: state_dir.join("identity"),
+            };
+            let files = yilian_link::TlsFiles {
+                ca: identity.dir.join("ca.pem"),
+                cert: identity.dir.join("gateway.pem"),
+                key: identity.dir.join("gateway.key"),
+            };
+            (files, identity.dir, None)
+        }
+    };
+    let installed =
+        crate::certificate::enroll(&files, &central, server_name.as_deref(), token_text)
+            .await
+            .with_context(|| format!("enrolling as {} at {central}", claims.gateway))?;
+    let record = Record {
+        identity: installed.identity.clone(),
+        central: central.clone(),
+        enrolled_ms: crate::now_ms(),
+        ca_sha256: claims.ca_sha256.clone(),
+    };
+    write_file(
+        &identity_dir.join(RECORD_FILE),
+        &serde_json::to_string_pretty(&record)?,
+        0o644,
+    )?;
+    let wrote_config = match config {
+        Some(_) => None,
+        None => {
+            write_minimal_config(opts.config_path, &record, opts.state_dir)?;
+            Some(opts.config_path.to_owned())
+        }
+    };
+    hand_to_service_user(&identity_dir)?;
+    Ok(Enrolled {
+        installed,
+        identity_dir,
+        wrote_config,
+        central,
+    })
+}
+
+/// The configuration of a box that has nothing else: where central is;
+/// devices come from central's published configuration.
+fn write_minimal_config(
+    path: &Path,
+    record: &Record,
+    state_dir: Option<&Path>,
+) -> anyhow::Result<()> {
+    let mut text = format!(
+        "# Written by `yilian-gateway enroll` for {} on {}.\n\
+         # Devices are published from central (`yilian-provision config set`);\n\
+         # sections added here are kept under what central publishes.\n\
+         # The box's key and certificate live in the state directory, not here.\n\n\
+         [uplink]\ncentral = \"{}\"\n",
+        record.identity,
+        crate::clock::Clock::system().format_ms(record.enrolled_ms),
+        record.central
     );
+    if let Some(dir) = state_dir {
+        let dir = dir
+            .display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"");
+        text.push_str(&format!(
+            "\n[spool]\ndir = \"{dir}/spool\"\n\n[identity]\ndir = \"{dir}/identity\"\n"
+        ));
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    write_file(path, &text, 0o644)
+}
+
+fn write_file(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("new");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
-async fn enroll(
-    config_path: &Path,
-    central: Option<&str>,
-    token_text: &str,
-) -> anyhow::Result<crate::certificate::Installed> {
-    let config = GatewayConfig::load(config_path)?;
-    let claims = token::peek(token_text).context("reading the enrollment token")?;
-    let central = central
-        .map(str::to_owned)
-        .or(claims.central.clone())
-        .unwrap_or_else(|| config.uplink.central.clone());
-    let files = TlsFiles {
-        ca: config.uplink.ca.clone(),
-        cert: config.uplink.cert.clone(),
-        key: config.uplink.key.clone(),
+/// Run as root (as a county admin does), enrollment leaves files the
+/// service must be able to read and replace at every renewal: they go to
+/// the owner of the state directory, or else to the service user.
+fn hand_to_service_user(identity_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if rustix::process::geteuid().as_raw() != 0 {
+        return Ok(());
+    }
+    let parent_owner = identity_dir
+        .parent()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| (m.uid(), m.gid()))
+        .filter(|(uid, _)| *uid != 0);
+    let Some((uid, gid)) = parent_owner.or_else(|| lookup_user(SERVICE_USER)) else {
+        return Ok(());
     };
-    let server_name = config.uplink.server_name.clone();
-    crate::certificate::enroll(&files, &central, server_name.as_deref(), token_text)
-        .await
-        .with_context(|| format!("enrolling as {} at {central}", claims.gateway))
+    let mut paths = vec![identity_dir.to_owned()];
+    for e in std::fs::read_dir(identity_dir)
+        .with_context(|| format!("listing {}", identity_dir.display()))?
+        .flatten()
+    {
+        paths.push(e.path());
+    }
+    for p in paths {
+        std::os::unix::fs::chown(&p, Some(uid), Some(gid))
+            .with_context(|| format!("handing {} to the service user", p.display()))?;
+    }
+    Ok(())
+}
+
+/// A user's uid and gid from `/etc/passwd` (the service user is a local
+/// system user made by sysusers; no name service needed).
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        let _pw = f.next()?;
+        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    })
 }
 
 /// Reads a bundle's token; installs its `gateway.toml` when the box has
@@ -112,31 +310,36 @@ fn expand(pattern: &str) -> Vec<PathBuf> {
     found
 }
 
-/// At `run`: a box with no certificate enrolls from a bundle on a mounted
-/// USB stick, if there is one; otherwise it says what to do.
-pub async fn first_boot(config_path: &Path) -> anyhow::Result<()> {
-    let cert_exists = GatewayConfig::load(config_path)
-        .map(|c| c.uplink.cert.exists())
-        .unwrap_or(false);
-    if cert_exists {
-        return Ok(());
-    }
-    let bundle = BUNDLE_GLOBS
+/// A bundle on a mounted USB stick, if there is one.
+pub fn find_bundle() -> Option<PathBuf> {
+    BUNDLE_GLOBS
         .iter()
         .flat_map(|g| expand(g))
-        .find(|d| d.join("token").is_file());
-    let Some(dir) = bundle else {
-        if config_path.exists() {
-            anyhow::bail!(
-                "this box has no certificate yet: run `yilian-gateway enroll --token TOKEN`, \\
-                 or insert a USB stick with a yilian-bundle directory"
-            );
-        }
+        .find(|d| d.join("token").is_file())
+}
+
+/// At `run`: a box with no identity enrolls from a bundle on a mounted
+/// USB stick, if there is one; otherwise it says what to do.
+pub async fn first_boot(config_path: &Path) -> anyhow::Result<()> {
+    let config = GatewayConfig::load(config_path).ok();
+    if config.as_ref().is_some_and(|c| c.tls_files().cert.exists()) {
+        return Ok(());
+    }
+    let Some(dir) = find_bundle() else {
+        // `start` explains what is missing, with the file named.
         return Ok(());
     };
     tracing::info!(bundle = %dir.display(), "enrolling from an offline bundle");
     let token_text = adopt_bundle(&dir, config_path)?;
-    let i = enroll(config_path, None, &token_text).await?;
-    tracing::info!(identity = %i.identity, not_after = i.not_after, "enrolled from the bundle");
+    let e = enroll(
+        &EnrollOptions {
+            config_path,
+            central: None,
+            state_dir: None,
+        },
+        &token_text,
+    )
+    .await?;
+    tracing::info!(identity = %e.installed.identity, not_after = e.installed.not_after, "enrolled from the bundle");
     Ok(())
 }

@@ -15,6 +15,7 @@
 
 pub mod bandwidth;
 pub mod certificate;
+pub mod clock;
 pub mod config;
 pub mod content;
 pub mod enrollment;
@@ -33,7 +34,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::{Notify, watch};
-use yilian_link::{TlsFiles, client_config};
+use yilian_link::client_config;
 use yilian_spool::Spool;
 
 pub use config::GatewayConfig;
@@ -74,16 +75,27 @@ impl Running {
 /// starts the intake adapters and the uplink. Returns once all are bound:
 /// the point at which the service is ready.
 pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
+    if config.uplink.central.is_empty() {
+        anyhow::bail!(
+            "this box is not enrolled yet ({} names no central, and {} holds no enrollment): \
+             run `yilian-gateway enroll --token TOKEN`, or insert the USB stick with its yilian-bundle and start again",
+            config.source.display(),
+            config.identity.dir.display()
+        );
+    }
+    let tls = config.tls_files();
+    if config.uplink.cert.is_none() && !tls.cert.exists() {
+        anyhow::bail!(
+            "this box is not enrolled yet: there is no certificate in {}; \
+             run `yilian-gateway enroll --token TOKEN` (or insert the USB stick with its yilian-bundle)",
+            config.identity_dir().display()
+        );
+    }
     let spool_config = config.spool_config();
     let spool = tokio::task::spawn_blocking(move || Spool::open(spool_config))
         .await?
         .with_context(|| format!("opening the spool in {}", config.spool.dir.display()))?;
     let metrics = GatewayMetrics::new();
-    let tls = TlsFiles {
-        ca: config.uplink.ca.clone(),
-        cert: config.uplink.cert.clone(),
-        key: config.uplink.key.clone(),
-    };
     // Fail at start-up on unusable files, with the file named.
     client_config(&tls).context("loading the gateway's TLS files")?;
     let not_after = yilian_link::load_cert_chain(&tls.cert)

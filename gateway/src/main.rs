@@ -35,6 +35,10 @@ enum Command {
         /// A directory written by `yilian-provision bundle` (a USB stick).
         #[arg(long)]
         bundle: Option<PathBuf>,
+        /// For a box without a configuration file: the state directory the
+        /// identity and spool go under (default /var/lib/yilian).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Check a configuration file and exit.
     CheckConfig {
@@ -86,24 +90,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             central,
             token,
             bundle,
+            state_dir,
         } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(yilian_gateway::enrollment::enroll_command(
-                &config,
-                central.as_deref(),
+            let e = rt.block_on(yilian_gateway::enrollment::enroll_command(
+                yilian_gateway::enrollment::EnrollOptions {
+                    config_path: &config,
+                    central: central.as_deref(),
+                    state_dir: state_dir.as_deref(),
+                },
                 token.as_deref(),
                 bundle.as_deref(),
-            ))
+            ))?;
+            let clock = GatewayConfig::load(&config)
+                .map(|c| yilian_gateway::clock::Clock::of(&c))
+                .unwrap_or_default();
+            println!(
+                "enrolled as {} at {}; certificate valid until {} (renewed automatically over the link)",
+                e.installed.identity,
+                e.central,
+                clock.format_secs(e.installed.not_after)
+            );
+            println!("identity: {}", e.identity_dir.display());
+            if let Some(c) = e.wrote_config {
+                println!(
+                    "configuration written to {} (devices come from central's published configuration)",
+                    c.display()
+                );
+            }
+            println!("next: systemctl start yilian-gateway");
+            Ok(())
         }
         Command::CheckConfig { config } => {
             let c = GatewayConfig::load(&config)?;
+            let central = if c.uplink.central.is_empty() {
+                "not enrolled yet: central comes from the enrollment token".to_owned()
+            } else {
+                format!("central {}", c.uplink.central)
+            };
             println!(
-                "{}: valid ({} folder(s), central {})",
+                "{}: valid ({} folder(s), {central})",
                 config.display(),
                 c.folder.len(),
-                c.uplink.central
             );
             Ok(())
         }
@@ -157,6 +187,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// the box's own configuration runs again.
 async fn run_gateway(path: PathBuf) -> anyhow::Result<()> {
     yilian_gateway::enrollment::first_boot(&path).await?;
+    if !path.exists() {
+        anyhow::bail!(
+            "there is no configuration at {}: enroll this box first with `yilian-gateway enroll --token TOKEN` \
+             (it writes one), or insert the USB stick with its yilian-bundle",
+            path.display()
+        );
+    }
     let mut shutdown = Box::pin(shutdown_signal());
     loop {
         let (config, pushed) = yilian_gateway::pushed::load_effective(&path)?;

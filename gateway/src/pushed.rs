@@ -34,8 +34,11 @@ pub fn overlay(base: &str, fragment: &str) -> Result<String, String> {
             let toml::Value::Table(tuning) = value else {
                 return Err("published [uplink] must be a table".into());
             };
-            let Some(toml::Value::Table(uplink)) = merged.get_mut("uplink") else {
-                return Err("the box's own configuration has no [uplink]".into());
+            let toml::Value::Table(uplink) = merged
+                .entry("uplink")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            else {
+                return Err("the box's own [uplink] is not a table".into());
             };
             for (k, v) in tuning {
                 yilian_protocol::pushed::check_key("uplink", Some(&k))?;

@@ -1,6 +1,8 @@
 //! The bench: reproduces a clinic, its uplink and the hub on one machine.
 //!
 //! - [`fleet`] — a throwaway fleet CA with certificates for central and boxes.
+//! - [`fleet_admin`] — a fleet made with `yilian-provision` around a real
+//!   `yilian-central` with enrollment.
 //! - [`configs`] — configuration files for central and gateways.
 //! - [`procs`] — the real `yilian-gateway` / `yilian-central` processes.
 //! - [`relay`] — a UDP relay between gateway and central that can cut the
@@ -30,6 +32,7 @@ pub mod configs;
 pub mod demo;
 pub mod files;
 pub mod fleet;
+pub mod fleet_admin;
 pub mod hub;
 pub mod hw;
 pub mod logs;

@@ -268,7 +268,7 @@ pub const SECONDARY_CAPTURE: &str = "1.2.840.10008.5.1.4.1.1.7";
 /// Data sets have even lengths; `dataset_len` must be even and at least
 /// 512. Returns the SOP Instance UID.
 pub fn write_sized(path: &Path, uid_root: &str, dataset_len: usize) -> std::io::Result<String> {
-    if dataset_len % 2 != 0 || dataset_len < 512 {
+    if !dataset_len.is_multiple_of(2) || dataset_len < 512 {
         return Err(std::io::Error::other("a data set length is even and ≥ 512"));
     }
     let sop = format!("{uid_root}.{dataset_len}");

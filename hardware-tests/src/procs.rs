@@ -32,6 +32,35 @@ impl Proc {
         Self::spawn_in(None, bin, args, log)
     }
 
+    /// Like [`Proc::spawn`], as another user (the service user a unit
+    /// would run it as); the caller must be root.
+    pub fn spawn_as(
+        uid: u32,
+        gid: u32,
+        bin: &str,
+        args: &[&str],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        use std::os::unix::process::CommandExt;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = Command::new(binary(bin)?)
+            .args(args)
+            .uid(uid)
+            .gid(gid)
+            .env("RUST_LOG", "info,quinn=warn")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        Ok(Self {
+            name: bin.to_owned(),
+            child,
+        })
+    }
+
     /// Like [`Proc::spawn`], inside a bench network namespace.
     pub fn spawn_in(
         ns: Option<&crate::wan::Namespace>,

@@ -124,31 +124,43 @@ fn gateway_module_renders_a_valid_config_and_a_hardened_unit() {
     let tmp = tempfile::tempdir().expect("tmp");
     let user = format!(
         r#"{{ services.yilian-gateway = {{ enable = true; package = {{ outPath = "{STORE_PACKAGE}"; }};
-            central = "hub.county.example:4433"; caFile = "/var/lib/yilian-secrets/ca.pem";
-            certFile = "/var/lib/yilian-secrets/gateway.pem"; keyFile = "/var/lib/yilian-secrets/gateway.key";
-            settings.spool.quota_bytes = 10737418240;
+            central = "hub.county.example:4433";
+            settings.spool.quota = "10 GiB";
             settings.folder = [ {{ name = "ecg-share"; path = "/srv/yilian/drop/ecg"; lane = "clinical"; }} ]; }}; }}"#
     );
     let etc = evaluate("gateway.nix", "yilian-gateway", &user, "etc");
     let settings = &etc["yilian/gateway.toml"];
-    assert_eq!(
-        settings["uplink"]["key"],
-        "/run/credentials/yilian-gateway.service/gateway.key"
-    );
-    assert_eq!(settings["spool"]["quota_bytes"], 10737418240u64);
+    // The identity is the service's to renew: in its state directory,
+    // never a read-only credential.
+    assert_eq!(settings["identity"]["dir"], "/var/lib/yilian/identity");
+    assert!(settings["uplink"].get("key").is_none(), "{settings}");
+    assert_eq!(settings["uplink"]["central"], "hub.county.example:4433");
+    assert_eq!(settings["spool"]["quota"], "10 GiB");
     binary_accepts("yilian-gateway", settings, tmp.path());
 
     let config = evaluate("gateway.nix", "yilian-gateway", &user, "config");
-    let creds = config["systemd"]["services"]["yilian-gateway"]["serviceConfig"]["LoadCredential"]
-        .to_string();
+    let service = &config["systemd"]["services"]["yilian-gateway"]["serviceConfig"];
     assert!(
-        creds.contains("gateway.key:/var/lib/yilian-secrets/gateway.key"),
-        "the key is a credential: {creds}"
+        service.get("LoadCredential").is_none(),
+        "no read-only credential for what renewal replaces: {service}"
     );
+    assert_eq!(service["StateDirectory"], "yilian");
     assert!(
         !config.to_string().contains("BEGIN PRIVATE KEY"),
         "no secret in the rendered configuration"
     );
+
+    // Without `central`: the address comes from the enrollment token.
+    let bare = format!(
+        r#"{{ services.yilian-gateway = {{ enable = true; package = {{ outPath = "{STORE_PACKAGE}"; }}; }}; }}"#
+    );
+    let etc = evaluate("gateway.nix", "yilian-gateway", &bare, "etc");
+    assert!(
+        etc["yilian/gateway.toml"].get("uplink").is_none(),
+        "{}",
+        etc["yilian/gateway.toml"]
+    );
+    binary_accepts("yilian-gateway", &etc["yilian/gateway.toml"], tmp.path());
     assert_eq!(
         config["boot"]["kernel"]["sysctl"]["net.core.rmem_max"],
         16777216

@@ -5,18 +5,17 @@ let
   inherit (lib) mkOption mkEnableOption mkIf types;
   cfg = config.services.yilian-gateway;
   format = pkgs.formats.toml { };
-  credentials = "/run/credentials/yilian-gateway.service";
 
   # What the module decides; the admin's `settings` are merged over it.
+  # The box's identity (key, certificate, fleet CA) lives in the state
+  # directory, where `yilian-gateway enroll` writes it and every renewal
+  # replaces it: /etc and the store are read-only to the service.
   baseSettings = {
     spool.dir = "/var/lib/yilian/spool";
-    uplink = {
-      central = cfg.central;
-      ca = "${credentials}/ca.pem";
-      cert = "${credentials}/gateway.pem";
-      key = "${credentials}/gateway.key";
-    };
+    identity.dir = "/var/lib/yilian/identity";
     metrics.listen = "127.0.0.1:9464";
+  } // lib.optionalAttrs (cfg.central != null) {
+    uplink.central = cfg.central;
   };
   settings = lib.recursiveUpdate baseSettings cfg.settings;
   configFile = format.generate "gateway.toml" settings;
@@ -31,38 +30,26 @@ in
     };
 
     central = mkOption {
-      type = types.str;
+      type = types.nullOr types.str;
+      default = null;
       example = "hub.county.example:4433";
-      description = "HOST:PORT of central.";
+      description = ''
+        HOST:PORT of central. By default the address in the enrollment
+        token, recorded in the state directory when the box enrolled.
+      '';
     };
 
     settings = mkOption {
       type = format.type;
       default = { };
       example = {
-        spool.quota_bytes = 21474836480;
+        spool.quota = "20 GiB";
         folder = [ { name = "ecg-share"; path = "/srv/yilian/drop/ecg"; lane = "clinical"; } ];
       };
       description = ''
-        gateway.toml settings, merged over the module's defaults (spool in
-        the state directory, TLS files from systemd credentials, metrics on
-        loopback). Unknown keys are refused by the gateway at start.
-      '';
-    };
-
-    caFile = mkOption {
-      type = types.str;
-      description = "Path (outside the Nix store) of the fleet CA certificate.";
-    };
-    certFile = mkOption {
-      type = types.str;
-      description = "Path (outside the Nix store) of this box's certificate.";
-    };
-    keyFile = mkOption {
-      type = types.str;
-      description = ''
-        Path (outside the Nix store) of this box's private key. Handed to
-        the service as a systemd credential; never copied into the store.
+        gateway.toml settings, merged over the module's defaults (spool and
+        identity in the state directory, metrics on loopback). Unknown keys
+        are refused by the gateway at start.
       '';
     };
 
@@ -115,12 +102,6 @@ in
         WatchdogSec = "30s";
         TimeoutStartSec = "120s";
         TimeoutStopSec = "60s";
-        LoadCredential = [
-          "ca.pem:${cfg.caFile}"
-          "gateway.pem:${cfg.certFile}"
-          "gateway.key:${cfg.keyFile}"
-        ];
-
         User = "yilian-gateway";
         Group = "yilian-gateway";
         SupplementaryGroups = [ "dialout" ];

@@ -32,9 +32,13 @@ in
     services.yilian-gateway = {
       enable = true;
       central = "central:4433";
-      caFile = "${pki}/gateway/ca.pem";
-      certFile = "${pki}/gateway/gateway.pem";
-      keyFile = "${pki}/gateway/gateway.key";
+      # Fixed test certificates from the store (a real box enrolls and
+      # keeps its identity in the state directory).
+      settings.uplink = {
+        ca = "${pki}/gateway/ca.pem";
+        cert = "${pki}/gateway/gateway.pem";
+        key = "${pki}/gateway/gateway.key";
+      };
       settings.folder = [
         { name = "ecg-cart"; path = "/srv/yilian/drop/ecg"; lane = "clinical"; settle = "1s"; }
       ];

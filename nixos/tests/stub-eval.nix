@@ -35,6 +35,7 @@ let
     mkIf = condition: content: { _type = "if"; inherit condition content; };
     mkDefault = v: v;
     mkForce = v: v;
+    optionalAttrs = c: a: if c then a else { };
     optional = c: v: if c then [ v ] else [ ];
     optionals = c: l: if c then l else [ ];
     optionalString = c: s: if c then s else "";

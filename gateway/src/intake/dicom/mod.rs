@@ -83,7 +83,7 @@ impl AccessControl for AllowList {
 /// Where an instance's bytes go. A refusal always carries its reason, so
 /// the 0xA700 answer and its log line can never be left without one.
 enum Sink {
-    Writing(SpoolWriter),
+    Writing(Box<SpoolWriter>),
     /// The spool refused: the rest of the data set is read and dropped, and
     /// the answer is 0xA700.
     Refused {
@@ -497,7 +497,7 @@ impl DicomAdapter {
             {
                 Ok(w) => {
                     prefix = header;
-                    Sink::Writing(w)
+                    Sink::Writing(Box::new(w))
                 }
                 Err(e) => Sink::Refused {
                     reason: e.reason(),
@@ -577,7 +577,7 @@ impl DicomAdapter {
     async fn finish(&self, mut inst: Instance, calling: &str) -> ((u8, Vec<u8>), bool) {
         self.flush(&mut inst).await;
         let writer = match std::mem::replace(&mut inst.sink, Sink::InFlight) {
-            Sink::Writing(w) => w,
+            Sink::Writing(w) => *w,
             Sink::Refused { reason, why } => {
                 self.metrics.refused(reason);
                 tracing::error!(device = %self.config.name, calling_ae = %calling,

@@ -1,0 +1,64 @@
+//! Times as people at the clinic read them: RFC 3339 in the clinic's zone
+//! (`[uplink] utc_offset`, China Standard Time by default), never epoch
+//! milliseconds or bare UTC.
+
+use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
+
+/// The clinic's clock.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Clock {
+    offset: UtcOffset,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new(crate::bandwidth::Offset::default().0)
+    }
+}
+
+impl Clock {
+    pub fn new(offset: UtcOffset) -> Self {
+        Self { offset }
+    }
+
+    /// The zone a configuration names (its `utc_offset`).
+    pub fn of(config: &crate::GatewayConfig) -> Self {
+        Self::new(config.uplink.utc_offset.0)
+    }
+
+    /// The default zone, for a box with no configuration yet.
+    pub fn system() -> Self {
+        Self::default()
+    }
+
+    /// `ms` since the epoch as `2026-12-03T16:30:17+08:00`.
+    pub fn format_ms(&self, ms: i64) -> String {
+        let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+            .replace_millisecond(0)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+            .to_offset(self.offset);
+        t.format(&Rfc3339).unwrap_or_else(|_| ms.to_string())
+    }
+
+    /// Seconds since the epoch, as [`Clock::format_ms`].
+    pub fn format_secs(&self, secs: i64) -> String {
+        self.format_ms(secs.saturating_mul(1000))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_read_in_the_clinics_zone_with_the_offset() {
+        let c = Clock::default();
+        // 2026-12-03T08:30:17.456Z
+        assert_eq!(c.format_ms(1_796_286_617_456), "2026-12-03T16:30:17+08:00");
+        let utc = Clock::new(UtcOffset::UTC);
+        assert_eq!(utc.format_ms(1_796_286_617_456), "2026-12-03T08:30:17Z");
+        assert_eq!(c.format_secs(0), "1970-01-01T08:00:00+08:00");
+    }
+}

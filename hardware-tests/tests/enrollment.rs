@@ -1,0 +1,270 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers may panic on setup failure
+//! Enrollment as a county admin does it, with the real binaries.
+//!
+//! - A box with nothing but a token (no configuration file, an empty state
+//!   directory) enrolls with one command, gets a minimal configuration
+//!   naming the central from the token, runs, takes its devices from
+//!   central's published configuration and delivers.
+//! - Run as root, `enroll` leaves the identity to the service user, who can
+//!   read and replace it; the gateway, run as that user with its
+//!   configuration directory mounted read-only (as `ProtectSystem=strict`
+//!   leaves `/etc`), renews 15-second certificates through five cycles,
+//!   and after a restart connects with the newest one.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use yilian_rig::fleet_admin::{Bench, ok, run, s, text, wait_for};
+use yilian_rig::procs::Proc;
+
+const NOBODY: u32 = 65534;
+const NOGROUP: u32 = 65534;
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A directory bind-mounted read-only over itself, as a sandbox sees
+/// `/etc`; unmounted on drop.
+struct ReadOnly(PathBuf);
+
+impl ReadOnly {
+    fn mount(dir: &Path) -> ReadOnly {
+        for args in [
+            vec!["--bind", s(dir), s(dir)],
+            vec!["-o", "remount,bind,ro", s(dir)],
+        ] {
+            let out = Command::new("mount").args(&args).output().expect("mount");
+            assert!(
+                out.status.success(),
+                "this test bind-mounts a directory read-only and needs root: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        ReadOnly(dir.to_owned())
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn central_items(bench: &Bench) -> String {
+    let out = Command::new(yilian_rig::procs::binary("yilian-central").expect("bin"))
+        .args([
+            "items",
+            "--config",
+            s(&bench.dir.join("central.toml")),
+            "--json",
+        ])
+        .output()
+        .expect("items");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn a_box_with_nothing_but_a_token_enrolls_and_runs_with_devices_from_central() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bench = Bench::start_as(tmp.path(), "7d", "127.0.0.1");
+    let token = bench.token("anxi/hutou/box-7", "1h");
+    let config = tmp.path().join("box/etc/yilian/gateway.toml");
+    let state = tmp.path().join("box/var/lib/yilian");
+    assert!(!config.exists() && !state.exists(), "an empty box");
+
+    let out = ok(run(
+        "yilian-gateway",
+        &[
+            "enroll",
+            "--config",
+            s(&config),
+            "--token",
+            &token,
+            "--state-dir",
+            s(&state),
+        ],
+    ));
+    assert!(out.contains("enrolled as anxi/hutou/box-7"), "{out}");
+    assert!(out.contains("configuration written to"), "{out}");
+    let written = std::fs::read_to_string(&config).expect("a configuration was written");
+    assert!(
+        written.contains(&format!("central = \"127.0.0.1:{}\"", bench.quic.port())),
+        "central comes from the token:\n{written}"
+    );
+    for f in ["gateway.key", "gateway.pem", "ca.pem", "enrollment.json"] {
+        assert!(state.join("identity").join(f).exists(), "identity/{f}");
+    }
+    let check = run("yilian-gateway", &["check-config", "--config", s(&config)]);
+    assert!(check.status.success(), "{}", text(&check));
+
+    let mut gw = Proc::spawn(
+        "yilian-gateway",
+        &["run", "--config", s(&config)],
+        &tmp.path().join("box.log"),
+    )
+    .expect("gateway");
+    wait_for("the box up at central", 30, || {
+        bench.show("anxi/hutou/box-7")["link_up"] == true
+    });
+
+    // Its devices arrive from central.
+    let drop = tmp.path().join("box/srv/drop");
+    std::fs::create_dir_all(&drop).expect("mkdir");
+    let devices = tmp.path().join("devices.toml");
+    std::fs::write(
+        &devices,
+        format!(
+            "[[folder]]\nname = \"ecg-share\"\npath = \"{}\"\nsettle = \"300ms\"\npoll_interval = \"200ms\"\n",
+            s(&drop)
+        ),
+    )
+    .expect("write");
+    let said = ok(bench.admin(&["config", "set", "anxi/hutou/box-7", s(&devices)]));
+    let version = said.split_whitespace().nth(2).expect("version").to_owned();
+    wait_for("the published devices applied", 60, || {
+        bench.show("anxi/hutou/box-7")["pushed_config_version"] == version.as_str()
+    });
+    std::fs::write(drop.join("result-1.txt"), b"from a box enrolled by token").expect("drop");
+    wait_for("the file at central", 30, || {
+        central_items(&bench).contains("result-1.txt")
+    });
+    gw.kill9();
+}
+
+#[test]
+fn renewals_persist_under_a_read_only_configuration_as_the_service_user() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    chmod(tmp.path(), 0o755);
+    // Renewal at two thirds: every 10 s.
+    let bench = Bench::start_as(tmp.path(), "15s", "127.0.0.1");
+    let etc = tmp.path().join("box/etc");
+    let state = tmp.path().join("box/state");
+    std::fs::create_dir_all(&etc).expect("mkdir");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    chmod(&tmp.path().join("box"), 0o755);
+    chmod(&etc, 0o755);
+    // The state directory belongs to the service user, as the package's
+    // tmpfiles entry (or systemd's StateDirectory=) leaves it.
+    std::os::unix::fs::chown(&state, Some(NOBODY), Some(NOGROUP)).expect("chown");
+    chmod(&state, 0o700);
+
+    // The admin enrolls as root.
+    let config = etc.join("gateway.toml");
+    ok(run(
+        "yilian-gateway",
+        &[
+            "enroll",
+            "--config",
+            s(&config),
+            "--token",
+            &bench.token("anxi/hutou/box-8", "1h"),
+            "--state-dir",
+            s(&state),
+        ],
+    ));
+    // The admin gives the metrics listener its own port (two boxes share
+    // this machine) before the directory becomes read-only.
+    let mut written = std::fs::read_to_string(&config).expect("config");
+    written.push_str(&format!(
+        "\n[metrics]\nlisten = \"{}\"\n",
+        yilian_rig::configs::free_tcp_port().expect("port")
+    ));
+    std::fs::write(&config, written).expect("write");
+    let identity = state.join("identity");
+    for f in [
+        "",
+        "gateway.key",
+        "gateway.pem",
+        "ca.pem",
+        "enrollment.json",
+    ] {
+        let m = std::fs::metadata(identity.join(f)).expect("stat");
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (NOBODY, NOGROUP),
+            "identity/{f} belongs to the service user"
+        );
+    }
+    let key_mode = std::fs::metadata(identity.join("gateway.key"))
+        .expect("stat")
+        .mode();
+    assert_eq!(key_mode & 0o077, 0, "the key stays private");
+    let replaced = Command::new("runuser")
+        .args(["-u", "nobody", "--", "sh", "-c"])
+        .arg(format!(
+            "cd {} && cat gateway.key >/dev/null && cp gateway.pem gateway.pem.x && mv gateway.pem.x gateway.pem",
+            s(&identity)
+        ))
+        .output()
+        .expect("runuser");
+    assert!(
+        replaced.status.success(),
+        "the service user reads and replaces its identity: {}",
+        text(&replaced)
+    );
+
+    // The configuration directory is read-only to the service.
+    let _ro = ReadOnly::mount(&etc);
+    assert!(
+        std::fs::write(etc.join("probe"), b"x").is_err(),
+        "the bind mount is read-only"
+    );
+    let log = tmp.path().join("box.log");
+    let cert = identity.join("gateway.pem");
+    let mut gw = Proc::spawn_as(
+        NOBODY,
+        NOGROUP,
+        "yilian-gateway",
+        &["run", "--config", s(&config)],
+        &log,
+    )
+    .expect("gateway");
+    let mut seen = vec![std::fs::read_to_string(&cert).expect("cert")];
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while seen.len() < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "{} renewal(s) in 90 s; log:\n{}",
+            seen.len() - 1,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        if let Ok(c) = std::fs::read_to_string(&cert)
+            && seen.last() != Some(&c)
+        {
+            seen.push(c);
+        }
+    }
+    let m = std::fs::metadata(&cert).expect("stat");
+    assert_eq!(m.uid(), NOBODY, "renewed by the service user");
+
+    // Restarted, it comes back with the newest certificate.
+    gw.kill9();
+    let (_, not_after) = yilian_gateway::certificate::validity(&cert).expect("validity");
+    let _gw = Proc::spawn_as(
+        NOBODY,
+        NOGROUP,
+        "yilian-gateway",
+        &["run", "--config", s(&config)],
+        &log,
+    )
+    .expect("gateway");
+    wait_for(
+        "the restarted box up with its newest certificate",
+        30,
+        || {
+            let row = bench.show("anxi/hutou/box-8");
+            row["link_up"] == true
+                && row["certificate_not_after"].as_i64().unwrap_or(0) >= not_after
+        },
+    );
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !logged.contains("Read-only file system"),
+        "nothing tried to write the configuration directory:\n{logged}"
+    );
+}
