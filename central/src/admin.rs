@@ -193,9 +193,17 @@ struct GatewayArg {
 }
 
 #[derive(Deserialize)]
+struct ScopeArgs {
+    scope: String,
+}
+
+#[derive(Deserialize)]
 struct ConfigArgs {
     scope: String,
     toml: String,
+    /// The file it came from, for errors (older tools do not send it).
+    #[serde(default)]
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -282,9 +290,37 @@ async fn run(
             tracing::warn!(gateway = %id, %reason, was_connected, "box revoked");
             Ok(json!({ "gateway": id.to_string(), "was_connected": was_connected }))
         }
+        "config.list" => {
+            let rows = blocking(move || Ok(store.configs()?)).await?;
+            Ok(json!(rows
+                .iter()
+                .map(|c| json!({ "scope": c.scope, "version": c.version, "set_at": c.set_at, "set_by": c.set_by }))
+                .collect::<Vec<_>>()))
+        }
+        "config.get" => {
+            let a: ScopeArgs = args(&req)?;
+            let scope = a.scope.clone();
+            let rows = blocking(move || Ok(store.configs()?)).await?;
+            rows.into_iter()
+                .find(|c| c.scope == scope)
+                .map(|c| json!(c))
+                .ok_or_else(|| {
+                    FleetError::Refused(format!("nothing is published for {:?}", a.scope))
+                })
+        }
+        "config.unset" => {
+            let a: ScopeArgs = args(&req)?;
+            let scope = a.scope.clone();
+            match blocking(move || Ok(store.unpublish_config(&a.scope, &actor)?)).await? {
+                Some(v) => Ok(json!({ "scope": scope, "version": v })),
+                None => Err(FleetError::Refused(format!(
+                    "nothing is published for {scope:?}"
+                ))),
+            }
+        }
         "config.set" => {
             let a: ConfigArgs = args(&req)?;
-            blocking(move || fleet.set_config(&actor, &a.scope, &a.toml)).await
+            blocking(move || fleet.set_config(&actor, &a.scope, &a.toml, a.name.as_deref())).await
         }
         "audit" => {
             let a: AuditArgs = args(&req)?;

@@ -358,28 +358,19 @@ impl Fleet {
     }
 
     /// `config set`: publishes a fragment for a county, a clinic or a box.
-    /// Only its shape is checked here; each box validates the result
-    /// against its own file before switching, and reports refusals.
+    /// Checked here with the box's own parser (unknown keys, types, values,
+    /// with the file's name and line); each box checks it again against its
+    /// own file before switching, and reports a refusal.
     pub fn set_config(
         &self,
         actor: &str,
         scope: &str,
         text: &str,
+        name: Option<&str>,
     ) -> Result<serde_json::Value, FleetError> {
         check_scope(scope)?;
-        let table: toml::Table = toml::from_str(text)
-            .map_err(|e| refused(format!("configuration is not valid TOML: {e}")))?;
-        for (key, value) in &table {
-            let sub = value
-                .as_table()
-                .map(|t| t.keys().cloned().collect::<Vec<_>>());
-            yilian_protocol::pushed::check_key(key, None).map_err(refused)?;
-            if key == "uplink" {
-                for k in sub.unwrap_or_default() {
-                    yilian_protocol::pushed::check_key(key, Some(&k)).map_err(refused)?;
-                }
-            }
-        }
+        yilian_gateway_config::fragment::check(text, name.unwrap_or("published configuration"))
+            .map_err(|e| refused(e.to_string()))?;
         let version = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
         self.store.publish_config(scope, &version, text, actor)?;
         Ok(json!({ "scope": scope, "version": version }))

@@ -214,6 +214,51 @@ impl Store {
         Ok(())
     }
 
+    /// Every published configuration, most general scope first.
+    pub fn configs(&self) -> Result<Vec<PublishedConfig>, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT scope, version, toml, set_ms, set_by FROM configs
+             ORDER BY length(scope) - length(replace(scope, '/', '')), scope",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(PublishedConfig {
+                    scope: r.get(0)?,
+                    version: r.get(1)?,
+                    toml: r.get(2)?,
+                    set_at: rfc3339(r.get(3)?),
+                    set_by: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Withdraws the configuration published for exactly `scope`; boxes
+    /// fall back to the next broader scope's, or to their own file.
+    /// Returns the version withdrawn.
+    pub fn unpublish_config(&self, scope: &str, actor: &str) -> Result<Option<String>, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let version: Option<String> = tx
+            .query_row(
+                "SELECT version FROM configs WHERE scope = ?1",
+                params![scope],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(v) = &version {
+            tx.execute("DELETE FROM configs WHERE scope = ?1", params![scope])?;
+            tx.execute(
+                "INSERT INTO audit(at_ms, actor, action, target, detail) VALUES (?1, ?2, 'config.unset', ?3, ?4)",
+                params![now_ms(), actor, scope, format!("version {v}")],
+            )?;
+        }
+        tx.commit()?;
+        Ok(version)
+    }
+
     /// The configuration that applies to a box: its own, else its clinic's,
     /// else its county's.
     pub fn config_for(

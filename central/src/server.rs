@@ -404,7 +404,16 @@ async fn record_and_config(
     })
     .await;
     let published = match r {
-        Ok(Ok(p)) => p?,
+        Ok(Ok(Some(p))) => p,
+        // Withdrawn (`config unset`) while the box still runs it: tell it.
+        Ok(Ok(None)) if !hb.pushed_config_version.is_empty() => {
+            tracing::info!(gateway = %identity, "published configuration withdrawn; telling the box");
+            return Some(ConfigPush {
+                version: String::new(),
+                toml: String::new(),
+            });
+        }
+        Ok(Ok(None)) => return None,
         Ok(Err(e)) => {
             tracing::warn!(gateway = %identity, error = %e, "cannot record the box's state");
             return None;

@@ -26,17 +26,7 @@ const ECG_SOP_CLASSES: [&str; 3] = [
     "1.2.840.10008.5.1.4.1.1.9.1.3",
 ];
 
-/// How a source treats what it receives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Profile {
-    /// Any file; ECGs among them are still recognised and described.
-    #[default]
-    Files,
-    /// An ECG source: anything that is not a readable ECG (or an ECG
-    /// report) is quarantined.
-    Ecg,
-}
+pub use crate::config::Profile;
 
 /// A payload, described.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -125,7 +125,7 @@ async fn enroll(opts: &EnrollOptions<'_>, token_text: &str) -> anyhow::Result<En
         .map_or_else(|| PathBuf::from(STATE_DIR), Path::to_owned);
     let (files, identity_dir, server_name) = match &config {
         Some(c) => (
-            c.tls_files(),
+            crate::config::tls_files(c),
             c.identity_dir(),
             c.uplink.server_name.clone(),
         ),

@@ -83,7 +83,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
             config.identity.dir.display()
         );
     }
-    let tls = config.tls_files();
+    let tls = config::tls_files(&config);
     if config.uplink.cert.is_none() && !tls.cert.exists() {
         anyhow::bail!(
             "this box is not enrolled yet: there is no certificate in {}; \

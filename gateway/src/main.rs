@@ -211,6 +211,7 @@ async fn run_gateway(path: PathBuf) -> anyhow::Result<()> {
             }
             Err(e) => return Err(e),
         };
+        pushed.mark_running();
         let reload = running.reload.clone();
         let reloading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = reloading.clone();

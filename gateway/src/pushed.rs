@@ -8,9 +8,15 @@
 //! reported to central in every heartbeat until a new version comes.
 //!
 //! ```text
-//! spool_dir/pushed-config.toml    the fragment in use, with its version
-//! spool_dir/pushed-config.error   the last refusal
+//! spool_dir/pushed-config.toml       the fragment in use, with its version
+//! spool_dir/pushed-config.good.toml  the last fragment the gateway ran with
+//! spool_dir/pushed-config.error      the last refusal
 //! ```
+//!
+//! A fragment that validates but that the box cannot start with (a port
+//! another program holds, a device missing) is refused, and the box goes
+//! back to the last fragment it ran with, not to its bare file: the
+//! devices published before stay up until someone publishes a fix.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,37 +25,10 @@ use crate::config::{ConfigError, GatewayConfig};
 
 const FILE: &str = "pushed-config.toml";
 const ERROR_FILE: &str = "pushed-config.error";
+const GOOD_FILE: &str = "pushed-config.good.toml";
 const VERSION_PREFIX: &str = "# yilian published configuration version ";
 
-/// Lays `fragment` over `base`: each table the fragment holds replaces the
-/// base's, except `[uplink]`, whose keys are replaced one by one.
-pub fn overlay(base: &str, fragment: &str) -> Result<String, String> {
-    let mut merged: toml::Table =
-        toml::from_str(base).map_err(|e| format!("the box's own configuration: {e}"))?;
-    let fragment: toml::Table =
-        toml::from_str(fragment).map_err(|e| format!("published configuration: {e}"))?;
-    for (key, value) in fragment {
-        yilian_protocol::pushed::check_key(&key, None)?;
-        if key == "uplink" {
-            let toml::Value::Table(tuning) = value else {
-                return Err("published [uplink] must be a table".into());
-            };
-            let toml::Value::Table(uplink) = merged
-                .entry("uplink")
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            else {
-                return Err("the box's own [uplink] is not a table".into());
-            };
-            for (k, v) in tuning {
-                yilian_protocol::pushed::check_key("uplink", Some(&k))?;
-                uplink.insert(k, v);
-            }
-        } else {
-            merged.insert(key, value);
-        }
-    }
-    toml::to_string(&merged).map_err(|e| format!("cannot write the merged configuration: {e}"))
-}
+pub use yilian_gateway_config::fragment::overlay;
 
 /// The published configuration state of a box: the version in use and the
 /// last refusal, shared by the uplink (which reports and updates it) and
@@ -69,12 +48,7 @@ struct State {
 impl Pushed {
     pub fn open(spool_dir: &Path) -> Self {
         let text = std::fs::read_to_string(spool_dir.join(FILE)).unwrap_or_default();
-        let version = text
-            .lines()
-            .next()
-            .and_then(|l| l.strip_prefix(VERSION_PREFIX))
-            .unwrap_or_default()
-            .to_owned();
+        let version = version_of(&text);
         let error = std::fs::read_to_string(spool_dir.join(ERROR_FILE)).unwrap_or_default();
         Self {
             dir: spool_dir.to_owned(),
@@ -103,15 +77,27 @@ impl Pushed {
     /// (durably) when valid, records the refusal when not. Returns whether
     /// it was kept.
     pub fn offer(&self, base_path: &Path, version: &str, fragment: &str) -> Result<(), String> {
-        let checked = std::fs::read_to_string(base_path)
-            .map_err(|e| format!("cannot read {}: {e}", base_path.display()))
-            .and_then(|base| overlay(&base, fragment))
-            .and_then(|merged| {
-                GatewayConfig::parse(&merged, base_path)
-                    .map(|_| ())
-                    .map_err(|e| match e {
-                        ConfigError::Parse { message, .. } => message,
-                        other => other.to_string(),
+        let name = format!("published configuration {version}");
+        let checked = yilian_gateway_config::fragment::check(fragment, &name)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                std::fs::read_to_string(base_path)
+                    .map_err(|e| format!("cannot read {}: {e}", base_path.display()))
+                    .and_then(|base| overlay(&base, fragment))
+                    .and_then(|merged| {
+                        GatewayConfig::parse(&merged, base_path)
+                            .map(|_| ())
+                            .map_err(|e| match e {
+                                // Found only with the box's own file (a port both
+                                // use): the merged text's lines mean nothing to
+                                // whoever wrote either file.
+                                ConfigError::Invalid { key, message, .. } => format!(
+                                    "with this box's own configuration ({}): {key}: {message}",
+                                    base_path.display()
+                                ),
+                                ConfigError::Parse { message, .. } => message,
+                                other => other.to_string(),
+                            })
                     })
             });
         match checked {
@@ -133,17 +119,63 @@ impl Pushed {
     }
 
     /// Records that `version` was refused (also when it validated but the
-    /// gateway could not start with it) and drops it if it was in use.
+    /// gateway could not start with it). If it was in use, the last
+    /// fragment the gateway ran with takes its place, or none.
     pub fn refuse(&self, version: &str, reason: &str) {
         let line = format!("{version}: {}", reason.replace('\n', " "));
         let _ = write_atomically(&self.dir.join(ERROR_FILE), &line);
         let mut s = self.lock();
         if s.version == version {
-            let _ = std::fs::remove_file(self.dir.join(FILE));
-            s.version.clear();
+            let good = std::fs::read_to_string(self.dir.join(GOOD_FILE)).ok();
+            let good_version = good.as_deref().map(version_of).unwrap_or_default();
+            match good {
+                Some(text) if !good_version.is_empty() && good_version != version => {
+                    tracing::warn!(refused = %version, back_to = %good_version,
+                        "going back to the last published configuration this box ran with");
+                    let _ = write_atomically(&self.dir.join(FILE), &text);
+                    s.version = good_version;
+                }
+                _ => {
+                    let _ = std::fs::remove_file(self.dir.join(FILE));
+                    s.version.clear();
+                }
+            }
         }
         s.error = line;
     }
+
+    /// Central withdrew its configuration: the box's own file alone.
+    /// Returns whether anything changed.
+    pub fn withdraw(&self) -> bool {
+        let mut s = self.lock();
+        let had = !s.version.is_empty();
+        let _ = std::fs::remove_file(self.dir.join(FILE));
+        let _ = std::fs::remove_file(self.dir.join(GOOD_FILE));
+        s.version.clear();
+        had
+    }
+
+    /// The gateway started with the fragment in use: it becomes the one to
+    /// go back to.
+    pub fn mark_running(&self) {
+        match std::fs::read_to_string(self.dir.join(FILE)) {
+            Ok(text) => {
+                let _ = write_atomically(&self.dir.join(GOOD_FILE), &text);
+            }
+            Err(_) => {
+                let _ = std::fs::remove_file(self.dir.join(GOOD_FILE));
+            }
+        }
+    }
+}
+
+/// The version a kept fragment's first line names.
+fn version_of(text: &str) -> String {
+    text.lines()
+        .next()
+        .and_then(|l| l.strip_prefix(VERSION_PREFIX))
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
@@ -169,7 +201,11 @@ pub fn load_effective(path: &Path) -> Result<(GatewayConfig, Pushed), ConfigErro
     })?;
     let base = GatewayConfig::parse(&base_text, path)?;
     let pushed = Pushed::open(&base.spool.dir);
-    if let Some(fragment) = pushed.fragment() {
+    // At most twice: the fragment in use, then the last good one.
+    for _ in 0..2 {
+        let Some(fragment) = pushed.fragment() else {
+            break;
+        };
         let version = pushed.version();
         match overlay(&base_text, &fragment)
             .and_then(|m| GatewayConfig::parse(&m, path).map_err(|e| e.to_string()))
@@ -177,7 +213,7 @@ pub fn load_effective(path: &Path) -> Result<(GatewayConfig, Pushed), ConfigErro
             Ok(merged) => return Ok((merged, pushed)),
             Err(e) => {
                 tracing::error!(version = %version, error = %e,
-                    "the published configuration no longer fits this box's file; running without it");
+                    "the published configuration no longer fits this box's file");
                 pushed.refuse(&version, &e);
             }
         }
@@ -225,7 +261,7 @@ path = "/srv/old"
         let merged = overlay(BASE, fragment).expect("merge");
         let c =
             GatewayConfig::parse(&merged, Path::new("/etc/yilian/gateway.toml")).expect("valid");
-        let p = c.uplink.bandwidth_policy();
+        let p = crate::config::bandwidth_policy(&c.uplink);
         assert_eq!(p.default.0, Some(20e6));
         assert_eq!(p.windows.len(), 1);
         assert_eq!(p.urgent_allowance, 10_000_000);
@@ -276,5 +312,58 @@ path = "/srv/old"
         assert!(again.error().starts_with("v2: "), "{}", again.error());
         let (c, _) = load_effective(&base).expect("effective");
         assert_eq!(c.hl7.len(), 1);
+    }
+
+    #[test]
+    fn a_fragment_the_box_cannot_start_with_falls_back_to_the_last_that_ran() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let base = dir.path().join("gateway.toml");
+        std::fs::write(&base, BASE).expect("write");
+        let spool = dir.path().join("spool");
+        std::fs::create_dir_all(&spool).expect("mkdir");
+        let p = Pushed::open(&spool);
+        p.offer(
+            &base,
+            "v1",
+            "[[hl7]]\nname = \"lab\"\nlisten = \"127.0.0.1:2575\"\n",
+        )
+        .expect("valid");
+        p.mark_running();
+        // v2 validates, but (say) its port is held by another program.
+        p.offer(
+            &base,
+            "v2",
+            "[[hl7]]\nname = \"lab2\"\nlisten = \"127.0.0.1:2576\"\n",
+        )
+        .expect("valid");
+        p.refuse("v2", "the gateway could not start with it: address in use");
+        assert_eq!(p.version(), "v1", "back to the fragment that ran");
+        let (c, _) = load_effective(&base).expect("effective");
+        assert_eq!(c.hl7[0].name, "lab", "its devices stay up");
+        assert!(p.error().starts_with("v2: the gateway could not start"));
+        // Without one that ran, the box's own file.
+        let q = Pushed::open(&dir.path().join("fresh"));
+        std::fs::create_dir_all(dir.path().join("fresh")).expect("mkdir");
+        q.refuse("v9", "nothing");
+        assert_eq!(q.version(), "");
+    }
+
+    #[test]
+    fn a_typo_in_a_published_fragment_names_its_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let base = dir.path().join("gateway.toml");
+        std::fs::write(&base, BASE).expect("write");
+        let p = Pushed::open(dir.path());
+        let e = p
+            .offer(
+                &base,
+                "v3",
+                "[[dicom]]\nname = \"dr\"\nlisten = \"0.0.0.0:11112\"\nae_titel = \"DR\"\n",
+            )
+            .expect_err("typo");
+        assert!(
+            e.contains("published configuration v3") && e.contains("line 4"),
+            "{e}"
+        );
     }
 }

@@ -158,7 +158,7 @@ fn wire_lane(lane: Lane) -> yilian_protocol::Lane {
 impl Uplink {
     /// Runs until `stop` turns true.
     pub async fn run(self, stop: watch::Receiver<bool>) {
-        let limiter = Arc::new(Limiter::new(self.config.bandwidth_policy()));
+        let limiter = Arc::new(Limiter::new(crate::config::bandwidth_policy(&self.config)));
         if !limiter.policy().is_unlimited() {
             tracing::info!(
                 default = %limiter.policy().default,
@@ -303,7 +303,7 @@ impl Running {
             self.config
                 .idle_timeout
                 .unwrap_or(yilian_link::IDLE_TIMEOUT),
-            self.config.congestion,
+            crate::config::congestion(self.config.congestion),
         ));
         let addr = self.resolve().await?;
         let ep = self.endpoint_for(endpoint, addr)?;
@@ -552,6 +552,17 @@ async fn apply_pushed(source: &HeartbeatSource, push: yilian_protocol::messages:
     let pushed = source.pushed.clone();
     let path = source.config_source.clone();
     let version = push.version.clone();
+    if version.is_empty() {
+        // Withdrawn at central: back to the box's own file.
+        let r = tokio::task::spawn_blocking(move || pushed.withdraw()).await;
+        if matches!(r, Ok(true)) {
+            tracing::info!(
+                "the published configuration was withdrawn at central; running with this box's own file"
+            );
+            source.reload.notify_one();
+        }
+        return;
+    }
     let r =
         tokio::task::spawn_blocking(move || pushed.offer(&path, &push.version, &push.toml)).await;
     match r {

@@ -132,6 +132,69 @@ fn a_box_with_nothing_but_a_token_enrolls_and_runs_with_devices_from_central() {
     wait_for("the file at central", 30, || {
         central_items(&bench).contains("result-1.txt")
     });
+
+    // A typo is refused by the admin's tool itself, with file and line.
+    let typo = tmp.path().join("typo.toml");
+    std::fs::write(
+        &typo,
+        "[[dicom]]\nname = \"dr\"\nlisten = \"0.0.0.0:11112\"\nae_titel = \"DR\"\n",
+    )
+    .expect("write");
+    let refused = bench.admin(&["config", "set", "anxi/hutou/box-7", s(&typo)]);
+    assert!(!refused.status.success());
+    let said = text(&refused);
+    assert!(
+        said.contains("typo.toml") && said.contains("line 4") && said.contains("ae_titel"),
+        "{said}"
+    );
+    let listed = ok(bench.admin(&["config", "list"]));
+    assert!(
+        listed.contains("anxi/hutou/box-7") && listed.contains(&version),
+        "{listed}"
+    );
+    let got = ok(bench.admin(&["config", "get", "anxi/hutou/box-7"]));
+    assert!(got.contains("ecg-share"), "{got}");
+
+    // A fragment that validates but that the box cannot start with (its
+    // HL7 port is held by another program): refused with the reason, and
+    // the box goes back to the devices that ran.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = squatter.local_addr().expect("addr");
+    let v2 = tmp.path().join("v2.toml");
+    std::fs::write(
+        &v2,
+        format!(
+            "[[hl7]]\nname = \"lab\"\nlisten = \"{taken}\"\n\n[[folder]]\nname = \"ecg-share\"\npath = \"{}\"\nsettle = \"300ms\"\npoll_interval = \"200ms\"\n",
+            s(&drop)
+        ),
+    )
+    .expect("write");
+    let said = ok(bench.admin(&["config", "set", "anxi/hutou/box-7", s(&v2)]));
+    let v2_version = said.split_whitespace().nth(2).expect("version").to_owned();
+    wait_for("the box refusing v2", 60, || {
+        bench.show("anxi/hutou/box-7")["pushed_config_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&v2_version))
+    });
+    wait_for("the box back on v1", 30, || {
+        bench.show("anxi/hutou/box-7")["pushed_config_version"] == version.as_str()
+    });
+    let table = ok(bench.admin(&["fleet", "list"]));
+    assert!(
+        table.contains("refused 1") && table.contains("could not start"),
+        "the refusal and its reason in the fleet list:\n{table}"
+    );
+    std::fs::write(drop.join("result-2.txt"), b"v1's folder still runs").expect("drop");
+    wait_for("a file through v1's folder", 30, || {
+        central_items(&bench).contains("result-2.txt")
+    });
+    std::mem::drop(squatter);
+
+    // Withdrawn: the box runs with its own file again.
+    ok(bench.admin(&["config", "unset", "anxi/hutou/box-7"]));
+    wait_for("the box back on its own file", 60, || {
+        bench.show("anxi/hutou/box-7")["pushed_config_version"] == ""
+    });
     gw.kill9();
 }
 

@@ -124,6 +124,16 @@ enum ConfigCommand {
     /// Publish FILE (device sections, uplink tuning) for a county, a clinic
     /// or a box; the most specific one applies.
     Set { scope: String, file: PathBuf },
+    /// Print what is published for exactly SCOPE.
+    Get { scope: String },
+    /// Every published configuration: scope, version, when and by whom.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw what is published for SCOPE; its boxes fall back to the
+    /// next broader scope's configuration, or to their own file.
+    Unset { scope: String },
 }
 
 #[derive(Subcommand)]
@@ -355,9 +365,58 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let v = session.call("config.set", json!({ "scope": scope, "toml": text }))?;
+            // The box's own checks, here first: a typo is named with its
+            // line before anything goes anywhere.
+            let name = file.display().to_string();
+            yilian_gateway_config::fragment::check(&text, &name)?;
+            let v = session.call(
+                "config.set",
+                json!({ "scope": scope, "toml": text, "name": name }),
+            )?;
             println!(
                 "published version {} for {}; boxes apply it at their next heartbeat and report it in `fleet list`",
+                v["version"].as_str().unwrap_or_default(),
+                v["scope"].as_str().unwrap_or_default()
+            );
+        }
+        Command::Config {
+            command: ConfigCommand::Get { scope },
+        } => {
+            let v = session.call("config.get", json!({ "scope": scope }))?;
+            println!(
+                "# {} version {}, set {} by {}",
+                v["scope"].as_str().unwrap_or_default(),
+                v["version"].as_str().unwrap_or_default(),
+                v["set_at"].as_str().unwrap_or_default(),
+                v["set_by"].as_str().unwrap_or_default()
+            );
+            print!("{}", v["toml"].as_str().unwrap_or_default());
+        }
+        Command::Config {
+            command: ConfigCommand::List { json },
+        } => {
+            let v = session.call("config.list", json!({}))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{:<28} {:<18} {:<27} SET BY", "SCOPE", "VERSION", "SET AT");
+                for c in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<28} {:<18} {:<27} {}",
+                        c["scope"].as_str().unwrap_or_default(),
+                        c["version"].as_str().unwrap_or_default(),
+                        c["set_at"].as_str().unwrap_or_default(),
+                        c["set_by"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Command::Config {
+            command: ConfigCommand::Unset { scope },
+        } => {
+            let v = session.call("config.unset", json!({ "scope": scope }))?;
+            println!(
+                "withdrew version {} for {}; its boxes go back to the next broader configuration, or their own file",
                 v["version"].as_str().unwrap_or_default(),
                 v["scope"].as_str().unwrap_or_default()
             );

@@ -21,6 +21,7 @@ pub fn fleet_table(rows: &serde_json::Value, now: i64) -> String {
         "{:<32} {:<8} {:>9} {:<9} {:>9} {:<18} BACKLOG (urgent/clinical/bulk items)",
         "BOX", "LINK", "SEEN AGO", "VERSION", "CERT LEFT", "CONFIG"
     );
+    let mut refusals: Vec<(String, String, String)> = Vec::new();
     for r in rows.as_array().into_iter().flatten() {
         let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
         let link = if !r["revoked"].is_null() {
@@ -39,7 +40,17 @@ pub fn fleet_table(rows: &serde_json::Value, now: i64) -> String {
         };
         let config = match (s("pushed_config_version"), s("pushed_config_error")) {
             (v, e) if !e.is_empty() => {
-                format!("{}! refused", if v.is_empty() { "-".into() } else { v })
+                let refused = e.split(':').next().unwrap_or_default().to_owned();
+                refusals.push((
+                    s("identity"),
+                    refused,
+                    e.split_once(": ").map(|(_, r)| r.to_owned()).unwrap_or(e),
+                ));
+                format!(
+                    "{} (refused {})",
+                    if v.is_empty() { "local".into() } else { v },
+                    refusals.len()
+                )
             }
             (v, _) if !v.is_empty() => v,
             _ => "local".into(),
@@ -64,6 +75,21 @@ pub fn fleet_table(rows: &serde_json::Value, now: i64) -> String {
             cert_left,
             config,
             backlog
+        );
+    }
+    // Refused configurations, numbered as in the CONFIG column, with the
+    // start of the reason (`fleet show BOX` has all of it).
+    for (i, (identity, version, reason)) in refusals.iter().enumerate() {
+        let short: String = reason.chars().take(110).collect();
+        let more = if reason.chars().count() > 110 {
+            "…"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "  ({}) {identity} refused published {version}: {short}{more}",
+            i + 1
         );
     }
     out

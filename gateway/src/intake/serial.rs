@@ -15,15 +15,7 @@ use crate::config::{FlowControl, Parity};
 /// How often a missing port is looked for again.
 pub const REOPEN: Duration = Duration::from_secs(2);
 
-/// Line settings from a device profile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SerialSettings {
-    pub baud: u32,
-    pub data_bits: u8,
-    pub parity: Parity,
-    pub stop_bits: u8,
-    pub flow_control: FlowControl,
-}
+pub use crate::config::SerialSettings;
 
 pub fn open(path: &Path, s: &SerialSettings) -> Result<SerialStream, tokio_serial::Error> {
     let data_bits = match s.data_bits {
