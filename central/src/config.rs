@@ -138,7 +138,10 @@ pub struct ServerSection {
     /// Where the index and the blobs live.
     pub data_dir: PathBuf,
     /// Largest single item accepted.
-    #[serde(default = "default_max_upload")]
+    #[serde(
+        default = "default_max_upload",
+        deserialize_with = "yilian_gateway_config::units::de_size_u64"
+    )]
     pub max_upload_bytes: u64,
 }
 
@@ -184,8 +187,15 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// toml's message names the key, the line and the column.
-    #[error("{path}: {message}")]
+    #[error("{}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
+    #[error("{}{}: {key}: {message}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        key: String,
+        message: String,
+    },
 }
 
 impl CentralConfig {
@@ -200,7 +210,7 @@ impl CentralConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let mut config: CentralConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: yilian_gateway_config::humanize(&e.to_string()),
         })?;
         // Relative paths are relative to the file, not the working directory.
         let base = path.parent().unwrap_or(Path::new("."));
@@ -222,6 +232,40 @@ impl CentralConfig {
             }
         }
         Ok(config)
+    }
+
+    /// The files the configuration names that are not there (certificate,
+    /// key, issuing CA): each would stop central at start. For
+    /// `check-config`, with the file, key and line.
+    pub fn check_files(&self, path: &Path) -> Vec<ConfigError> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut files = vec![
+            ("tls.ca", &self.tls.ca),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ];
+        if let Some(e) = &self.enrollment {
+            files.push(("enrollment.issuing_cert", &e.issuing_cert));
+            files.push(("enrollment.issuing_key", &e.issuing_key));
+        }
+        files
+            .into_iter()
+            .filter(|(_, p)| !p.exists())
+            .map(|(key, p)| ConfigError::Invalid {
+                path: path.to_owned(),
+                line: yilian_gateway_config::locate::line_of(&text, key),
+                key: key.to_owned(),
+                message: format!(
+                    "{} does not exist{}",
+                    p.display(),
+                    if key.starts_with("enrollment") {
+                        " (make it with `yilian-provision ca issuing`)"
+                    } else {
+                        ""
+                    }
+                ),
+            })
+            .collect()
     }
 }
 
@@ -246,5 +290,28 @@ mod tests {
         let c = CentralConfig::parse(text, Path::new("/srv/yc/central.toml")).expect("valid");
         assert_eq!(c.server.data_dir, Path::new("/srv/yc/data"));
         assert_eq!(c.tls.cert, Path::new("/abs/c.pem"));
+    }
+
+    #[test]
+    fn check_config_names_a_missing_issuing_key_with_its_line() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for f in ["ca.pem", "c.pem", "k", "issuing.pem"] {
+            std::fs::write(dir.path().join(f), "x").expect("write");
+        }
+        let text = "[server]\nlisten = \"127.0.0.1:4433\"\ndata_dir = \"d\"\n[tls]\nca=\"ca.pem\"\ncert=\"c.pem\"\nkey=\"k\"\n[enrollment]\nissuing_cert = \"issuing.pem\"\nissuing_key = \"issuing.key\"\n";
+        let path = dir.path().join("central.toml");
+        std::fs::write(&path, text).expect("write");
+        let c = CentralConfig::load(&path).expect("parses");
+        let problems: Vec<String> = c
+            .check_files(&path)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("line 10: enrollment.issuing_key")
+                && problems[0].contains("ca issuing"),
+            "{problems:?}"
+        );
     }
 }

@@ -172,6 +172,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let c = CentralConfig::load(&config)?;
+            let problems = c.check_files(&config);
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                anyhow::bail!("{} problem(s) in {}", problems.len(), config.display());
+            }
             println!(
                 "{}: valid (listening on {})",
                 config.display(),

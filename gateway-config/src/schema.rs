@@ -151,7 +151,10 @@ pub struct UplinkSection {
     /// Uploads in flight at once (urgent items get two more slots).
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
-    #[serde(default = "default_chunk")]
+    #[serde(
+        default = "default_chunk",
+        deserialize_with = "crate::units::de_size_usize"
+    )]
     pub chunk_size: usize,
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -273,6 +276,11 @@ pub struct FolderSection {
     pub after: AfterIntake,
     /// Required with `after = "archive"`.
     pub archive_dir: Option<PathBuf>,
+    /// Make the folder when it is missing. Off by default: a folder that
+    /// does not exist is usually a typo, and a folder made for it would be
+    /// watched while the device writes somewhere else.
+    #[serde(default)]
+    pub create: bool,
 }
 
 impl FolderSection {
@@ -298,7 +306,10 @@ pub struct Hl7Section {
     /// urgent lane.
     #[serde(default = "default_true")]
     pub urgent_on_critical: bool,
-    #[serde(default = "default_max_message")]
+    #[serde(
+        default = "default_max_message",
+        deserialize_with = "crate::units::de_size_usize"
+    )]
     pub max_message_bytes: usize,
     /// Connections served at once.
     #[serde(default = "default_connections")]
@@ -374,7 +385,10 @@ pub struct AstmSection {
     /// Charset of the records: "utf-8", "gb18030" (GBK) or "8859/1".
     #[serde(default = "default_astm_charset")]
     pub charset: String,
-    #[serde(default = "default_max_frame")]
+    #[serde(
+        default = "default_max_frame",
+        deserialize_with = "crate::units::de_size_usize"
+    )]
     pub max_frame_bytes: usize,
     /// Receiver interrupt (EOT instead of ACK): "ack" treats it as ACK,
     /// "finish" completes the message and then holds off.
@@ -486,7 +500,10 @@ pub struct EcgSerialSection {
     /// quiet this long is given up (and quarantined).
     #[serde(default = "default_quiet", with = "humantime_serde")]
     pub quiet_time: Duration,
-    #[serde(default = "default_max_record")]
+    #[serde(
+        default = "default_max_record",
+        deserialize_with = "crate::units::de_size_usize"
+    )]
     pub max_record_bytes: usize,
 }
 

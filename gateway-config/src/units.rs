@@ -214,3 +214,14 @@ impl TryFrom<String> for Days {
         Ok(Days(set))
     }
 }
+
+/// A size field written as a number of bytes or with a unit ("16 MiB").
+pub fn de_size_usize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let ByteSize(n) = ByteSize::deserialize(d)?;
+    usize::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} bytes is too large")))
+}
+
+/// As [`de_size_usize`], for 64-bit sizes.
+pub fn de_size_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    ByteSize::deserialize(d).map(|ByteSize(n)| n)
+}

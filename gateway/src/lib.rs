@@ -126,6 +126,19 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
     let wake = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
 
+    // Every configured device has its series from the start, so a device
+    // that never sent is visible (and can alert) before its first item.
+    for (adapter, name) in config
+        .folder
+        .iter()
+        .map(|d| ("folder", &d.name))
+        .chain(config.hl7.iter().map(|d| ("hl7", &d.name)))
+        .chain(config.astm.iter().map(|d| ("astm", &d.name)))
+        .chain(config.dicom.iter().map(|d| ("dicom", &d.name)))
+        .chain(config.ecg_serial.iter().map(|d| ("serial", &d.name)))
+    {
+        metrics.register_device(adapter, name);
+    }
     for folder in &config.folder {
         if folder.profile == content::Profile::Ecg {
             metrics.register_ecg_source(&folder.name);

@@ -125,6 +125,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::CheckConfig { config } => {
             let c = GatewayConfig::load(&config)?;
+            let problems = yilian_gateway::config::check_environment(&c);
+            if !problems.is_empty() {
+                for p in &problems {
+                    eprintln!("{p}");
+                }
+                anyhow::bail!("{} problem(s) in {}", problems.len(), config.display());
+            }
             let central = if c.uplink.central.is_empty() {
                 "not enrolled yet: central comes from the enrollment token".to_owned()
             } else {

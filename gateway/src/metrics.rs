@@ -80,6 +80,9 @@ pub struct GatewayMetrics {
     pub refusals: Family<ReasonLabels, Counter>,
     pub intake_items: Family<DeviceLabels, Counter>,
     pub intake_bytes: Family<DeviceLabels, Counter>,
+    pub device_up: Family<DeviceLabels, Gauge>,
+    pub device_connections: Family<DeviceLabels, Gauge>,
+    pub device_last_connection: Family<DeviceLabels, Gauge>,
     pub uploaded_items: Family<LaneLabels, Counter>,
     pub uploaded_bytes: Counter,
     pub upload_retries: Family<ReasonLabels, Counter>,
@@ -117,6 +120,9 @@ impl GatewayMetrics {
             refusals: Family::default(),
             intake_items: Family::default(),
             intake_bytes: Family::default(),
+            device_up: Family::default(),
+            device_connections: Family::default(),
+            device_last_connection: Family::default(),
             uploaded_items: Family::default(),
             uploaded_bytes: Counter::default(),
             upload_retries: Family::default(),
@@ -201,6 +207,22 @@ impl GatewayMetrics {
             "Payload bytes accepted from devices, by adapter and device",
             Unit::Bytes,
             m.intake_bytes.clone(),
+        );
+        r.register(
+            "yilian_device_up",
+            "1 while a configured device can reach the box: its listener bound, its serial port present, its drop folder there",
+            m.device_up.clone(),
+        );
+        r.register(
+            "yilian_device_connections",
+            "Connections (associations, sessions, open serial ports) from a device now",
+            m.device_connections.clone(),
+        );
+        r.register_with_unit(
+            "yilian_device_last_connection_timestamp",
+            "When a device last connected (its serial port last opened); 0 if never since start",
+            Unit::Seconds,
+            m.device_last_connection.clone(),
         );
         r.register(
             "yilian_uplink_items",
@@ -345,6 +367,44 @@ impl GatewayMetrics {
         self.intake_bytes.get_or_create(&l).inc_by(bytes);
     }
 
+    /// Starts a configured device's series at zero (nothing received, not
+    /// up, no connection), so dashboards and alerts see it before it sends.
+    pub fn register_device(&self, adapter: &str, device: &str) {
+        let l = DeviceLabels {
+            adapter: adapter.to_owned(),
+            device: device.to_owned(),
+        };
+        let _ = self.intake_items.get_or_create(&l);
+        let _ = self.intake_bytes.get_or_create(&l);
+        let _ = self.device_up.get_or_create(&l);
+        let _ = self.device_connections.get_or_create(&l);
+        let _ = self.device_last_connection.get_or_create(&l);
+    }
+
+    pub fn device_up(&self, adapter: &str, device: &str, up: bool) {
+        self.device_up
+            .get_or_create(&DeviceLabels {
+                adapter: adapter.to_owned(),
+                device: device.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// A device connected: counted until the guard drops.
+    pub fn connection(&self, adapter: &str, device: &str) -> ConnectionGuard {
+        let l = DeviceLabels {
+            adapter: adapter.to_owned(),
+            device: device.to_owned(),
+        };
+        self.device_connections.get_or_create(&l).inc();
+        self.device_last_connection
+            .get_or_create(&l)
+            .set(crate::now_ms() / 1000);
+        ConnectionGuard {
+            gauge: self.device_connections.get_or_create(&l).clone(),
+        }
+    }
+
     /// Starts an ECG source's series at zero, so that alerts on increases
     /// see its first quarantine.
     pub fn register_ecg_source(&self, device: &str) {
@@ -394,5 +454,18 @@ impl GatewayMetrics {
 impl Default for GatewayMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One device connection, counted in `yilian_device_connections` while it
+/// lives.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    gauge: Gauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }

@@ -64,6 +64,7 @@ impl AstmAdapter {
                     .ok_or_else(|| std::io::Error::other("no listen address"))?;
                 let listener = tokio::net::TcpListener::bind(addr).await?;
                 tracing::info!(device = %this.config.name, %addr, "ASTM listener bound");
+                this.metrics.device_up("astm", &this.config.name, true);
                 Ok(Box::pin(this.serve_tcp(listener, stop)))
             }
             AstmTransport::TcpClient => Ok(Box::pin(this.connect_tcp(stop))),
@@ -92,6 +93,7 @@ impl AstmAdapter {
             };
             let _ = stream.set_nodelay(true);
             tracing::info!(device = %self.config.name, %peer, "analyzer connected");
+            let _counted = self.metrics.connection("astm", &self.config.name);
             // One analyzer per profile: serve connections one at a time.
             let why = self.session(&mut stream, &mut stop).await;
             tracing::info!(device = %self.config.name, %peer, reason = %why, "analyzer disconnected");
@@ -105,7 +107,10 @@ impl AstmAdapter {
                 Ok(mut stream) => {
                     let _ = stream.set_nodelay(true);
                     tracing::info!(device = %self.config.name, %target, "connected to analyzer");
+                    self.metrics.device_up("astm", &self.config.name, true);
+                    let _counted = self.metrics.connection("astm", &self.config.name);
                     let why = self.session(&mut stream, &mut stop).await;
+                    self.metrics.device_up("astm", &self.config.name, false);
                     tracing::info!(device = %self.config.name, reason = %why, "analyzer connection ended");
                 }
                 Err(e) => {
@@ -125,6 +130,8 @@ impl AstmAdapter {
         };
         let this = self.clone();
         serial::run_port(
+            &self.metrics,
+            "astm",
             &self.config.name,
             &path,
             self.config.serial(),

@@ -33,6 +33,8 @@ impl EcgSerialAdapter {
         let this = Arc::new(self);
         let me = this.clone();
         serial::run_port(
+            &this.metrics,
+            "serial",
             &this.config.name,
             &this.config.port,
             this.config.serial(),

@@ -88,12 +88,24 @@ fn in_progress_name(name: &str) -> bool {
 impl FolderIntake {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
-        if let Err(e) = fs::create_dir_all(&this.config.path) {
+        if this.config.create
+            && let Err(e) = fs::create_dir_all(&this.config.path)
+        {
             tracing::error!(folder = %this.config.name, path = %this.config.path.display(), error = %e,
                 "cannot create the drop folder; check the path and permissions");
         }
+        let mut missing_logged = false;
         let mut candidates: HashMap<PathBuf, Candidate> = HashMap::new();
         loop {
+            // A missing folder is a fault to show, never one to paper over
+            // by making it: the device would be writing somewhere else.
+            let present = this.config.path.is_dir();
+            this.metrics.device_up("folder", &this.config.name, present);
+            if !present && !missing_logged {
+                tracing::error!(folder = %this.config.name, path = %this.config.path.display(),
+                    "the drop folder does not exist; check where the device writes (or set create = true); watching for it");
+            }
+            missing_logged = !present;
             let ready = this.scan(&mut candidates);
             for path in ready {
                 let me = this.clone();
@@ -139,6 +151,8 @@ impl FolderIntake {
     fn scan(&self, candidates: &mut HashMap<PathBuf, Candidate>) -> Vec<PathBuf> {
         let entries = match fs::read_dir(&self.config.path) {
             Ok(e) => e,
+            // Logged once by the loop, which watches for it to appear.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
             Err(e) => {
                 tracing::warn!(folder = %self.config.name, error = %e, "cannot list the drop folder");
                 return Vec::new();

@@ -49,6 +49,7 @@ impl MllpListener {
     ) -> std::io::Result<impl std::future::Future<Output = ()>> {
         let listener = TcpListener::bind(self.config.listen).await?;
         tracing::info!(listener = %self.config.name, addr = %self.config.listen, "HL7 MLLP listener bound");
+        self.metrics.device_up("hl7", &self.config.name, true);
         Ok(self.serve(listener, stop))
     }
 
@@ -75,8 +76,10 @@ impl MllpListener {
             let _ = stream.set_nodelay(true);
             let me = this.clone();
             let stop = stop.clone();
+            let counted = me.metrics.connection("hl7", &me.config.name);
             tokio::spawn(async move {
                 let _permit = permit;
+                let _counted = counted;
                 if let Err(e) = me.connection(stream, peer, stop).await {
                     tracing::debug!(listener = %me.config.name, %peer, error = %e, "HL7 connection ended");
                 }

@@ -50,6 +50,8 @@ pub fn open(path: &Path, s: &SerialSettings) -> Result<SerialStream, tokio_seria
 /// Keeps the port at `path` open and served by `session` (which returns
 /// why it ended) until `stop`; a missing port is logged once per absence.
 pub async fn run_port<F, Fut>(
+    metrics: &crate::metrics::GatewayMetrics,
+    adapter: &str,
     device: &str,
     path: &Path,
     settings: SerialSettings,
@@ -64,11 +66,16 @@ pub async fn run_port<F, Fut>(
         if *stop.borrow() {
             return;
         }
+        // Present is what a technician can check: the cable is in.
+        metrics.device_up(adapter, device, path.exists());
         match open(path, &settings) {
             Ok(port) => {
                 reported_missing = false;
                 tracing::info!(device, port = %path.display(), "serial port open");
+                let open = metrics.connection(adapter, device);
                 let why = session(port, stop.clone()).await;
+                drop(open);
+                metrics.device_up(adapter, device, path.exists());
                 if *stop.borrow() {
                     return;
                 }

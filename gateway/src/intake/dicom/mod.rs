@@ -119,6 +119,7 @@ impl DicomAdapter {
         let listener = TcpListener::bind(self.config.listen).await?;
         tracing::info!(device = %self.config.name, addr = %self.config.listen, ae_title = %self.config.ae_title,
             "DICOM listener bound");
+        self.metrics.device_up("dicom", &self.config.name, true);
         Ok(Box::pin(Arc::new(self).serve(listener, stop)))
     }
 
@@ -143,7 +144,9 @@ impl DicomAdapter {
             };
             let me = self.clone();
             let mut stop = stop.clone();
+            let counted = me.metrics.connection("dicom", &me.config.name);
             tokio::spawn(async move {
+                let _counted = counted;
                 tokio::select! {
                     _ = me.association(socket, peer) => {}
                     _ = stop.changed() => {}
