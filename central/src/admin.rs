@@ -193,6 +193,15 @@ struct GatewayArg {
 }
 
 #[derive(Deserialize)]
+struct RetireArgs {
+    gateway: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    undo: bool,
+}
+
+#[derive(Deserialize)]
 struct ScopeArgs {
     scope: String,
 }
@@ -286,9 +295,30 @@ async fn run(
             let a: GatewayArg = args(&req)?;
             let reason = a.reason.clone();
             let id = blocking(move || fleet.revoke(&actor, &a.gateway, &a.reason)).await?;
-            let was_connected = shared.disconnect(&id, close::REVOKED, b"revoked");
+            let notice = store
+                .revocation_notice(&id.to_string())
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| "revoked".into());
+            let was_connected = shared.disconnect(&id, close::REVOKED, notice.as_bytes());
+            shared.set_watched(&id, false);
             tracing::warn!(gateway = %id, %reason, was_connected, "box revoked");
             Ok(json!({ "gateway": id.to_string(), "was_connected": was_connected }))
+        }
+        "retire" => {
+            let a: RetireArgs = args(&req)?;
+            let id = yilian_protocol::BoxIdentity::parse(&a.gateway)
+                .map_err(|e| FleetError::Refused(e.to_string()))?;
+            let who = id.to_string();
+            let (reason, undo) = (a.reason.clone(), a.undo);
+            let changed = blocking(move || Ok(store.retire(&who, &actor, &reason, undo)?)).await?;
+            shared.set_watched(&id, a.undo);
+            if a.undo {
+                tracing::info!(gateway = %id, "box watched again");
+            } else {
+                tracing::info!(gateway = %id, reason = %a.reason, "box retired; it is no longer watched");
+            }
+            Ok(json!({ "gateway": id.to_string(), "retired": !a.undo, "changed": changed }))
         }
         "config.list" => {
             let rows = blocking(move || Ok(store.configs()?)).await?;

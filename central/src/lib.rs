@@ -66,7 +66,12 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
     let metrics = CentralMetrics::new();
     // Every box central has heard of gets a last-seen series from the start,
     // so a box that stays silent after a central restart is still visible.
+    let unwatched = store.unwatched_identities()?;
     for gw in store.gateways()? {
+        // Revoked and retired boxes are not watched: no series to alert on.
+        if unwatched.contains(&gw.identity) {
+            continue;
+        }
         if let Ok(id) = yilian_protocol::BoxIdentity::parse(&gw.identity) {
             let labels = GatewayLabels::of(&id);
             metrics
@@ -103,6 +108,7 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
         config.server.max_upload_bytes,
         fleet,
     );
+    shared.load_unwatched(unwatched);
     let (stop, mut stopped) = watch::channel(false);
     if let Some(lis) = &config.lis {
         shared.lis_enabled = true;

@@ -81,6 +81,7 @@ pub struct CentralMetrics {
     pub gateway_backlog_bytes: Family<GatewayLaneLabels, Gauge>,
     pub gateway_oldest_age: Family<GatewayLaneLabels, GaugeF>,
     pub gateway_certificate_expiry: Family<GatewayLabels, Gauge>,
+    pub identity_conflicts: Family<GatewayLabels, Counter>,
     pub gateway_config: Family<GatewayConfigLabels, Gauge>,
     pub outbox_items: Family<OutboxLabels, Gauge>,
     pub outbox_results: Family<OutboxResultLabels, Counter>,
@@ -166,6 +167,7 @@ impl CentralMetrics {
             gateway_backlog_bytes: Family::default(),
             gateway_oldest_age: Family::default(),
             gateway_certificate_expiry: Family::default(),
+            identity_conflicts: Family::default(),
             gateway_config: Family::default(),
             outbox_items: Family::default(),
             outbox_results: Family::default(),
@@ -214,6 +216,11 @@ impl CentralMetrics {
             "yilian_central_upload_rejections",
             "Uploads answered REJECTED, by reason",
             m.rejections.clone(),
+        );
+        r.register(
+            "yilian_central_identity_conflicts",
+            "Times a box's connection was taken over from another address while the first kept coming back: two boxes with one identity",
+            m.identity_conflicts.clone(),
         );
         r.register(
             "yilian_central_handshake_failures",
@@ -402,6 +409,16 @@ impl CentralMetrics {
 
     /// Forgets a gateway's reported metrics (it disconnected): stale values
     /// must not look current. Its last-seen series stays.
+    /// A box no longer watched (revoked, retired): all its series go at
+    /// once, so nothing shows it up or pages for it.
+    pub fn forget_gateway(&self, id: &BoxIdentity) {
+        let labels = GatewayLabels::of(id);
+        self.gateway_last_seen.remove(&labels);
+        self.gateway_link_up.remove(&labels);
+        self.gateway_certificate_expiry.remove(&labels);
+        self.clear_gateway_snapshot(id);
+    }
+
     pub fn clear_gateway_snapshot(&self, id: &BoxIdentity) {
         self.fleet
             .lock()

@@ -44,6 +44,8 @@ pub struct FleetRow {
     /// Backlog per lane at the last heartbeat.
     pub backlog: serde_json::Value,
     pub revoked: Option<String>,
+    /// Taken out of service on purpose: not watched, not alerted on.
+    pub retired: Option<String>,
 }
 
 /// What a box reported in its last heartbeat.
@@ -167,6 +169,86 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(added)
+    }
+
+    /// Marks a box retired on purpose (clinic closed, box stored away): it
+    /// is no longer watched, so it does not page as silent. It may still
+    /// connect and drain. `undo` makes it watched again.
+    pub fn retire(
+        &self,
+        identity: &str,
+        actor: &str,
+        reason: &str,
+        undo: bool,
+    ) -> Result<bool, StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let now = now_ms();
+        let changed = if undo {
+            tx.execute(
+                "DELETE FROM retirements WHERE identity = ?1",
+                params![identity],
+            )?
+        } else {
+            tx.execute(
+                "INSERT OR REPLACE INTO retirements(identity, retired_ms, retired_by, reason) VALUES (?1, ?2, ?3, ?4)",
+                params![identity, now, actor, reason],
+            )?
+        } == 1;
+        tx.execute(
+            "INSERT INTO audit(at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                now,
+                actor,
+                if undo { "unretire" } else { "retire" },
+                identity,
+                reason
+            ],
+        )?;
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    /// Boxes that are not watched: revoked or retired.
+    pub fn unwatched_identities(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let db = self.db();
+        let mut stmt =
+            db.prepare("SELECT identity FROM revocations UNION SELECT identity FROM retirements")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn retirement(&self, identity: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT retired_ms, retired_by, reason FROM retirements WHERE identity = ?1",
+                params![identity],
+                |r| {
+                    let at: i64 = r.get(0)?;
+                    let by: String = r.get(1)?;
+                    let why: String = r.get(2)?;
+                    Ok(format!("{} by {by}: {why}", rfc3339(at)))
+                },
+            )
+            .optional()?)
+    }
+
+    /// Who revoked a box, when and why, as the box is told.
+    pub fn revocation_notice(&self, identity: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT revoked_ms, revoked_by, reason FROM revocations WHERE identity = ?1",
+                params![identity],
+                |r| {
+                    let at: i64 = r.get(0)?;
+                    let by: String = r.get(1)?;
+                    let why: String = r.get(2)?;
+                    Ok(format!("revoked by {by} at {}: {why}", rfc3339(at)))
+                },
+            )
+            .optional()?)
     }
 
     pub fn revoked_identities(&self) -> Result<Vec<String>, StoreError> {
@@ -314,16 +396,22 @@ impl Store {
             "SELECT g.identity, g.software_version, g.first_seen_ms, g.last_seen_ms,
                     COALESCE(s.certificate_not_after, 0), COALESCE(s.config_version, ''),
                     COALESCE(s.pushed_config_version, ''), COALESCE(s.pushed_config_error, ''),
-                    COALESCE(s.backlog, '[]'), r.revoked_ms, r.revoked_by
+                    COALESCE(s.backlog, '[]'), r.revoked_ms, r.revoked_by, r.reason,
+                    t.retired_ms, t.retired_by, t.reason
              FROM gateways g
              LEFT JOIN gateway_state s ON s.identity = g.identity
              LEFT JOIN revocations r ON r.identity = g.identity
+             LEFT JOIN retirements t ON t.identity = g.identity
              ORDER BY g.identity",
         )?;
         let rows = stmt.query_map([], |r| {
             let backlog: String = r.get(8)?;
             let revoked_ms: Option<i64> = r.get(9)?;
             let revoked_by: Option<String> = r.get(10)?;
+            let revoked_why: Option<String> = r.get(11)?;
+            let retired_ms: Option<i64> = r.get(12)?;
+            let retired_by: Option<String> = r.get(13)?;
+            let retired_why: Option<String> = r.get(14)?;
             Ok(FleetRow {
                 identity: r.get(0)?,
                 software_version: r.get(1)?,
@@ -335,8 +423,22 @@ impl Store {
                 pushed_config_version: r.get(6)?,
                 pushed_config_error: r.get(7)?,
                 backlog: serde_json::from_str(&backlog).unwrap_or_default(),
-                revoked: revoked_ms
-                    .map(|at| format!("{} by {}", rfc3339(at), revoked_by.unwrap_or_default())),
+                revoked: revoked_ms.map(|at| {
+                    format!(
+                        "{} by {}: {}",
+                        rfc3339(at),
+                        revoked_by.unwrap_or_default(),
+                        revoked_why.unwrap_or_default()
+                    )
+                }),
+                retired: retired_ms.map(|at| {
+                    format!(
+                        "{} by {}: {}",
+                        rfc3339(at),
+                        retired_by.unwrap_or_default(),
+                        retired_why.unwrap_or_default()
+                    )
+                }),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

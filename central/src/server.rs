@@ -53,7 +53,17 @@ pub struct Shared {
     /// One lock per upload in progress, so that a resumed upload cannot
     /// start while the previous stream's writer is still draining.
     upload_locks: Arc<Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>>,
+    /// Boxes not watched (revoked, retired): no series, no alerts.
+    unwatched: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Recent takeovers of each box's connection, to tell a clone (two
+    /// boxes with one identity taking turns) from a box reconnecting.
+    takeovers: Arc<Mutex<HashMap<BoxIdentity, Vec<(Instant, SocketAddr)>>>>,
 }
+
+/// Takeovers within this window, from more than one address, mean two
+/// boxes share an identity.
+const CLONE_WINDOW: Duration = Duration::from_secs(60);
+const CLONE_TAKEOVERS: usize = 3;
 
 impl Shared {
     pub fn new(store: Store, metrics: CentralMetrics, max_upload_bytes: u64, fleet: Fleet) -> Self {
@@ -67,7 +77,48 @@ impl Shared {
             pacs_enabled: false,
             connections: Arc::default(),
             upload_locks: Arc::default(),
+            unwatched: Arc::default(),
+            takeovers: Arc::default(),
         }
+    }
+
+    /// Whether a box's state is exported (it is neither revoked nor retired).
+    pub fn watched(&self, identity: &BoxIdentity) -> bool {
+        !self
+            .unwatched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&identity.to_string())
+    }
+
+    /// Marks a box unwatched (or watched again) and drops its series.
+    pub fn set_watched(&self, identity: &BoxIdentity, watched: bool) {
+        let mut set = self.unwatched.lock().unwrap_or_else(|p| p.into_inner());
+        if watched {
+            set.remove(&identity.to_string());
+        } else {
+            set.insert(identity.to_string());
+            self.metrics.forget_gateway(identity);
+        }
+    }
+
+    pub fn load_unwatched(&self, ids: std::collections::HashSet<String>) {
+        *self.unwatched.lock().unwrap_or_else(|p| p.into_inner()) = ids;
+    }
+
+    /// Records that a connection from `remote` took over `identity`'s;
+    /// returns the addresses involved when that looks like two boxes with
+    /// one identity.
+    fn takeover(&self, identity: &BoxIdentity, remote: SocketAddr) -> Option<Vec<SocketAddr>> {
+        let now = Instant::now();
+        let mut map = self.takeovers.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = map.entry(identity.clone()).or_default();
+        seen.retain(|(t, _)| now.duration_since(*t) < CLONE_WINDOW);
+        seen.push((now, remote));
+        let mut addrs: Vec<SocketAddr> = seen.iter().map(|(_, a)| *a).collect();
+        addrs.sort();
+        addrs.dedup();
+        (seen.len() >= CLONE_TAKEOVERS && addrs.len() > 1).then_some(addrs)
     }
 
     /// Where an item of this kind is delivered after central commits it.
@@ -158,21 +209,43 @@ async fn handle_connection(conn: quinn::Connection, remote: SocketAddr, shared: 
     // revocation that landed during the handshake.
     if shared.fleet.is_revoked(&identity) {
         tracing::warn!(gateway = %identity, %remote, "refused a revoked box");
-        conn.close(close::REVOKED.into(), b"revoked");
+        let notice = shared
+            .store
+            .revocation_notice(&identity.to_string())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "revoked".into());
+        conn.close(close::REVOKED.into(), notice.as_bytes());
         return;
     }
     let labels = GatewayLabels::of(&identity);
-    if let Some(old) = shared
+    let watched = shared.watched(&identity);
+    let superseded = shared
         .connections
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(identity.clone(), conn.clone())
-    {
+        .insert(identity.clone(), conn.clone());
+    if let Some(old) = superseded {
+        let old_remote = old.remote_address();
         old.close(close::SUPERSEDED.into(), b"superseded by a new connection");
+        if let Some(addrs) = shared.takeover(&identity, remote) {
+            shared
+                .metrics
+                .identity_conflicts
+                .get_or_create(&labels)
+                .inc();
+            tracing::error!(gateway = %identity, %remote, previous = %old_remote, addresses = ?addrs,
+                "two boxes present the same identity and keep taking the connection from each other; \
+                 find the clone at these addresses (a copied disk or key), revoke the identity if it was stolen, and enroll each box under its own name");
+        }
     }
     shared.metrics.connections.inc();
-    shared.metrics.gateway_link_up.get_or_create(&labels).set(1);
-    if let Some(not_after) = peer_not_after(&conn) {
+    if watched {
+        shared.metrics.gateway_link_up.get_or_create(&labels).set(1);
+    } else {
+        tracing::info!(gateway = %identity, %remote, "a retired box connected; it may drain, but it is not watched (`yilian-provision retire --undo` watches it again)");
+    }
+    if let Some(not_after) = peer_not_after(&conn).filter(|_| watched) {
         shared
             .metrics
             .gateway_certificate_expiry
@@ -200,12 +273,16 @@ async fn handle_connection(conn: quinn::Connection, remote: SocketAddr, shared: 
     }
     shared.metrics.connections.dec();
     let mut conns = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
-    if conns
+    // This connection is over unless a newer one took its place; one that
+    // `disconnect` already removed (a revocation) is over too.
+    let replaced = conns
         .get(&identity)
-        .is_some_and(|c| c.stable_id() == conn.stable_id())
-    {
+        .is_some_and(|c| c.stable_id() != conn.stable_id());
+    if !replaced {
         conns.remove(&identity);
-        shared.metrics.gateway_link_up.get_or_create(&labels).set(0);
+        if shared.watched(&identity) {
+            shared.metrics.gateway_link_up.get_or_create(&labels).set(0);
+        }
         shared.metrics.clear_gateway_snapshot(&identity);
     }
 }
@@ -283,11 +360,14 @@ async fn control_stream(
         return Ok(());
     };
     touch(shared, identity, Some(&hello.software_version)).await;
-    shared
-        .metrics
-        .gateway_last_seen
-        .get_or_create(&labels)
-        .set(crate::store::now_ms() as f64 / 1000.0);
+    let watched = shared.watched(identity);
+    if watched {
+        shared
+            .metrics
+            .gateway_last_seen
+            .get_or_create(&labels)
+            .set(crate::store::now_ms() as f64 / 1000.0);
+    }
     tracing::info!(gateway = %identity, software = %hello.software_version, version, "gateway said hello");
     let ack = Envelope::new(Body::HelloAck(HelloAck {
         protocol_version: version,
@@ -302,14 +382,16 @@ async fn control_stream(
             Some(Body::Heartbeat(hb)) => {
                 touch(shared, identity, None).await;
                 let now = crate::store::now_ms();
-                shared
-                    .metrics
-                    .gateway_last_seen
-                    .get_or_create(&labels)
-                    .set(now as f64 / 1000.0);
-                shared
-                    .metrics
-                    .set_gateway_snapshot(identity, &hb.metrics_text);
+                if watched {
+                    shared
+                        .metrics
+                        .gateway_last_seen
+                        .get_or_create(&labels)
+                        .set(now as f64 / 1000.0);
+                    shared
+                        .metrics
+                        .set_gateway_snapshot(identity, &hb.metrics_text);
+                }
                 if !hb.config_version.is_empty() {
                     shared
                         .metrics

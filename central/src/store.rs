@@ -126,6 +126,12 @@ CREATE TABLE IF NOT EXISTS revocations(
     revoked_by TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS retirements(
+    identity TEXT PRIMARY KEY,
+    retired_ms INTEGER NOT NULL,
+    retired_by TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
 CREATE TABLE IF NOT EXISTS configs(
     scope TEXT PRIMARY KEY,
     version TEXT NOT NULL,

@@ -23,6 +23,7 @@ pub mod http;
 pub mod intake;
 pub mod metrics;
 pub mod pushed;
+pub mod revocation;
 pub mod service;
 pub mod status;
 pub mod uplink;

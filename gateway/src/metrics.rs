@@ -87,6 +87,7 @@ pub struct GatewayMetrics {
     pub uploaded_bytes: Counter,
     pub upload_retries: Family<ReasonLabels, Counter>,
     pub link_up: Gauge,
+    pub revoked: Gauge,
     pub link_connects: Counter,
     pub link_rtt: GaugeF,
     pub rate_cap: GaugeF,
@@ -127,6 +128,7 @@ impl GatewayMetrics {
             uploaded_bytes: Counter::default(),
             upload_retries: Family::default(),
             link_up: Gauge::default(),
+            revoked: Gauge::default(),
             link_connects: Counter::default(),
             link_rtt: GaugeF::default(),
             rate_cap: GaugeF::default(),
@@ -244,6 +246,11 @@ impl GatewayMetrics {
             "yilian_uplink_up",
             "Whether the link to central is up",
             m.link_up.clone(),
+        );
+        r.register(
+            "yilian_gateway_revoked",
+            "1 when central revoked this box's certificate: it no longer connects until enrolled again",
+            m.revoked.clone(),
         );
         r.register(
             "yilian_uplink_connects",

@@ -225,8 +225,42 @@ impl Running {
             if *stop.borrow() {
                 return;
             }
+            if let Some(r) = crate::revocation::load(&self.tls.cert) {
+                // Revoked: say so, and look again only for a new identity
+                // (enrolled with a new token), not at central.
+                self.metrics.link_up.set(0);
+                self.metrics.revoked.set(1);
+                self.status.send_modify(|s| {
+                    if s.state != "revoked" {
+                        s.since_ms = r.at_ms;
+                        tracing::error!(notice = %r.notice,
+                            "this box was revoked by central; it no longer connects. Enroll it again with a new token if it should work");
+                    }
+                    s.state = "revoked";
+                    s.last_error = Some(r.notice.clone());
+                    s.rtt_ms = None;
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
+            self.metrics.revoked.set(0);
             let result = self.session(&mut endpoint, &mut stop, &mut backoff).await;
             self.metrics.link_up.set(0);
+            let revoked = match &result {
+                Err(UplinkError::Lost(c)) | Err(UplinkError::Link(LinkError::Connection(c))) => {
+                    crate::revocation::notice_of(c)
+                }
+                _ => None,
+            };
+            if let Some(notice) = revoked {
+                if let Err(e) = crate::revocation::record(&self.tls.cert, &notice) {
+                    tracing::warn!(error = %e, "cannot keep central's revocation notice");
+                }
+                continue;
+            }
             match result {
                 Ok(()) => return,
                 Err(e) => {

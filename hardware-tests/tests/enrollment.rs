@@ -331,3 +331,98 @@ fn renewals_persist_under_a_read_only_configuration_as_the_service_user() {
         "nothing tried to write the configuration directory:\n{logged}"
     );
 }
+
+#[test]
+fn a_cloned_box_is_alerted_and_a_retired_box_is_not_watched() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bench = Bench::start(tmp.path(), "7d");
+    let original = bench.box_dir("original", bench.quic, "");
+    ok(yilian_rig::fleet_admin::enroll(
+        &original,
+        &bench.token("anxi/hutou/box-1", "1h"),
+        None,
+    ));
+    // A copied disk: the same key and certificate in a second box.
+    let clone = bench.box_dir("clone", bench.quic, "");
+    std::fs::create_dir_all(clone.join("tls")).expect("mkdir");
+    for f in ["ca.pem", "gateway.pem", "gateway.key"] {
+        std::fs::copy(original.join("tls").join(f), clone.join("tls").join(f)).expect("copy");
+    }
+    let mut a = Proc::spawn(
+        "yilian-gateway",
+        &["run", "--config", s(&original.join("gateway.toml"))],
+        &original.join("gateway.log"),
+    )
+    .expect("gateway");
+    let mut b = Proc::spawn(
+        "yilian-gateway",
+        &["run", "--config", s(&clone.join("gateway.toml"))],
+        &clone.join("gateway.log"),
+    )
+    .expect("gateway");
+    wait_for("central to see two boxes with one identity", 60, || {
+        let m = yilian_rig::scrape::http_get(bench.metrics, "/metrics").unwrap_or_default();
+        yilian_rig::scrape::sum(
+            &m,
+            "yilian_central_identity_conflicts_total",
+            &["gateway=\"box-1\""],
+        ) > 0.0
+    });
+    let log = std::fs::read_to_string(tmp.path().join("central.log")).expect("log");
+    assert!(log.contains("two boxes present the same identity"), "{log}");
+    b.kill9();
+    a.kill9();
+
+    // Out of service on purpose: retired, it is neither up nor silent.
+    let m = yilian_rig::scrape::http_get(bench.metrics, "/metrics").expect("metrics");
+    assert!(
+        m.contains("yilian_gateway_last_seen_timestamp_seconds{"),
+        "{m}"
+    );
+    let said = ok(bench.admin(&["retire", "anxi/hutou/box-1", "--reason", "clinic closed"]));
+    assert!(said.contains("retired"), "{said}");
+    let m = yilian_rig::scrape::http_get(bench.metrics, "/metrics").expect("metrics");
+    assert!(
+        !m.lines().any(
+            |l| l.starts_with("yilian_gateway_last_seen_timestamp_seconds{")
+                && l.contains("gateway=\"box-1\"")
+        ),
+        "a retired box has no last-seen series to page on:\n{m}"
+    );
+    let table = ok(bench.admin(&["fleet", "list"]));
+    assert!(table.contains("retired"), "{table}");
+    let audit = ok(bench.admin(&["audit"]));
+    assert!(
+        audit.contains("retire") && audit.contains("clinic closed"),
+        "{audit}"
+    );
+
+    // Revoked while it was switched off: when it comes back its handshake
+    // is refused, it learns it was revoked, and it stops calling.
+    ok(bench.admin(&["revoke", "anxi/hutou/box-1", "--reason", "cloned"]));
+    let refusals = || {
+        std::fs::read_to_string(tmp.path().join("central.log"))
+            .unwrap_or_default()
+            .matches("refused a revoked box")
+            .count()
+    };
+    let before = refusals();
+    let mut a = Proc::spawn(
+        "yilian-gateway",
+        &["run", "--config", s(&original.join("gateway.toml"))],
+        &original.join("gateway.log"),
+    )
+    .expect("gateway");
+    wait_for("its handshake refused", 30, || refusals() > before);
+    wait_for("the box knowing it was revoked", 30, || {
+        std::fs::read_to_string(original.join("tls/revoked.json"))
+            .is_ok_and(|r| r.contains("revoked"))
+    });
+    let seen = refusals();
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(
+        refusals() - seen <= 1,
+        "a box that knows it is revoked stops calling"
+    );
+    a.kill9();
+}

@@ -225,10 +225,33 @@ fn renewal_published_configuration_and_revocation_mid_upload() {
         bench.show("anxi/hutou/box-1")["pushed_config_version"] == good_version.as_str()
     });
     wait_tcp(hl7);
+    // Invalid on its own: refused by `config set` before it goes anywhere.
     let bad = tmp.path().join("bad.toml");
     std::fs::write(
         &bad,
         "[[hl7]]\nname = \"lab\"\nlisten = \"not an address\"\n",
+    )
+    .expect("write");
+    let refused = bench.admin(&["config", "set", "anxi/hutou/box-1", s(&bad)]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("bad.toml") && text(&refused).contains("line 3"),
+        "{}",
+        text(&refused)
+    );
+    // Valid on its own but not with this box's file (its metrics port):
+    // the box refuses it and reports why.
+    let own = std::fs::read_to_string(b.join("gateway.toml")).expect("config");
+    let metrics_port = own
+        .lines()
+        .skip_while(|l| !l.starts_with("[metrics]"))
+        .find_map(|l| l.strip_prefix("listen = "))
+        .expect("the box's metrics address")
+        .trim_matches('"')
+        .to_owned();
+    std::fs::write(
+        &bad,
+        format!("[[hl7]]\nname = \"lab\"\nlisten = \"{metrics_port}\"\n"),
     )
     .expect("write");
     let said = ok(bench.admin(&["config", "set", "anxi/hutou/box-1", s(&bad)]));
@@ -317,11 +340,39 @@ fn renewal_published_configuration_and_revocation_mid_upload() {
         !String::from_utf8_lossy(&items.stdout).contains("study.bin"),
         "the interrupted upload was not committed"
     );
-    let log = std::fs::read_to_string(tmp.path().join("central.log")).expect("log");
+    // Central forgets the box's series at once: not up, not silent.
+    let exposed = yilian_rig::scrape::http_get(bench.metrics, "/metrics").expect("metrics");
+    for series in [
+        "yilian_gateway_link_up{",
+        "yilian_gateway_last_seen_timestamp_seconds{",
+    ] {
+        assert!(
+            !exposed
+                .lines()
+                .any(|l| l.starts_with(series) && l.contains("gateway=\"box-1\"")),
+            "{series} still exported for a revoked box:\n{exposed}"
+        );
+    }
+    // The box knows who revoked it and why, and stops calling.
+    wait_for("the box showing it was revoked", 30, || {
+        let out = Command::new(binary("yilian-gateway").expect("bin"))
+            .args(["status", "--config", s(&b.join("gateway.toml"))])
+            .output()
+            .expect("status");
+        let st = String::from_utf8_lossy(&out.stdout);
+        st.contains("revoked") && st.contains("admin:alice") && st.contains("stolen")
+    });
+    let refusals = |log: &str| log.matches("refused a revoked box").count();
+    let central_log = || std::fs::read_to_string(tmp.path().join("central.log")).expect("log");
+    let before = refusals(&central_log());
+    std::thread::sleep(Duration::from_secs(10));
+    let after = refusals(&central_log());
     assert!(
-        log.contains("refused a revoked box"),
-        "reconnects are refused"
+        after - before <= 1,
+        "a revoked box stops calling: {} refusals in 10 s",
+        after - before
     );
+
     // The box keeps the item: nothing acknowledged to a device is dropped
     // by a revocation (an admin may re-enroll it under a new identity).
     let status = Command::new(binary("yilian-gateway").expect("bin"))

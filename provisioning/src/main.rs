@@ -80,6 +80,17 @@ enum Command {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Take a box out of service on purpose (clinic closed, box stored
+    /// away): it is no longer watched, so it does not page as silent. It
+    /// keeps its certificate and may still connect to drain. `--undo`
+    /// watches it again.
+    Retire {
+        gateway: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long)]
+        undo: bool,
+    },
     /// Gateway configuration published centrally.
     Config {
         #[command(subcommand)]
@@ -359,6 +370,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ""
                 }
             );
+        }
+        Command::Retire {
+            gateway,
+            reason,
+            undo,
+        } => {
+            let v = session.call(
+                "retire",
+                json!({ "gateway": gateway, "reason": reason, "undo": undo }),
+            )?;
+            if undo {
+                println!(
+                    "{} is watched again",
+                    v["gateway"].as_str().unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{} retired: no longer watched or alerted on; it may still connect and drain",
+                    v["gateway"].as_str().unwrap_or_default()
+                );
+            }
         }
         Command::Config {
             command: ConfigCommand::Set { scope, file },

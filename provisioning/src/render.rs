@@ -26,6 +26,8 @@ pub fn fleet_table(rows: &serde_json::Value, now: i64) -> String {
         let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
         let link = if !r["revoked"].is_null() {
             "REVOKED"
+        } else if !r["retired"].is_null() {
+            "retired"
         } else if r["link_up"].as_bool() == Some(true) {
             "up"
         } else {
