@@ -57,8 +57,11 @@ pub struct Shared {
     unwatched: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Recent takeovers of each box's connection, to tell a clone (two
     /// boxes with one identity taking turns) from a box reconnecting.
-    takeovers: Arc<Mutex<HashMap<BoxIdentity, Vec<(Instant, SocketAddr)>>>>,
+    takeovers: Arc<Mutex<HashMap<BoxIdentity, Takeovers>>>,
 }
+
+/// When a box's connection was taken over, and from where.
+type Takeovers = Vec<(Instant, SocketAddr)>;
 
 /// Takeovers within this window, from more than one address, mean two
 /// boxes share an identity.
