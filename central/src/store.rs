@@ -14,6 +14,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -236,12 +237,25 @@ pub fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// Creates a directory (and its parents) readable by its owner only,
+/// whatever the umask: central's data directory holds patient data.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let blob_dir = data_dir.join("blobs");
         let partial_dir = data_dir.join("partial");
         for d in [data_dir, &blob_dir, &partial_dir] {
-            fs::create_dir_all(d).map_err(io("create", d))?;
+            create_private_dir(d).map_err(io("create", d))?;
         }
         // Make the directories' entries durable before COMMITTED is ever
         // answered for a blob inside them.
@@ -254,6 +268,15 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        // SQLite makes its files with the process's umask (0644 from a
+        // shell): patient data is for the service user only.
+        for name in ["central.sqlite", "central.sqlite-wal", "central.sqlite-shm"] {
+            let p = data_dir.join(name);
+            if p.exists() {
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o600))
+                    .map_err(io("restrict permissions of", &p))?;
+            }
+        }
         Ok(Self {
             inner: Arc::new(StoreInner {
                 db: Mutex::new(conn),
@@ -332,9 +355,10 @@ impl Store {
     ) -> Result<PartialUpload, StoreError> {
         let path = self.partial_path(gateway, &offer.upload_id);
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(io("create", parent))?;
+            create_private_dir(parent).map_err(io("create", parent))?;
         }
         let mut file = OpenOptions::new()
+            .mode(0o600)
             .read(true)
             .write(true)
             .create(true)
@@ -404,7 +428,7 @@ impl Store {
             // Same content already stored (content addressing): keep one.
             fs::remove_file(&path).map_err(io("remove partial upload", &path))?;
         } else {
-            fs::create_dir_all(&blob_dir).map_err(io("create", &blob_dir))?;
+            create_private_dir(&blob_dir).map_err(io("create", &blob_dir))?;
             fs::rename(&path, &blob).map_err(io("store blob", &blob))?;
             sync_dir(&blob_dir)?;
             sync_dir(&self.inner.blob_dir)?;

@@ -18,10 +18,19 @@ pub const CR: u8 = 0x0D;
 /// several MB).
 pub const DEFAULT_MAX_LEN: usize = 16 * 1024 * 1024;
 
+/// Bytes of a too-long block kept, so that its MSH can still be answered.
+pub const HEAD_KEPT: usize = 4096;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MllpError {
+    /// The block passed the limit; its first bytes are kept (`head`) so
+    /// the sender can be told, with its own MSH-10, that it is too large.
     #[error("MLLP block longer than {max} bytes; discarded")]
-    TooLong { max: usize },
+    TooLong { max: usize, head: Vec<u8> },
+    /// A new block started before the current one ended: the sender gave
+    /// up on it (or sent garbage); `bytes` were dropped.
+    #[error("a new MLLP block started before the end of the previous one; {bytes} bytes dropped")]
+    Abandoned { bytes: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +76,14 @@ impl MllpDecoder {
         self.skipped
     }
 
+    /// Bytes of the block in progress (dropped if the stream ends now).
+    pub fn pending(&self) -> usize {
+        match self.state {
+            State::Inside | State::AfterEnd => self.buf.len() + 1,
+            _ => 0,
+        }
+    }
+
     /// Whether a block has started and not yet ended.
     pub fn in_block(&self) -> bool {
         matches!(
@@ -94,13 +111,20 @@ impl MllpDecoder {
                     SB => {
                         // A new block before the end: the sender abandoned
                         // the previous one.
+                        out.push(Err(MllpError::Abandoned {
+                            bytes: self.buf.len() + 1,
+                        }));
                         self.skipped += self.buf.len();
                         self.buf.clear();
                     }
                     _ if self.buf.len() >= self.max_len => {
-                        self.buf = Vec::new();
+                        let mut head = std::mem::take(&mut self.buf);
+                        head.truncate(HEAD_KEPT);
                         self.state = State::Discarding;
-                        out.push(Err(MllpError::TooLong { max: self.max_len }));
+                        out.push(Err(MllpError::TooLong {
+                            max: self.max_len,
+                            head,
+                        }));
                     }
                     _ => self.buf.push(b),
                 },
@@ -153,7 +177,7 @@ mod tests {
     use super::*;
 
     fn ok(v: Vec<Result<Vec<u8>, MllpError>>) -> Vec<Vec<u8>> {
-        v.into_iter().map(|r| r.expect("message")).collect()
+        v.into_iter().filter_map(Result::ok).collect()
     }
 
     #[test]
@@ -177,8 +201,9 @@ mod tests {
     #[test]
     fn restart_inside_block_and_missing_cr() {
         let mut d = MllpDecoder::default();
-        let got = ok(d.push(b"\x0bMSH|half\x0bMSH|whole\x1c\x0bMSH|next\x1c"));
-        assert_eq!(got, vec![b"MSH|whole".to_vec()]);
+        let all = d.push(b"\x0bMSH|half\x0bMSH|whole\x1c\x0bMSH|next\x1c");
+        assert_eq!(all[0], Err(MllpError::Abandoned { bytes: 9 }), "{all:?}");
+        assert_eq!(ok(all), vec![b"MSH|whole".to_vec()]);
         assert_eq!(d.finish(), Some(b"MSH|next".to_vec()));
     }
 
@@ -192,8 +217,17 @@ mod tests {
         let got = d.push(&wire);
         assert_eq!(
             got,
-            vec![Err(MllpError::TooLong { max: 10 }), Ok(b"MSH|ok".to_vec())]
+            vec![
+                Err(MllpError::TooLong {
+                    max: 10,
+                    head: vec![b'x'; 10]
+                }),
+                Ok(b"MSH|ok".to_vec())
+            ]
         );
+        assert_eq!(d.pending(), 0);
+        d.push(b"\x0bMSH|cut");
+        assert_eq!(d.pending(), 8, "a block the stream may end inside");
     }
 
     proptest::proptest! {

@@ -314,6 +314,10 @@ pub struct Hl7Section {
     /// Connections served at once.
     #[serde(default = "default_connections")]
     pub max_connections: usize,
+    /// Connections from one address at once; the senders in `[[hl7.peer]]`
+    /// are never locked out by others.
+    #[serde(default = "default_per_peer")]
+    pub max_connections_per_peer: usize,
     /// Close a connection silent for this long.
     #[serde(default = "default_idle", with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -423,6 +427,10 @@ pub struct DicomSection {
     pub max_pdu: u32,
     #[serde(default = "default_max_associations")]
     pub max_associations: usize,
+    /// Associations from one address at once. Modalities listed with an
+    /// `address` are never locked out by unknown callers.
+    #[serde(default = "default_associations_per_peer")]
+    pub max_associations_per_peer: usize,
     /// An association silent this long is aborted.
     #[serde(default = "default_dicom_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -455,6 +463,9 @@ fn default_max_pdu() -> u32 {
 }
 fn default_max_associations() -> usize {
     8
+}
+fn default_associations_per_peer() -> usize {
+    4
 }
 fn default_dicom_timeout() -> Duration {
     Duration::from_secs(60)
@@ -565,6 +576,9 @@ fn default_max_message() -> usize {
 }
 fn default_connections() -> usize {
     64
+}
+fn default_per_peer() -> usize {
+    8
 }
 fn default_idle() -> Duration {
     Duration::from_secs(600)

@@ -65,5 +65,6 @@ pub async fn bind(
         .route("/metrics", get(serve_metrics))
         .route("/status", get(status))
         .with_state(AppState { metrics, link });
+    let listener = crate::governor::HttpListener::new(listener);
     Ok((local, async move { axum::serve(listener, app).await }))
 }

@@ -19,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod content;
 pub mod enrollment;
+pub mod governor;
 pub mod http;
 pub mod intake;
 pub mod metrics;
@@ -158,6 +159,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
             spool: spool.clone(),
             metrics: metrics.clone(),
             wake: wake.clone(),
+            warn_limit: Default::default(),
         };
         let serve = listener.bind(stop_rx.clone()).await.with_context(|| {
             format!("binding the HL7 listener {:?} on {}", hl7.name, hl7.listen)
@@ -200,6 +202,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
             spool: spool.clone(),
             metrics: metrics.clone(),
             wake: wake.clone(),
+            warn_limit: Default::default(),
         };
         let serve = adapter.bind(stop_rx.clone()).await.with_context(|| {
             format!(

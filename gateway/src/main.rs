@@ -68,6 +68,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     yilian_gateway::service::init_logging("info,quinn=warn");
+    // A flood of connections from the clinic LAN must not take the
+    // process's last descriptors.
+    yilian_gateway::governor::raise_descriptor_limit();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -61,7 +61,116 @@ fn test_id(parts: &[String]) -> String {
     }
 }
 
+/// Every repeat of an ASTM field, each unescaped.
+fn repeats(r: &Record, m: &AstmMessage, n: usize) -> Vec<String> {
+    r.field(n)
+        .split(m.delimiters.repeat)
+        .map(|v| unescape(v, &m.delimiters))
+        .collect()
+}
+
+/// The components of every repeat of an ASTM field.
+fn repeated_comps(r: &Record, m: &AstmMessage, n: usize) -> Vec<Vec<String>> {
+    let d = &m.delimiters;
+    r.field(n)
+        .split(d.repeat)
+        .map(|rep| rep.split(d.component).map(|c| unescape(c, d)).collect())
+        .collect()
+}
+
+/// The test code of a universal test id (`^^^code^name`), for matching a
+/// result to the ordered test it answers.
+fn test_code(parts: &[String]) -> Option<&str> {
+    parts
+        .get(3)
+        .filter(|s| !s.is_empty())
+        .or_else(|| parts.iter().find(|s| !s.is_empty()))
+        .map(String::as_str)
+}
+
+/// What an OBX or NTE says before it is numbered.
+enum Piece {
+    /// OBX-2 onwards, without the set id.
+    Obx(String),
+    Note(String),
+}
+
+/// An order being gathered: one OBR per ordered test (ASTM O.5 repeats;
+/// HL7's OBR-4 holds one test), each followed by its results.
+struct Order {
+    /// OBR-3 onwards after OBR-4: (placer/filler, priority, times).
+    specimen: String,
+    priority: String,
+    requested: String,
+    collected: String,
+    /// `(test id for OBR-4, code to match results)`, at least one.
+    tests: Vec<(String, Option<String>)>,
+    /// Results and their comments, per test.
+    pieces: Vec<Vec<Piece>>,
+    /// Comments on the order itself.
+    notes: Vec<String>,
+}
+
+impl Order {
+    fn empty() -> Self {
+        Order {
+            specimen: String::new(),
+            priority: String::new(),
+            requested: String::new(),
+            collected: String::new(),
+            tests: vec![(String::new(), None)],
+            pieces: vec![Vec::new()],
+            notes: Vec::new(),
+        }
+    }
+
+    /// The test a result with `code` answers: the one ordered under that
+    /// code, else the first.
+    fn slot(&self, code: Option<&str>) -> usize {
+        code.and_then(|c| self.tests.iter().position(|(_, t)| t.as_deref() == Some(c)))
+            .unwrap_or(0)
+    }
+
+    fn write(self, out: &mut String, obr_n: &mut usize) {
+        for (i, (test, pieces)) in self.tests.into_iter().zip(self.pieces).enumerate() {
+            *obr_n += 1;
+            out.push_str(&format!(
+                "OBR|{obr_n}||{}|{}|{}||{}|{}\r",
+                hl7(&self.specimen),
+                test.0,
+                hl7(&self.priority),
+                hl7(&self.requested),
+                hl7(&self.collected)
+            ));
+            if i == 0 {
+                for (k, n) in self.notes.iter().enumerate() {
+                    out.push_str(&format!("NTE|{}|L|{}\r", k + 1, hl7(n)));
+                }
+            }
+            let (mut obx_n, mut nte_n) = (0, 0);
+            for p in pieces {
+                match p {
+                    Piece::Obx(rest) => {
+                        obx_n += 1;
+                        nte_n = 0;
+                        out.push_str(&format!("OBX|{obx_n}|{rest}\r"));
+                    }
+                    Piece::Note(text) => {
+                        nte_n += 1;
+                        out.push_str(&format!("NTE|{nte_n}|L|{}\r", hl7(&text)));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Converts; `None` when the message has no result to report.
+///
+/// Every ordered test becomes its own OBR (the specimen and times
+/// repeated), and each result goes under the test whose code it carries;
+/// every repeat of a result value (ASTM R.4) becomes a repeat of OBX-5,
+/// typed NM only when all of them are numbers.
 pub fn to_oru(m: &AstmMessage, h: &OruHeader<'_>) -> Option<String> {
     if !m.records.iter().any(|r| r.kind == 'R') {
         return None;
@@ -75,11 +184,17 @@ pub fn to_oru(m: &AstmMessage, h: &OruHeader<'_>) -> Option<String> {
         h.timestamp,
         hl7(h.control_id)
     );
-    let (mut pid_n, mut obr_n, mut obx_n, mut nte_n) = (0, 0, 0, 0);
+    let (mut pid_n, mut obr_n) = (0, 0usize);
     let mut have_patient = false;
+    let mut order: Option<Order> = None;
+    // Where a comment record attaches: the last result, else the order.
+    let mut last_result: Option<usize> = None;
     for r in &m.records {
         match r.kind {
             'P' => {
+                if let Some(o) = order.take() {
+                    o.write(&mut out, &mut obr_n);
+                }
                 pid_n += 1;
                 have_patient = true;
                 let id = [first(r, m, 3), first(r, m, 4), first(r, m, 5)]
@@ -100,68 +215,84 @@ pub fn to_oru(m: &AstmMessage, h: &OruHeader<'_>) -> Option<String> {
                 obr_n = 0;
             }
             'O' => {
+                if let Some(o) = order.take() {
+                    o.write(&mut out, &mut obr_n);
+                }
                 if !have_patient {
                     // HL7 needs a PID before the order.
                     pid_n += 1;
                     have_patient = true;
                     out.push_str(&format!("PID|{pid_n}\r"));
                 }
-                obr_n += 1;
-                obx_n = 0;
-                let priority = first(r, m, 6);
-                out.push_str(&format!(
-                    "OBR|{obr_n}||{}|{}|{}||{}|{}\r",
-                    hl7(&first(r, m, 3)),
-                    test_id(&comps(r, m, 5)),
-                    hl7(&priority),
-                    hl7(&first(r, m, 7)),
-                    hl7(&first(r, m, 8))
-                ));
+                let mut tests: Vec<(String, Option<String>)> = repeated_comps(r, m, 5)
+                    .iter()
+                    .filter(|parts| parts.iter().any(|p| !p.is_empty()))
+                    .map(|parts| (test_id(parts), test_code(parts).map(str::to_owned)))
+                    .collect();
+                if tests.is_empty() {
+                    tests.push((String::new(), None));
+                }
+                let n = tests.len();
+                order = Some(Order {
+                    specimen: first(r, m, 3),
+                    priority: first(r, m, 6),
+                    requested: first(r, m, 7),
+                    collected: first(r, m, 8),
+                    tests,
+                    pieces: (0..n).map(|_| Vec::new()).collect(),
+                    notes: Vec::new(),
+                });
+                last_result = None;
             }
             'R' => {
-                if obr_n == 0 {
-                    if !have_patient {
-                        pid_n += 1;
-                        have_patient = true;
-                        out.push_str(&format!("PID|{pid_n}\r"));
-                    }
-                    obr_n += 1;
-                    out.push_str(&format!("OBR|{obr_n}\r"));
+                if !have_patient {
+                    pid_n += 1;
+                    have_patient = true;
+                    out.push_str(&format!("PID|{pid_n}\r"));
                 }
-                obx_n += 1;
-                nte_n = 0;
-                let value = first(r, m, 4);
-                let kind = if value.trim().parse::<f64>().is_ok() {
-                    "NM"
-                } else {
-                    "ST"
-                };
+                let o = order.get_or_insert_with(Order::empty);
+                let test = comps(r, m, 3);
+                let slot = o.slot(test_code(&test));
+                let values: Vec<String> = repeats(r, m, 4)
+                    .into_iter()
+                    .map(|v| v.trim().to_owned())
+                    .collect();
+                let numeric = values.iter().all(|v| v.parse::<f64>().is_ok());
+                let kind = if numeric { "NM" } else { "ST" };
+                let value = values.iter().map(|v| hl7(v)).collect::<Vec<_>>().join("~");
                 let status = match first(r, m, 9).as_str() {
                     "" => "F".to_owned(),
                     s => s.to_owned(),
                 };
-                out.push_str(&format!(
-                    "OBX|{obx_n}|{kind}|{}||{}|{}|{}|{}|||{}|||{}\r",
-                    test_id(&comps(r, m, 3)),
-                    hl7(value.trim()),
+                o.pieces[slot].push(Piece::Obx(format!(
+                    "{kind}|{}||{value}|{}|{}|{}|||{}|||{}",
+                    test_id(&test),
                     hl7(&first(r, m, 5)),
                     hl7(&first(r, m, 6)),
                     hl7(&first(r, m, 7)),
                     hl7(&status),
                     hl7(&first(r, m, 13))
-                ));
+                )));
+                last_result = Some(slot);
             }
             'C' => {
-                nte_n += 1;
                 let text = comps(r, m, 4)
                     .into_iter()
                     .filter(|s| !s.is_empty())
                     .collect::<Vec<_>>()
                     .join(" ");
-                out.push_str(&format!("NTE|{nte_n}|L|{}\r", hl7(&text)));
+                match (order.as_mut(), last_result) {
+                    (Some(o), Some(slot)) => o.pieces[slot].push(Piece::Note(text)),
+                    (Some(o), None) => o.notes.push(text),
+                    // A comment on the patient or header: its own NTE.
+                    (None, _) => out.push_str(&format!("NTE|1|L|{}\r", hl7(&text))),
+                }
             }
             _ => {}
         }
+    }
+    if let Some(o) = order.take() {
+        o.write(&mut out, &mut obr_n);
     }
     Some(out)
 }
@@ -262,5 +393,42 @@ mod tests {
                 assert_eq!(obx, results, "{}", entry.path().display());
             }
         }
+    }
+
+    #[test]
+    fn every_ordered_test_and_every_value_repeat_is_carried() {
+        // Two tests ordered on one specimen; a result with two values (a
+        // number and its interpretation), one for each test.
+        let astm = AstmMessage::parse_text(
+            "H|\\^&|||XN-550\rP|1||PAT9\rO|1|SID9||^^^GLU\\^^^HBA1C|R|20240101110000\rR|1|^^^HBA1C|6.8\\high|%||H||F\rR|2|^^^GLU|5.2|mmol/L|||F\rC|1|I|fasting|G\rL|1|N\r",
+        )
+        .expect("parses");
+        let h = OruHeader {
+            sending_application: "YILIAN",
+            sending_facility: "anxi/hutou",
+            receiving_application: "LIS",
+            receiving_facility: "COUNTY",
+            timestamp: "20240101120000",
+            control_id: "YLrep",
+        };
+        let oru = to_oru(&astm, &h).expect("has results");
+        let m = Message::parse(&oru).expect("valid HL7");
+        let obr: Vec<_> = m.segments.iter().filter(|s| s.id() == "OBR").collect();
+        assert_eq!(obr.len(), 2, "{oru}");
+        assert_eq!(obr[0].field(4), "GLU^GLU^L");
+        assert_eq!(obr[1].field(4), "HBA1C^HBA1C^L");
+        assert_eq!(obr[1].field(3), "SID9", "the specimen on each");
+        // Each result under the test it answers, its comment after it.
+        let ids: Vec<&str> = m.segments.iter().map(|s| s.id()).collect();
+        assert_eq!(
+            ids,
+            ["MSH", "PID", "OBR", "OBX", "NTE", "OBR", "OBX"],
+            "{oru}"
+        );
+        let obx: Vec<_> = m.segments.iter().filter(|s| s.id() == "OBX").collect();
+        assert_eq!(obx[0].field(5), "5.2");
+        assert_eq!(obx[1].field(5), "6.8~high", "both repeats");
+        assert_eq!(obx[1].field(2), "ST", "not all numbers");
+        assert_eq!(obx[1].field(1), "1", "set ids restart under each OBR");
     }
 }

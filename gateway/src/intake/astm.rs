@@ -9,6 +9,7 @@
 //! Serial ports are opened by their stable path and reopened after an
 //! unplug; TCP runs as server or client per device profile.
 
+use crate::governor::{AcceptErrors, Governed, Governor};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +32,10 @@ pub struct AstmAdapter {
 }
 
 const RECONNECT: Duration = serial::REOPEN;
+/// A TCP session with no bytes for this long is closed (analyzers that
+/// keep their connection open send at least a result or a query a day;
+/// a dead peer is found sooner by keepalive, or by its replacement).
+const SESSION_IDLE: Duration = Duration::from_secs(6 * 3600);
 
 impl AstmAdapter {
     fn charset(&self) -> Charset {
@@ -77,26 +82,53 @@ impl AstmAdapter {
         listener: tokio::net::TcpListener,
         mut stop: watch::Receiver<bool>,
     ) {
+        // One analyzer per profile, one session at a time; but a session
+        // that has gone silent (a half-open connection after a network
+        // glitch, or something else on the LAN that connected and says
+        // nothing) is replaced by a new connection, so the real analyzer
+        // is never locked out.
+        let governor = Governor::new(&self.config.name, 1, 1, []);
+        let mut accept_errors = AcceptErrors::new(&self.config.name);
         // A session may have seen the stop signal already: check the flag,
         // not only for changes.
         while !*stop.borrow() {
-            let (mut stream, peer) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 a = listener.accept() => match a {
-                    Ok(a) => a,
+                    Ok(a) => {
+                        accept_errors.ok();
+                        a
+                    }
                     Err(e) => {
-                        tracing::warn!(device = %self.config.name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let wait = accept_errors.failed(&e);
+                        tokio::time::sleep(wait).await;
                         continue;
                     }
                 },
                 _ = stop.changed() => return,
             };
+            let ticket = match governor.admit(peer.ip()) {
+                Ok(t) => t,
+                Err(why) => {
+                    tracing::warn!(device = %self.config.name, %peer, reason = %why,
+                        "a second connection while the analyzer's session is busy; closed");
+                    continue;
+                }
+            };
             let _ = stream.set_nodelay(true);
+            // Half-open connections are found by the kernel too.
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(60))
+                .with_interval(Duration::from_secs(10));
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
             tracing::info!(device = %self.config.name, %peer, "analyzer connected");
-            let _counted = self.metrics.connection("astm", &self.config.name);
-            // One analyzer per profile: serve connections one at a time.
-            let why = self.session(&mut stream, &mut stop).await;
-            tracing::info!(device = %self.config.name, %peer, reason = %why, "analyzer disconnected");
+            let me = self.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let _counted = me.metrics.connection("astm", &me.config.name);
+                let mut stream = Governed::new(stream, ticket, SESSION_IDLE);
+                let why = me.session(&mut stream, &mut stop).await;
+                tracing::info!(device = %me.config.name, %peer, reason = %why, "analyzer disconnected");
+            });
         }
     }
 

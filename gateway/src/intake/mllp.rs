@@ -11,19 +11,19 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use yilian_codecs::hl7::escape::unescape;
 use yilian_codecs::hl7::{
     AckCode, AckMode, Charset, ErrorInfo, Message, build_ack, decode, encode,
 };
-use yilian_codecs::mllp::{self, MllpDecoder};
+use yilian_codecs::mllp::{self, MllpDecoder, MllpError};
 use yilian_spool::{Lane, NewItem, Spool, SpoolError};
 
 use crate::config::{Hl7Peer, Hl7Section};
+use crate::governor::{AcceptErrors, Governor, Ticket};
 use crate::metrics::GatewayMetrics;
 
 pub struct MllpListener {
@@ -31,6 +31,8 @@ pub struct MllpListener {
     pub spool: Spool,
     pub metrics: GatewayMetrics,
     pub wake: Arc<Notify>,
+    /// Keeps a garbage-streaming sender from flooding the log.
+    pub warn_limit: crate::intake::warn_limit::WarnLimit,
 }
 
 /// What happened to one message, for its acknowledgement.
@@ -55,32 +57,46 @@ impl MllpListener {
 
     async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
-        let slots = Arc::new(Semaphore::new(this.config.max_connections));
+        let governor = Governor::new(
+            &this.config.name,
+            this.config.max_connections,
+            this.config.max_connections_per_peer,
+            this.config.peer.iter().map(|p| p.address),
+        );
+        let mut accept_errors = AcceptErrors::new(&this.config.name);
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 _ = stop.changed() => return,
             };
             let (stream, peer) = match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    accept_errors.ok();
+                    a
+                }
                 Err(e) => {
-                    tracing::warn!(listener = %this.config.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let wait = accept_errors.failed(&e);
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(listener = %this.config.name, %peer, "too many HL7 connections; refusing one");
-                continue;
+            let ticket = match governor.admit(peer.ip()) {
+                Ok(t) => t,
+                Err(why) => {
+                    if let Some(held) = this.warn_limit.admit(peer.ip()) {
+                        tracing::warn!(listener = %this.config.name, %peer, reason = %why, held_back = held,
+                            "HL7 connection refused");
+                    }
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let me = this.clone();
             let stop = stop.clone();
             let counted = me.metrics.connection("hl7", &me.config.name);
             tokio::spawn(async move {
-                let _permit = permit;
                 let _counted = counted;
-                if let Err(e) = me.connection(stream, peer, stop).await {
+                if let Err(e) = me.connection(stream, peer, stop, ticket).await {
                     tracing::debug!(listener = %me.config.name, %peer, error = %e, "HL7 connection ended");
                 }
             });
@@ -96,19 +112,25 @@ impl MllpListener {
         mut stream: TcpStream,
         peer: SocketAddr,
         mut stop: watch::Receiver<bool>,
+        ticket: Ticket,
     ) -> std::io::Result<()> {
         let mut decoder = MllpDecoder::new(self.config.max_message_bytes);
         let mut buf = vec![0u8; 64 * 1024];
-        loop {
+        let kicked = ticket.kicked();
+        tokio::pin!(kicked);
+        let ended = loop {
             let n = tokio::select! {
                 r = tokio::time::timeout(self.config.idle_timeout, stream.read(&mut buf)) => match r {
-                    Ok(r) => r?,
-                    Err(_) => return Ok(()),
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => break Err(e),
+                    Err(_) => break Ok("idle"),
                 },
-                _ = stop.changed() => return Ok(()),
+                _ = &mut kicked => break Ok("closed to make room for another sender"),
+                _ = stop.changed() => break Ok("stopping"),
             };
+            ticket.touch();
             if n == 0 {
-                return Ok(());
+                break Ok("closed by the sender");
             }
             for frame in decoder.push(&buf[..n]) {
                 match frame {
@@ -117,13 +139,36 @@ impl MllpListener {
                             stream.write_all(&ack).await?;
                         }
                     }
-                    Err(e) => {
+                    Err(MllpError::TooLong { max, head }) => {
                         self.metrics.refused("too_long");
-                        tracing::warn!(listener = %self.config.name, %peer, error = %e, "HL7 message refused");
+                        if let Some(held) = self.warn_limit.admit(peer.ip()) {
+                            tracing::warn!(listener = %self.config.name, %peer, max_bytes = max, held_back = held,
+                                "HL7 message over the size limit refused; raise max_message_bytes if this sender's messages really are that large");
+                        }
+                        if let Some(ack) = too_long_ack(&head, max) {
+                            stream.write_all(&ack).await?;
+                        }
+                    }
+                    Err(MllpError::Abandoned { bytes }) => {
+                        if let Some(held) = self.warn_limit.admit(peer.ip()) {
+                            tracing::warn!(listener = %self.config.name, %peer, bytes_dropped = bytes, held_back = held,
+                                "an unfinished HL7 message was dropped: the sender started a new one before ending it (it got no ACK for it)");
+                        }
                     }
                 }
             }
+        };
+        // A message the stream ended inside was never acknowledged: the
+        // sender resends it; say so, it is often a network fault.
+        if decoder.pending() > 0 {
+            let why = match &ended {
+                Ok(why) => (*why).to_owned(),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(listener = %self.config.name, %peer, bytes_dropped = decoder.pending(), reason = %why,
+                "connection ended in the middle of an HL7 message; it was not stored and not acknowledged, so the sender should resend it");
         }
+        ended.map(|_| ())
     }
 
     /// Stores one message and returns the framed ACK to send, if any.
@@ -137,8 +182,10 @@ impl MllpListener {
             Ok(m) => m,
             Err(e) => {
                 self.metrics.refused("malformed");
-                tracing::warn!(listener = %self.config.name, %peer, error = %e,
-                    "message is not HL7 v2; answered AR; check the sender's configuration");
+                if let Some(held) = self.warn_limit.admit(peer.ip()) {
+                    tracing::warn!(listener = %self.config.name, %peer, error = %e, held_back = held,
+                        "message is not HL7 v2; answered AR; check the sender's configuration");
+                }
                 let ack = unparsable_ack(&e.to_string());
                 return Some(mllp::encode(&encode(&ack, decoded.charset)));
             }
@@ -172,7 +219,10 @@ impl MllpListener {
         };
         if let (Outcome::Malformed(e), _) = (&outcome, mode) {
             self.metrics.refused("malformed");
-            tracing::warn!(listener = %self.config.name, %peer, code = e.code, reason = %e.text, "HL7 message refused as malformed");
+            if let Some(held) = self.warn_limit.admit(peer.ip()) {
+                tracing::warn!(listener = %self.config.name, %peer, code = e.code, reason = %e.text, held_back = held,
+                    "HL7 message refused as malformed");
+            }
         }
         let success = matches!(outcome, Outcome::Stored);
         let send = match mode {
@@ -327,4 +377,35 @@ mod tests {
         let t = timestamp();
         assert_eq!(t.len(), 14, "{t}");
     }
+}
+
+/// The answer to a message over the size limit: AR (CR in enhanced mode)
+/// with an ERR saying so, built from the message's own MSH (kept from the
+/// head of the block) so the sender can match it; `None` when not even
+/// the MSH could be read.
+fn too_long_ack(head: &[u8], max: usize) -> Option<Vec<u8>> {
+    let decoded = decode(head, None);
+    let msh = decoded.text.split(['\r', '\n']).next()?;
+    let message = Message::parse(msh).ok()?;
+    message.require_header().ok()?;
+    let code = match AckMode::of(&message) {
+        AckMode::Original => AckCode::AR,
+        AckMode::Enhanced { .. } => AckCode::CR,
+    };
+    let error = ErrorInfo {
+        location: "MSH".into(),
+        code: 207,
+        text: format!(
+            "message larger than this box accepts ({max} bytes): split it, or ask for max_message_bytes to be raised"
+        ),
+        severity: 'E',
+    };
+    let ack = build_ack(
+        &message,
+        code,
+        Some(&error),
+        &ack_control_id(),
+        &timestamp(),
+    );
+    Some(mllp::encode(&encode(&ack, decoded.charset)))
 }

@@ -7,3 +7,4 @@ pub mod ecg_serial;
 pub mod folder;
 pub mod mllp;
 pub mod serial;
+pub mod warn_limit;

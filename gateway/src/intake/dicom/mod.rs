@@ -24,11 +24,12 @@ use dicom_ul::Pdu;
 use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
 use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, UserIdentity};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use yilian_spool::{Lane, NewItem, Spool, SpoolWriter};
 
 use crate::config::DicomSection;
 use crate::content::{Profile, describe_dicom_head};
+use crate::governor::{AcceptErrors, Governor, Ticket};
 use crate::metrics::GatewayMetrics;
 use dimse::status;
 use yilian_codecs::dicom::{self, Command, command};
@@ -41,12 +42,34 @@ const METADATA_PREFIX: usize = 256 * 1024;
 /// while the rest of it still arrives.
 const WRITE_BATCH: usize = 256 * 1024;
 
-/// A storage commitment request whose data set is arriving.
+/// A worklist query's identifier is a handful of keys: 64 KiB is far more
+/// than any console sends, and keeps a 15 MiB patient name from costing
+/// a hundred megabytes to parse.
+const MAX_FIND_IDENTIFIER: usize = 64 * 1024;
+/// A commitment request lists instances by UID (~130 bytes each): room for
+/// tens of thousands.
+const MAX_ACTION_DATA_SET: usize = 8 * 1024 * 1024;
+
+/// A worklist query or storage commitment request whose data set is
+/// arriving.
 struct Action {
     request: Command,
     context_id: u8,
     transfer_syntax: String,
     data: Vec<u8>,
+    /// Over its limit: the rest is read and dropped, and the answer is a
+    /// failure status.
+    too_large: bool,
+}
+
+impl Action {
+    fn limit(&self) -> usize {
+        if self.request.field == command::C_FIND_RQ {
+            MAX_FIND_IDENTIFIER
+        } else {
+            MAX_ACTION_DATA_SET
+        }
+    }
 }
 
 pub struct DicomAdapter {
@@ -58,6 +81,8 @@ pub struct DicomAdapter {
     pub spool: Spool,
     pub metrics: GatewayMetrics,
     pub wake: Arc<Notify>,
+    /// Keeps a misbehaving caller from flooding the log.
+    pub warn_limit: crate::intake::warn_limit::WarnLimit,
 }
 
 /// The allow-list check, run by dicom-ul before it accepts an association.
@@ -124,34 +149,62 @@ impl DicomAdapter {
     }
 
     async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        let slots = Arc::new(Semaphore::new(self.config.max_associations));
+        // Modalities with a known address are never locked out by callers
+        // the configuration does not name.
+        let trusted: Vec<std::net::IpAddr> = self
+            .config
+            .allowed
+            .iter()
+            .filter_map(|p| p.address.as_deref())
+            .filter_map(|a| a.parse::<SocketAddr>().ok())
+            .map(|a| a.ip())
+            .collect();
+        let governor = Governor::new(
+            &self.config.name,
+            self.config.max_associations,
+            self.config.max_associations_per_peer,
+            trusted,
+        );
+        let mut accept_errors = AcceptErrors::new(&self.config.name);
         loop {
             let (socket, peer) = tokio::select! {
                 r = listener.accept() => match r {
-                    Ok(x) => x,
+                    Ok(x) => {
+                        accept_errors.ok();
+                        x
+                    }
                     Err(e) => {
-                        tracing::warn!(device = %self.config.name, error = %e, "DICOM accept failed");
+                        let wait = accept_errors.failed(&e);
+                        tokio::time::sleep(wait).await;
                         continue;
                     }
                 },
                 _ = stop.changed() => return,
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                // The modality retries; a slot frees when an association ends.
-                tracing::warn!(device = %self.config.name, %peer, limit = self.config.max_associations,
-                    "too many DICOM associations at once; connection closed (raise max_associations if this repeats)");
-                continue;
+            let ticket = match governor.admit(peer.ip()) {
+                Ok(t) => t,
+                Err(why) => {
+                    // The modality retries; a slot frees when an association ends.
+                    if let Some(held) = self.warn_limit.admit(peer.ip()) {
+                        tracing::warn!(device = %self.config.name, %peer, reason = %why, held_back = held,
+                            "DICOM connection refused (raise max_associations if a modality meets this)");
+                    }
+                    continue;
+                }
             };
             let me = self.clone();
             let mut stop = stop.clone();
             let counted = me.metrics.connection("dicom", &me.config.name);
             tokio::spawn(async move {
                 let _counted = counted;
+                let kicked = ticket.kicked();
                 tokio::select! {
-                    _ = me.association(socket, peer) => {}
+                    _ = me.association(socket, peer, &ticket) => {}
+                    _ = kicked => {
+                        tracing::info!(device = %me.config.name, %peer, "idle association closed to make room for a modality");
+                    }
                     _ = stop.changed() => {}
                 }
-                drop(permit);
             });
         }
     }
@@ -173,9 +226,11 @@ impl DicomAdapter {
             .ae_access_control(AllowList(allowed))
             .ae_title(self.config.ae_title.clone())
             .max_pdu_length(self.config.max_pdu)
-            // Modalities in the field send PDUs a little over what they
-            // negotiated; refusing them loses images for nothing.
-            .strict(false)
+            // A PDU is held whole in memory until it has arrived: only the
+            // negotiated maximum bounds that (a peer declaring a 1 GiB PDU
+            // would otherwise get 1 GiB). A modality sending over what it
+            // negotiated is refused with a log line saying to raise max_pdu.
+            .strict(true)
             .read_timeout(self.config.timeout)
             .write_timeout(self.config.timeout)
             .with_abstract_syntax(sop_classes::VERIFICATION)
@@ -196,7 +251,7 @@ impl DicomAdapter {
             .unwrap_or(self.config.lane)
     }
 
-    async fn association(&self, socket: TcpStream, peer: SocketAddr) {
+    async fn association(&self, socket: TcpStream, peer: SocketAddr, ticket: &Ticket) {
         let _ = socket.set_nodelay(true);
         let mut assoc = match self.options().establish_async(socket).await {
             Ok(a) => a,
@@ -216,8 +271,18 @@ impl DicomAdapter {
         let mut stored = 0u64;
         loop {
             let pdu = match assoc.receive().await {
-                Ok(p) => p,
+                Ok(p) => {
+                    ticket.touch();
+                    p
+                }
                 Err(e) => {
+                    if e.to_string().contains("too large")
+                        || format!("{e:?}").contains("PduTooLarge")
+                    {
+                        tracing::warn!(device = %self.config.name, calling_ae = %calling, error = %e, max_pdu = self.config.max_pdu,
+                            "the modality sent a PDU larger than it negotiated; association ended. If this modality does it always, raise max_pdu in its [[dicom]] section");
+                        return;
+                    }
                     if current.is_some() {
                         tracing::warn!(device = %self.config.name, calling_ae = %calling, error = %e,
                             "association lost mid-instance; that instance was not acknowledged and the modality will resend it");
@@ -255,18 +320,34 @@ impl DicomAdapter {
                             }
                             PDataValueType::Data if action.is_some() => {
                                 let Some(a) = action.as_mut() else { continue };
-                                if a.data.len() + value.data.len() > 16 * 1024 * 1024 {
-                                    tracing::warn!(device = %self.config.name, calling_ae = %calling,
-                                        "DIMSE request data set over 16 MiB; refused");
-                                    action = None;
-                                    continue;
+                                if !a.too_large && a.data.len() + value.data.len() > a.limit() {
+                                    if let Some(held) = self.warn_limit.admit(peer.ip()) {
+                                        tracing::warn!(device = %self.config.name, calling_ae = %calling,
+                                            limit_bytes = a.limit(), held_back = held,
+                                            "DIMSE request data set over its limit; refused with a failure status");
+                                    }
+                                    a.too_large = true;
+                                    a.data = Vec::new();
                                 }
-                                a.data.extend_from_slice(&value.data);
+                                if !a.too_large {
+                                    a.data.extend_from_slice(&value.data);
+                                }
                                 if !value.is_last {
                                     continue;
                                 }
                                 let Some(a) = action.take() else { continue };
-                                if a.request.field == command::C_FIND_RQ {
+                                if a.too_large {
+                                    let (status, comment) = if a.request.field == command::C_FIND_RQ
+                                    {
+                                        (0xC000, "query identifier larger than 64 KiB")
+                                    } else {
+                                        (0x0110, "request data set larger than 8 MiB")
+                                    };
+                                    Some((
+                                        a.context_id,
+                                        a.request.response(status, Some(comment)).encode(),
+                                    ))
+                                } else if a.request.field == command::C_FIND_RQ {
                                     extra = self.on_find(a, &calling);
                                     None
                                 } else {
@@ -368,6 +449,7 @@ impl DicomAdapter {
                     request,
                     context_id,
                     data: Vec::new(),
+                    too_large: false,
                 });
                 None
             }
@@ -380,6 +462,7 @@ impl DicomAdapter {
                     request,
                     context_id,
                     data: Vec::new(),
+                    too_large: false,
                 });
                 None
             }
