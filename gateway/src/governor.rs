@@ -41,7 +41,7 @@ pub fn raise_descriptor_limit() -> u64 {
     {
         let before = l.current;
         l.current = Some(hard);
-        match setrlimit(Resource::Nofile, l.clone()) {
+        match setrlimit(Resource::Nofile, l) {
             Ok(()) => tracing::debug!(?before, after = hard, "raised the descriptor limit"),
             Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
         }
