@@ -377,65 +377,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Governed<S> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(last: u8) -> IpAddr {
-        [192, 0, 2, last].into()
-    }
-
-    #[test]
-    fn one_peer_cannot_take_every_slot() {
-        let g = Governor::new("t", 64, 8, [ip(15)]);
-        let held: Vec<Ticket> = (0..8).map(|_| g.admit(ip(66)).expect("admitted")).collect();
-        assert!(matches!(g.admit(ip(66)), Err(Refusal::PeerFull { .. })));
-        assert!(g.admit(ip(15)).is_ok(), "the LIS still gets in");
-        drop(held);
-    }
-
-    #[test]
-    fn a_trusted_peer_takes_the_slot_of_the_most_idle_unknown_one() {
-        let g = Governor::new("t", 4, 4, [ip(15)]);
-        let held: Vec<Ticket> = (0..4)
-            .map(|i| g.admit(ip(100 + i)).expect("admitted"))
-            .collect();
-        // Unknown peers may not push out connections that are not idle.
-        assert!(matches!(g.admit(ip(200)), Err(Refusal::Full { .. })));
-        let kicked = held[2].kicked();
-        std::thread::sleep(Duration::from_millis(5));
-        held[0].touch();
-        held[1].touch();
-        held[3].touch();
-        let lis = g.admit(ip(15)).expect("the LIS gets a slot");
-        assert_eq!(g.len(), 4);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("rt");
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(1), kicked)
-                .await
-                .expect("the most idle unknown connection was told to close");
-        });
-        drop(lis);
-        drop(held);
-        assert!(g.is_empty());
-    }
-
-    #[test]
-    fn failing_accepts_back_off_and_log_once_per_interval() {
-        let mut a = AcceptErrors::new("t");
-        let e = io::Error::from_raw_os_error(24);
-        let waits: Vec<Duration> = (0..20).map(|_| a.failed(&e)).collect();
-        assert_eq!(waits[0], Duration::from_millis(20));
-        assert_eq!(*waits.last().expect("some"), Duration::from_secs(1));
-        assert_eq!(a.since_log, 19, "one line logged, the rest counted");
-        a.ok();
-        assert_eq!(a.failed(&e), Duration::from_millis(20));
-    }
-}
-
 /// A TCP listener for the box's HTTP server (`/metrics`, `/status`, the
 /// page): connections capped in all and per address, each closed after
 /// `idle` of silence, accept failures backed off.
@@ -498,5 +439,64 @@ impl axum::serve::Listener for HttpListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.listener.local_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        [192, 0, 2, last].into()
+    }
+
+    #[test]
+    fn one_peer_cannot_take_every_slot() {
+        let g = Governor::new("t", 64, 8, [ip(15)]);
+        let held: Vec<Ticket> = (0..8).map(|_| g.admit(ip(66)).expect("admitted")).collect();
+        assert!(matches!(g.admit(ip(66)), Err(Refusal::PeerFull { .. })));
+        assert!(g.admit(ip(15)).is_ok(), "the LIS still gets in");
+        drop(held);
+    }
+
+    #[test]
+    fn a_trusted_peer_takes_the_slot_of_the_most_idle_unknown_one() {
+        let g = Governor::new("t", 4, 4, [ip(15)]);
+        let held: Vec<Ticket> = (0..4)
+            .map(|i| g.admit(ip(100 + i)).expect("admitted"))
+            .collect();
+        // Unknown peers may not push out connections that are not idle.
+        assert!(matches!(g.admit(ip(200)), Err(Refusal::Full { .. })));
+        let kicked = held[2].kicked();
+        std::thread::sleep(Duration::from_millis(5));
+        held[0].touch();
+        held[1].touch();
+        held[3].touch();
+        let lis = g.admit(ip(15)).expect("the LIS gets a slot");
+        assert_eq!(g.len(), 4);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), kicked)
+                .await
+                .expect("the most idle unknown connection was told to close");
+        });
+        drop(lis);
+        drop(held);
+        assert!(g.is_empty());
+    }
+
+    #[test]
+    fn failing_accepts_back_off_and_log_once_per_interval() {
+        let mut a = AcceptErrors::new("t");
+        let e = io::Error::from_raw_os_error(24);
+        let waits: Vec<Duration> = (0..20).map(|_| a.failed(&e)).collect();
+        assert_eq!(waits[0], Duration::from_millis(20));
+        assert_eq!(*waits.last().expect("some"), Duration::from_secs(1));
+        assert_eq!(a.since_log, 19, "one line logged, the rest counted");
+        a.ok();
+        assert_eq!(a.failed(&e), Duration::from_millis(20));
     }
 }

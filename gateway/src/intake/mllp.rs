@@ -354,31 +354,6 @@ fn timestamp() -> String {
     s.chars().filter(char::is_ascii_digit).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn critical_flags_are_found() {
-        let m = Message::parse(
-            "MSH|^~\\&|A|B|C|D|1||ORU^R01|1|P|2.5.1\rOBX|1|NM|K||7.1|mmol/L|3.5-5.3|HH|||F\r",
-        )
-        .expect("parses");
-        assert!(has_critical_result(&m));
-        let m = Message::parse(
-            "MSH|^~\\&|A|B|C|D|1||ORU^R01|1|P|2.5.1\rOBX|1|NM|K||4.1|mmol/L|3.5-5.3|N|||F\r",
-        )
-        .expect("parses");
-        assert!(!has_critical_result(&m));
-    }
-
-    #[test]
-    fn timestamps_are_hl7_dtm() {
-        let t = timestamp();
-        assert_eq!(t.len(), 14, "{t}");
-    }
-}
-
 /// The answer to a message over the size limit: AR (CR in enhanced mode)
 /// with an ERR saying so, built from the message's own MSH (kept from the
 /// head of the block) so the sender can match it; `None` when not even
@@ -408,4 +383,29 @@ fn too_long_ack(head: &[u8], max: usize) -> Option<Vec<u8>> {
         &timestamp(),
     );
     Some(mllp::encode(&encode(&ack, decoded.charset)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn critical_flags_are_found() {
+        let m = Message::parse(
+            "MSH|^~\\&|A|B|C|D|1||ORU^R01|1|P|2.5.1\rOBX|1|NM|K||7.1|mmol/L|3.5-5.3|HH|||F\r",
+        )
+        .expect("parses");
+        assert!(has_critical_result(&m));
+        let m = Message::parse(
+            "MSH|^~\\&|A|B|C|D|1||ORU^R01|1|P|2.5.1\rOBX|1|NM|K||4.1|mmol/L|3.5-5.3|N|||F\r",
+        )
+        .expect("parses");
+        assert!(!has_critical_result(&m));
+    }
+
+    #[test]
+    fn timestamps_are_hl7_dtm() {
+        let t = timestamp();
+        assert_eq!(t.len(), 14, "{t}");
+    }
 }
