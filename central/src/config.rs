@@ -137,6 +137,9 @@ pub struct ServerSection {
     pub listen: SocketAddr,
     /// Where the index and the blobs live.
     pub data_dir: PathBuf,
+    /// The hub's clock, for times in human listings.
+    #[serde(default)]
+    pub utc_offset: yilian_gateway_config::units::Offset,
     /// Largest single item accepted.
     #[serde(
         default = "default_max_upload",

@@ -13,7 +13,6 @@ use anyhow::Context;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use yilian_link::Revocations;
 use yilian_protocol::BoxIdentity;
@@ -371,7 +370,7 @@ impl Fleet {
         check_scope(scope)?;
         yilian_gateway_config::fragment::check(text, name.unwrap_or("published configuration"))
             .map_err(|e| refused(e.to_string()))?;
-        let version = hex::encode(&Sha256::digest(text.as_bytes())[..8]);
+        let version = yilian_gateway_config::version_of(text);
         self.store.publish_config(scope, &version, text, actor)?;
         Ok(json!({ "scope": scope, "version": version }))
     }

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use yilian_gateway_config::clock::Clock;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -155,6 +156,29 @@ fn data_dir(config: &std::path::Path, data_dir: Option<PathBuf>) -> anyhow::Resu
     }
 }
 
+/// What the human listings need from the configuration, when it can be
+/// read (a `--data-dir` listing may run without one): the hub's clock,
+/// and which downstream systems are configured.
+struct Site {
+    clock: Clock,
+    config: Option<CentralConfig>,
+}
+
+impl Site {
+    fn of(config: &std::path::Path) -> Self {
+        let config = CentralConfig::load(config).ok();
+        let clock = config
+            .as_ref()
+            .map(|c| Clock::new(c.server.utc_offset.0))
+            .unwrap_or_default();
+        Self { clock, config }
+    }
+
+    fn has_pacs(&self) -> Option<bool> {
+        self.config.as_ref().map(|c| c.pacs.is_some())
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
@@ -194,6 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             ecg,
             limit,
         } => {
+            let site = Site::of(&config);
             let dir = data_dir(&config, dir)?;
             let store = Store::open_read_only(&dir)
                 .with_context(|| format!("opening {}", dir.display()))?;
@@ -212,7 +237,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 writeln!(
                     out,
-                    "{:<20} {:<24} {:<8} {:<8} {:<16} {:<25} {:<14} {:>9}  STATE",
+                    "{:<25} {:<24} {:<8} {:<8} {:<16} {:<25} {:<14} {:>9}  STATE",
                     "RECEIVED",
                     "GATEWAY",
                     "KIND",
@@ -229,8 +254,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     };
                     writeln!(
                         out,
-                        "{:<20} {:<24} {:<8} {:<8} {:<16} {:<25} {:<14} {:>8.1}s  {}",
-                        &i.received_at[..i.received_at.len().min(19)],
+                        "{:<25} {:<24} {:<8} {:<8} {:<16} {:<25} {:<14} {:>8.1}s  {}",
+                        site.clock.reformat(&i.received_at),
                         i.gateway,
                         i.kind,
                         i.lane,
@@ -261,7 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         i.size,
                         &i.sha256[..16.min(i.sha256.len())],
                         i.source,
-                        i.received_at
+                        site.clock.reformat(&i.received_at)
                     )?;
                 }
             }
@@ -282,7 +307,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let store = Store::open_read_only(&dir)?;
             let mut out = std::io::stdout().lock();
-            for row in store.outbox_list(None)? {
+            let rows = store.outbox_list(None)?;
+            if !json && rows.is_empty() {
+                let configured = CentralConfig::load(&config).ok().map(|c| {
+                    [
+                        c.lis.as_ref().map(|_| "LIS"),
+                        c.pacs.as_ref().map(|_| "PACS"),
+                        c.ecg.as_ref().map(|_| "ECG import directory"),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect::<Vec<_>>()
+                });
+                match configured {
+                    Some(d) if d.is_empty() => writeln!(
+                        out,
+                        "no downstream system is configured ([lis], [pacs] or [ecg] in {}): central keeps what it receives and forwards nothing",
+                        config.display()
+                    )?,
+                    Some(d) => writeln!(out, "nothing waiting for the {}", d.join(", "))?,
+                    None => writeln!(out, "nothing waiting")?,
+                }
+                return Ok(());
+            }
+            for row in rows {
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&row)?)?;
                 } else {
@@ -373,9 +421,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             quiet,
             json,
         } => {
+            let site = Site::of(&config);
             let dir = data_dir(&config, dir)?;
             let store = Store::open_read_only(&dir)?;
             let studies = store.studies(gateway.as_deref(), quiet.as_millis() as i64)?;
+            let pacs = site.has_pacs().unwrap_or(true);
             let mut out = std::io::stdout().lock();
             if json {
                 for s in studies {
@@ -385,7 +435,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             writeln!(
                 out,
-                "{:<24} {:<14} {:<14} {:<8} {:>6} {:>9} {:>9}  {:<20} STATE",
+                "{:<24} {:<14} {:<14} {:<8} {:>6} {:>9} {:>9}  {:<25} STATE",
                 "GATEWAY",
                 "ACCESSION",
                 "PATIENT ID",
@@ -398,21 +448,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for s in studies {
                 let state = match (s.complete, s.refused_by_pacs) {
                     (_, n) if n > 0 => format!("{n} REFUSED by the PACS (yilian-central outbox)"),
-                    (true, _) if s.forwarded == s.instances => "complete, in the PACS".to_owned(),
-                    (true, _) => "complete".to_owned(),
+                    (true, _) if pacs && s.forwarded == s.instances => {
+                        "complete, in the PACS".to_owned()
+                    }
+                    (true, _) if pacs => "complete, forwarding to the PACS".to_owned(),
+                    (true, _) => "complete (no PACS configured)".to_owned(),
                     (false, _) => "receiving".to_owned(),
+                };
+                let in_pacs = if pacs {
+                    s.forwarded.to_string()
+                } else {
+                    "-".to_owned()
                 };
                 writeln!(
                     out,
-                    "{:<24} {:<14} {:<14} {:<8} {:>6} {:>9} {:>9}  {:<20} {}",
+                    "{:<24} {:<14} {:<14} {:<8} {:>6} {:>9} {:>9}  {:<25} {}",
                     s.gateway,
                     s.accession,
                     s.patient_id,
                     s.modalities,
                     s.series,
                     s.instances,
-                    s.forwarded,
-                    &s.last_at[..s.last_at.len().min(19)],
+                    in_pacs,
+                    site.clock.reformat(&s.last_at),
                     state
                 )?;
             }
@@ -423,6 +481,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir: dir,
             json,
         } => {
+            let site = Site::of(&config);
             let dir = data_dir(&config, dir)?;
             let store = Store::open_read_only(&dir)?;
             let mut out = std::io::stdout().lock();
@@ -432,8 +491,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 } else {
                     writeln!(
                         out,
-                        "{:<32} last seen {} ms, software {}",
-                        g.identity, g.last_seen_ms, g.software_version
+                        "{:<32} last seen {}, software {}",
+                        g.identity,
+                        site.clock.format_ms(g.last_seen_ms),
+                        g.software_version
                     )?;
                 }
             }

@@ -13,9 +13,11 @@
 //! - [`fragment`] — published fragments laid over the box's own file.
 //! - [`locate`] — the line of a key, for errors found after parsing.
 //! - [`record`] — the enrollment record beside the identity.
+//! - [`clock`] — times as people read them, in the configured zone.
 
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod fragment;
 pub mod locate;
 pub mod record;

@@ -35,7 +35,9 @@ pub struct GatewayConfig {
     /// DICOM listeners for modalities (storage SCP).
     #[serde(default)]
     pub dicom: Vec<DicomSection>,
-    /// SHA-256 of the configuration text: the version reported to central.
+    /// The configuration's version, as metrics, `fleet list` and `fleet
+    /// show` all show it: the first 12 hex digits of the SHA-256 of the
+    /// text in force (the box's file with any published fragment).
     #[serde(skip)]
     pub version: String,
     /// The box's own file this was read from (published configuration is
@@ -651,6 +653,13 @@ pub enum ConfigError {
     },
 }
 
+/// The version identifier of a configuration text (see
+/// [`GatewayConfig::version`]); published fragments are named the same way.
+pub fn version_of(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..6])
+}
+
 /// Says serde's and the standard library's messages in a technician's
 /// words: what is expected, with an example, instead of Rust type names.
 pub fn humanize(message: &str) -> String {
@@ -698,10 +707,7 @@ impl GatewayConfig {
             path: path.to_owned(),
             message: humanize(&e.to_string()),
         })?;
-        c.version = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(text.as_bytes()))
-        };
+        c.version = version_of(text);
         c.source = path.to_owned();
         let base = path.parent().unwrap_or(Path::new(".")).to_owned();
         let abs = |p: &mut PathBuf| {

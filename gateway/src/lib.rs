@@ -15,7 +15,7 @@
 
 pub mod bandwidth;
 pub mod certificate;
-pub mod clock;
+pub use yilian_gateway_config::clock;
 pub mod config;
 pub mod content;
 pub mod enrollment;

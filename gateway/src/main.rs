@@ -160,7 +160,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!(
                     "{}",
-                    yilian_gateway::status::render(&report, yilian_gateway::now_ms())
+                    yilian_gateway::status::render(
+                        &report,
+                        yilian_gateway::now_ms(),
+                        &yilian_gateway::clock::Clock::of(&config)
+                    )
                 );
             }
             Ok(())

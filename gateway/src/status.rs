@@ -28,7 +28,7 @@ pub fn collect(config: &GatewayConfig, recent: u32) -> anyhow::Result<StatusRepo
     Ok(StatusReport {
         link,
         spool: SpoolStats {
-            quota_bytes: config.spool.quota.0,
+            quota_bytes: Spool::effective_quota(&config.spool_config(), spool.used_bytes),
             quota_configured_bytes: config.spool.quota.0,
             ..spool
         },
@@ -53,14 +53,18 @@ fn age(ms: i64, now: i64) -> String {
     humantime::format_duration(Duration::from_secs(s)).to_string()
 }
 
-pub fn render(r: &StatusReport, now_ms: i64) -> String {
+/// The report for a person, times in the clinic's zone (`clock`).
+pub fn render(r: &StatusReport, now_ms: i64, clock: &crate::clock::Clock) -> String {
     let mut o = String::new();
     match &r.link {
         Some(l) => {
             let state = l["state"].as_str().unwrap_or("?");
             let central = l["central"].as_str().unwrap_or("?");
-            let since = l["since_ms"].as_i64().map(|t| age(t, now_ms)).unwrap_or_default();
-            let _ = write!(o, "link:     {state} to {central} (for {since})");
+            let since = l["since_ms"]
+                .as_i64()
+                .map(|t| format!("for {}, since {}", age(t, now_ms), clock.format_ms(t)))
+                .unwrap_or_default();
+            let _ = write!(o, "link:     {state} to {central} ({since})");
             if let Some(rtt) = l["rtt_ms"].as_f64() {
                 let _ = write!(o, ", rtt {rtt:.0} ms");
             }
@@ -82,6 +86,13 @@ pub fn render(r: &StatusReport, now_ms: i64) -> String {
         r.spool.dead,
         r.spool.delivered_kept
     );
+    if r.spool.quota_configured_bytes > r.spool.quota_bytes {
+        let _ = writeln!(
+            o,
+            "          the disk holds less than the configured quota of {}; lower `quota` in [spool]",
+            bytes(r.spool.quota_configured_bytes)
+        );
+    }
     let _ = writeln!(
         o,
         "waiting:  {:<9} {:>7} {:>10}  OLDEST",
@@ -128,8 +139,8 @@ pub fn render(r: &StatusReport, now_ms: i64) -> String {
     if !r.ecgs.is_empty() {
         let _ = writeln!(
             o,
-            "ecg:      {:<19} {:<18} {:<16} {:<8} STATE",
-            "RECEIVED (UTC)", "DEVICE", "PATIENT ID", "LANE"
+            "ecg:      {:<25} {:<18} {:<16} {:<8} STATE",
+            "RECEIVED", "DEVICE", "PATIENT ID", "LANE"
         );
         for i in &r.ecgs {
             let m = |k: &str| i.metadata.get(k).map(String::as_str).unwrap_or("-");
@@ -143,8 +154,8 @@ pub fn render(r: &StatusReport, now_ms: i64) -> String {
             };
             let _ = writeln!(
                 o,
-                "          {:<19} {:<18} {:<16} {:<8} {}",
-                local_time(i.received_ms),
+                "          {:<25} {:<18} {:<16} {:<8} {}",
+                clock.format_ms(i.received_ms),
                 device,
                 m("patient_id"),
                 i.lane,
@@ -162,16 +173,6 @@ fn delivery(state: &str) -> &str {
         "dead" => "NOT delivered (dead letter, see dead-letters)",
         _ => "waiting to upload",
     }
-}
-
-/// `YYYY-MM-DD HH:MM:SS` in UTC; the box may have no time zone database.
-fn local_time(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t)
-        .to_string()
-        .replace('T', " ")
-        .trim_end_matches('Z')
-        .to_owned()
 }
 
 fn bytes(n: u64) -> String {

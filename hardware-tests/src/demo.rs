@@ -65,6 +65,7 @@ fn samples() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let tmp;
+    let tmp_used = opts.dir.is_none();
     let dir: PathBuf = match opts.dir {
         Some(d) => {
             std::fs::create_dir_all(&d)?;
@@ -75,13 +76,19 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             tmp.path().to_owned()
         }
     };
-    println!("Yilian demo in {}", dir.display());
+    if opts.exit && tmp_used {
+        println!("Yilian demo (in a temporary directory, removed when it ends)");
+    } else {
+        println!("Yilian demo in {}", dir.display());
+    }
     let fleet = Fleet::create(&dir).context("creating the fleet CA")?;
     let identity = "demo-county/demo-clinic/box-1";
 
+    // Real ports, written into the files: the `status` command printed
+    // below reads the gateway's address from its configuration.
     let central_setup = CentralSetup {
         listen: "127.0.0.1:0".parse()?,
-        metrics: "127.0.0.1:0".parse()?,
+        metrics: crate::configs::free_tcp_port()?,
         data_dir: dir.join("central-data"),
         tls: fleet.central("localhost")?,
     };
@@ -108,7 +115,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         central: central.quic_addr.to_string(),
         server_name: "localhost".into(),
         spool_dir: dir.join("gateway-spool"),
-        metrics: "127.0.0.1:0".parse()?,
+        metrics: crate::configs::free_tcp_port()?,
         tls: fleet.gateway(identity)?,
         folders: vec![folder("lab", "clinical"), folder("imaging", "bulk")],
         idle_timeout_ms: None,
@@ -139,36 +146,28 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let store = central.store.clone();
-    loop {
-        let s = store.clone();
-        let n = tokio::task::spawn_blocking(move || s.items(None, None))
-            .await??
-            .len();
-        if n >= samples.len() {
-            break;
-        }
+    let mut seen = std::collections::HashSet::new();
+    println!("\nArriving at central:");
+    while seen.len() < samples.len() {
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(120),
-            "only {n} of {} samples reached central; see the log above",
+            "only {} of {} samples reached central; see the log above",
+            seen.len(),
             samples.len()
         );
+        print_arrivals(&store, &mut seen, started).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!(
-        "\nArrived at central after {:.1} s:",
+        "All {} samples at central after {:.1} s.",
+        samples.len(),
         started.elapsed().as_secs_f64()
     );
-    let s = store.clone();
-    for item in tokio::task::spawn_blocking(move || s.items(None, None)).await?? {
-        println!(
-            "  {:<30} {:<8} {:<9} {:>9} B  sha256 {}…  from {}",
-            item.gateway,
-            item.kind,
-            item.lane,
-            item.size,
-            &item.sha256[..16],
-            item.source
-        );
+    if opts.exit {
+        // Everything below would name servers that stop now.
+        gateway.shutdown().await;
+        central.shutdown().await;
+        return Ok(());
     }
     let bin = |name: &str| exe_hint(name);
     println!(
@@ -192,16 +191,55 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         central_toml.display()
     );
 
-    if !opts.exit {
-        println!(
-            "\nDrop more files into {}/{{ecg,lab,imaging}}; ECGs appear in {}; Ctrl-C to stop.",
-            drop_root.display(),
-            ecg_import.display()
-        );
-        let _ = tokio::signal::ctrl_c().await;
+    println!(
+        "\nDrop more files into {}/{{ecg,lab,imaging}}; each is printed as it reaches central, ECGs appear in {}; Ctrl-C to stop.",
+        drop_root.display(),
+        ecg_import.display()
+    );
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                print_arrivals(&store, &mut seen, started).await?;
+            }
+        }
     }
     gateway.shutdown().await;
     central.shutdown().await;
+    Ok(())
+}
+
+/// Prints the items central holds that were not printed yet.
+async fn print_arrivals(
+    store: &yilian_central::store::Store,
+    seen: &mut std::collections::HashSet<String>,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let s = store.clone();
+    let mut items = tokio::task::spawn_blocking(move || s.items(None, None)).await??;
+    items.sort_by_key(|i| i.received_at.clone());
+    for item in items {
+        if seen.insert(item.upload_id.clone()) {
+            let name = item
+                .metadata
+                .get("filename")
+                .and_then(|v| v.as_str())
+                .unwrap_or("-")
+                .to_owned();
+            println!(
+                "  +{:>5.1} s  {:<20} {:<8} {:<9} {:>9} B  from {} of {}",
+                started.elapsed().as_secs_f64(),
+                name,
+                item.kind,
+                item.lane,
+                item.size,
+                item.source,
+                item.gateway
+            );
+        }
+    }
     Ok(())
 }
 

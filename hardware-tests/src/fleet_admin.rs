@@ -198,7 +198,7 @@ impl Bench {
     }
 
     pub fn show(&self, gateway: &str) -> serde_json::Value {
-        serde_json::from_str(&ok(self.admin(&["fleet", "show", gateway]))).expect("json")
+        serde_json::from_str(&ok(self.admin(&["fleet", "show", gateway, "--json"]))).expect("json")
     }
 }
 

@@ -440,7 +440,11 @@ async fn folder_intake_samples_reports_and_damaged_files() {
     // The technician's view lists them, delivered, with the quarantine.
     let config = GatewayConfig::load(&dir.path().join("gateway.toml")).expect("config");
     let report = yilian_gateway::status::collect(&config, 20).expect("status");
-    let text = yilian_gateway::status::render(&report, yilian_gateway::now_ms());
+    let text = yilian_gateway::status::render(
+        &report,
+        yilian_gateway::now_ms(),
+        &yilian_gateway::clock::Clock::default(),
+    );
     assert_eq!(report.ecgs.len(), 7, "{text}");
     assert!(text.contains("ecg-share"), "{text}");
     assert!(text.contains("SBJ-123"), "{text}");

@@ -190,11 +190,7 @@ fn central_module_renders_a_valid_config_and_a_hardened_unit() {
             keyFile = "/var/lib/secrets/central.key"; openFirewall = true; }}; }}"#
     );
     let etc = evaluate("central.nix", "yilian-central", &user, "etc");
-    binary_accepts(
-        "yilian-central",
-        &etc["yilian-central/central.toml"],
-        tmp.path(),
-    );
+    binary_accepts("yilian-central", &etc["yilian/central.toml"], tmp.path());
     let config = evaluate("central.nix", "yilian-central", &user, "config");
     assert_eq!(
         config["networking"]["firewall"]["allowedUDPPorts"],

@@ -57,7 +57,7 @@ in
       "net.core.rmem_max" = 16777216;
       "net.core.wmem_max" = 16777216;
     };
-    environment.etc."yilian-central/central.toml".source = configFile;
+    environment.etc."yilian/central.toml".source = configFile;
 
     systemd.services.yilian-central = {
       description = "Yilian central hub";
@@ -70,7 +70,7 @@ in
       serviceConfig = import ./hardening.nix // {
         Type = "notify";
         NotifyAccess = "main";
-        ExecStart = "${cfg.package}/bin/yilian-central serve --config /etc/yilian-central/central.toml";
+        ExecStart = "${cfg.package}/bin/yilian-central serve --config /etc/yilian/central.toml";
         Restart = "always";
         RestartSec = "5s";
         WatchdogSec = "30s";

@@ -73,12 +73,12 @@ in
     # exactly once, and so is every other file.
     gateway.wait_until_succeeds("test -z \"$(ls /srv/yilian/drop/ecg)\"", timeout=300)
     central.wait_until_succeeds(
-        "test $(yilian-central items --config /etc/yilian-central/central.toml --json | wc -l) -eq 60",
+        "test $(yilian-central items --config /etc/yilian/central.toml --json | wc -l) -eq 60",
         timeout=300,
     )
     import json
     items = [json.loads(l) for l in central.succeed(
-        "yilian-central items --config /etc/yilian-central/central.toml --json"
+        "yilian-central items --config /etc/yilian/central.toml --json"
     ).splitlines()]
     at_central = [i["sha256"] for i in items]
     for name, sha in sums.items():

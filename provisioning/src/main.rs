@@ -35,6 +35,15 @@ struct Cli {
     /// Name in central's certificate; defaults to the host of --central.
     #[arg(long, global = true)]
     server_name: Option<String>,
+    /// The zone times are shown in (`+08:00`, China Standard Time, unless
+    /// told otherwise).
+    #[arg(
+        long,
+        global = true,
+        env = "YILIAN_UTC_OFFSET",
+        default_value = "+08:00"
+    )]
+    utc_offset: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -127,7 +136,11 @@ enum FleetCommand {
         json: bool,
     },
     /// Everything about one box, with its history.
-    Show { gateway: String },
+    Show {
+        gateway: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -176,16 +189,22 @@ enum CaCommand {
 
 #[derive(Subcommand)]
 enum CertCommand {
-    /// Issue a certificate: --gateway COUNTY/CLINIC/BOX, --central HOSTNAME
-    /// or --admin NAME.
+    /// Issue a certificate for one subject: a box (--gateway), central
+    /// (--central-host) or an administrator (--admin-name).
+    #[command(group(clap::ArgGroup::new("subject").required(true)))]
     Issue {
         /// Directory holding the fleet CA.
         #[arg(long)]
         ca: PathBuf,
-        #[arg(long, group = "subject", required = true)]
+        /// A box's fixed certificate, COUNTY/CLINIC/BOX (boxes normally
+        /// enroll with a token instead).
+        #[arg(long, group = "subject")]
         gateway: Option<String>,
+        /// Central's certificate, for this host name or IP address.
         #[arg(long = "central-host", group = "subject")]
         central_host: Option<String>,
+        /// An administrator's certificate (`yilian-admin://NAME`) for fleet
+        /// commands.
         #[arg(long = "admin-name", group = "subject")]
         admin_name: Option<String>,
         /// Where to write NAME.pem, NAME.key and ca.pem.
@@ -207,6 +226,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let clock = yilian_gateway_config::units::Offset::try_from(cli.utc_offset.clone())
+        .map(|o| yilian_gateway_config::clock::Clock::new(o.0))
+        .map_err(|e| anyhow::anyhow!("--utc-offset: {e}"))?;
     let session = Session {
         central: cli.central.clone(),
         admin: cli.admin.clone(),
@@ -354,10 +376,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Fleet {
-            command: FleetCommand::Show { gateway },
+            command: FleetCommand::Show { gateway, json },
         } => {
             let v = session.call("fleet.show", json!({ "gateway": gateway }))?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!(
+                    "{}",
+                    yilian_provision::render::fleet_show(&v, &clock, now_secs())
+                );
+            }
         }
         Command::Revoke { gateway, reason } => {
             let v = session.call("revoke", json!({ "gateway": gateway, "reason": reason }))?;
@@ -461,7 +490,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for a in v.as_array().into_iter().flatten() {
                     println!(
                         "{}  {:<24} {:<14} {:<28} {}",
-                        a["at"].as_str().unwrap_or_default(),
+                        clock.reformat(a["at"].as_str().unwrap_or_default()),
                         a["actor"].as_str().unwrap_or_default(),
                         a["action"].as_str().unwrap_or_default(),
                         a["target"].as_str().unwrap_or_default(),

@@ -18,8 +18,8 @@ pub fn fleet_table(rows: &serde_json::Value, now: i64) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<32} {:<8} {:>9} {:<9} {:>9} {:<18} BACKLOG (urgent/clinical/bulk items)",
-        "BOX", "LINK", "SEEN AGO", "VERSION", "CERT LEFT", "CONFIG"
+        "{:<32} {:<8} {:>9} {:<9} {:>9} {:<12} {:<24} BACKLOG (urgent/clinical/bulk items)",
+        "BOX", "LINK", "SEEN AGO", "VERSION", "CERT LEFT", "CONFIG", "PUBLISHED"
     );
     let mut refusals: Vec<(String, String, String)> = Vec::new();
     for r in rows.as_array().into_iter().flatten() {
@@ -40,7 +40,14 @@ pub fn fleet_table(rows: &serde_json::Value, now: i64) -> String {
         } else {
             age(cert - now)
         };
-        let config = match (s("pushed_config_version"), s("pushed_config_error")) {
+        // The configuration in force, and the published fragment in it.
+        let running: String = s("config_version").chars().take(12).collect();
+        let running = if running.is_empty() {
+            "-".to_owned()
+        } else {
+            running
+        };
+        let published = match (s("pushed_config_version"), s("pushed_config_error")) {
             (v, e) if !e.is_empty() => {
                 let refused = e.split(':').next().unwrap_or_default().to_owned();
                 refusals.push((
@@ -50,12 +57,12 @@ pub fn fleet_table(rows: &serde_json::Value, now: i64) -> String {
                 ));
                 format!(
                     "{} (refused {})",
-                    if v.is_empty() { "local".into() } else { v },
+                    if v.is_empty() { "none".into() } else { v },
                     refusals.len()
                 )
             }
             (v, _) if !v.is_empty() => v,
-            _ => "local".into(),
+            _ => "none".into(),
         };
         let backlog = r["backlog"]
             .as_array()
@@ -69,13 +76,14 @@ pub fn fleet_table(rows: &serde_json::Value, now: i64) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{:<32} {:<8} {:>9} {:<9} {:>9} {:<18} {}",
+            "{:<32} {:<8} {:>9} {:<9} {:>9} {:<12} {:<24} {}",
             s("identity"),
             link,
             age(seen),
             s("software_version"),
             cert_left,
-            config,
+            running,
+            published,
             backlog
         );
     }
@@ -93,6 +101,98 @@ pub fn fleet_table(rows: &serde_json::Value, now: i64) -> String {
             "  ({}) {identity} refused published {version}: {short}{more}",
             i + 1
         );
+    }
+    out
+}
+
+/// `fleet show` for a person: who the box is, where it stands, its
+/// configuration and certificate, its backlog and what happened to it.
+/// Times are in `clock`'s zone.
+pub fn fleet_show(
+    v: &serde_json::Value,
+    clock: &yilian_gateway_config::clock::Clock,
+    now: i64,
+) -> String {
+    let mut out = String::new();
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let at = |k: &str| {
+        let t = s(k);
+        if t.is_empty() {
+            "-".to_owned()
+        } else {
+            clock.reformat(&t)
+        }
+    };
+    let link = if let Some(r) = v["revoked"].as_str() {
+        format!("REVOKED {}", r)
+    } else if let Some(r) = v["retired"].as_str() {
+        format!("retired {}", r)
+    } else if v["link_up"].as_bool() == Some(true) {
+        "up".to_owned()
+    } else {
+        "down".to_owned()
+    };
+    let _ = writeln!(out, "box:           {}", s("identity"));
+    let _ = writeln!(out, "link:          {link}");
+    let _ = writeln!(out, "last seen:     {}", at("last_seen"));
+    let _ = writeln!(out, "first seen:    {}", at("first_seen"));
+    let _ = writeln!(out, "software:      {}", s("software_version"));
+    let config: String = s("config_version").chars().take(12).collect();
+    let _ = writeln!(
+        out,
+        "configuration: {}",
+        if config.is_empty() {
+            "-".into()
+        } else {
+            config
+        }
+    );
+    let pushed = s("pushed_config_version");
+    let _ = writeln!(
+        out,
+        "published:     {}",
+        if pushed.is_empty() {
+            "none applied".into()
+        } else {
+            pushed
+        }
+    );
+    let refused = s("pushed_config_error");
+    if !refused.is_empty() {
+        let _ = writeln!(out, "refused:       {refused}");
+    }
+    let cert = v["certificate_not_after"].as_i64().unwrap_or(0);
+    if cert > 0 {
+        let _ = writeln!(
+            out,
+            "certificate:   valid until {} ({} left)",
+            clock.format_secs(cert),
+            age(cert - now)
+        );
+    }
+    if let Some(lanes) = v["backlog"].as_array() {
+        for l in lanes {
+            let _ = writeln!(
+                out,
+                "backlog:       {:<9} {:>6} item(s), oldest {}",
+                l["lane"].as_str().unwrap_or("?"),
+                l["items"].as_u64().unwrap_or(0),
+                age(l["oldest_age_seconds"].as_f64().unwrap_or(0.0) as i64)
+            );
+        }
+    }
+    if let Some(history) = v["history"].as_array().filter(|h| !h.is_empty()) {
+        let _ = writeln!(out, "history:");
+        for h in history {
+            let _ = writeln!(
+                out,
+                "  {}  {:<24} {:<14} {}",
+                clock.reformat(h["at"].as_str().unwrap_or_default()),
+                h["actor"].as_str().unwrap_or_default(),
+                h["action"].as_str().unwrap_or_default(),
+                h["detail"].as_str().unwrap_or_default()
+            );
+        }
     }
     out
 }

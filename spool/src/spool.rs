@@ -406,6 +406,13 @@ impl Spool {
         }
     }
 
+    /// The quota in force for a spool holding `used` bytes: the configured
+    /// one, capped by what the spool's filesystem can hold (for `status`,
+    /// read without opening the spool).
+    pub fn effective_quota(config: &SpoolConfig, used: u64) -> u64 {
+        Capacity::new(&config.dir, config.quota_bytes, config.reserve_bytes).effective_quota(used)
+    }
+
     /// Reads a spool directory without opening it for writing, e.g. for
     /// `status` while the gateway runs.
     pub fn inspect(dir: &Path, limit: u32) -> Result<(SpoolStats, Vec<ItemSummary>), SpoolError> {

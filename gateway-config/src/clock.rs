@@ -1,6 +1,7 @@
-//! Times as people at the clinic read them: RFC 3339 in the clinic's zone
-//! (`[uplink] utc_offset`, China Standard Time by default), never epoch
-//! milliseconds or bare UTC.
+//! Times as people read them: RFC 3339 in the clinic's (or the hub's) zone,
+//! with the offset (China Standard Time by default), never epoch
+//! milliseconds or bare UTC. The box takes its zone from `[uplink]
+//! utc_offset`, central from `[server] utc_offset`.
 
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
@@ -13,7 +14,7 @@ pub struct Clock {
 
 impl Default for Clock {
     fn default() -> Self {
-        Self::new(crate::bandwidth::Offset::default().0)
+        Self::new(crate::units::Offset::default().0)
     }
 }
 
@@ -22,9 +23,17 @@ impl Clock {
         Self { offset }
     }
 
-    /// The zone a configuration names (its `utc_offset`).
+    /// The zone a box's configuration names (its `utc_offset`).
     pub fn of(config: &crate::GatewayConfig) -> Self {
         Self::new(config.uplink.utc_offset.0)
+    }
+
+    /// Reads an RFC 3339 time (as central's JSON gives them) into this
+    /// zone; text that is not one is returned as it is.
+    pub fn reformat(&self, rfc3339: &str) -> String {
+        OffsetDateTime::parse(rfc3339, &Rfc3339)
+            .map(|t| self.format_ms((t.unix_timestamp_nanos() / 1_000_000) as i64))
+            .unwrap_or_else(|_| rfc3339.to_owned())
     }
 
     /// The default zone, for a box with no configuration yet.
@@ -60,5 +69,10 @@ mod tests {
         let utc = Clock::new(UtcOffset::UTC);
         assert_eq!(utc.format_ms(1_796_286_617_456), "2026-12-03T08:30:17Z");
         assert_eq!(c.format_secs(0), "1970-01-01T08:00:00+08:00");
+        assert_eq!(
+            c.reformat("2026-12-03T08:30:17.456Z"),
+            "2026-12-03T16:30:17+08:00"
+        );
+        assert_eq!(c.reformat("never"), "never");
     }
 }
