@@ -668,18 +668,13 @@ async fn upload_stream(
                 ReceiverEvent::Complete => {
                     let (tx, reply) = oneshot::channel();
                     let result = match sink.take() {
+                        // A writer that is gone is central's trouble, not the
+                        // item's: unavailable (retry), never a verification
+                        // failure with made-up sizes.
                         Some(s) if s.send(SinkMsg::Commit(tx)).await.is_ok() => {
-                            reply.await.unwrap_or_else(|_| {
-                                Err(StoreError::SizeMismatch {
-                                    expected: 0,
-                                    got: 0,
-                                })
-                            })
+                            reply.await.unwrap_or(Err(StoreError::WriterStopped))
                         }
-                        _ => Err(StoreError::SizeMismatch {
-                            expected: 0,
-                            got: 0,
-                        }),
+                        _ => Err(StoreError::WriterStopped),
                     };
                     match result {
                         Ok(row) => {

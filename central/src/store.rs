@@ -39,6 +39,10 @@ pub enum StoreError {
     HashMismatch { expected: String, got: String },
     #[error("received {got} bytes, the offer said {expected}")]
     SizeMismatch { expected: u64, got: u64 },
+    /// The upload's writer task ended before the commit (central is
+    /// stopping, or the task failed): nothing is wrong with the item.
+    #[error("the writer of this upload stopped before its commit")]
+    WriterStopped,
 }
 
 fn io<'a>(context: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
