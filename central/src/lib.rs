@@ -30,7 +30,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 use yilian_link::{TlsFiles, bind_udp, server_config};
 
-pub use config::CentralConfig;
+pub use config::{CentralConfig, ConfigError as CentralConfigError};
 use metrics::{CentralMetrics, GatewayLabels};
 use store::Store;
 

@@ -144,7 +144,16 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("yilian-central: {e:#}");
-            ExitCode::FAILURE
+            // A configuration only a person can fix: EX_CONFIG, which the
+            // unit does not restart on.
+            if e.chain().any(|c| {
+                c.downcast_ref::<yilian_central::CentralConfigError>()
+                    .is_some()
+            }) {
+                ExitCode::from(78)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -198,7 +198,8 @@ fn write_atomically(path: &Path, text: &str, mode: u32) -> Result<(), CertError>
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        // The key lives here: the directory is for the service user only.
+        yilian_spool::create_private_dir(dir).map_err(|e| file_err(dir, e))?;
     }
     let tmp = path.with_extension("new");
     let mut f = std::fs::OpenOptions::new()

@@ -43,6 +43,24 @@ pub use config::GatewayConfig;
 use metrics::GatewayMetrics;
 use uplink::{LinkStatus, Uplink};
 
+/// The box cannot run until a person does something: enroll it, or fix its
+/// configuration. `run` exits with EX_CONFIG (78), which the unit does not
+/// restart on.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotConfigured(pub String);
+
+/// The exit status for [`NotConfigured`] and configuration errors.
+pub const EX_CONFIG: u8 = 78;
+
+/// Whether `e` is something only a person can fix (a restart will not).
+pub fn needs_a_person(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<NotConfigured>().is_some()
+            || c.downcast_ref::<config::ConfigError>().is_some()
+    })
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -78,20 +96,22 @@ impl Running {
 /// the point at which the service is ready.
 pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
     if config.uplink.central.is_empty() {
-        anyhow::bail!(
+        return Err(NotConfigured(format!(
             "this box is not enrolled yet ({} names no central, and {} holds no enrollment): \
              run `yilian-gateway enroll --token TOKEN`, or insert the USB stick with its yilian-bundle and start again",
             config.source.display(),
             config.identity.dir.display()
-        );
+        ))
+        .into());
     }
     let tls = config::tls_files(&config);
     if config.uplink.cert.is_none() && !tls.cert.exists() {
-        anyhow::bail!(
+        return Err(NotConfigured(format!(
             "this box is not enrolled yet: there is no certificate in {}; \
              run `yilian-gateway enroll --token TOKEN` (or insert the USB stick with its yilian-bundle)",
             config.identity_dir().display()
-        );
+        ))
+        .into());
     }
     let spool_config = config.spool_config();
     let spool = tokio::task::spawn_blocking(move || Spool::open(spool_config))

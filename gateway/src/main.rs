@@ -75,7 +75,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("yilian-gateway: {e:#}");
-            ExitCode::FAILURE
+            if yilian_gateway::needs_a_person(&e) {
+                ExitCode::from(yilian_gateway::EX_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -202,11 +206,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn run_gateway(path: PathBuf) -> anyhow::Result<()> {
     yilian_gateway::enrollment::first_boot(&path).await?;
     if !path.exists() {
-        anyhow::bail!(
+        return Err(yilian_gateway::NotConfigured(format!(
             "there is no configuration at {}: enroll this box first with `yilian-gateway enroll --token TOKEN` \
              (it writes one), or insert the USB stick with its yilian-bundle",
             path.display()
-        );
+        ))
+        .into());
     }
     let mut shutdown = Box::pin(shutdown_signal());
     loop {

@@ -137,6 +137,22 @@ impl Bench {
         }
     }
 
+    /// Stops central (SIGKILL, as a crash would).
+    pub fn stop_central(&mut self) {
+        self.central.kill9();
+    }
+
+    /// Starts central again with the same configuration and data.
+    pub fn start_central(&mut self) {
+        self.central = Proc::spawn(
+            "yilian-central",
+            &["serve", "--config", s(&self.dir.join("central.toml"))],
+            &self.dir.join("central.log"),
+        )
+        .expect("central");
+        wait_tcp(self.metrics);
+    }
+
     pub fn admin(&self, args: &[&str]) -> Output {
         let central = self.quic.to_string();
         let admin = self.dir.join("admin");

@@ -18,6 +18,7 @@
 //!   of the emulated uplink.
 //! - [`hub`] — central and a gateway in-process on loopback.
 //! - [`hw`] — real devices named by `YILIAN_HW_*` variables.
+//! - [`nspawn`] — a Debian 12 machine booted with systemd, for the packages.
 //! - [`demo`], [`bench`]: the `yilian-rig demo` and `yilian-rig bench` jobs.
 
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod hub;
 pub mod hw;
 pub mod logs;
 pub mod modality;
+pub mod nspawn;
 pub mod orthanc;
 pub mod plot;
 pub mod procs;

@@ -75,6 +75,10 @@ enum Command {
         /// The box's initial configuration.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The gateway's Debian package, for a clinic with no usable
+        /// internet: the stick that enrolls the box installs it too.
+        #[arg(long)]
+        package: Option<PathBuf>,
         #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
         expires: Duration,
     },
@@ -337,8 +341,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             gateway,
             out,
             config,
+            package,
             expires,
         } => {
+            // Checked before a token is spent on a stick that cannot work.
+            let package = package
+                .map(|p| -> anyhow::Result<(PathBuf, String)> {
+                    let name = p
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .filter(|n| n.starts_with("yilian-gateway_") && n.ends_with(".deb"))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("{} is not a yilian-gateway_*.deb package", p.display())
+                        })?;
+                    anyhow::ensure!(p.is_file(), "{} does not exist", p.display());
+                    Ok((p, name))
+                })
+                .transpose()?;
             let initial = config
                 .map(|p| {
                     std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
@@ -357,6 +376,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(text) = initial {
                 std::fs::write(dir.join("gateway.toml"), text)?;
             }
+            if let Some((p, name)) = &package {
+                std::fs::copy(p, dir.join(name))
+                    .with_context(|| format!("copying {} onto the stick", p.display()))?;
+                let install = format!(
+                    "#!/bin/sh\n# Installs the gateway from this stick and enrolls the box; run as root.\nset -e\ncd \"$(dirname \"$0\")\"\napt-get install -y ./{name}\nyilian-gateway enroll --bundle \"$PWD\"\nsystemctl start yilian-gateway\nsystemctl --no-pager status yilian-gateway | head -n 5\n"
+                );
+                std::fs::write(dir.join("install.sh"), install)?;
+                std::fs::set_permissions(
+                    dir.join("install.sh"),
+                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                )?;
+            }
             println!(
                 "wrote {} for {} (expires {}); the box enrolls from it at first boot, \
                  or with `yilian-gateway enroll --bundle DIR`",
@@ -364,6 +395,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 v["gateway"].as_str().unwrap_or_default(),
                 v["expires"].as_str().unwrap_or_default()
             );
+            if package.is_some() {
+                println!(
+                    "with the gateway package: on the box, as root, `sh {}/install.sh` installs, enrolls and starts it",
+                    dir.display()
+                );
+            }
         }
         Command::Fleet {
             command: FleetCommand::List { json },
