@@ -133,6 +133,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     yilian_central::service::init_logging("info,quinn=warn");
+    raise_descriptor_limit();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // `items | head` closing the pipe early is not an error.
@@ -155,6 +156,19 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// The soft descriptor limit up to the hard one: a county's worth of
+/// HL7 connections and outbox sockets must not meet 1,024.
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if let Some(hard) = l.maximum
+        && l.current.is_some_and(|c| c < hard)
+    {
+        l.current = Some(hard);
+        let _ = setrlimit(Resource::Nofile, l);
     }
 }
 
