@@ -25,7 +25,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
 use yilian_provision::token;
 
 use crate::config::{GatewayConfig, IdentitySection, STATE_DIR};
@@ -43,27 +42,7 @@ const BUNDLE_GLOBS: &[&str] = &[
 /// identity is handed to it when `enroll` runs as root.
 pub const SERVICE_USER: &str = "yilian-gateway";
 
-const RECORD_FILE: &str = "enrollment.json";
-
-/// What enrollment recorded beside the identity.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Record {
-    /// `COUNTY/CLINIC/BOX`.
-    pub identity: String,
-    /// `host:port` of central, from the token or `--central`.
-    pub central: String,
-    /// Milliseconds since the epoch.
-    pub enrolled_ms: i64,
-    /// SHA-256 of the fleet CA the token named.
-    pub ca_sha256: String,
-}
-
-impl Record {
-    pub fn read(identity_dir: &Path) -> Option<Record> {
-        let text = std::fs::read_to_string(identity_dir.join(RECORD_FILE)).ok()?;
-        serde_json::from_str(&text).ok()
-    }
-}
+pub use crate::config::record::{RECORD_FILE, Record};
 
 /// Where `enroll` puts things when there is no configuration yet.
 #[derive(Debug, Clone)]

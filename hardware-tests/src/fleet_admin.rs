@@ -137,6 +137,32 @@ impl Bench {
         }
     }
 
+    /// Every item central holds, as `yilian-central items --json` lists
+    /// them.
+    pub fn items(&self) -> Vec<serde_json::Value> {
+        let out = Command::new(binary("yilian-central").expect("bin"))
+            .args([
+                "items",
+                "--config",
+                s(&self.dir.join("central.toml")),
+                "--json",
+            ])
+            .output()
+            .expect("items");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The file names of the items central holds (drop-folder items).
+    pub fn delivered_files(&self) -> Vec<String> {
+        self.items()
+            .iter()
+            .filter_map(|v| v["metadata"]["filename"].as_str().map(str::to_owned))
+            .collect()
+    }
+
     /// Stops central (SIGKILL, as a crash would).
     pub fn stop_central(&mut self) {
         self.central.kill9();

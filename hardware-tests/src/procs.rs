@@ -42,23 +42,9 @@ impl Proc {
         log: &Path,
     ) -> anyhow::Result<Self> {
         use std::os::unix::process::CommandExt;
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        let child = Command::new(binary(bin)?)
-            .args(args)
-            .uid(uid)
-            .gid(gid)
-            .env("RUST_LOG", "info,quinn=warn")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()?;
-        Ok(Self {
-            name: bin.to_owned(),
-            child,
-        })
+        let mut command = Command::new(binary(bin)?);
+        command.uid(uid).gid(gid);
+        Self::start(command, bin, args, log)
     }
 
     /// Like [`Proc::spawn`], inside a bench network namespace.
@@ -68,15 +54,19 @@ impl Proc {
         args: &[&str],
         log: &Path,
     ) -> anyhow::Result<Self> {
+        let path = binary(bin)?;
+        let command = match ns {
+            Some(ns) => ns.command(&path),
+            None => Command::new(&path),
+        };
+        Self::start(command, bin, args, log)
+    }
+
+    fn start(mut command: Command, bin: &str, args: &[&str], log: &Path) -> anyhow::Result<Self> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
-        let path = binary(bin)?;
-        let mut command = match ns {
-            Some(ns) => ns.command(&path),
-            None => Command::new(&path),
-        };
         let child = command
             .args(args)
             .env(
@@ -112,4 +102,14 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// This process's peak resident memory, in bytes (`VmHWM`).
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }

@@ -50,23 +50,6 @@ fn build_debs(out: &Path, rev: u32) -> Vec<PathBuf> {
     debs
 }
 
-fn central_files(bench: &Bench) -> Vec<String> {
-    let out = Command::new(yilian_rig::procs::binary("yilian-central").expect("bin"))
-        .args([
-            "items",
-            "--config",
-            s(&bench.dir.join("central.toml")),
-            "--json",
-        ])
-        .output()
-        .expect("items");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["metadata"]["filename"].as_str().map(str::to_owned))
-        .collect()
-}
-
 fn prop(m: &Machine, unit: &str, p: &str) -> String {
     m.ok(&format!("systemctl show -p {p} --value {unit}"))
         .expect("systemctl show")
@@ -89,10 +72,10 @@ fn drop_files(m: &Machine, tag: &str, n: usize, size: usize) -> Vec<String> {
 
 fn wait_delivered_once(bench: &Bench, names: &[String], secs: u64) {
     wait_for("every file at central", secs, || {
-        let at = central_files(bench);
+        let at = bench.delivered_files();
         names.iter().all(|n| at.contains(n))
     });
-    let at = central_files(bench);
+    let at = bench.delivered_files();
     for n in names {
         assert_eq!(
             at.iter().filter(|a| *a == n).count(),
@@ -256,19 +239,7 @@ fn debian_packages_under_a_real_systemd() {
         .expect("the cart sends");
     wait_delivered_once(&bench, &first, 60);
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = Command::new(yilian_rig::procs::binary("yilian-central").expect("bin"))
-            .args([
-                "items",
-                "--config",
-                s(&bench.dir.join("central.toml")),
-                "--json",
-            ])
-            .output()
-            .expect("items");
-        if String::from_utf8_lossy(&out.stdout).contains("serial:cart-1") {
-            break;
-        }
+    while !bench.items().iter().any(|i| i["source"] == "serial:cart-1") {
         assert!(
             Instant::now() < deadline,
             "the cart's ECG never reached central; journal:\n{}",
@@ -319,7 +290,8 @@ fn debian_packages_under_a_real_systemd() {
             .map(|d| d.count())
             .unwrap_or(0);
         left < 12
-            && central_files(&bench)
+            && bench
+                .delivered_files()
                 .iter()
                 .filter(|f| f.starts_with("killed"))
                 .count()

@@ -390,16 +390,6 @@ async fn a_full_spool_answers_a700_and_the_retry_succeeds_once_space_frees() {
     hub.central.shutdown().await;
 }
 
-/// The process's peak resident memory, in bytes.
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_malformed_data_set_gets_c000_and_the_good_ones_around_it_are_stored() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -410,7 +400,7 @@ async fn a_malformed_data_set_gets_c000_and_the_good_ones_around_it_are_stored()
     let bad = dir.path().join("forged.dcm");
     let bad_uid = write_malformed(&bad, 1).expect("write malformed");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/store_raw_scu.py");
-    let before = peak_rss();
+    let before = yilian_rig::procs::peak_rss();
     let out = std::process::Command::new("python3")
         .arg(script)
         .args(["--port", &hub.dicom.port().to_string()])
@@ -434,7 +424,7 @@ async fn a_malformed_data_set_gets_c000_and_the_good_ones_around_it_are_stored()
     assert_eq!(statuses, [Some(0), Some(0xC000), Some(0)], "{said}");
     // The forged element claims 2 GiB; the gateway (in this process) must
     // not have allocated it to find out.
-    let grew = peak_rss().saturating_sub(before);
+    let grew = yilian_rig::procs::peak_rss().saturating_sub(before);
     assert!(grew < 512 << 20, "peak RSS grew by {grew} bytes");
     let items = wait_items(&hub.central, 2, 30).await;
     let mut uids: Vec<&str> = items

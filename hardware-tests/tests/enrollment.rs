@@ -54,19 +54,6 @@ impl Drop for ReadOnly {
     }
 }
 
-fn central_items(bench: &Bench) -> String {
-    let out = Command::new(yilian_rig::procs::binary("yilian-central").expect("bin"))
-        .args([
-            "items",
-            "--config",
-            s(&bench.dir.join("central.toml")),
-            "--json",
-        ])
-        .output()
-        .expect("items");
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 #[test]
 fn a_box_with_nothing_but_a_token_enrolls_and_runs_with_devices_from_central() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -130,7 +117,7 @@ fn a_box_with_nothing_but_a_token_enrolls_and_runs_with_devices_from_central() {
     });
     std::fs::write(drop.join("result-1.txt"), b"from a box enrolled by token").expect("drop");
     wait_for("the file at central", 30, || {
-        central_items(&bench).contains("result-1.txt")
+        bench.delivered_files().iter().any(|f| f == "result-1.txt")
     });
 
     // A typo is refused by the admin's tool itself, with file and line.
@@ -186,7 +173,7 @@ fn a_box_with_nothing_but_a_token_enrolls_and_runs_with_devices_from_central() {
     );
     std::fs::write(drop.join("result-2.txt"), b"v1's folder still runs").expect("drop");
     wait_for("a file through v1's folder", 30, || {
-        central_items(&bench).contains("result-2.txt")
+        bench.delivered_files().iter().any(|f| f == "result-2.txt")
     });
     std::mem::drop(squatter);
 

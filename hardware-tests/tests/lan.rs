@@ -81,15 +81,6 @@ fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn run_python(script: &str, args: &[String]) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("peers")
@@ -106,6 +97,17 @@ fn run_python(script: &str, args: &[String]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `peers/assoc_peer.py MODE` as `calling` from the address `bind`.
+fn assoc_peer(mode: &str, port: u16, calling: &str, bind: &str, extra: &[&str]) -> String {
+    let mut args: Vec<String> = [mode, "--port", &port.to_string(), "--called", "YILIAN_GW"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    args.extend(["--calling", calling, "--bind", bind].map(str::to_owned));
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    run_python("assoc_peer.py", &args)
 }
 
 struct Listeners {
@@ -179,21 +181,12 @@ async fn a_connection_flood_leaves_the_lis_and_the_modality_served() {
     let mut flooded = lis_round(l.hl7, "FLOOD", 50).await;
     let dicom = l.dicom;
     let said = tokio::task::spawn_blocking(move || {
-        run_python(
-            "assoc_peer.py",
-            &[
-                "echo".into(),
-                "--port".into(),
-                dicom.port().to_string(),
-                "--called".into(),
-                "YILIAN_GW".into(),
-                "--calling".into(),
-                "CT_ROOM".into(),
-                "--bind".into(),
-                "127.0.0.5".into(),
-                "--count".into(),
-                "10".into(),
-            ],
+        assoc_peer(
+            "echo",
+            dicom.port(),
+            "CT_ROOM",
+            "127.0.0.5",
+            &["--count", "10"],
         )
     })
     .await
@@ -295,7 +288,7 @@ async fn dicom_peers_cannot_take_memory_or_every_slot() {
     let (hub, l) = start(dir.path()).await;
 
     // A peer declaring a 1 GiB PDU and streaming it: cut off at once.
-    let before = peak_rss();
+    let before = yilian_rig::procs::peak_rss();
     let mut s = connect_from(ip(31), l.dicom).await.expect("connect");
     s.write_all(&[0x01, 0, 0x40, 0, 0, 0])
         .await
@@ -308,7 +301,7 @@ async fn dicom_peers_cannot_take_memory_or_every_slot() {
             _ => break,
         }
     }
-    let grew = peak_rss().saturating_sub(before);
+    let grew = yilian_rig::procs::peak_rss().saturating_sub(before);
     eprintln!(
         "huge PDU: {} MiB written before the gateway closed; peak RSS grew {} MiB",
         sent >> 20,
@@ -321,21 +314,12 @@ async fn dicom_peers_cannot_take_memory_or_every_slot() {
     let dicom = l.dicom;
     let t = Instant::now();
     let said = tokio::task::spawn_blocking(move || {
-        run_python(
-            "assoc_peer.py",
-            &[
-                "find".into(),
-                "--port".into(),
-                dicom.port().to_string(),
-                "--called".into(),
-                "YILIAN_GW".into(),
-                "--calling".into(),
-                "SCANNER".into(),
-                "--bind".into(),
-                "127.0.0.35".into(),
-                "--name-bytes".into(),
-                (1 << 20).to_string(),
-            ],
+        assoc_peer(
+            "find",
+            dicom.port(),
+            "SCANNER",
+            "127.0.0.35",
+            &["--name-bytes", &(1 << 20).to_string()],
         )
     })
     .await
@@ -354,44 +338,24 @@ async fn dicom_peers_cannot_take_memory_or_every_slot() {
     // CT console still gets through, every time.
     let hold = |from: &'static str| {
         tokio::task::spawn_blocking(move || {
-            run_python(
-                "assoc_peer.py",
-                &[
-                    "hold".into(),
-                    "--port".into(),
-                    dicom.port().to_string(),
-                    "--called".into(),
-                    "YILIAN_GW".into(),
-                    "--calling".into(),
-                    "SCANNER".into(),
-                    "--bind".into(),
-                    from.into(),
-                    "--count".into(),
-                    "4".into(),
-                    "--seconds".into(),
-                    "25".into(),
-                ],
+            assoc_peer(
+                "hold",
+                dicom.port(),
+                "SCANNER",
+                from,
+                &["--count", "4", "--seconds", "25"],
             )
         })
     };
     let holders = [hold("127.0.0.32"), hold("127.0.0.33"), hold("127.0.0.34")];
     tokio::time::sleep(Duration::from_secs(3)).await;
     let said = tokio::task::spawn_blocking(move || {
-        run_python(
-            "assoc_peer.py",
-            &[
-                "echo".into(),
-                "--port".into(),
-                dicom.port().to_string(),
-                "--called".into(),
-                "YILIAN_GW".into(),
-                "--calling".into(),
-                "CT_ROOM".into(),
-                "--bind".into(),
-                "127.0.0.5".into(),
-                "--count".into(),
-                "10".into(),
-            ],
+        assoc_peer(
+            "echo",
+            dicom.port(),
+            "CT_ROOM",
+            "127.0.0.5",
+            &["--count", "10"],
         )
     })
     .await
