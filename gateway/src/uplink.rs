@@ -249,12 +249,11 @@ impl Running {
             self.metrics.revoked.set(0);
             let result = self.session(&mut endpoint, &mut stop, &mut backoff).await;
             self.metrics.link_up.set(0);
-            let revoked = match &result {
-                Err(UplinkError::Lost(c)) | Err(UplinkError::Link(LinkError::Connection(c))) => {
-                    crate::revocation::notice_of(c)
-                }
-                _ => None,
-            };
+            let revoked = result
+                .as_ref()
+                .err()
+                .and_then(connection_error)
+                .and_then(crate::revocation::notice_of);
             if let Some(notice) = revoked {
                 if let Err(e) = crate::revocation::record(&self.tls.cert, &notice) {
                     tracing::warn!(error = %e, "cannot keep central's revocation notice");
@@ -440,7 +439,13 @@ impl Running {
                         body: Some(Body::Goodbye(bye)),
                     }) => return Err(UplinkError::Goodbye(bye.reason)),
                     Some(_) => continue,
-                    None => return Err(UplinkError::HelloClosed),
+                    // The stream ended: say why when the connection knows
+                    // (a refused certificate closes it right here).
+                    None => {
+                        return Err(conn
+                            .close_reason()
+                            .map_or(UplinkError::HelloClosed, UplinkError::Lost));
+                    }
                 }
             }
         };
@@ -516,6 +521,18 @@ impl Running {
                 }
             }
         }
+    }
+}
+
+/// The connection's own error inside an uplink error, wherever it surfaced:
+/// the connection itself, or the first stream written to or read from
+/// (TLS 1.3 client authentication fails only there).
+fn connection_error(e: &UplinkError) -> Option<&quinn::ConnectionError> {
+    match e {
+        UplinkError::Lost(c) | UplinkError::Link(LinkError::Connection(c)) => Some(c),
+        UplinkError::Link(LinkError::Write(quinn::WriteError::ConnectionLost(c))) => Some(c),
+        UplinkError::Link(LinkError::Read(quinn::ReadError::ConnectionLost(c))) => Some(c),
+        _ => None,
     }
 }
 

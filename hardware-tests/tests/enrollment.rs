@@ -401,10 +401,17 @@ fn a_cloned_box_is_alerted_and_a_retired_box_is_not_watched() {
     )
     .expect("gateway");
     wait_for("its handshake refused", 30, || refusals() > before);
-    wait_for("the box knowing it was revoked", 30, || {
-        std::fs::read_to_string(original.join("tls/revoked.json"))
-            .is_ok_and(|r| r.contains("revoked"))
-    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(original.join("tls/revoked.json"))
+        .is_ok_and(|r| r.contains("revoked"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the box never learned it was revoked; its log:\n{}",
+            std::fs::read_to_string(original.join("gateway.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let seen = refusals();
     std::thread::sleep(Duration::from_secs(10));
     assert!(
