@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use yilian_codecs::hl7::{AckCode, ErrorInfo, Message, build_ack, decode, encode};
+use yilian_codecs::hl7::{ErrorInfo, Message, Verdict, build_ack, decode, encode};
 use yilian_codecs::mllp::{self, MllpDecoder};
 use yilian_protocol::messages::WorklistEntry;
 
@@ -292,10 +292,14 @@ impl OrderListener {
                 return None;
             }
         };
-        let (code, err) = match order_update(&m, &self.config.facilities) {
+        // The RIS hears AA only with the store's proof of the commit.
+        let refused;
+        let stored;
+        let verdict = match order_update(&m, &self.config.facilities) {
             Err(e) => {
                 tracing::warn!(%peer, control = m.control_id(), reason = %e.text, "RIS order refused (AE)");
-                (AckCode::AE, Some(e))
+                refused = e;
+                Verdict::Malformed(&refused)
             }
             Ok(update) => {
                 let store = self.store.clone();
@@ -307,19 +311,16 @@ impl OrderListener {
                 })
                 .await;
                 match r {
-                    Ok(Ok(())) => {
+                    Ok(Ok(proof)) => {
                         tracing::info!(%peer, clinic = %update.clinic, control = m.control_id(),
                             removed = update.remove.is_some(), "RIS order applied to the clinic's worklist");
-                        (AckCode::AA, None)
+                        stored = proof;
+                        Verdict::Stored(&stored)
                     }
-                    _ => (
-                        AckCode::AR,
-                        Some(error(
-                            "",
-                            207,
-                            "worklist store unavailable; send again later",
-                        )),
-                    ),
+                    _ => {
+                        refused = error("", 207, "worklist store unavailable; send again later");
+                        Verdict::Refused(&refused)
+                    }
                 }
             }
         };
@@ -329,7 +330,7 @@ impl OrderListener {
             .filter(char::is_ascii_digit)
             .collect();
         let control = format!("YLO{}", &ts);
-        let ack = build_ack(&m, code, err.as_ref(), &control, &ts);
+        let ack = build_ack(&m, verdict, &control, &ts);
         Some(mllp::encode(&encode(&ack, decoded.charset)))
     }
 }

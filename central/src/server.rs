@@ -20,7 +20,7 @@ use yilian_protocol::{BoxIdentity, Lane, SUPPORTED_VERSIONS};
 use crate::fleet::Fleet;
 use crate::metrics::{CentralMetrics, GatewayLabels, LaneLabels, ReasonLabels};
 use crate::registry::ReportedState;
-use crate::store::{ItemRow, PartialUpload, Store, StoreError};
+use crate::store::{ItemRow, PartialUpload, Store, StoreError, Stored};
 
 /// Application close codes on the connection.
 pub mod close {
@@ -532,7 +532,7 @@ async fn touch(shared: &Shared, identity: &BoxIdentity, software: Option<&str>) 
 
 enum SinkMsg {
     Data(Bytes),
-    Commit(oneshot::Sender<Result<ItemRow, StoreError>>),
+    Commit(oneshot::Sender<Result<Stored<ItemRow>, StoreError>>),
 }
 
 /// Writes an upload's bytes on a blocking thread, so that disk writes and
@@ -603,10 +603,10 @@ async fn upload_stream(
                     let opened = tokio::task::spawn_blocking(move || {
                         let held = store.held(&id, &o)?;
                         let partial = match held {
-                            yilian_protocol::upload::HeldState::Partial(offset) => {
+                            crate::store::Held::Partial(offset) => {
                                 Some(store.open_partial(&id, &o, offset)?)
                             }
-                            yilian_protocol::upload::HeldState::Committed => None,
+                            crate::store::Held::Committed(_) => None,
                         };
                         Ok::<_, StoreError>((held, partial))
                     })
@@ -626,7 +626,7 @@ async fn upload_stream(
                                     shared.destinations_for(&offer),
                                 ));
                             }
-                            rx.held(held)
+                            rx.held(held.state())
                                 .map_err(|e| StreamError::Protocol(e.to_string()))?;
                         }
                         Ok(Err(e)) => {
@@ -677,7 +677,8 @@ async fn upload_stream(
                         _ => Err(StoreError::WriterStopped),
                     };
                     match result {
-                        Ok(row) => {
+                        Ok(stored) => {
+                            let row = &stored.value;
                             shared
                                 .metrics
                                 .items_committed
@@ -702,7 +703,7 @@ async fn upload_stream(
                                 gateway = %identity, upload = %row.upload_id, kind = %row.kind, lane = %row.lane,
                                 size = row.size, received_on_this_stream = bytes_this_stream, "committed"
                             );
-                            rx.committed()
+                            rx.committed(&stored)
                                 .map_err(|e| StreamError::Protocol(e.to_string()))?;
                         }
                         Err(

@@ -241,6 +241,53 @@ pub fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// Proof that the store committed something durably: an item (blob synced
+/// and renamed, row committed) or a worklist change. Only this module makes
+/// one (its `sealed` field is private), and only once the commit returned;
+/// central's COMMITTED to a box and its AA to the RIS are built from it.
+#[derive(Debug)]
+pub struct Stored<T> {
+    pub value: T,
+    id: String,
+    sealed: (),
+}
+
+impl<T> Stored<T> {
+    fn new(id: String, value: T) -> Self {
+        Self {
+            value,
+            id,
+            sealed: (),
+        }
+    }
+}
+
+impl<T> yilian_proof::Durable for Stored<T> {
+    fn durable_id(&self) -> &str {
+        let () = self.sealed;
+        &self.id
+    }
+}
+
+/// What the store holds of an offered upload.
+#[derive(Debug)]
+pub enum Held {
+    /// Nothing or a prefix of this many bytes.
+    Partial(u64),
+    /// Committed before (a resend after a lost COMMITTED), with its proof.
+    Committed(Stored<()>),
+}
+
+impl Held {
+    /// As the upload state machine takes it.
+    pub fn state(&self) -> HeldState<'_> {
+        match self {
+            Held::Partial(n) => HeldState::Partial(*n),
+            Held::Committed(p) => HeldState::Committed(p),
+        }
+    }
+}
+
 /// Creates a directory (and its parents) readable by its owner only,
 /// whatever the umask: central's data directory holds patient data.
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -332,7 +379,7 @@ impl Store {
     }
 
     /// What central holds of an offered upload.
-    pub fn held(&self, gateway: &BoxIdentity, offer: &Offer) -> Result<HeldState, StoreError> {
+    pub fn held(&self, gateway: &BoxIdentity, offer: &Offer) -> Result<Held, StoreError> {
         let exists: Option<i64> = self
             .db()
             .query_row(
@@ -342,11 +389,11 @@ impl Store {
             )
             .optional()?;
         if exists.is_some() {
-            return Ok(HeldState::Committed);
+            return Ok(Held::Committed(Stored::new(offer.upload_id.clone(), ())));
         }
         let path = self.partial_path(gateway, &offer.upload_id);
         let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        Ok(HeldState::Partial(len.min(offer.size)))
+        Ok(Held::Partial(len.min(offer.size)))
     }
 
     /// Opens the partial file of an upload for appending at `offset`, with
@@ -402,7 +449,7 @@ impl Store {
         offer: &Offer,
         partial: PartialUpload,
         destinations: &[&str],
-    ) -> Result<ItemRow, StoreError> {
+    ) -> Result<Stored<ItemRow>, StoreError> {
         let PartialUpload {
             path,
             file,
@@ -448,7 +495,7 @@ impl Store {
         offer: &Offer,
         sha_hex: &str,
         destinations: &[&str],
-    ) -> Result<ItemRow, StoreError> {
+    ) -> Result<Stored<ItemRow>, StoreError> {
         let lane = Lane::try_from(offer.lane).unwrap_or(Lane::Bulk).name();
         let metadata = serde_json::to_string(&offer.metadata).unwrap_or_else(|_| "{}".into());
         let committed = now_ms();
@@ -479,20 +526,23 @@ impl Store {
         }
         tx.commit()?;
         drop(db);
-        Ok(ItemRow {
-            gateway: gateway.to_string(),
-            upload_id: offer.upload_id.clone(),
-            kind: offer.kind.clone(),
-            lane: lane.to_owned(),
-            source: offer.source.clone(),
-            metadata: serde_json::to_value(&offer.metadata).unwrap_or_default(),
-            size: offer.size,
-            sha256: sha_hex.to_owned(),
-            received_at: rfc3339(offer.received_unix_ms),
-            committed_at: rfc3339(committed),
-            end_to_end_ms: committed - offer.received_unix_ms,
-            path: self.blob_path(sha_hex).display().to_string(),
-        })
+        Ok(Stored::new(
+            offer.upload_id.clone(),
+            ItemRow {
+                gateway: gateway.to_string(),
+                upload_id: offer.upload_id.clone(),
+                kind: offer.kind.clone(),
+                lane: lane.to_owned(),
+                source: offer.source.clone(),
+                metadata: serde_json::to_value(&offer.metadata).unwrap_or_default(),
+                size: offer.size,
+                sha256: sha_hex.to_owned(),
+                received_at: rfc3339(offer.received_unix_ms),
+                committed_at: rfc3339(committed),
+                end_to_end_ms: committed - offer.received_unix_ms,
+                path: self.blob_path(sha_hex).display().to_string(),
+            },
+        ))
     }
 
     /// Adds or replaces scheduled steps of a clinic (`COUNTY/CLINIC`) and
@@ -502,7 +552,7 @@ impl Store {
         clinic: &str,
         upserts: &[yilian_protocol::messages::WorklistEntry],
         removals: &[String],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Stored<()>, StoreError> {
         let now = now_ms();
         let mut db = self.db();
         let tx = db.transaction()?;
@@ -521,7 +571,7 @@ impl Store {
             )?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(Stored::new(format!("worklist:{clinic}:{now}"), ()))
     }
 
     /// A clinic's worklist and its version (a hash of the entries, so any

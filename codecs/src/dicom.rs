@@ -4,6 +4,8 @@
 //! set. Data sets themselves are never re-encoded: bytes received are
 //! bytes stored are bytes forwarded.
 
+use yilian_proof::Durable;
+
 /// Command Field values.
 pub mod command {
     pub const C_STORE_RQ: u16 = 0x0001;
@@ -216,8 +218,31 @@ impl Command {
         out
     }
 
-    /// A response to `self` with `status`.
+    /// The Success answer to a C-STORE, which only a durable store's proof
+    /// can build: the instance is on stable storage.
+    ///
+    /// ```compile_fail
+    /// # use yilian_codecs::dicom::Command;
+    /// # fn f(request: &Command) {
+    /// request.stored_response(&0x0000u16); // a status is no proof
+    /// # }
+    /// ```
+    pub fn stored_response(&self, _proof: &impl Durable) -> Command {
+        self.respond(0x0000, None)
+    }
+
+    /// A response to `self` with `status`. A C-STORE is told Success only
+    /// through [`Command::stored_response`]: asked for it here, it gets Out
+    /// of Resources (0xA700), which a modality retries, and never a false
+    /// success.
     pub fn response(&self, status: u16, comment: Option<&str>) -> Command {
+        if self.field == command::C_STORE_RQ && status == 0x0000 {
+            return self.respond(0xA700, Some("gateway could not confirm storage"));
+        }
+        self.respond(status, comment)
+    }
+
+    fn respond(&self, status: u16, comment: Option<&str>) -> Command {
         let or = |a: &String, b: &String| if a.is_empty() { b.clone() } else { a.clone() };
         Command {
             field: self.field | 0x8000,

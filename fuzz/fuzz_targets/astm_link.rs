@@ -17,10 +17,22 @@ fuzz_target!(|data: &[u8]| {
         link.handle_input(chunk, now);
         while let Some(ev) = link.poll_event() {
             if let LinkEvent::Message { needs_commit: true, .. } = ev {
-                link.commit(i % 3 != 0, now);
+                if i % 3 != 0 {
+                    link.stored(&FuzzProof, now);
+                } else {
+                    link.not_stored(now);
+                }
             }
         }
         while link.poll_transmit().is_some() {}
     }
     link.handle_timeout(now + Duration::from_secs(60));
 });
+
+/// The fuzzer plays the store.
+struct FuzzProof;
+impl yilian_proof::Durable for FuzzProof {
+    fn durable_id(&self) -> &str {
+        "fuzz"
+    }
+}

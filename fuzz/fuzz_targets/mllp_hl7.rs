@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use yilian_codecs::hl7::{AckCode, Message, build_ack, decode, escape::unescape};
+use yilian_codecs::hl7::{ErrorInfo, Message, Verdict, build_ack, decode, escape::unescape};
 use yilian_codecs::mllp::MllpDecoder;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,7 +16,13 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(m) = Message::parse(&d.text) {
             let _ = m.require_header();
             let _ = unescape(m.get("PID", 5, 1), &m.delimiters);
-            let _ = build_ack(&m, AckCode::AA, None, "X", "20260101");
+            let e = ErrorInfo {
+                location: "MSH".into(),
+                code: 207,
+                text: "fuzz".into(),
+                severity: 'E',
+            };
+            let _ = build_ack(&m, Verdict::Refused(&e), "X", "20260101");
         }
     }
 });

@@ -15,8 +15,20 @@ fuzz_target!(|data: &[u8]| {
         while r.poll_transmit().is_some() {}
         while r.poll_event().is_some() {}
         if r.awaiting_commit() {
-            r.commit(chunk.len() % 2 == 0, now);
+            if chunk.len() % 2 == 0 {
+                r.stored(&FuzzProof, now);
+            } else {
+                r.not_stored(now);
+            }
         }
     }
     r.handle_timeout(now + Duration::from_secs(30));
 });
+
+/// The fuzzer plays the store.
+struct FuzzProof;
+impl yilian_proof::Durable for FuzzProof {
+    fn durable_id(&self) -> &str {
+        "fuzz"
+    }
+}

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 ReceiverEvent::Data { .. } => {}
                 ReceiverEvent::Complete => {
-                    let _ = rx.committed();
+                    let _ = rx.committed(&FuzzProof);
                 }
             }
         }
@@ -33,3 +33,11 @@ fuzz_target!(|data: &[u8]| {
     }
     rx.handle_timeout(now + Duration::from_secs(10));
 });
+
+/// The fuzzer plays the store.
+struct FuzzProof;
+impl yilian_proof::Durable for FuzzProof {
+    fn durable_id(&self) -> &str {
+        "fuzz"
+    }
+}

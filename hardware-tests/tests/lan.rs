@@ -116,6 +116,10 @@ struct Listeners {
     astm: SocketAddr,
 }
 
+/// The floods take thousands of ephemeral ports: these tests run one at a
+/// time, so that one's flood cannot take a port another is about to bind.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn start(dir: &Path) -> (Hub, Listeners) {
     let _ = LogCapture::install();
     yilian_gateway::governor::raise_descriptor_limit();
@@ -125,10 +129,10 @@ async fn start(dir: &Path) -> (Hub, Listeners) {
         astm: free_tcp_port().expect("port"),
     };
     let extra = format!(
-        "\n[[hl7]]\nname = \"lab\"\nlisten = \"0.0.0.0:{}\"\nmax_message_bytes = \"64 KiB\"\n\n[[hl7.peer]]\naddress = \"127.0.0.2\"\n\n\
-         [[dicom]]\nname = \"modalities\"\nlisten = \"0.0.0.0:{}\"\nae_title = \"YILIAN_GW\"\nmax_associations = 8\n\n\
+        "\n[[hl7]]\nname = \"lab\"\nlisten = \"127.0.0.1:{}\"\nmax_message_bytes = \"64 KiB\"\n\n[[hl7.peer]]\naddress = \"127.0.0.2\"\n\n\
+         [[dicom]]\nname = \"modalities\"\nlisten = \"127.0.0.1:{}\"\nae_title = \"YILIAN_GW\"\nmax_associations = 8\n\n\
          [[dicom.allowed]]\nae_title = \"CT_ROOM\"\naddress = \"127.0.0.5:11113\"\n\n[[dicom.allowed]]\nae_title = \"SCANNER\"\n\n\
-         [[astm]]\nname = \"chem\"\ntransport = \"tcp-server\"\nlisten = \"0.0.0.0:{}\"\n",
+         [[astm]]\nname = \"chem\"\ntransport = \"tcp-server\"\nlisten = \"127.0.0.1:{}\"\n",
         l.hl7.port(),
         l.dicom.port(),
         l.astm.port()
@@ -139,6 +143,7 @@ async fn start(dir: &Path) -> (Hub, Listeners) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_connection_flood_leaves_the_lis_and_the_modality_served() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tmp");
     let (hub, l) = start(dir.path()).await;
     let logs = LogCapture::install();
@@ -231,6 +236,7 @@ async fn a_connection_flood_leaves_the_lis_and_the_modality_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn misbehaving_hl7_senders_get_answers_and_bounded_logs() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tmp");
     let (hub, l) = start(dir.path()).await;
     let logs = LogCapture::install();
@@ -284,6 +290,7 @@ async fn misbehaving_hl7_senders_get_answers_and_bounded_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dicom_peers_cannot_take_memory_or_every_slot() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tmp");
     let (hub, l) = start(dir.path()).await;
 
@@ -371,6 +378,7 @@ async fn dicom_peers_cannot_take_memory_or_every_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_silent_astm_session_gives_way_to_the_analyzer() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tmp");
     let (hub, l) = start(dir.path()).await;
     // Something connects to the analyzer port and says nothing (or the

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use yilian_central::CentralConfig;
-use yilian_codecs::hl7::{AckCode, ErrorInfo, Message, build_ack};
+use yilian_codecs::hl7::{AckCode, ErrorInfo, Message, Verdict, build_ack};
 use yilian_codecs::mllp::{MllpDecoder, encode};
 use yilian_gateway::GatewayConfig;
 use yilian_rig::analyzer::{Faults, send_message};
@@ -79,13 +79,28 @@ async fn run_lis(listener: tokio::net::TcpListener, lis: Arc<Mutex<Lis>>) {
                     } else {
                         (AckCode::AA, None)
                     };
-                    let ack = build_ack(&m, code, err.as_ref(), "LISACK", "20240101120000");
+                    // The scripted LIS stores nothing: it plays its proof.
+                    let verdict = match (code, &err) {
+                        (AckCode::AA, _) => Verdict::Stored(&ScriptedLis),
+                        (AckCode::AE, Some(e)) => Verdict::Malformed(e),
+                        (_, Some(e)) => Verdict::Refused(e),
+                        (_, None) => Verdict::Stored(&ScriptedLis),
+                    };
+                    let ack = build_ack(&m, verdict, "LISACK", "20240101120000");
                     if s.write_all(&encode(ack.as_bytes())).await.is_err() {
                         return;
                     }
                 }
             }
         });
+    }
+}
+
+/// The scripted LIS's stand-in for a store's commit.
+struct ScriptedLis;
+impl yilian_proof::Durable for ScriptedLis {
+    fn durable_id(&self) -> &str {
+        "scripted-lis"
     }
 }
 

@@ -103,6 +103,13 @@ pub struct Committed {
     pub(crate) duplicate: bool,
 }
 
+/// The spool's commit is the proof every success answer to a device needs.
+impl yilian_proof::Durable for Committed {
+    fn durable_id(&self) -> &str {
+        &self.upload_id
+    }
+}
+
 impl Committed {
     pub fn id(&self) -> i64 {
         self.id

@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+use yilian_proof::Durable;
 
 use super::frame::{FrameError, parse_frame};
 use super::{ACK, CR, ENQ, EOT, NAK, STX, encode_frames};
@@ -177,9 +178,29 @@ impl AstmLink {
         self.try_start_sending(now);
     }
 
-    /// The upper layer's verdict on the message handed up with
-    /// `needs_commit`: ACK the final frame when stored, NAK when not.
-    pub fn commit(&mut self, stored: bool, now: Instant) {
+    /// The message handed up with `needs_commit` is on stable storage: the
+    /// final frame is ACKed. Only a durable store's proof says so:
+    ///
+    /// ```compile_fail
+    /// # use yilian_codecs::astm::{AstmLink, LinkConfig};
+    /// let mut link = AstmLink::new(LinkConfig::default());
+    /// link.stored(&true, std::time::Instant::now()); // a bool is no proof
+    /// ```
+    ///
+    /// The frames before the final one are ACKed as they arrive, as E1381
+    /// requires; that is the protocol's exception, and the reason the
+    /// final frame waits for the commit.
+    pub fn stored(&mut self, _proof: &impl Durable, now: Instant) {
+        self.answer_commit(true, now);
+    }
+
+    /// The message could not be stored: the final frame is NAKed and the
+    /// analyzer retransmits it.
+    pub fn not_stored(&mut self, now: Instant) {
+        self.answer_commit(false, now);
+    }
+
+    fn answer_commit(&mut self, stored: bool, now: Instant) {
         if let State::Receiving {
             awaiting_commit,
             last_accepted,
@@ -507,6 +528,14 @@ impl AstmLink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A test plays the store.
+    struct TestProof;
+    impl Durable for TestProof {
+        fn durable_id(&self) -> &str {
+            "test"
+        }
+    }
     use crate::astm::{ACK, ENQ, EOT, NAK};
 
     fn frames(records: &[&str]) -> Vec<Vec<u8>> {
@@ -553,7 +582,7 @@ mod tests {
                 needs_commit: true
             }]
         );
-        link.commit(true, now);
+        link.stored(&TestProof, now);
         assert_eq!(drain(&mut link), [ACK]);
         link.handle_input(&[EOT], now);
         assert!(link.is_neutral());
@@ -571,12 +600,12 @@ mod tests {
         }
         let first = events(&mut link);
         drain(&mut link);
-        link.commit(false, now);
+        link.not_stored(now);
         assert_eq!(drain(&mut link), [NAK]);
         link.handle_input(&fr[3], now);
         let again = events(&mut link);
         assert_eq!(first, again, "the whole message is handed up again");
-        link.commit(true, now);
+        link.stored(&TestProof, now);
         assert_eq!(drain(&mut link), [ACK]);
     }
 
@@ -725,7 +754,7 @@ mod tests {
         for f in frames(&MSG) {
             link.handle_input(&f, now);
         }
-        link.commit(true, now);
+        link.stored(&TestProof, now);
         link.handle_input(&[EOT], now);
         let ev = events(&mut link);
         assert!(matches!(ev[..], [LinkEvent::Message { .. }]), "{ev:?}");
@@ -758,7 +787,7 @@ mod tests {
                     match ev {
                         LinkEvent::Message { data, needs_commit } => {
                             if needs_commit {
-                                link.commit(true, now);
+                                link.stored(&TestProof, now);
                             }
                             messages.push(data);
                         }
@@ -796,7 +825,7 @@ mod tests {
                 link.handle_input(chunk, now);
                 while let Some(ev) = link.poll_event() {
                     if let LinkEvent::Message { needs_commit: true, .. } = ev {
-                        link.commit(commit, now);
+                        if commit { link.stored(&TestProof, now) } else { link.not_stored(now) };
                     }
                 }
                 while link.poll_transmit().is_some() {}

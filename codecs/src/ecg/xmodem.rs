@@ -20,6 +20,7 @@
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+use yilian_proof::Durable;
 
 const SOH: u8 = 0x01;
 const STX: u8 = 0x02;
@@ -160,9 +161,19 @@ impl ModemReceiver {
         self.state == State::Committing
     }
 
-    /// Answers the final EOT of the file last handed out: ACK when it is on
-    /// stable storage, a cancel when it could not be stored.
-    pub fn commit(&mut self, stored: bool, now: Instant) {
+    /// The file last handed out is on stable storage: its final EOT is
+    /// ACKed. Only a durable store's proof says so.
+    pub fn stored(&mut self, _proof: &impl Durable, now: Instant) {
+        self.answer_commit(true, now);
+    }
+
+    /// The file could not be stored: the transfer is cancelled, so the cart
+    /// shows a failed export and sends again.
+    pub fn not_stored(&mut self, now: Instant) {
+        self.answer_commit(false, now);
+    }
+
+    fn answer_commit(&mut self, stored: bool, now: Instant) {
         if self.state != State::Committing {
             return;
         }
@@ -380,6 +391,14 @@ impl ModemReceiver {
 mod tests {
     use super::*;
 
+    /// A test plays the store.
+    struct TestProof;
+    impl Durable for TestProof {
+        fn durable_id(&self) -> &str {
+            "test"
+        }
+    }
+
     fn block(n: u8, data: &[u8], one_k: bool, crc: bool) -> Vec<u8> {
         let size = if one_k { 1024 } else { 128 };
         let mut d = data.to_vec();
@@ -422,7 +441,7 @@ mod tests {
         };
         r.handle_input(&[EOT], now); // the sender repeats it meanwhile
         assert_eq!(drain(&mut r), [] as [u8; 0]);
-        r.commit(true, now);
+        r.stored(&TestProof, now);
         assert_eq!(drain(&mut r), [ACK]);
         assert!(r.is_done());
         assert_eq!(data.len(), 384, "XMODEM pads to the block size");
@@ -443,7 +462,7 @@ mod tests {
         r.handle_input(&[EOT], now);
         assert_eq!(drain(&mut r), [ACK]);
         assert!(matches!(r.poll_event(), Some(TransferEvent::File { .. })));
-        r.commit(false, now);
+        r.not_stored(now);
         assert_eq!(
             drain(&mut r),
             [CAN, CAN],
@@ -467,7 +486,7 @@ mod tests {
         assert_eq!(drain(&mut r), [NAK]);
         r.handle_input(&[EOT], now);
         assert_eq!(drain(&mut r), [] as [u8; 0]);
-        r.commit(true, now);
+        r.stored(&TestProof, now);
         assert_eq!(drain(&mut r), [ACK, b'C']);
         assert_eq!(
             r.poll_event(),
@@ -526,7 +545,7 @@ mod tests {
                 while r.poll_transmit().is_some() {}
                 while r.poll_event().is_some() {}
                 if r.awaiting_commit() {
-                    r.commit(c.len() % 2 == 0, now);
+                    if c.len() % 2 == 0 { r.stored(&TestProof, now) } else { r.not_stored(now) };
                 }
             }
             r.handle_timeout(now + Duration::from_secs(60));

@@ -6,6 +6,18 @@
 //! and -18, and MSA-2 = the incoming MSH-10. Errors go in an ERR segment
 //! (v2.5 and later: ERR-2 location, ERR-3 code from table 0357, ERR-4
 //! severity; earlier versions: ERR-1).
+//!
+//! A positive acknowledgement (AA, or CA in enhanced mode) can only be
+//! built from a [`Durable`] proof that the message is on stable storage:
+//!
+//! ```compile_fail
+//! use yilian_codecs::hl7::{Message, Verdict, build_ack};
+//! let m = Message::parse("MSH|^~\\&|A|B|C|D|1||ORU^R01|X|P|2.5.1\r").unwrap();
+//! // `true` is not a proof that anything was stored.
+//! let ack = build_ack(&m, Verdict::Stored(&true), "ACK1", "20260101");
+//! ```
+
+use yilian_proof::Durable;
 
 use super::escape::escape;
 use super::message::Message;
@@ -122,14 +134,60 @@ fn modern_err(version: &str) -> bool {
     major > 2 || (major == 2 && minor >= 5)
 }
 
-/// Builds the acknowledgement of `incoming` (segments joined with CR).
+/// What an acknowledgement says about a message.
+#[derive(Clone, Copy)]
+pub enum Verdict<'a> {
+    /// On stable storage: AA (CA in enhanced mode). Only a durable store's
+    /// proof makes this answer.
+    Stored(&'a dyn Durable),
+    /// The message is wrong and will stay wrong: AE (CE).
+    Malformed(&'a ErrorInfo),
+    /// Not taken now, or not supported: AR (CR); the sender may retry.
+    Refused(&'a ErrorInfo),
+}
+
+impl std::fmt::Debug for Verdict<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Stored(p) => write!(f, "Stored({})", p.durable_id()),
+            Verdict::Malformed(e) => write!(f, "Malformed({e:?})"),
+            Verdict::Refused(e) => write!(f, "Refused({e:?})"),
+        }
+    }
+}
+
+impl Verdict<'_> {
+    /// MSA-1 for a message in `mode`.
+    pub fn code(&self, mode: AckMode) -> AckCode {
+        let enhanced = matches!(mode, AckMode::Enhanced { .. });
+        match (self, enhanced) {
+            (Verdict::Stored(_), false) => AckCode::AA,
+            (Verdict::Stored(_), true) => AckCode::CA,
+            (Verdict::Malformed(_), false) => AckCode::AE,
+            (Verdict::Malformed(_), true) => AckCode::CE,
+            (Verdict::Refused(_), false) => AckCode::AR,
+            (Verdict::Refused(_), true) => AckCode::CR,
+        }
+    }
+
+    fn error(&self) -> Option<&ErrorInfo> {
+        match self {
+            Verdict::Stored(_) => None,
+            Verdict::Malformed(e) | Verdict::Refused(e) => Some(e),
+        }
+    }
+}
+
+/// Builds the acknowledgement of `incoming` (segments joined with CR): the
+/// code follows from the verdict and the ACK mode the message asked for.
 pub fn build_ack(
     incoming: &Message,
-    code: AckCode,
-    error: Option<&ErrorInfo>,
+    verdict: Verdict<'_>,
     control_id: &str,
     timestamp: &str,
 ) -> String {
+    let code = verdict.code(AckMode::of(incoming));
+    let error = verdict.error();
     let d = &incoming.delimiters;
     let f = d.field;
     let msh = incoming.msh();
@@ -192,6 +250,14 @@ pub fn build_ack(
 mod tests {
     use super::*;
 
+    /// A test plays a store.
+    struct TestProof;
+    impl Durable for TestProof {
+        fn durable_id(&self) -> &str {
+            "test"
+        }
+    }
+
     fn msg(extra_msh: &str) -> Message {
         Message::parse(&format!(
             "MSH|^~\\&|LIS|CLINIC01|HIS|HOSP|20240101121000||ORU^R01^ORU_R01|MSG00001|P|2.5.1{extra_msh}\rPID|1\r"
@@ -203,7 +269,12 @@ mod tests {
     fn original_mode_aa_matches_the_reference() {
         let m = msg("||||||UNICODE UTF-8");
         assert_eq!(AckMode::of(&m), AckMode::Original);
-        let ack = build_ack(&m, AckCode::AA, None, "ACK00001", "20240101121001");
+        let ack = build_ack(
+            &m,
+            Verdict::Stored(&TestProof),
+            "ACK00001",
+            "20240101121001",
+        );
         assert_eq!(
             ack,
             "MSH|^~\\&|HIS|HOSP|LIS|CLINIC01|20240101121001||ACK^R01^ACK|ACK00001|P|2.5.1||||||UNICODE UTF-8\rMSA|AA|MSG00001\r"
@@ -219,13 +290,13 @@ mod tests {
             text: "Data type error".into(),
             severity: 'E',
         };
-        let ack = build_ack(&m, AckCode::AE, Some(&e), "A2", "20240101121001");
+        let ack = build_ack(&m, Verdict::Malformed(&e), "A2", "20240101121001");
         assert!(
             ack.ends_with("MSA|AE|MSG00001\rERR||OBX^1^5|102^Data type error^HL70357|E\r"),
             "{ack}"
         );
         let old = Message::parse("MSH|^~\\&|A|B|C|D|20240101||ORU^R01|M9|P|2.3\r").expect("parses");
-        let ack = build_ack(&old, AckCode::AR, Some(&e), "A3", "20240101");
+        let ack = build_ack(&old, Verdict::Refused(&e), "A3", "20240101");
         assert!(ack.ends_with("ERR|OBX^1^5^^102^Data type error\r"), "{ack}");
     }
 
@@ -257,7 +328,12 @@ mod tests {
             return;
         };
         let m = Message::parse(&incoming).expect("parses");
-        let ack = build_ack(&m, AckCode::CA, None, "ACK00003", "20240101121001");
+        let ack = build_ack(
+            &m,
+            Verdict::Stored(&TestProof),
+            "ACK00003",
+            "20240101121001",
+        );
         assert_eq!(
             ack.trim_end_matches(['\r', '\n']),
             expected.trim_end_matches(['\r', '\n'])

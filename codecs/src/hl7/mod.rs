@@ -9,6 +9,6 @@ pub mod charset;
 pub mod escape;
 pub mod message;
 
-pub use ack::{AckCode, AckCondition, AckMode, ErrorInfo, build_ack};
+pub use ack::{AckCode, AckCondition, AckMode, ErrorInfo, Verdict, build_ack};
 pub use charset::{Charset, CharsetSource, Decoded, decode, encode};
 pub use message::{Delimiters, Hl7Error, Message};

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, watch};
 use yilian_codecs::astm::{AstmLink, AstmMessage, LinkConfig, LinkEvent, OnInterrupt};
 use yilian_codecs::hl7::Charset;
-use yilian_spool::{Lane, NewItem, Spool};
+use yilian_spool::{Committed, Lane, NewItem, Spool};
 
 use super::serial;
 use crate::config::{AstmFraming, AstmSection, AstmTransport};
@@ -207,11 +207,16 @@ impl AstmAdapter {
                 match ev {
                     LinkEvent::Message { data, needs_commit } => {
                         let stored = self.store(data).await;
-                        if needs_commit {
-                            link.commit(stored, Instant::now());
-                        } else if !stored {
-                            tracing::error!(device = %self.config.name,
-                                "a message without an L record could not be stored, and its frames were already acknowledged");
+                        match (stored, needs_commit) {
+                            (Some(proof), true) => link.stored(&proof, Instant::now()),
+                            (None, true) => link.not_stored(Instant::now()),
+                            (Some(_), false) => {}
+                            // E1381 acknowledges every frame of a session
+                            // that ends without an L record before the
+                            // message is known to be complete: the protocol
+                            // leaves nothing to withhold.
+                            (None, false) => tracing::error!(device = %self.config.name,
+                                "a message without an L record could not be stored, and its frames were already acknowledged"),
                         }
                     }
                     LinkEvent::FrameRejected(e) => {
@@ -275,15 +280,17 @@ impl AstmAdapter {
             while let Some(end) = find_terminator_end(&pending) {
                 let msg: Vec<u8> = pending.drain(..end).collect();
                 let start = msg.iter().position(|&b| b == b'H').unwrap_or(0);
-                if !self.store(msg[start..].to_vec()).await {
+                // Bare records have no acknowledgement at all: nothing to
+                // answer, only to log.
+                if self.store(msg[start..].to_vec()).await.is_none() {
                     tracing::error!(device = %self.config.name, "a bare-record message could not be stored");
                 }
             }
         }
     }
 
-    /// Appends one complete message; true once it is durable.
-    async fn store(&self, data: Vec<u8>) -> bool {
+    /// Appends one complete message; the spool's proof once it is durable.
+    async fn store(&self, data: Vec<u8>) -> Option<Committed> {
         let charset = self.charset();
         let parsed = AstmMessage::parse(&data, charset);
         let mut metadata = BTreeMap::new();
@@ -346,16 +353,16 @@ impl AstmAdapter {
                 }
                 tracing::info!(device = %self.config.name, lane = %lane, size = c.size(), duplicate = c.is_duplicate(),
                     upload = c.upload_id(), "ASTM message spooled");
-                true
+                Some(c)
             }
             Ok(Err(e)) => {
                 self.metrics.refused(e.reason());
                 tracing::error!(device = %self.config.name, error = %e, "spool refused an ASTM message; the final frame is NAKed");
-                false
+                None
             }
             Err(e) => {
                 tracing::error!(device = %self.config.name, error = %e, "ASTM store task failed");
-                false
+                None
             }
         }
     }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, watch};
 use yilian_codecs::ecg::{ModemMode, ModemReceiver, ScpFramer, TransferEvent, read_scp};
-use yilian_spool::{Lane, NewItem, Spool};
+use yilian_spool::{Committed, Lane, NewItem, Spool};
 
 use super::serial;
 use crate::config::{EcgSerialProtocol, EcgSerialSection};
@@ -134,8 +134,10 @@ impl EcgSerialAdapter {
                         } else {
                             data
                         };
-                        let stored = self.store(data, name).await;
-                        rx.commit(stored, Instant::now());
+                        match self.store(data, name).await {
+                            Some(proof) => rx.stored(&proof, Instant::now()),
+                            None => rx.not_stored(Instant::now()),
+                        }
                     }
                     TransferEvent::Aborted { reason } => {
                         tracing::warn!(device = %self.config.name, reason,
@@ -175,7 +177,10 @@ impl EcgSerialAdapter {
     }
 
     /// Stores one record or file; true once it is durable.
-    async fn store(&self, data: Vec<u8>, name: Option<String>) -> bool {
+    /// Appends one record or file; the spool's proof once it is durable.
+    /// Raw records on a serial line have no acknowledgement at all, so
+    /// their callers only log a failure.
+    async fn store(&self, data: Vec<u8>, name: Option<String>) -> Option<Committed> {
         let d = describe_bytes(&data, Profile::Ecg);
         let lane = if d.stat {
             Lane::Urgent
@@ -204,17 +209,17 @@ impl EcgSerialAdapter {
                     tracing::warn!(device = %self.config.name, upload = c.upload_id(), reason = %q.reason,
                         "ECG quarantined: stored and sent to central marked for review, not to the reading system");
                 }
-                true
+                Some(c)
             }
             Ok(Err(e)) => {
                 self.metrics.refused(e.reason());
                 tracing::error!(device = %self.config.name, error = %e,
                     "spool refused an ECG; a file transfer is cancelled so the cart reports it");
-                false
+                None
             }
             Err(e) => {
                 tracing::error!(device = %self.config.name, error = %e, "ECG store task failed");
-                false
+                None
             }
         }
     }

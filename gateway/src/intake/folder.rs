@@ -245,7 +245,7 @@ impl FolderIntake {
         }
         let committed = writer.commit()?;
         // Only now, with the commit proof, may the file leave the folder.
-        self.dispose(path, &name, committed.upload_id())?;
+        self.dispose(path, &name, &committed)?;
         if !committed.is_duplicate() {
             self.metrics
                 .accepted("folder", &self.config.name, committed.size());
@@ -267,7 +267,15 @@ impl FolderIntake {
         Ok(())
     }
 
-    fn dispose(&self, path: &Path, name: &str, upload_id: &str) -> Result<(), IntakeError> {
+    /// Deletes or archives a file the spool holds: the folder's "stored"
+    /// answer to the device that wrote it, so it needs the spool's proof.
+    fn dispose(
+        &self,
+        path: &Path,
+        name: &str,
+        proof: &impl yilian_proof::Durable,
+    ) -> Result<(), IntakeError> {
+        let upload_id = proof.durable_id();
         let io = |context| move |source| IntakeError::Io { context, source };
         match (self.config.after, &self.config.archive_dir) {
             (AfterIntake::Archive, Some(archive)) => {

@@ -17,10 +17,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use yilian_codecs::hl7::escape::unescape;
 use yilian_codecs::hl7::{
-    AckCode, AckMode, Charset, ErrorInfo, Message, build_ack, decode, encode,
+    AckMode, Charset, ErrorInfo, Message, Verdict, build_ack, decode, encode,
 };
 use yilian_codecs::mllp::{self, MllpDecoder, MllpError};
-use yilian_spool::{Lane, NewItem, Spool, SpoolError};
+use yilian_spool::{Committed, Lane, NewItem, Spool, SpoolError};
 
 use crate::config::{Hl7Peer, Hl7Section};
 use crate::governor::{AcceptErrors, Governor, Ticket};
@@ -37,7 +37,8 @@ pub struct MllpListener {
 
 /// What happened to one message, for its acknowledgement.
 enum Outcome {
-    Stored,
+    /// On stable storage: the spool's proof, which the ACK needs.
+    Stored(Committed),
     Malformed(ErrorInfo),
     Refused(ErrorInfo),
 }
@@ -209,22 +210,19 @@ impl MllpListener {
             }),
             Ok(()) => self.store(bytes, &message, &decoded, settings).await,
         };
-        let (code, error) = match (&outcome, mode) {
-            (Outcome::Stored, AckMode::Original) => (AckCode::AA, None),
-            (Outcome::Stored, AckMode::Enhanced { .. }) => (AckCode::CA, None),
-            (Outcome::Malformed(e), AckMode::Original) => (AckCode::AE, Some(e)),
-            (Outcome::Malformed(e), AckMode::Enhanced { .. }) => (AckCode::CE, Some(e)),
-            (Outcome::Refused(e), AckMode::Original) => (AckCode::AR, Some(e)),
-            (Outcome::Refused(e), AckMode::Enhanced { .. }) => (AckCode::CR, Some(e)),
+        let verdict = match &outcome {
+            Outcome::Stored(proof) => Verdict::Stored(proof),
+            Outcome::Malformed(e) => Verdict::Malformed(e),
+            Outcome::Refused(e) => Verdict::Refused(e),
         };
-        if let (Outcome::Malformed(e), _) = (&outcome, mode) {
+        if let Outcome::Malformed(e) = &outcome {
             self.metrics.refused("malformed");
             if let Some(held) = self.warn_limit.admit(peer.ip()) {
                 tracing::warn!(listener = %self.config.name, %peer, code = e.code, reason = %e.text, held_back = held,
                     "HL7 message refused as malformed");
             }
         }
-        let success = matches!(outcome, Outcome::Stored);
+        let success = matches!(outcome, Outcome::Stored(_));
         let send = match mode {
             AckMode::Original => true,
             AckMode::Enhanced { accept, .. } => {
@@ -234,7 +232,7 @@ impl MllpListener {
         if !send {
             return None;
         }
-        let ack = build_ack(&message, code, error, &ack_control_id(), &timestamp());
+        let ack = build_ack(&message, verdict, &ack_control_id(), &timestamp());
         Some(mllp::encode(&encode(&ack, decoded.charset)))
     }
 
@@ -291,7 +289,7 @@ impl MllpListener {
                     size = committed.size(), duplicate = committed.is_duplicate(), upload = committed.upload_id(),
                     "HL7 message spooled"
                 );
-                Outcome::Stored
+                Outcome::Stored(committed)
             }
             Ok(Err(e)) => {
                 self.metrics.refused(e.reason());
@@ -363,10 +361,6 @@ fn too_long_ack(head: &[u8], max: usize) -> Option<Vec<u8>> {
     let msh = decoded.text.split(['\r', '\n']).next()?;
     let message = Message::parse(msh).ok()?;
     message.require_header().ok()?;
-    let code = match AckMode::of(&message) {
-        AckMode::Original => AckCode::AR,
-        AckMode::Enhanced { .. } => AckCode::CR,
-    };
     let error = ErrorInfo {
         location: "MSH".into(),
         code: 207,
@@ -377,8 +371,7 @@ fn too_long_ack(head: &[u8], max: usize) -> Option<Vec<u8>> {
     };
     let ack = build_ack(
         &message,
-        code,
-        Some(&error),
+        Verdict::Refused(&error),
         &ack_control_id(),
         &timestamp(),
     );

@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+use yilian_proof::Durable;
 
 use bytes::Bytes;
 
@@ -9,12 +10,22 @@ use super::{UploadError, body_name, validate_offer};
 use crate::messages::{Accept, Committed, Envelope, Offer, RejectReason, Rejected, envelope::Body};
 
 /// What central already holds for an offered upload, as the driver found it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeldState {
+#[derive(Clone, Copy)]
+pub enum HeldState<'a> {
     /// Nothing or a prefix of `offset` bytes.
     Partial(u64),
-    /// This upload is already committed (a retry after a lost COMMITTED).
-    Committed,
+    /// This upload is already committed (a retry after a lost COMMITTED),
+    /// with the store's proof of it.
+    Committed(&'a dyn Durable),
+}
+
+impl std::fmt::Debug for HeldState<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeldState::Partial(n) => write!(f, "Partial({n})"),
+            HeldState::Committed(p) => write!(f, "Committed({})", p.durable_id()),
+        }
+    }
 }
 
 /// What the driver must do.
@@ -144,7 +155,7 @@ impl UploadReceiver {
     }
 
     /// The driver's answer to [`ReceiverEvent::Offered`].
-    pub fn held(&mut self, held: HeldState) -> Result<(), UploadError> {
+    pub fn held(&mut self, held: HeldState<'_>) -> Result<(), UploadError> {
         if !matches!(self.state, State::Lookup) {
             return Err(UploadError::Unexpected {
                 got: "held()",
@@ -155,7 +166,7 @@ impl UploadReceiver {
             return Err(UploadError::InvalidOffer("no offer"));
         };
         match held {
-            HeldState::Committed => {
+            HeldState::Committed(_proof) => {
                 let env = committed_envelope(offer);
                 self.transmits.push_back(env);
                 self.state = State::Done;
@@ -176,8 +187,16 @@ impl UploadReceiver {
         Ok(())
     }
 
-    /// The driver stored the item durably.
-    pub fn committed(&mut self) -> Result<(), UploadError> {
+    /// The driver stored the item durably: COMMITTED, which only the
+    /// store's proof can produce.
+    ///
+    /// ```compile_fail
+    /// # use yilian_protocol::upload::UploadReceiver;
+    /// # fn f(rx: &mut UploadReceiver) {
+    /// rx.committed(&"stored, honest"); // a string is no proof
+    /// # }
+    /// ```
+    pub fn committed(&mut self, _proof: &impl Durable) -> Result<(), UploadError> {
         let Some(offer) = self.verifying_offer()? else {
             return Ok(());
         };

@@ -4,6 +4,14 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// The simulated store's proof of a commit.
+struct SimProof;
+impl yilian_proof::Durable for SimProof {
+    fn durable_id(&self) -> &str {
+        "sim"
+    }
+}
+
 use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -138,7 +146,7 @@ fn run_scenario(seed: u64, size: usize, cut_probability: f64) -> Stats {
                     match ev {
                         ReceiverEvent::Offered(o) => {
                             let held = if store.committed.is_some() {
-                                HeldState::Committed
+                                HeldState::Committed(&SimProof)
                             } else {
                                 HeldState::Partial(store.partial.len() as u64)
                             };
@@ -154,7 +162,7 @@ fn run_scenario(seed: u64, size: usize, cut_probability: f64) -> Stats {
                             {
                                 store.committed = Some(std::mem::take(&mut store.partial));
                                 store.commits += 1;
-                                rx.committed().expect("verifying");
+                                rx.committed(&SimProof).expect("verifying");
                             } else {
                                 store.partial.clear();
                                 rx.reject(RejectReason::HashMismatch, "torn partial", true);
@@ -230,7 +238,7 @@ fn retry_after_lost_committed_is_answered_from_the_store() {
     };
     rx.handle_message(env, now).expect("ok");
     assert!(matches!(rx.poll_event(), Some(ReceiverEvent::Offered(_))));
-    rx.held(HeldState::Committed).expect("lookup");
+    rx.held(HeldState::Committed(&SimProof)).expect("lookup");
     let reply = rx.poll_transmit().expect("committed");
     tx.handle_message(reply, now).expect("ok");
     assert_eq!(tx.outcome(), Some(&UploadOutcome::Committed));
@@ -341,7 +349,7 @@ proptest::proptest! {
                 match ev {
                     ReceiverEvent::Offered(o) => { let _ = rx.held(HeldState::Partial(o.size / 2)); }
                     ReceiverEvent::Data { .. } => {}
-                    ReceiverEvent::Complete => { let _ = rx.committed(); }
+                    ReceiverEvent::Complete => { let _ = rx.committed(&SimProof); }
                 }
             }
             while rx.poll_transmit().is_some() {}
@@ -364,7 +372,7 @@ proptest::proptest! {
             while let Some(ev) = rx.poll_event() {
                 match ev {
                     ReceiverEvent::Offered(o) => { let _ = rx.held(HeldState::Partial(n.min(o.size))); }
-                    ReceiverEvent::Complete => { let _ = rx.committed(); }
+                    ReceiverEvent::Complete => { let _ = rx.committed(&SimProof); }
                     ReceiverEvent::Data { .. } => {}
                 }
             }

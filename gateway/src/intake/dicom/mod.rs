@@ -767,7 +767,7 @@ impl DicomAdapter {
                 }
                 tracing::debug!(device = %self.config.name, calling_ae = %calling, %lane, size = c.size(),
                     upload = c.upload_id(), duplicate = c.is_duplicate(), "DICOM instance spooled");
-                (answer(status::SUCCESS, None), true)
+                ((inst.context_id, r.stored_response(&c).encode()), true)
             }
             Ok(Err(e)) => self.refused_at_commit(&e.to_string(), e.reason(), calling, answer),
             Err(e) => self.refused_at_commit(&e.to_string(), "io", calling, answer),
