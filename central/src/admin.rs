@@ -15,7 +15,7 @@ use yilian_protocol::messages::{
 };
 
 use crate::fleet::{FleetError, Issued};
-use crate::server::{Shared, close};
+use crate::shared::{Shared, close};
 
 /// A connection without a certificate gets this long for its one request.
 const ANONYMOUS_TIMEOUT: Duration = Duration::from_secs(30);

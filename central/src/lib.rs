@@ -22,6 +22,7 @@ pub mod pacs;
 pub mod registry;
 pub mod server;
 pub mod service;
+pub mod shared;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -49,7 +50,7 @@ pub struct Running {
 impl Running {
     pub async fn shutdown(self) {
         self.endpoint
-            .close(server::close::SHUTDOWN.into(), b"central shutting down");
+            .close(shared::close::SHUTDOWN.into(), b"central shutting down");
         let _ = self.stop.send(true);
         let _ = self.task.await;
         self.endpoint.wait_idle().await;
@@ -102,7 +103,7 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding the metrics listener on {}", config.metrics.listen))?;
 
-    let mut shared = server::Shared::new(
+    let mut shared = shared::Shared::new(
         store.clone(),
         metrics.clone(),
         config.server.max_upload_bytes,

@@ -11,6 +11,7 @@
 //!   beside dcmtk `storescp` (writes files, no fsync) and Orthanc on the
 //!   same files.
 
+pub use crate::report::Report;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -33,35 +34,6 @@ pub struct BenchOptions {
 
 /// The benchmark groups, in the order they run.
 pub const GROUPS: [&str; 6] = ["spool", "hl7", "upload", "dicom", "large", "link"];
-
-#[derive(Default)]
-pub struct Report {
-    rows: Vec<(String, String, String)>,
-    charts: Vec<(String, crate::plot::Chart)>,
-}
-
-impl Report {
-    pub fn row(&mut self, what: &str, figure: String, anchor: String) {
-        println!("{what:<52} {figure:<28} {anchor}");
-        self.rows.push((what.to_owned(), figure, anchor));
-    }
-
-    pub fn chart(&mut self, file: &str, chart: crate::plot::Chart) {
-        self.charts.push((file.to_owned(), chart));
-    }
-
-    pub fn charts(&self) -> &[(String, crate::plot::Chart)] {
-        &self.charts
-    }
-
-    pub fn markdown(&self) -> String {
-        let mut s = String::from("| benchmark | figure | anchor (same run) |\n|---|---|---|\n");
-        for (a, b, c) in &self.rows {
-            s.push_str(&format!("| {a} | {b} | {c} |\n"));
-        }
-        s
-    }
-}
 
 pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
     let mut report = Report::default();
@@ -352,14 +324,6 @@ async fn dicom_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Re
     Ok(())
 }
 
-/// Peak resident memory of a process (`VmHWM`), in bytes.
-pub fn peak_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// A 2 GiB multi-frame instance streamed into the real gateway process:
 /// its peak RSS shows that memory does not grow with the instance.
 async fn large_instance_bench(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<()> {
@@ -401,9 +365,9 @@ async fn large_instance_bench(dir: &std::path::Path, report: &mut Report) -> any
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let idle = peak_rss(gateway.id()).unwrap_or(0);
+    let idle = crate::procs::peak_rss_of(gateway.id()).unwrap_or(0);
     let took = timed_storescu(listen, "YILIAN_GW", vec![file.clone()], 1).await?;
-    let peak = peak_rss(gateway.id()).unwrap_or(0);
+    let peak = crate::procs::peak_rss_of(gateway.id()).unwrap_or(0);
     drop(gateway);
     let _ = std::fs::remove_file(&file);
     report.row(

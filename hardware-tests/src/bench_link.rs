@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::bench::Report;
 use crate::clinic::{Clinic, HUB_NAME};
 use crate::plot::{Chart, Series};
+use crate::report::Report;
 use crate::wan::{HUB_ADDR, Profile};
 
 pub struct LinkOptions {
@@ -356,7 +356,7 @@ fn outage(dir: &Path, opts: &LinkOptions, report: &mut Report) -> anyhow::Result
         .up()
         .bytes_in
         .load(std::sync::atomic::Ordering::Relaxed) as f64;
-    let rss = crate::bench::peak_rss(clinic.gateway.id()).unwrap_or(0);
+    let rss = crate::procs::peak_rss_of(clinic.gateway.id()).unwrap_or(0);
     let cpu = cpu_seconds(clinic.gateway.id());
     let (c, r, fb) = (
         cut_at.unwrap_or(0.0),

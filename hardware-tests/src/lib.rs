@@ -43,6 +43,7 @@ pub mod orthanc;
 pub mod plot;
 pub mod procs;
 pub mod relay;
+pub mod report;
 pub mod scrape;
 pub mod units;
 pub mod wan;

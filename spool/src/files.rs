@@ -1,82 +1,30 @@
 //! Payload files: streaming writes that hash as they go, the fsync sequence
 //! that makes a payload durable, and reads for the uplink.
 
+use crate::disk::new_upload_id;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use sha2::{Digest, Sha256};
 
 use crate::SpoolError;
+use crate::item::InsertRow;
 use crate::item::{Committed, NewItem};
-use crate::spool::Spool;
-use crate::writer::InsertRow;
+use crate::shared::Shared;
 
 /// Payload bytes held in memory before they go to the file. Larger writes
 /// go straight through, so an adapter handing over big pieces has them in
 /// the page cache as they arrive rather than all at the commit.
 const WRITE_BUFFER: usize = 256 * 1024;
 
-/// Fsyncs a directory so that a name created, renamed or removed inside it
-/// is durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| SpoolError::io("fsync directory", dir, e))
-}
-
-/// Creates `dir` and its missing parents with mode 0700, whatever the
-/// umask: spool and data directories hold patient data. An existing
-/// directory is left as it is (an administrator may have shared it on
-/// purpose).
-pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    // `mode` is filtered by the umask; say it again.
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-}
-
-/// Opens options for a new file readable by its owner only.
-pub(crate) fn private_file() -> OpenOptions {
-    let mut o = OpenOptions::new();
-    o.mode(0o600);
-    o
-}
-
-/// Makes the index and its journal files owner-only: SQLite creates them
-/// with the process's umask (0644 when started from a shell).
-pub(crate) fn make_private(dir: &Path) -> Result<(), SpoolError> {
-    for name in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
-        let path = dir.join(name);
-        match fs::metadata(&path) {
-            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-                    .map_err(|e| SpoolError::io("restrict permissions of", &path, e))?;
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(SpoolError::io("stat", &path, e)),
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn new_upload_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    hex::encode(bytes)
-}
-
 /// Streams one payload into the spool. Nothing is visible to the uplink
 /// until [`SpoolWriter::commit`] returns; dropping the writer discards it.
 pub struct SpoolWriter {
-    spool: Spool,
+    shared: Arc<Shared>,
     item: NewItem,
     upload_id: String,
     hasher: Sha256,
@@ -92,11 +40,11 @@ pub struct SpoolWriter {
 }
 
 impl SpoolWriter {
-    pub(crate) fn new(spool: Spool, item: NewItem) -> Result<Self, SpoolError> {
-        spool.check_room(0)?;
+    pub(crate) fn new(shared: Arc<Shared>, item: NewItem) -> Result<Self, SpoolError> {
+        shared.check_room(0)?;
         Ok(Self {
             counted: 0,
-            spool,
+            shared,
             item,
             upload_id: new_upload_id(),
             hasher: Sha256::new(),
@@ -148,12 +96,12 @@ impl SpoolWriter {
                 detail: "written after it was synced".into(),
             });
         }
-        self.spool.check_room(self.written + data.len() as u64)?;
+        self.shared.check_room(self.written + data.len() as u64)?;
         let written = self.write_file(data);
         if let Err(SpoolError::Io { source, .. }) = &written
             && crate::capacity::is_no_space(source)
         {
-            self.spool
+            self.shared
                 .out_of_space("a payload write found the filesystem full");
         }
         written
@@ -163,7 +111,7 @@ impl SpoolWriter {
         self.hasher.update(data);
         self.written += data.len() as u64;
         if self.file.is_none()
-            && self.memory.len() + data.len() <= self.spool.config().inline_threshold
+            && self.memory.len() + data.len() <= self.shared.config.inline_threshold
         {
             self.memory.extend_from_slice(data);
             return Ok(());
@@ -173,7 +121,7 @@ impl SpoolWriter {
             // name is already durable: no rename and no directory fsync
             // stand between the bytes and the acknowledgement. A file
             // without an index row is an orphan that the next open removes.
-            let (id, path) = self.spool.blank_payload()?;
+            let (id, path) = self.shared.blank_payload()?;
             self.upload_id = id;
             let f = OpenOptions::new()
                 .write(true)
@@ -228,7 +176,7 @@ impl SpoolWriter {
                 if let SpoolError::Io { source, .. } = &e
                     && crate::capacity::is_no_space(source)
                 {
-                    self.spool
+                    self.shared
                         .out_of_space("a payload sync found the filesystem full");
                 }
                 self.failed = Some(e.to_string());
@@ -254,20 +202,20 @@ impl SpoolWriter {
             inline,
             payload_path,
         };
-        self.spool.insert(row)
+        self.shared.insert(row)
     }
 }
 
 impl SpoolWriter {
     fn count(&mut self, n: u64) {
         self.counted += n;
-        self.spool.usage().writing.fetch_add(n, Ordering::SeqCst);
+        self.shared.usage().writing.fetch_add(n, Ordering::SeqCst);
     }
 }
 
 impl Drop for SpoolWriter {
     fn drop(&mut self) {
-        self.spool
+        self.shared
             .usage()
             .writing
             .fetch_sub(self.counted, Ordering::SeqCst);

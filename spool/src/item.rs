@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 
 /// Priority lane. Mirrors the wire protocol's lanes; the spool keeps its own
 /// type so that it depends on nothing else in the workspace.
@@ -221,4 +222,16 @@ pub struct SpoolStats {
     /// Whether the disk reserve is in place (released when the disk ran out).
     pub reserve_held: bool,
     pub refusing: bool,
+}
+
+/// A payload ready to be indexed: what the writer thread inserts.
+pub(crate) struct InsertRow {
+    pub upload_id: String,
+    pub item: NewItem,
+    pub size: u64,
+    pub sha256: [u8; 32],
+    pub inline: Option<Vec<u8>>,
+    /// The payload file already synced in place, removed again if the
+    /// insert is refused or turns out to be a duplicate.
+    pub payload_path: Option<PathBuf>,
 }

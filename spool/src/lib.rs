@@ -22,11 +22,13 @@
 
 mod capacity;
 mod config;
+mod disk;
 mod error;
 mod files;
 mod item;
 mod queries;
 mod schema;
+mod shared;
 mod spool;
 mod writer;
 
@@ -41,4 +43,4 @@ pub use spool::{Spool, requeue_in};
 
 /// Creates a directory, and its missing parents, readable by its owner
 /// only, whatever the umask: spool and data directories hold patient data.
-pub use files::create_private_dir;
+pub use disk::create_private_dir;

@@ -1,10 +1,10 @@
 //! Read queries shared by the writer thread and read-only inspection.
 
 use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::BTreeMap;
 
 use crate::SpoolError;
 use crate::item::{ItemState, ItemSummary, Lane, LaneStats, Lease, SpoolStats};
-use crate::writer::parse_metadata;
 
 fn sha_array(v: &[u8]) -> [u8; 32] {
     let mut a = [0u8; 32];
@@ -145,4 +145,8 @@ fn query_items(
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(crate) fn parse_metadata(json: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(json).unwrap_or_default()
 }

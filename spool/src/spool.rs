@@ -1,11 +1,11 @@
 //! The public handle.
 
+use crate::disk::now_ms;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, SyncSender};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::mpsc;
 
 use rusqlite::params;
 
@@ -15,34 +15,15 @@ use crate::files::{Payload, SpoolWriter};
 use crate::item::{
     Committed, ItemSummary, Lane, Lease, NackOutcome, NewItem, PayloadRef, SpoolStats,
 };
-use crate::writer::{InsertRow, Op, Reply, Request, Usage, Writer};
+use crate::shared::Shared;
+use crate::writer::{Op, Reply, Request, Usage, Writer};
 use crate::{SpoolError, queries, schema};
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Payload files created ahead per directory fsync.
-const BLANKS_PER_BATCH: usize = 16;
-
-struct Inner {
-    config: SpoolConfig,
-    payload_dir: PathBuf,
-    /// Upload ids whose payload files exist, empty, with durable names.
-    blanks: std::sync::Mutex<Vec<String>>,
-    tx: SyncSender<Request>,
-    usage: Arc<Usage>,
-    capacity: Arc<Capacity>,
-}
 
 /// A handle to an open spool; cheap to clone, usable from many threads.
 /// All methods block: call them from a blocking context.
 #[derive(Clone)]
 pub struct Spool {
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -64,7 +45,7 @@ impl Spool {
         let dir = config.dir.clone();
         let payload_dir = dir.join("payload");
         for d in [&dir, &payload_dir] {
-            crate::files::create_private_dir(d)
+            crate::disk::create_private_dir(d)
                 .map_err(|e| SpoolError::io("create spool directory", d, e))?;
         }
         let capacity = Arc::new(Capacity::new(
@@ -82,9 +63,9 @@ impl Spool {
         }
         // The directories' own entries must be durable before anything in
         // them is acknowledged: payload commits only fsync `payload/`.
-        crate::files::sync_dir(&dir)?;
+        crate::disk::sync_dir(&dir)?;
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            crate::files::sync_dir(parent)?;
+            crate::disk::sync_dir(parent)?;
         }
         // Spools written by earlier versions staged payloads in `tmp/`.
         let legacy_tmp = dir.join("tmp");
@@ -106,7 +87,7 @@ impl Spool {
             }
             other => other?,
         };
-        crate::files::make_private(&dir)?;
+        crate::disk::make_private(&dir)?;
         let released = conn.execute("UPDATE items SET state = 0 WHERE state = 1", [])?;
         let (orphans, missing) = reconcile_payloads(&conn, &payload_dir)?;
         if removed_partial + released + orphans + missing > 0 {
@@ -150,7 +131,7 @@ impl Spool {
             .spawn(move || writer.run(rx))
             .map_err(|e| SpoolError::io("start spool writer thread", &dir, e))?;
         Ok(Spool {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Shared {
                 config,
                 payload_dir,
                 blanks: std::sync::Mutex::new(Vec::new()),
@@ -165,92 +146,6 @@ impl Spool {
         &self.inner.config
     }
 
-    /// An upload id whose payload file already exists, empty, under a name
-    /// that is durable. Created a batch at a time with one directory fsync
-    /// for the batch, so a payload's commit needs only its own data sync,
-    /// not a directory fsync each. Unused ones have no index row and go at
-    /// the next open like any orphan.
-    pub(crate) fn blank_payload(&self) -> Result<(String, PathBuf), SpoolError> {
-        let mut blanks = self.inner.blanks.lock().unwrap_or_else(|p| p.into_inner());
-        if blanks.is_empty() {
-            // Handed out only once the directory fsync made every name in
-            // the batch durable; a failed batch leaves orphans for the next
-            // open, never a file whose name could vanish.
-            let mut batch = Vec::with_capacity(BLANKS_PER_BATCH);
-            for _ in 0..BLANKS_PER_BATCH {
-                let id = crate::files::new_upload_id();
-                let path = self.inner.payload_dir.join(&id);
-                crate::files::private_file()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(|e| SpoolError::io("create payload file", &path, e))?;
-                batch.push(id);
-            }
-            crate::files::sync_dir(&self.inner.payload_dir)?;
-            *blanks = batch;
-        }
-        let id = blanks.pop().ok_or_else(|| {
-            SpoolError::io(
-                "create payload file",
-                &self.inner.payload_dir,
-                std::io::Error::other("no payload file"),
-            )
-        })?;
-        let path = self.inner.payload_dir.join(&id);
-        Ok((id, path))
-    }
-
-    fn call(&self, op: Op) -> Result<Reply, SpoolError> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.inner
-            .tx
-            .send(Request { op, reply: tx })
-            .map_err(|_| SpoolError::Closed)?;
-        rx.recv().map_err(|_| SpoolError::Closed)?
-    }
-
-    /// Refuses early when adding `extra` bytes would pass the high mark.
-    pub(crate) fn check_room(&self, extra: u64) -> Result<(), SpoolError> {
-        let used = self.inner.usage.used.load(Ordering::SeqCst);
-        let writing = self.inner.usage.writing.load(Ordering::SeqCst);
-        let refusing = self.inner.usage.refusing.load(Ordering::SeqCst);
-        // Payloads being written are on the disk (missing from its free
-        // space) but not yet in `used`: held, so not charged twice.
-        let quota = self.inner.capacity.effective_quota(used + writing);
-        let (high, low) = self.inner.config.marks(quota);
-        // While refusing, the writer thread decides (it may evict delivered
-        // items first), so only the plain size check refuses here.
-        if !refusing && used + extra > high {
-            self.inner.usage.refusing.store(true, Ordering::SeqCst);
-            return Err(SpoolError::Full {
-                used,
-                high_mark: high,
-                low_mark: low,
-                by_disk: self.inner.capacity.limited_by_disk(),
-            });
-        }
-        Ok(())
-    }
-
-    pub(crate) fn usage(&self) -> &Usage {
-        &self.inner.usage
-    }
-
-    /// A write found the filesystem full: give the reserve back so the
-    /// index can go on recording deliveries and evictions.
-    pub(crate) fn out_of_space(&self, what: &str) {
-        self.inner.capacity.release_reserve(what);
-    }
-
-    pub(crate) fn insert(&self, row: InsertRow) -> Result<Committed, SpoolError> {
-        match self.call(Op::Insert(row))? {
-            Reply::Committed(c) => Ok(c),
-            Reply::Refused(e) => Err(e),
-            _ => Err(SpoolError::Closed),
-        }
-    }
-
     /// Stores a payload held in memory. Returns after it is durable.
     pub fn append(&self, item: NewItem, payload: &[u8]) -> Result<Committed, SpoolError> {
         let mut w = self.writer(item)?;
@@ -260,14 +155,14 @@ impl Spool {
 
     /// Starts a streaming append for a payload too large for memory.
     pub fn writer(&self, item: NewItem) -> Result<SpoolWriter, SpoolError> {
-        SpoolWriter::new(self.clone(), item)
+        SpoolWriter::new(self.inner.clone(), item)
     }
 
     /// Leases the oldest ready item of the first lane in `lanes` that has one.
     pub fn lease(&self, lanes: &[Lane]) -> Result<Option<Lease>, SpoolError> {
         let now_ms = now_ms();
         for &lane in lanes {
-            if let Reply::Lease(Some(l)) = self.call(Op::Lease { lane, now_ms })? {
+            if let Reply::Lease(Some(l)) = self.inner.call(Op::Lease { lane, now_ms })? {
                 return Ok(Some(l));
             }
         }
@@ -307,24 +202,25 @@ impl Spool {
 
     /// Central committed the item: mark it delivered.
     pub fn ack(&self, lease: Lease) -> Result<(), SpoolError> {
-        self.call(Op::Ack {
-            id: lease.id,
-            now_ms: now_ms(),
-        })
-        .map(|_| ())
+        self.inner
+            .call(Op::Ack {
+                id: lease.id,
+                now_ms: now_ms(),
+            })
+            .map(|_| ())
     }
 
     /// The attempt failed through no fault of the item (link down): ready
     /// again at once, no attempt counted.
     pub fn release(&self, lease: Lease) -> Result<(), SpoolError> {
-        self.call(Op::Release { id: lease.id }).map(|_| ())
+        self.inner.call(Op::Release { id: lease.id }).map(|_| ())
     }
 
     /// The attempt failed because of the item (central rejected it): retry
     /// with backoff, and dead-letter it after `max_attempts`. Other items
     /// keep flowing meanwhile.
     pub fn nack(&self, lease: Lease, error: &str) -> Result<NackOutcome, SpoolError> {
-        match self.call(Op::Nack {
+        match self.inner.call(Op::Nack {
             id: lease.id,
             error: error.to_owned(),
             now_ms: now_ms(),
@@ -343,27 +239,29 @@ impl Spool {
         delay: std::time::Duration,
         reason: &str,
     ) -> Result<(), SpoolError> {
-        self.call(Op::Defer {
-            id: lease.id,
-            until_ms: now_ms() + delay.as_millis() as i64,
-            error: reason.to_owned(),
-        })
-        .map(|_| ())
+        self.inner
+            .call(Op::Defer {
+                id: lease.id,
+                until_ms: now_ms() + delay.as_millis() as i64,
+                error: reason.to_owned(),
+            })
+            .map(|_| ())
     }
 
     /// Central refused the item for good (too large, invalid): set it aside
     /// for an operator at once.
     pub fn dead_letter(&self, lease: Lease, reason: &str) -> Result<(), SpoolError> {
-        self.call(Op::Kill {
-            id: lease.id,
-            error: reason.to_owned(),
-        })
-        .map(|_| ())
+        self.inner
+            .call(Op::Kill {
+                id: lease.id,
+                error: reason.to_owned(),
+            })
+            .map(|_| ())
     }
 
     /// Dead-lettered items, newest first.
     pub fn dead_letters(&self, limit: u32) -> Result<Vec<ItemSummary>, SpoolError> {
-        match self.call(Op::List {
+        match self.inner.call(Op::List {
             dead_only: true,
             limit,
         })? {
@@ -374,12 +272,12 @@ impl Spool {
 
     /// Puts a dead-lettered item back in its lane with a fresh attempt count.
     pub fn requeue(&self, id: i64) -> Result<(), SpoolError> {
-        self.call(Op::Requeue { id }).map(|_| ())
+        self.inner.call(Op::Requeue { id }).map(|_| ())
     }
 
     /// Removes delivered items older than the retention. Returns how many.
     pub fn purge_expired(&self) -> Result<u64, SpoolError> {
-        match self.call(Op::Purge { now_ms: now_ms() })? {
+        match self.inner.call(Op::Purge { now_ms: now_ms() })? {
             Reply::Count(n) => Ok(n),
             _ => Err(SpoolError::Closed),
         }
@@ -389,7 +287,7 @@ impl Spool {
     /// filesystem has room for it again (this is called every few seconds).
     pub fn stats(&self) -> Result<SpoolStats, SpoolError> {
         self.inner.capacity.ensure_reserve();
-        match self.call(Op::Stats)? {
+        match self.inner.call(Op::Stats)? {
             Reply::Stats(s) => Ok(s),
             _ => Err(SpoolError::Closed),
         }
@@ -397,7 +295,7 @@ impl Spool {
 
     /// The newest items in any state, newest first.
     pub fn recent(&self, limit: u32) -> Result<Vec<ItemSummary>, SpoolError> {
-        match self.call(Op::List {
+        match self.inner.call(Op::List {
             dead_only: false,
             limit,
         })? {

@@ -2,7 +2,6 @@
 //! transaction commits wait in the channel and are committed together in
 //! the next one: one fsync for many appends (group commit).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,22 +13,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::SpoolError;
 use crate::capacity::{Capacity, is_sqlite_full};
 use crate::config::SpoolConfig;
-use crate::item::{Committed, ItemSummary, Lane, Lease, NackOutcome, NewItem, SpoolStats};
+use crate::item::{Committed, InsertRow, ItemSummary, Lane, Lease, NackOutcome, SpoolStats};
 use crate::queries;
 
 /// Most requests committed in one transaction.
 const MAX_GROUP: usize = 512;
-
-pub(crate) struct InsertRow {
-    pub upload_id: String,
-    pub item: NewItem,
-    pub size: u64,
-    pub sha256: [u8; 32],
-    pub inline: Option<Vec<u8>>,
-    /// The payload file already synced in place, removed again if the
-    /// insert is refused or turns out to be a duplicate.
-    pub payload_path: Option<PathBuf>,
-}
 
 pub(crate) enum Op {
     Insert(InsertRow),
@@ -177,7 +165,7 @@ impl Writer {
         match self.conn.execute_batch("COMMIT") {
             Ok(()) => {
                 if !self.index_files_private {
-                    self.index_files_private = crate::files::make_private(&self.config.dir).is_ok();
+                    self.index_files_private = crate::disk::make_private(&self.config.dir).is_ok();
                 }
                 for path in unlink_after_commit {
                     let _ = fs::remove_file(&path);
@@ -356,7 +344,7 @@ impl Writer {
             return Err(e);
         }
         let metadata = serde_json::to_string(&row.item.metadata).unwrap_or_else(|_| "{}".into());
-        let now_ms = crate::spool::now_ms();
+        let now_ms = crate::disk::now_ms();
         self.conn.execute(
             "INSERT INTO items(upload_id, lane, kind, source, metadata, size, sha256, inline_payload, dedup_key, state, received_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10)",
@@ -485,8 +473,4 @@ impl Writer {
         )?;
         Ok(NackOutcome::RetryIn(delay))
     }
-}
-
-pub(crate) fn parse_metadata(json: &str) -> BTreeMap<String, String> {
-    serde_json::from_str(json).unwrap_or_default()
 }

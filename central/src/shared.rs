@@ -1,0 +1,176 @@
+//! What every connection shares: the store, the metrics, the fleet, the
+//! live connection of each box, the locks that keep a resumed upload from
+//! racing its predecessor, and which boxes are watched. The QUIC driver
+//! (`server`) and the admin channel (`admin`) both work on it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use yilian_protocol::BoxIdentity;
+use yilian_protocol::messages::Offer;
+
+use crate::fleet::Fleet;
+use crate::metrics::CentralMetrics;
+use crate::store::Store;
+
+/// Application close codes on the connection.
+pub mod close {
+    pub const SUPERSEDED: u32 = 1;
+    pub const VERSION: u32 = 2;
+    pub const PROTOCOL: u32 = 3;
+    pub const SHUTDOWN: u32 = 4;
+    /// The box was revoked by an administrator.
+    pub const REVOKED: u32 = 5;
+}
+
+/// State shared by all connections.
+#[derive(Clone)]
+pub struct Shared {
+    pub store: Store,
+    pub metrics: CentralMetrics,
+    pub max_upload_bytes: u64,
+    /// Whether lab items (HL7, ASTM) are queued for the hospital LIS.
+    pub lis_enabled: bool,
+    /// Whether ECG items are queued for the ECG reading system.
+    pub ecg_enabled: bool,
+    /// Whether DICOM instances are queued for the hospital PACS.
+    pub pacs_enabled: bool,
+    /// Enrollment, renewal, revocation, published configuration.
+    pub fleet: Fleet,
+    /// The live connection of each box: a new one supersedes the old, whose
+    /// streams are then closed at once instead of lingering until the idle
+    /// timeout (the box only ever keeps one).
+    pub(crate) connections: Arc<Mutex<HashMap<BoxIdentity, quinn::Connection>>>,
+    /// One lock per upload in progress, so that a resumed upload cannot
+    /// start while the previous stream's writer is still draining.
+    upload_locks: Arc<Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>>,
+    /// Boxes not watched (revoked, retired): no series, no alerts.
+    unwatched: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Recent takeovers of each box's connection, to tell a clone (two
+    /// boxes with one identity taking turns) from a box reconnecting.
+    takeovers: Arc<Mutex<HashMap<BoxIdentity, Takeovers>>>,
+}
+
+/// When a box's connection was taken over, and from where.
+type Takeovers = Vec<(Instant, SocketAddr)>;
+
+/// Takeovers within this window, from more than one address, mean two
+/// boxes share an identity.
+const CLONE_WINDOW: Duration = Duration::from_secs(60);
+const CLONE_TAKEOVERS: usize = 3;
+
+impl Shared {
+    pub fn new(store: Store, metrics: CentralMetrics, max_upload_bytes: u64, fleet: Fleet) -> Self {
+        Self {
+            store,
+            metrics,
+            max_upload_bytes,
+            fleet,
+            lis_enabled: false,
+            ecg_enabled: false,
+            pacs_enabled: false,
+            connections: Arc::default(),
+            upload_locks: Arc::default(),
+            unwatched: Arc::default(),
+            takeovers: Arc::default(),
+        }
+    }
+
+    /// Whether a box's state is exported (it is neither revoked nor retired).
+    pub fn watched(&self, identity: &BoxIdentity) -> bool {
+        !self
+            .unwatched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&identity.to_string())
+    }
+
+    /// Marks a box unwatched (or watched again) and drops its series.
+    pub fn set_watched(&self, identity: &BoxIdentity, watched: bool) {
+        let mut set = self.unwatched.lock().unwrap_or_else(|p| p.into_inner());
+        if watched {
+            set.remove(&identity.to_string());
+        } else {
+            set.insert(identity.to_string());
+            self.metrics.forget_gateway(identity);
+        }
+    }
+
+    pub fn load_unwatched(&self, ids: std::collections::HashSet<String>) {
+        *self.unwatched.lock().unwrap_or_else(|p| p.into_inner()) = ids;
+    }
+
+    /// Records that a connection from `remote` took over `identity`'s;
+    /// returns the addresses involved when that looks like two boxes with
+    /// one identity.
+    pub(crate) fn takeover(
+        &self,
+        identity: &BoxIdentity,
+        remote: SocketAddr,
+    ) -> Option<Vec<SocketAddr>> {
+        let now = Instant::now();
+        let mut map = self.takeovers.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = map.entry(identity.clone()).or_default();
+        seen.retain(|(t, _)| now.duration_since(*t) < CLONE_WINDOW);
+        seen.push((now, remote));
+        let mut addrs: Vec<SocketAddr> = seen.iter().map(|(_, a)| *a).collect();
+        addrs.sort();
+        addrs.dedup();
+        (seen.len() >= CLONE_TAKEOVERS && addrs.len() > 1).then_some(addrs)
+    }
+
+    /// Where an item of this kind is delivered after central commits it.
+    pub(crate) fn destinations_for(&self, offer: &Offer) -> Vec<&'static str> {
+        let mut d = Vec::new();
+        if self.lis_enabled && matches!(offer.kind.as_str(), "hl7" | "astm") {
+            d.push(crate::lis::DESTINATION);
+        }
+        // Gateways mark ECG records, ECG reports and whatever an ECG
+        // source sent that needs review.
+        if self.ecg_enabled && offer.metadata.contains_key("ecg") {
+            d.push(crate::ecg::DESTINATION);
+        }
+        // DICOM ECGs go to the PACS as well as to the ECG system.
+        if self.pacs_enabled && offer.kind == "dicom" {
+            d.push(crate::pacs::DESTINATION);
+        }
+        d
+    }
+
+    /// Closes a box's live connection, if it has one. Returns whether it had.
+    pub fn disconnect(&self, identity: &BoxIdentity, code: u32, reason: &[u8]) -> bool {
+        let conn = self
+            .connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(identity);
+        if let Some(c) = &conn {
+            c.close(code.into(), reason);
+        }
+        conn.is_some()
+    }
+
+    /// Whether a box has a live connection now.
+    pub fn is_connected(&self, identity: &str) -> bool {
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .any(|k| k.to_string() == identity)
+    }
+
+    pub(crate) fn upload_lock(&self, key: String) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.upload_locks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lock) = map.get(&key).and_then(Weak::upgrade) {
+            return lock;
+        }
+        if map.len() > 1024 {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        map.insert(key, Arc::downgrade(&lock));
+        lock
+    }
+}

@@ -1,0 +1,116 @@
+//! The state an open spool's handles share with the payload writers they
+//! hand out: the writer thread's channel, usage and capacity, and the
+//! payload files created ahead.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, SyncSender};
+
+use crate::SpoolError;
+use crate::capacity::Capacity;
+use crate::config::SpoolConfig;
+use crate::item::{Committed, InsertRow};
+use crate::writer::{Op, Reply, Request, Usage};
+
+/// Payload files created ahead per directory fsync.
+const BLANKS_PER_BATCH: usize = 16;
+
+/// The open spool's state, shared by its handles and by the payload
+/// writers they hand out.
+pub(crate) struct Shared {
+    pub(crate) config: SpoolConfig,
+    pub(crate) payload_dir: PathBuf,
+    /// Upload ids whose payload files exist, empty, with durable names.
+    pub(crate) blanks: std::sync::Mutex<Vec<String>>,
+    pub(crate) tx: SyncSender<Request>,
+    pub(crate) usage: Arc<Usage>,
+    pub(crate) capacity: Arc<Capacity>,
+}
+
+impl Shared {
+    /// An upload id whose payload file already exists, empty, under a name
+    /// that is durable. Created a batch at a time with one directory fsync
+    /// for the batch, so a payload's commit needs only its own data sync,
+    /// not a directory fsync each. Unused ones have no index row and go at
+    /// the next open like any orphan.
+    pub(crate) fn blank_payload(&self) -> Result<(String, PathBuf), SpoolError> {
+        let mut blanks = self.blanks.lock().unwrap_or_else(|p| p.into_inner());
+        if blanks.is_empty() {
+            // Handed out only once the directory fsync made every name in
+            // the batch durable; a failed batch leaves orphans for the next
+            // open, never a file whose name could vanish.
+            let mut batch = Vec::with_capacity(BLANKS_PER_BATCH);
+            for _ in 0..BLANKS_PER_BATCH {
+                let id = crate::disk::new_upload_id();
+                let path = self.payload_dir.join(&id);
+                crate::disk::private_file()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| SpoolError::io("create payload file", &path, e))?;
+                batch.push(id);
+            }
+            crate::disk::sync_dir(&self.payload_dir)?;
+            *blanks = batch;
+        }
+        let id = blanks.pop().ok_or_else(|| {
+            SpoolError::io(
+                "create payload file",
+                &self.payload_dir,
+                std::io::Error::other("no payload file"),
+            )
+        })?;
+        let path = self.payload_dir.join(&id);
+        Ok((id, path))
+    }
+
+    pub(crate) fn call(&self, op: Op) -> Result<Reply, SpoolError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(Request { op, reply: tx })
+            .map_err(|_| SpoolError::Closed)?;
+        rx.recv().map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Refuses early when adding `extra` bytes would pass the high mark.
+    pub(crate) fn check_room(&self, extra: u64) -> Result<(), SpoolError> {
+        let used = self.usage.used.load(Ordering::SeqCst);
+        let writing = self.usage.writing.load(Ordering::SeqCst);
+        let refusing = self.usage.refusing.load(Ordering::SeqCst);
+        // Payloads being written are on the disk (missing from its free
+        // space) but not yet in `used`: held, so not charged twice.
+        let quota = self.capacity.effective_quota(used + writing);
+        let (high, low) = self.config.marks(quota);
+        // While refusing, the writer thread decides (it may evict delivered
+        // items first), so only the plain size check refuses here.
+        if !refusing && used + extra > high {
+            self.usage.refusing.store(true, Ordering::SeqCst);
+            return Err(SpoolError::Full {
+                used,
+                high_mark: high,
+                low_mark: low,
+                by_disk: self.capacity.limited_by_disk(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    /// A write found the filesystem full: give the reserve back so the
+    /// index can go on recording deliveries and evictions.
+    pub(crate) fn out_of_space(&self, what: &str) {
+        self.capacity.release_reserve(what);
+    }
+
+    pub(crate) fn insert(&self, row: InsertRow) -> Result<Committed, SpoolError> {
+        match self.call(Op::Insert(row))? {
+            Reply::Committed(c) => Ok(c),
+            Reply::Refused(e) => Err(e),
+            _ => Err(SpoolError::Closed),
+        }
+    }
+}
