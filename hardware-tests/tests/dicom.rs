@@ -878,7 +878,9 @@ async fn a_ris_order_over_mllp_reaches_the_modality_worklist() {
         .output()
         .expect("mllp_send");
     let ack = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(ack.contains("MSA|AA|ORD0001"), "{ack}");
+    // The RIS asked for enhanced mode (MSH-15 AL, MSH-16 NE): the accept
+    // acknowledgement after the durable commit is CA.
+    assert!(ack.contains("MSA|CA|ORD0001"), "{ack}");
 
     let addr = hub.dicom;
     let out_dir = dir.path().join("find");
