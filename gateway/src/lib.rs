@@ -148,99 +148,19 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
     let wake = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
 
-    // Every configured device has its series from the start, so a device
-    // that never sent is visible (and can alert) before its first item.
-    for (adapter, name) in config
-        .folder
-        .iter()
-        .map(|d| ("folder", &d.name))
-        .chain(config.hl7.iter().map(|d| ("hl7", &d.name)))
-        .chain(config.astm.iter().map(|d| ("astm", &d.name)))
-        .chain(config.dicom.iter().map(|d| ("dicom", &d.name)))
-        .chain(config.ecg_serial.iter().map(|d| ("serial", &d.name)))
-    {
-        metrics.register_device(adapter, name);
-    }
-    for folder in &config.folder {
-        if folder.profile == content::Profile::Ecg {
-            metrics.register_ecg_source(&folder.name);
-        }
-        let intake = intake::folder::FolderIntake {
-            config: folder.clone(),
-            spool: spool.clone(),
-            metrics: metrics.clone(),
-            wake: wake.clone(),
-        };
-        tasks.spawn(intake.run(stop_rx.clone()));
-    }
-    for hl7 in &config.hl7 {
-        let listener = intake::mllp::MllpListener {
-            config: hl7.clone(),
-            spool: spool.clone(),
-            metrics: metrics.clone(),
-            wake: wake.clone(),
-            warn_limit: Default::default(),
-        };
-        let serve = listener.bind(stop_rx.clone()).await.with_context(|| {
-            format!("binding the HL7 listener {:?} on {}", hl7.name, hl7.listen)
-        })?;
-        tasks.spawn(serve);
-    }
-    for device in &config.astm {
-        let adapter = intake::astm::AstmAdapter {
-            config: device.clone(),
-            spool: spool.clone(),
-            metrics: metrics.clone(),
-            wake: wake.clone(),
-        };
-        let serve = adapter
-            .bind(stop_rx.clone())
-            .await
-            .with_context(|| format!("starting the ASTM device {:?}", device.name))?;
-        tasks.spawn(serve);
-    }
-    for node in &config.dicom {
-        let ledger_dir = config.spool.dir.join("commitments").join(&node.name);
-        let ledger = intake::dicom::commitment::Ledger::open(&ledger_dir).with_context(|| {
-            format!(
-                "opening the storage commitment ledger in {}",
-                ledger_dir.display()
-            )
-        })?;
-        tasks.spawn(
-            intake::dicom::commitment::Notifier {
-                config: node.clone(),
-                ledger: ledger.clone(),
-                spool_dir: config.spool.dir.clone(),
-            }
-            .run(stop_rx.clone()),
-        );
-        let adapter = intake::dicom::DicomAdapter {
-            ledger,
-            worklist: worklist.clone(),
-            config: node.clone(),
-            spool: spool.clone(),
-            metrics: metrics.clone(),
-            wake: wake.clone(),
-            warn_limit: Default::default(),
-        };
-        let serve = adapter.bind(stop_rx.clone()).await.with_context(|| {
-            format!(
-                "binding the DICOM listener {:?} on {}",
-                node.name, node.listen
-            )
-        })?;
-        tasks.spawn(serve);
-    }
-    for cart in &config.ecg_serial {
-        metrics.register_ecg_source(&cart.name);
-        let adapter = intake::ecg_serial::EcgSerialAdapter {
-            config: cart.clone(),
-            spool: spool.clone(),
-            metrics: metrics.clone(),
-            wake: wake.clone(),
-        };
-        tasks.spawn(adapter.run(stop_rx.clone()));
+    let shared = intake::Shared {
+        spool: spool.clone(),
+        metrics: metrics.clone(),
+        wake: wake.clone(),
+        worklist: worklist.clone(),
+        spool_dir: config.spool.dir.clone(),
+    };
+    for source in intake::sources(&config, &shared) {
+        // Every configured device has its series from the start, so a
+        // device that never sent is visible (and can alert) before its
+        // first item.
+        metrics.register_device(source.family(), source.name());
+        tasks.spawn(source.start(stop_rx.clone()).await?);
     }
     let reload = Arc::new(Notify::new());
     let uplink = Uplink {

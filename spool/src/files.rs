@@ -61,6 +61,11 @@ impl SpoolWriter {
         self.written
     }
 
+    /// The item's description as it stands.
+    pub fn item(&self) -> &NewItem {
+        &self.item
+    }
+
     /// The item's description, for adapters that learn it from the payload
     /// itself (metadata, lane, dedup key) while streaming it.
     pub fn item_mut(&mut self) -> &mut NewItem {

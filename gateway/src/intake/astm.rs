@@ -15,20 +15,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use yilian_codecs::astm::{AstmLink, AstmMessage, LinkConfig, LinkEvent, OnInterrupt};
 use yilian_codecs::hl7::Charset;
-use yilian_spool::{Committed, Lane, NewItem, Spool};
+use yilian_spool::{Committed, Lane};
 
 use super::serial;
+use super::source::{Intake, Shared, Source, Starting};
 use crate::config::{AstmFraming, AstmSection, AstmTransport};
-use crate::metrics::GatewayMetrics;
 
 pub struct AstmAdapter {
-    pub config: AstmSection,
-    pub spool: Spool,
-    pub metrics: GatewayMetrics,
-    pub wake: Arc<Notify>,
+    config: AstmSection,
+    intake: Intake,
 }
 
 const RECONNECT: Duration = serial::REOPEN;
@@ -37,7 +35,38 @@ const RECONNECT: Duration = serial::REOPEN;
 /// a dead peer is found sooner by keepalive, or by its replacement).
 const SESSION_IDLE: Duration = Duration::from_secs(6 * 3600);
 
+impl Source for AstmAdapter {
+    fn family(&self) -> &'static str {
+        "astm"
+    }
+
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Binds what must be bound before readiness (a TCP listener).
+    fn start(self: Box<Self>, stop: watch::Receiver<bool>) -> Starting {
+        Box::pin(async move {
+            let name = self.config.name.clone();
+            (*self)
+                .bind(stop)
+                .await
+                .map_err(|e| anyhow::anyhow!("starting the ASTM device {name:?}: {e}"))
+        })
+    }
+}
+
 impl AstmAdapter {
+    pub fn new(config: AstmSection, shared: &Shared) -> Self {
+        let intake = Intake::new(
+            "astm",
+            &config.name,
+            "the final frame is NAKed, so the analyzer sends the message again",
+            shared,
+        );
+        Self { config, intake }
+    }
+
     fn charset(&self) -> Charset {
         Charset::from_label(&self.config.charset).unwrap_or(Charset::Utf8)
     }
@@ -54,9 +83,7 @@ impl AstmAdapter {
         }
     }
 
-    /// Binds what must be bound before readiness (a TCP listener) and
-    /// returns the future that serves the device.
-    pub async fn bind(
+    async fn bind(
         self,
         stop: watch::Receiver<bool>,
     ) -> std::io::Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
@@ -69,7 +96,9 @@ impl AstmAdapter {
                     .ok_or_else(|| std::io::Error::other("no listen address"))?;
                 let listener = tokio::net::TcpListener::bind(addr).await?;
                 tracing::info!(device = %this.config.name, %addr, "ASTM listener bound");
-                this.metrics.device_up("astm", &this.config.name, true);
+                this.intake
+                    .metrics
+                    .device_up("astm", &this.config.name, true);
                 Ok(Box::pin(this.serve_tcp(listener, stop)))
             }
             AstmTransport::TcpClient => Ok(Box::pin(this.connect_tcp(stop))),
@@ -124,7 +153,7 @@ impl AstmAdapter {
             let me = self.clone();
             let mut stop = stop.clone();
             tokio::spawn(async move {
-                let _counted = me.metrics.connection("astm", &me.config.name);
+                let _counted = me.intake.metrics.connection("astm", &me.config.name);
                 let mut stream = Governed::new(stream, ticket, SESSION_IDLE);
                 let why = me.session(&mut stream, &mut stop).await;
                 tracing::info!(device = %me.config.name, %peer, reason = %why, "analyzer disconnected");
@@ -139,10 +168,14 @@ impl AstmAdapter {
                 Ok(mut stream) => {
                     let _ = stream.set_nodelay(true);
                     tracing::info!(device = %self.config.name, %target, "connected to analyzer");
-                    self.metrics.device_up("astm", &self.config.name, true);
-                    let _counted = self.metrics.connection("astm", &self.config.name);
+                    self.intake
+                        .metrics
+                        .device_up("astm", &self.config.name, true);
+                    let _counted = self.intake.metrics.connection("astm", &self.config.name);
                     let why = self.session(&mut stream, &mut stop).await;
-                    self.metrics.device_up("astm", &self.config.name, false);
+                    self.intake
+                        .metrics
+                        .device_up("astm", &self.config.name, false);
                     tracing::info!(device = %self.config.name, reason = %why, "analyzer connection ended");
                 }
                 Err(e) => {
@@ -162,7 +195,7 @@ impl AstmAdapter {
         };
         let this = self.clone();
         serial::run_port(
-            &self.metrics,
+            &self.intake.metrics,
             "astm",
             &self.config.name,
             &path,
@@ -339,32 +372,12 @@ impl AstmAdapter {
             }
         }
         metadata.insert("charset".to_owned(), charset.hl7_code().to_owned());
-        let mut item = NewItem::new(lane, "astm", format!("astm:{}", self.config.name));
+        let mut item = self.intake.item(lane, "astm");
         item.metadata = metadata;
         // A message sent again after a lost ACK or a refused final frame is
         // byte for byte the same: store it once.
         item.dedup_key = Some(format!("astm:{}:{}", self.config.name, hex_sha256(&data)));
-        let spool = self.spool.clone();
-        match tokio::task::spawn_blocking(move || spool.append(item, &data)).await {
-            Ok(Ok(c)) => {
-                if !c.is_duplicate() {
-                    self.metrics.accepted("astm", &self.config.name, c.size());
-                    self.wake.notify_one();
-                }
-                tracing::info!(device = %self.config.name, lane = %lane, size = c.size(), duplicate = c.is_duplicate(),
-                    upload = c.upload_id(), "ASTM message spooled");
-                Some(c)
-            }
-            Ok(Err(e)) => {
-                self.metrics.refused(e.reason());
-                tracing::error!(device = %self.config.name, error = %e, "spool refused an ASTM message; the final frame is NAKed");
-                None
-            }
-            Err(e) => {
-                tracing::error!(device = %self.config.name, error = %e, "ASTM store task failed");
-                None
-            }
-        }
+        self.intake.spool_item(item, data).await.ok()
     }
 }
 

@@ -12,28 +12,56 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use yilian_codecs::ecg::{ModemMode, ModemReceiver, ScpFramer, TransferEvent, read_scp};
-use yilian_spool::{Committed, Lane, NewItem, Spool};
+use yilian_spool::{Committed, Lane};
 
 use super::serial;
+use super::source::{Intake, Shared, Source, Starting};
 use crate::config::{EcgSerialProtocol, EcgSerialSection};
 use crate::content::{Profile, describe_bytes};
-use crate::metrics::GatewayMetrics;
 
 pub struct EcgSerialAdapter {
-    pub config: EcgSerialSection,
-    pub spool: Spool,
-    pub metrics: GatewayMetrics,
-    pub wake: Arc<Notify>,
+    config: EcgSerialSection,
+    intake: Intake,
+}
+
+impl Source for EcgSerialAdapter {
+    fn family(&self) -> &'static str {
+        "serial"
+    }
+
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Nothing to bind: the port is opened (and reopened after an unplug)
+    /// by the serving task, so a cart that is not plugged in yet does not
+    /// keep the box from starting.
+    fn start(self: Box<Self>, stop: watch::Receiver<bool>) -> Starting {
+        Box::pin(async move {
+            self.intake.metrics.register_ecg_source(&self.config.name);
+            Ok(Box::pin(self.run(stop)) as _)
+        })
+    }
 }
 
 impl EcgSerialAdapter {
-    pub async fn run(self, stop: watch::Receiver<bool>) {
+    pub fn new(config: EcgSerialSection, shared: &Shared) -> Self {
+        let intake = Intake::new(
+            "serial",
+            &config.name,
+            "a file transfer is cancelled so the cart reports it; a raw record is lost to the line",
+            shared,
+        );
+        Self { config, intake }
+    }
+
+    async fn run(self, stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let me = this.clone();
         serial::run_port(
-            &this.metrics,
+            &this.intake.metrics,
             "serial",
             &this.config.name,
             &this.config.port,
@@ -187,7 +215,7 @@ impl EcgSerialAdapter {
         } else {
             self.config.lane
         };
-        let mut item = NewItem::new(lane, d.kind, format!("serial:{}", self.config.name));
+        let mut item = self.intake.item(lane, d.kind);
         item.metadata = d.metadata.clone();
         if let Some(n) = name {
             item.metadata.insert("filename".into(), n);
@@ -195,33 +223,16 @@ impl EcgSerialAdapter {
         // A cart that sends the same record again (after an unplug, say)
         // sends the same bytes: store it once.
         item.dedup_key = Some(format!("serial:{}:{}", self.config.name, hex_sha256(&data)));
-        let spool = self.spool.clone();
-        match tokio::task::spawn_blocking(move || spool.append(item, &data)).await {
-            Ok(Ok(c)) => {
-                if !c.is_duplicate() {
-                    self.metrics.accepted("serial", &self.config.name, c.size());
-                    self.metrics.ecg(&self.config.name, lane, &d);
-                    self.wake.notify_one();
-                }
-                tracing::info!(device = %self.config.name, kind = d.kind, %lane, stat = d.stat,
-                    size = c.size(), duplicate = c.is_duplicate(), upload = c.upload_id(), "ECG spooled");
-                if let Some(q) = &d.quarantine {
-                    tracing::warn!(device = %self.config.name, upload = c.upload_id(), reason = %q.reason,
-                        "ECG quarantined: stored and sent to central marked for review, not to the reading system");
-                }
-                Some(c)
-            }
-            Ok(Err(e)) => {
-                self.metrics.refused(e.reason());
-                tracing::error!(device = %self.config.name, error = %e,
-                    "spool refused an ECG; a file transfer is cancelled so the cart reports it");
-                None
-            }
-            Err(e) => {
-                tracing::error!(device = %self.config.name, error = %e, "ECG store task failed");
-                None
-            }
+        let c = self.intake.spool_item(item, data).await.ok()?;
+        if !c.is_duplicate() {
+            self.intake.metrics.ecg(&self.config.name, lane, &d);
         }
+        tracing::info!(device = %self.config.name, kind = d.kind, stat = d.stat, upload = c.upload_id(), "ECG received");
+        if let Some(q) = &d.quarantine {
+            tracing::warn!(device = %self.config.name, upload = c.upload_id(), reason = %q.reason,
+                "ECG quarantined: stored and sent to central marked for review, not to the reading system");
+        }
+        Some(c)
     }
 }
 

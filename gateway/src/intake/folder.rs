@@ -22,13 +22,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use yilian_codecs::sniff::SNIFF_LEN;
-use yilian_spool::{Lane, NewItem, Spool, SpoolError};
+use yilian_spool::{Lane, SpoolError};
 
+use super::source::{Intake, Refusal, Shared, Source, Starting};
 use crate::config::{AfterIntake, FolderSection};
 use crate::content::describe_file;
-use crate::metrics::GatewayMetrics;
 
 const COPY_BLOCK: usize = 1024 * 1024;
 
@@ -57,18 +57,17 @@ struct Candidate {
 }
 
 pub struct FolderIntake {
-    pub config: FolderSection,
-    pub spool: Spool,
-    pub metrics: GatewayMetrics,
-    pub wake: Arc<Notify>,
+    config: FolderSection,
+    intake: Intake,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum IntakeError {
     #[error("file changed while being copied")]
     Changed,
+    /// Counted and logged where it happened.
     #[error("{0}")]
-    Spool(#[from] SpoolError),
+    Refused(Refusal),
     #[error("{context}: {source}")]
     Io {
         context: &'static str,
@@ -85,8 +84,46 @@ fn in_progress_name(name: &str) -> bool {
             .any(|s| name.to_ascii_lowercase().ends_with(s))
 }
 
+impl Source for FolderIntake {
+    fn family(&self) -> &'static str {
+        "folder"
+    }
+
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Nothing to bind: a missing folder is shown as a fault and watched
+    /// for, not a reason to keep the box from starting.
+    fn start(self: Box<Self>, stop: watch::Receiver<bool>) -> Starting {
+        Box::pin(async move {
+            if self.config.profile == crate::content::Profile::Ecg {
+                self.intake.metrics.register_ecg_source(&self.config.name);
+            }
+            Ok(Box::pin(self.run(stop)) as _)
+        })
+    }
+}
+
 impl FolderIntake {
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub fn new(config: FolderSection, shared: &Shared) -> Self {
+        let intake = Intake::new(
+            "folder",
+            &config.name,
+            "the file stays in the folder and is taken again in 10 s",
+            shared,
+        );
+        Self { config, intake }
+    }
+
+    /// The spool's refusal, counted and logged once.
+    fn refuse(&self, e: SpoolError) -> IntakeError {
+        let r = Refusal::from(e);
+        self.intake.refused(&r);
+        IntakeError::Refused(r)
+    }
+
+    async fn run(self, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
         if this.config.create
             && let Err(e) = fs::create_dir_all(&this.config.path)
@@ -100,7 +137,9 @@ impl FolderIntake {
             // A missing folder is a fault to show, never one to paper over
             // by making it: the device would be writing somewhere else.
             let present = this.config.path.is_dir();
-            this.metrics.device_up("folder", &this.config.name, present);
+            this.intake
+                .metrics
+                .device_up("folder", &this.config.name, present);
             if !present && !missing_logged {
                 tracing::error!(folder = %this.config.name, path = %this.config.path.display(),
                     "the drop folder does not exist; check where the device writes (or set create = true); watching for it");
@@ -114,15 +153,11 @@ impl FolderIntake {
                 match r {
                     Ok(Ok(())) => {
                         candidates.remove(&path);
-                        this.wake.notify_one();
                     }
                     Ok(Err(IntakeError::Changed)) => {
                         candidates.remove(&path);
                     }
-                    Ok(Err(IntakeError::Spool(e))) => {
-                        this.metrics.refused(e.reason());
-                        tracing::warn!(folder = %this.config.name, error = %e,
-                            "spool refused a file; it stays in the folder and is retried");
+                    Ok(Err(IntakeError::Refused(_))) => {
                         if let Some(c) = candidates.get_mut(&path) {
                             c.retry_after = Some(Instant::now() + Duration::from_secs(10));
                         }
@@ -221,41 +256,37 @@ impl FolderIntake {
 
         let mut metadata = described.metadata.clone();
         metadata.insert("filename".to_owned(), name.clone());
-        let mut item = NewItem::new(lane, described.kind, format!("folder:{}", self.config.name));
+        let mut item = self.intake.item(lane, described.kind);
         item.metadata = metadata;
         item.dedup_key = Some(format!(
             "folder:{}:{}:{}:{}:{}",
             self.config.name, name, before.size, before.mtime_ns, before.inode
         ));
 
-        let mut writer = self.spool.writer(item)?;
-        writer.write_bytes(&head)?;
+        let mut writer = self.intake.spool.writer(item).map_err(|e| self.refuse(e))?;
+        writer.write_bytes(&head).map_err(|e| self.refuse(e))?;
         let mut buf = vec![0u8; COPY_BLOCK];
         loop {
             let n = file.read(&mut buf).map_err(io("read"))?;
             if n == 0 {
                 break;
             }
-            writer.write_bytes(&buf[..n])?;
+            writer.write_bytes(&buf[..n]).map_err(|e| self.refuse(e))?;
         }
         let after = Fingerprint::of(&fs::metadata(path).map_err(io("stat"))?);
         if after != before || writer.written() != before.size {
             // Dropping the writer discards the partial payload.
             return Err(IntakeError::Changed);
         }
-        let committed = writer.commit()?;
+        let committed = self
+            .intake
+            .commit_blocking(writer)
+            .map_err(IntakeError::Refused)?;
+        if !committed.is_duplicate() {
+            self.intake.metrics.ecg(&self.config.name, lane, &described);
+        }
         // Only now, with the commit proof, may the file leave the folder.
         self.dispose(path, &name, &committed)?;
-        if !committed.is_duplicate() {
-            self.metrics
-                .accepted("folder", &self.config.name, committed.size());
-            self.metrics.ecg(&self.config.name, lane, &described);
-        }
-        tracing::info!(
-            folder = %self.config.name, kind = described.kind, %lane, stat = described.stat,
-            size = committed.size(), upload = committed.upload_id(), duplicate = committed.is_duplicate(),
-            "file spooled"
-        );
         if let Some(q) = &described.quarantine {
             tracing::warn!(
                 folder = %self.config.name, upload = committed.upload_id(), reason = %q.reason,

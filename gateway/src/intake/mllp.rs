@@ -14,25 +14,23 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use yilian_codecs::hl7::escape::unescape;
 use yilian_codecs::hl7::{
     AckMode, Charset, ErrorInfo, Message, Verdict, build_ack, decode, encode,
 };
 use yilian_codecs::mllp::{self, MllpDecoder, MllpError};
-use yilian_spool::{Committed, Lane, NewItem, Spool, SpoolError};
+use yilian_spool::{Committed, Lane, SpoolError};
 
 use crate::config::{Hl7Peer, Hl7Section};
 use crate::governor::{AcceptErrors, Governor, Ticket};
-use crate::metrics::GatewayMetrics;
+use crate::intake::source::{Intake, Refusal, Shared, Source, Starting};
 
 pub struct MllpListener {
-    pub config: Hl7Section,
-    pub spool: Spool,
-    pub metrics: GatewayMetrics,
-    pub wake: Arc<Notify>,
+    config: Hl7Section,
+    intake: Intake,
     /// Keeps a garbage-streaming sender from flooding the log.
-    pub warn_limit: crate::intake::warn_limit::WarnLimit,
+    warn_limit: crate::intake::warn_limit::WarnLimit,
 }
 
 /// What happened to one message, for its acknowledgement.
@@ -43,17 +41,47 @@ enum Outcome {
     Refused(ErrorInfo),
 }
 
+impl Source for MllpListener {
+    fn family(&self) -> &'static str {
+        "hl7"
+    }
+
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Binds the listener (so readiness covers it).
+    fn start(self: Box<Self>, stop: watch::Receiver<bool>) -> Starting {
+        Box::pin(async move {
+            let listener = TcpListener::bind(self.config.listen).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "binding the HL7 listener {:?} on {}: {e}",
+                    self.config.name,
+                    self.config.listen
+                )
+            })?;
+            tracing::info!(listener = %self.config.name, addr = %self.config.listen, "HL7 MLLP listener bound");
+            self.intake
+                .metrics
+                .device_up("hl7", &self.config.name, true);
+            Ok(Box::pin(self.serve(listener, stop)) as _)
+        })
+    }
+}
+
 impl MllpListener {
-    /// Binds the listener (so readiness covers it) and returns the serving
-    /// future.
-    pub async fn bind(
-        self,
-        stop: watch::Receiver<bool>,
-    ) -> std::io::Result<impl std::future::Future<Output = ()>> {
-        let listener = TcpListener::bind(self.config.listen).await?;
-        tracing::info!(listener = %self.config.name, addr = %self.config.listen, "HL7 MLLP listener bound");
-        self.metrics.device_up("hl7", &self.config.name, true);
-        Ok(self.serve(listener, stop))
+    pub fn new(config: Hl7Section, shared: &Shared) -> Self {
+        let intake = Intake::new(
+            "hl7",
+            &config.name,
+            "answered AR (retryable) so the sender keeps the message and sends it again",
+            shared,
+        );
+        Self {
+            config,
+            intake,
+            warn_limit: Default::default(),
+        }
     }
 
     async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
@@ -94,7 +122,7 @@ impl MllpListener {
             let _ = stream.set_nodelay(true);
             let me = this.clone();
             let stop = stop.clone();
-            let counted = me.metrics.connection("hl7", &me.config.name);
+            let counted = me.intake.metrics.connection("hl7", &me.config.name);
             tokio::spawn(async move {
                 let _counted = counted;
                 if let Err(e) = me.connection(stream, peer, stop, ticket).await {
@@ -141,7 +169,7 @@ impl MllpListener {
                         }
                     }
                     Err(MllpError::TooLong { max, head }) => {
-                        self.metrics.refused("too_long");
+                        self.intake.metrics.refused("too_long");
                         if let Some(held) = self.warn_limit.admit(peer.ip()) {
                             tracing::warn!(listener = %self.config.name, %peer, max_bytes = max, held_back = held,
                                 "HL7 message over the size limit refused; raise max_message_bytes if this sender's messages really are that large");
@@ -182,7 +210,7 @@ impl MllpListener {
         let message = match Message::parse(&decoded.text) {
             Ok(m) => m,
             Err(e) => {
-                self.metrics.refused("malformed");
+                self.intake.metrics.refused("malformed");
                 if let Some(held) = self.warn_limit.admit(peer.ip()) {
                     tracing::warn!(listener = %self.config.name, %peer, error = %e, held_back = held,
                         "message is not HL7 v2; answered AR; check the sender's configuration");
@@ -216,7 +244,7 @@ impl MllpListener {
             Outcome::Refused(e) => Verdict::Refused(e),
         };
         if let Outcome::Malformed(e) = &outcome {
-            self.metrics.refused("malformed");
+            self.intake.metrics.refused("malformed");
             if let Some(held) = self.warn_limit.admit(peer.ip()) {
                 tracing::warn!(listener = %self.config.name, %peer, code = e.code, reason = %e.text, held_back = held,
                     "HL7 message refused as malformed");
@@ -265,7 +293,7 @@ impl MllpListener {
         if !patient_id.is_empty() {
             metadata.insert("patient_id".to_owned(), patient_id);
         }
-        let mut item = NewItem::new(lane, "hl7", format!("hl7:{}", self.config.name));
+        let mut item = self.intake.item(lane, "hl7");
         item.metadata = metadata;
         // Receivers de-duplicate on MSH-3, MSH-4 and MSH-10.
         item.dedup_key = Some(format!(
@@ -274,47 +302,26 @@ impl MllpListener {
             m.get("MSH", 4, 1),
             m.control_id()
         ));
-        let spool = self.spool.clone();
-        let payload = bytes.to_vec();
-        let result = tokio::task::spawn_blocking(move || spool.append(item, &payload)).await;
-        match result {
-            Ok(Ok(committed)) => {
-                if !committed.is_duplicate() {
-                    self.metrics
-                        .accepted("hl7", &self.config.name, committed.size());
-                    self.wake.notify_one();
-                }
-                tracing::info!(
-                    listener = %self.config.name, message_type = %format!("{code}^{trigger}"), lane = %lane,
-                    size = committed.size(), duplicate = committed.is_duplicate(), upload = committed.upload_id(),
-                    "HL7 message spooled"
-                );
+        match self.intake.spool_item(item, bytes.to_vec()).await {
+            Ok(committed) => {
+                tracing::debug!(listener = %self.config.name, message_type = %format!("{code}^{trigger}"),
+                    upload = committed.upload_id(), "HL7 message type");
                 Outcome::Stored(committed)
             }
-            Ok(Err(e)) => {
-                self.metrics.refused(e.reason());
-                tracing::error!(listener = %self.config.name, error = %e, "spool refused an HL7 message; answered with a retryable rejection");
-                Outcome::Refused(refusal(&e))
-            }
-            Err(e) => {
-                self.metrics.refused("internal");
-                Outcome::Refused(ErrorInfo {
-                    location: String::new(),
-                    code: 207,
-                    text: format!("internal error: {e}"),
-                    severity: 'E',
-                })
-            }
+            Err(e) => Outcome::Refused(refusal(&e)),
         }
     }
 }
 
-fn refusal(e: &SpoolError) -> ErrorInfo {
+fn refusal(e: &Refusal) -> ErrorInfo {
     ErrorInfo {
         location: String::new(),
         code: 207,
         text: match e {
-            SpoolError::Full { .. } => "gateway storage is full; retry later".to_owned(),
+            Refusal::Spool(SpoolError::Full { .. }) => {
+                "gateway storage is full; retry later".to_owned()
+            }
+            Refusal::Task(_) => format!("internal error: {e}"),
             _ => "gateway storage unavailable; retry later".to_owned(),
         },
         severity: 'E',

@@ -24,13 +24,13 @@ use dicom_ul::Pdu;
 use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
 use dicom_ul::pdu::{AssociationRJServiceUserReason, PDataValue, PDataValueType, UserIdentity};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
-use yilian_spool::{Lane, NewItem, Spool, SpoolWriter};
+use tokio::sync::watch;
+use yilian_spool::{Lane, SpoolWriter};
 
 use crate::config::DicomSection;
 use crate::content::{Profile, describe_dicom_head};
 use crate::governor::{AcceptErrors, Governor, Ticket};
-use crate::metrics::GatewayMetrics;
+use crate::intake::source::{Intake, Refusal, Shared, Source, Starting};
 use dimse::status;
 use yilian_codecs::dicom::{self, Command, command};
 
@@ -72,17 +72,95 @@ impl Action {
     }
 }
 
-pub struct DicomAdapter {
-    pub config: DicomSection,
+/// A configured DICOM node, before it starts.
+pub struct DicomNode {
+    config: DicomSection,
+    worklist: crate::worklist::WorklistCache,
+    intake: Intake,
+    spool_dir: std::path::PathBuf,
+}
+
+/// A DICOM node that is serving.
+struct DicomAdapter {
+    config: DicomSection,
     /// Where storage commitment requests wait for their answer.
-    pub ledger: commitment::Ledger,
+    ledger: commitment::Ledger,
     /// What modality worklist queries are answered from.
-    pub worklist: crate::worklist::WorklistCache,
-    pub spool: Spool,
-    pub metrics: GatewayMetrics,
-    pub wake: Arc<Notify>,
+    worklist: crate::worklist::WorklistCache,
+    intake: Intake,
     /// Keeps a misbehaving caller from flooding the log.
-    pub warn_limit: crate::intake::warn_limit::WarnLimit,
+    warn_limit: crate::intake::warn_limit::WarnLimit,
+}
+
+impl DicomNode {
+    pub fn new(config: DicomSection, shared: &Shared) -> Self {
+        let intake = Intake::new(
+            "dicom",
+            &config.name,
+            "answered 0xA700 so the modality keeps the instance and sends it again",
+            shared,
+        )
+        .quiet();
+        Self {
+            config,
+            worklist: shared.worklist.clone(),
+            intake,
+            spool_dir: shared.spool_dir.clone(),
+        }
+    }
+}
+
+impl Source for DicomNode {
+    fn family(&self) -> &'static str {
+        "dicom"
+    }
+
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Opens the storage commitment ledger and binds the listener (both
+    /// before readiness); serves associations and sends the commitment
+    /// reports.
+    fn start(self: Box<Self>, stop: watch::Receiver<bool>) -> Starting {
+        Box::pin(async move {
+            let dir = self.spool_dir.join("commitments").join(&self.config.name);
+            let ledger = commitment::Ledger::open(&dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "opening the storage commitment ledger in {}: {e}",
+                    dir.display()
+                )
+            })?;
+            let notifier = commitment::Notifier {
+                config: self.config.clone(),
+                ledger: ledger.clone(),
+                spool_dir: self.spool_dir.clone(),
+            };
+            let listener = TcpListener::bind(self.config.listen).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "binding the DICOM listener {:?} on {}: {e}",
+                    self.config.name,
+                    self.config.listen
+                )
+            })?;
+            tracing::info!(device = %self.config.name, addr = %self.config.listen, ae_title = %self.config.ae_title,
+                "DICOM listener bound");
+            self.intake
+                .metrics
+                .device_up("dicom", &self.config.name, true);
+            let adapter = DicomAdapter {
+                config: self.config,
+                ledger,
+                worklist: self.worklist,
+                intake: self.intake,
+                warn_limit: Default::default(),
+            };
+            let serve = Arc::new(adapter).serve(listener, stop.clone());
+            Ok(Box::pin(async move {
+                tokio::join!(serve, notifier.run(stop));
+            }) as _)
+        })
+    }
 }
 
 /// The allow-list check, run by dicom-ul before it accepts an association.
@@ -136,18 +214,6 @@ struct Instance {
 }
 
 impl DicomAdapter {
-    /// Binds the listener (before readiness) and returns the accept loop.
-    pub async fn bind(
-        self,
-        stop: watch::Receiver<bool>,
-    ) -> std::io::Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
-        let listener = TcpListener::bind(self.config.listen).await?;
-        tracing::info!(device = %self.config.name, addr = %self.config.listen, ae_title = %self.config.ae_title,
-            "DICOM listener bound");
-        self.metrics.device_up("dicom", &self.config.name, true);
-        Ok(Box::pin(Arc::new(self).serve(listener, stop)))
-    }
-
     async fn serve(self: Arc<Self>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
         // Modalities with a known address are never locked out by callers
         // the configuration does not name.
@@ -194,7 +260,7 @@ impl DicomAdapter {
             };
             let me = self.clone();
             let mut stop = stop.clone();
-            let counted = me.metrics.connection("dicom", &me.config.name);
+            let counted = me.intake.metrics.connection("dicom", &me.config.name);
             tokio::spawn(async move {
                 let _counted = counted;
                 let kicked = ticket.kicked();
@@ -555,11 +621,7 @@ impl DicomAdapter {
     }
 
     fn begin(&self, request: Command, context_id: u8, ts: &str, calling: &str) -> Instance {
-        let mut item = NewItem::new(
-            self.lane_for(calling),
-            "dicom",
-            format!("dicom:{}", self.config.name),
-        );
+        let mut item = self.intake.item(self.lane_for(calling), "dicom");
         item.metadata
             .insert("calling_ae".into(), calling.to_owned());
         let mut prefix = Vec::new();
@@ -577,6 +639,7 @@ impl DicomAdapter {
                 }
             }
             Ok(header) => match self
+                .intake
                 .spool
                 .writer(item)
                 .and_then(|mut w| w.write_bytes(&header).map(|()| w))
@@ -665,7 +728,7 @@ impl DicomAdapter {
         let writer = match std::mem::replace(&mut inst.sink, Sink::InFlight) {
             Sink::Writing(w) => *w,
             Sink::Refused { reason, why } => {
-                self.metrics.refused(reason);
+                self.intake.metrics.refused(reason);
                 tracing::error!(device = %self.config.name, calling_ae = %calling,
                     sop_instance = %inst.request.affected_sop_instance, reason, error = %why,
                     "spool refused a DICOM instance; answered 0xA700 so the modality keeps it and retries");
@@ -679,7 +742,7 @@ impl DicomAdapter {
                 // Unreachable by construction (every hand-over puts the
                 // writer or a refusal back), but if it ever happens the
                 // modality must hear "retry", and the log must say why.
-                self.metrics.refused("io");
+                self.intake.metrics.refused("io");
                 tracing::error!(device = %self.config.name, calling_ae = %calling,
                     sop_instance = %inst.request.affected_sop_instance,
                     "the spool writer of a DICOM instance was lost between two writes (a bug: please report it); answered 0xA700");
@@ -722,10 +785,24 @@ impl DicomAdapter {
         let (d, mut writer) = match (described, synced) {
             (Ok(d), Ok((writer, Ok(())))) => (d, writer),
             (_, Ok((_, Err(e)))) => {
-                return self.refused_at_commit(&e.to_string(), e.reason(), calling, answer);
+                self.intake.refused(&Refusal::Spool(e));
+                return (
+                    answer(
+                        status::OUT_OF_RESOURCES,
+                        Some("gateway storage full or failing"),
+                    ),
+                    false,
+                );
             }
             (Err(e), _) | (_, Err(e)) => {
-                return self.refused_at_commit(&e.to_string(), "io", calling, answer);
+                self.intake.refused(&Refusal::Task(e.to_string()));
+                return (
+                    answer(
+                        status::OUT_OF_RESOURCES,
+                        Some("gateway storage full or failing"),
+                    ),
+                    false,
+                );
             }
         };
         // Whole data sets that do not parse are refused; a prefix that does
@@ -758,40 +835,21 @@ impl DicomAdapter {
             "dicom:{}:{}:{sha}",
             self.config.name, r.affected_sop_instance
         ));
-        match tokio::task::spawn_blocking(move || writer.commit()).await {
-            Ok(Ok(c)) => {
+        match self.intake.commit(writer).await {
+            Ok(c) => {
                 if !c.is_duplicate() {
-                    self.metrics.accepted("dicom", &self.config.name, c.size());
-                    self.metrics.ecg(&self.config.name, lane, &d);
-                    self.wake.notify_one();
+                    self.intake.metrics.ecg(&self.config.name, lane, &d);
                 }
-                tracing::debug!(device = %self.config.name, calling_ae = %calling, %lane, size = c.size(),
-                    upload = c.upload_id(), duplicate = c.is_duplicate(), "DICOM instance spooled");
                 ((inst.context_id, r.stored_response(&c).encode()), true)
             }
-            Ok(Err(e)) => self.refused_at_commit(&e.to_string(), e.reason(), calling, answer),
-            Err(e) => self.refused_at_commit(&e.to_string(), "io", calling, answer),
-        }
-    }
-
-    /// The spool could not make an instance durable: 0xA700, so the
-    /// modality keeps it and retries.
-    fn refused_at_commit(
-        &self,
-        error: &str,
-        reason: &'static str,
-        calling: &str,
-        answer: impl Fn(u16, Option<&str>) -> (u8, Vec<u8>),
-    ) -> ((u8, Vec<u8>), bool) {
-        self.metrics.refused(reason);
-        tracing::error!(device = %self.config.name, calling_ae = %calling, %error,
-            "spool refused a DICOM instance at commit; answered 0xA700");
-        (
-            answer(
-                status::OUT_OF_RESOURCES,
-                Some("gateway storage full or failing"),
+            // Counted and logged by the intake.
+            Err(_) => (
+                answer(
+                    status::OUT_OF_RESOURCES,
+                    Some("gateway storage full or failing"),
+                ),
+                false,
             ),
-            false,
-        )
+        }
     }
 }
