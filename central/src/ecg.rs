@@ -13,8 +13,8 @@
 //! after a crash replaces a file with the same bytes.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use yilian_proof::disk::{write_atomically, write_atomically_with};
 
 use crate::config::EcgSection;
 use crate::outbox::{Destination, Verdict};
@@ -155,25 +155,14 @@ fn write_ecg(dir: &Path, row: &OutboxRow, blob: &Path) -> std::io::Result<String
         "metadata": row.metadata,
     });
     let text = serde_json::to_vec_pretty(&sidecar).map_err(std::io::Error::other)?;
-    atomic_write(dir, &format!("{stem}.json"), |f| f.write_all(&text))?;
-    atomic_write(dir, &name, |f| {
+    // The sidecar first: a reading system that sees the ECG finds its
+    // description already there.
+    write_atomically(&dir.join(format!("{stem}.json")), &text, 0o644)?;
+    write_atomically_with(&dir.join(&name), 0o644, |f| {
         let mut src = File::open(blob)?;
         std::io::copy(&mut src, f).map(|_| ())
     })?;
-    File::open(dir)?.sync_all()?;
     Ok(name)
-}
-
-fn atomic_write(
-    dir: &Path,
-    name: &str,
-    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{name}.part"));
-    let mut f = File::create(&tmp)?;
-    fill(&mut f)?;
-    f.sync_all()?;
-    fs::rename(&tmp, dir.join(name))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod astm;
+pub mod crc;
 pub mod dicom;
 pub mod dicom_extent;
 pub mod ecg;

@@ -195,30 +195,11 @@ fn install(
 }
 
 fn write_atomically(path: &Path, text: &str, mode: u32) -> Result<(), CertError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         // The key lives here: the directory is for the service user only.
-        yilian_spool::create_private_dir(dir).map_err(|e| file_err(dir, e))?;
+        yilian_proof::disk::create_private_dir(dir).map_err(|e| file_err(dir, e))?;
     }
-    let tmp = path.with_extension("new");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| file_err(&tmp, e))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| file_err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| file_err(path, e))?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| file_err(dir, e))?;
-    }
-    Ok(())
+    yilian_proof::disk::write_atomically(path, text.as_bytes(), mode).map_err(|e| file_err(path, e))
 }
 
 #[cfg(test)]

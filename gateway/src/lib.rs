@@ -61,12 +61,7 @@ pub fn needs_a_person(e: &anyhow::Error) -> bool {
     })
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use yilian_proof::disk::now_ms;
 
 /// A running gateway.
 #[derive(Debug)]

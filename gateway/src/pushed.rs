@@ -179,16 +179,7 @@ fn version_of(text: &str) -> String {
 }
 
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    yilian_proof::disk::write_atomically(path, text.as_bytes(), 0o600)
 }
 
 /// The configuration to run: the box's file with the published fragment

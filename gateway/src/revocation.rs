@@ -51,12 +51,13 @@ pub fn record(cert: &Path, notice: &str) -> std::io::Result<Revoked> {
         notice: notice.to_owned(),
         cert_sha256: cert_digest(cert).unwrap_or_default(),
     };
-    let tmp = dir.join(format!("{FILE}.new"));
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(&r).map_err(std::io::Error::other)?,
+    // Durable: a box that learned it is revoked stays revoked after a
+    // power cut.
+    yilian_proof::disk::write_atomically(
+        &dir.join(FILE),
+        &serde_json::to_vec_pretty(&r).map_err(std::io::Error::other)?,
+        0o644,
     )?;
-    std::fs::rename(&tmp, dir.join(FILE))?;
     Ok(r)
 }
 

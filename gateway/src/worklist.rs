@@ -53,17 +53,11 @@ impl WorklistCache {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let tmp = self.path.with_extension("part");
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(
-            &mut f,
+        yilian_proof::disk::write_atomically(
+            &self.path,
             &serde_json::to_vec(&stored).map_err(std::io::Error::other)?,
+            0o600,
         )?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
         if let Ok(mut w) = self.inner.write() {
             *w = stored;
         }

@@ -8,6 +8,9 @@
 //! store hands out when its commit has returned — the spool's `Committed`
 //! on the box, the store's `Stored` at central.
 //!
+//! [`disk`] holds the filesystem steps every store takes to make data
+//! durable (atomic replacement, directory fsync, owner-only directories).
+//!
 //! This crate depends on nothing, so that the protocol state machines
 //! (`codecs`, `protocol`) and the stores (`spool`, central's store) can
 //! all name the proof without depending on each other.
@@ -25,6 +28,8 @@
 //! says so in its documentation.
 
 #![forbid(unsafe_code)]
+
+pub mod disk;
 
 /// Evidence that an item is on stable storage: its bytes synced and its
 /// index entry committed.

@@ -2,43 +2,20 @@
 //! directory fsyncs, owner-only directories and files (patient data,
 //! whatever the umask), payload names, and the clock.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::SpoolError;
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use yilian_proof::disk::create_private_dir;
+pub(crate) use yilian_proof::disk::now_ms;
 
 /// Fsyncs a directory so that a name created, renamed or removed inside it
 /// is durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| SpoolError::io("fsync directory", dir, e))
-}
-
-/// Creates `dir` and its missing parents with mode 0700, whatever the
-/// umask: spool and data directories hold patient data. An existing
-/// directory is left as it is (an administrator may have shared it on
-/// purpose).
-pub fn create_private_dir(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    // `mode` is filtered by the umask; say it again.
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+    yilian_proof::disk::sync_dir(dir).map_err(|e| SpoolError::io("fsync directory", dir, e))
 }
 
 /// Opens options for a new file readable by its owner only.

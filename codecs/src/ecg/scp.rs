@@ -106,25 +106,8 @@ impl ScpRecord {
     }
 }
 
-fn crc16(data: &[u8], init: u16) -> u16 {
-    let mut crc = init;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
-
-/// CRC-16/CCITT-FALSE, the one SCP-ECG specifies.
-pub fn crc_ccitt(data: &[u8]) -> u16 {
-    crc16(data, 0xFFFF)
-}
+pub use crate::crc::ccitt_false as crc_ccitt;
+use crate::crc::xmodem as crc_xmodem;
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes([*b.get(at)?, *b.get(at + 1)?]))
@@ -168,7 +151,7 @@ pub fn read_scp(bytes: &[u8]) -> Result<ScpRecord, ScpError> {
     let stored_be = stored_le.swap_bytes();
     let body = &rec[2..];
     let ccitt = crc_ccitt(body);
-    let xmodem = crc16(body, 0);
+    let xmodem = crc_xmodem(body);
     if ccitt == stored_le {
     } else if ccitt == stored_be {
         deviations.push(Deviation::BigEndianCrc);
@@ -233,7 +216,7 @@ pub fn read_scp(bytes: &[u8]) -> Result<ScpRecord, ScpError> {
         let sec = &rec[offset..end];
         let stored = u16_at(sec, 0).unwrap_or(0);
         let crc = if xmodem_sections {
-            crc16(&sec[2..], 0)
+            crc_xmodem(&sec[2..])
         } else {
             crc_ccitt(&sec[2..])
         };
@@ -449,7 +432,7 @@ mod tests {
         assert!(r.deviations.contains(&Deviation::SwappedRecordLength));
         // CRC-16/XMODEM, stored big-endian.
         let mut xm = good.clone();
-        let crc = crc16(&xm[2..], 0);
+        let crc = crc_xmodem(&xm[2..]);
         xm[0..2].copy_from_slice(&crc.to_be_bytes());
         let r = read_scp(&xm).expect("reads");
         assert!(

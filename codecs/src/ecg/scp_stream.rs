@@ -104,20 +104,7 @@ impl ScpFramer {
         let stored = u16::from_le_bytes([rec[0], rec[1]]);
         let body = &rec[2..];
         let ccitt = crc_ccitt(body);
-        let xmodem = {
-            let mut crc = 0u16;
-            for &b in body {
-                crc ^= u16::from(b) << 8;
-                for _ in 0..8 {
-                    crc = if crc & 0x8000 != 0 {
-                        (crc << 1) ^ 0x1021
-                    } else {
-                        crc << 1
-                    };
-                }
-            }
-            crc
-        };
+        let xmodem = crate::crc::xmodem(body);
         [ccitt, xmodem]
             .iter()
             .any(|&c| c == stored || c.swap_bytes() == stored)

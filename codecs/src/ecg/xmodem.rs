@@ -90,20 +90,7 @@ pub struct ModemReceiver {
     patient: bool,
 }
 
-fn crc16_xmodem(data: &[u8]) -> u16 {
-    let mut crc = 0u16;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
-}
+use crate::crc::xmodem as crc16_xmodem;
 
 impl ModemReceiver {
     /// Starts a receiver; it immediately asks the sender to begin.

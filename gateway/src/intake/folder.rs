@@ -325,7 +325,7 @@ impl FolderIntake {
 }
 
 fn sync_dir(dir: &Path) {
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
+    if let Err(e) = yilian_proof::disk::sync_dir(dir) {
         tracing::debug!(dir = %dir.display(), error = %e, "directory fsync failed");
     }
 }

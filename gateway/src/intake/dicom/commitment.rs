@@ -122,16 +122,11 @@ impl Ledger {
     }
 
     pub fn save(&self, r: &Request) -> std::io::Result<()> {
-        let path = self.path(&r.transaction_uid);
-        let tmp = path.with_extension("part");
-        let mut f = fs::File::create(&tmp)?;
-        std::io::Write::write_all(
-            &mut f,
+        yilian_proof::disk::write_atomically(
+            &self.path(&r.transaction_uid),
             &serde_json::to_vec(r).map_err(std::io::Error::other)?,
-        )?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open(&self.dir)?.sync_all()
+            0o600,
+        )
     }
 
     pub fn pending(&self) -> Vec<Request> {
