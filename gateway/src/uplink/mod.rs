@@ -2,33 +2,40 @@
 //! exponential backoff and jitter; a control stream (hello, heartbeats);
 //! and one stream per upload, several in flight, urgent lanes first.
 //!
-//! Every leased item is settled exactly once by the task that uploads it:
-//! `ack` only on COMMITTED, `release` when the link failed, `defer` when
-//! central is temporarily unable, `nack` or `dead_letter` when central
-//! refused the item itself.
+//! One module per stream or task on the connection:
+//!
+//! - this one: connecting, hello, and leasing items into upload tasks;
+//! - [`control`] — the control stream: heartbeats out, worklists and
+//!   published configuration in;
+//! - [`upload`] — one stream per item, paced by the bandwidth cap;
+//! - [`renewal`] — certificate renewal over the live connection;
+//! - [`probe`] — the round-trip time shown in metrics and status.
+
+mod control;
+mod probe;
+mod renewal;
+mod upload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use yilian_link::{LinkError, MessageReader, TlsFiles, write_message};
-use yilian_protocol::messages::{
-    Chunk, Envelope, Heartbeat, HeartbeatAck, Hello, LaneBacklog, Offer, envelope::Body,
-};
-use yilian_protocol::upload::{
-    DEFAULT_IDLE_TIMEOUT, SenderTransmit, UploadError, UploadOutcome, UploadSender,
-};
-use yilian_protocol::{RejectReason, SUPPORTED_VERSIONS};
-use yilian_spool::{Lane, Lease, Payload, Spool, SpoolError};
+use yilian_protocol::SUPPORTED_VERSIONS;
+use yilian_protocol::messages::{Envelope, Hello, envelope::Body};
+use yilian_spool::{Lane, Spool, SpoolError};
 
 use crate::bandwidth::Limiter;
 use crate::config::UplinkSection;
-use crate::metrics::{GatewayMetrics, LaneLabels};
+use crate::metrics::GatewayMetrics;
+use control::{HeartbeatSource, heartbeat_loop};
+use probe::spawn_rtt_probe;
+use renewal::spawn_renewal;
+use upload::{report_bandwidth, upload_task};
 
 /// What `status` and `/status` show about the link.
 #[derive(Debug, Clone, Serialize)]
@@ -76,8 +83,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 /// Extra upload slots only urgent items may use, so that a STAT ECG never
 /// waits behind bulk uploads for a free slot.
 const URGENT_EXTRA_SLOTS: usize = 2;
-/// How long an item waits when central says it cannot store right now.
-const UNAVAILABLE_DELAY: Duration = Duration::from_secs(30);
 
 pub struct Uplink {
     pub config: UplinkSection,
@@ -96,19 +101,6 @@ pub struct Uplink {
     pub config_source: PathBuf,
     /// Asks the supervisor to restart the gateway with a new configuration.
     pub reload: Arc<Notify>,
-}
-
-/// What each heartbeat reports besides the backlog.
-#[derive(Clone)]
-struct HeartbeatSource {
-    spool: Spool,
-    metrics: GatewayMetrics,
-    config_version: String,
-    interval: Duration,
-    worklist: crate::worklist::WorklistCache,
-    pushed: crate::pushed::Pushed,
-    config_source: PathBuf,
-    reload: Arc<Notify>,
 }
 
 /// Exponential backoff with full jitter between half and all of the step.
@@ -136,22 +128,6 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.step = self.base;
-    }
-}
-
-fn lane_priority(lane: Lane) -> i32 {
-    match lane {
-        Lane::Urgent => 2,
-        Lane::Clinical => 1,
-        Lane::Bulk => 0,
-    }
-}
-
-fn wire_lane(lane: Lane) -> yilian_protocol::Lane {
-    match lane {
-        Lane::Urgent => yilian_protocol::Lane::Urgent,
-        Lane::Clinical => yilian_protocol::Lane::Clinical,
-        Lane::Bulk => yilian_protocol::Lane::Bulk,
     }
 }
 
@@ -189,31 +165,6 @@ impl std::ops::Deref for Running {
     type Target = Uplink;
     fn deref(&self) -> &Uplink {
         &self.uplink
-    }
-}
-
-/// Publishes the cap in force and the urgent allowance left.
-async fn report_bandwidth(
-    limiter: Arc<Limiter>,
-    metrics: GatewayMetrics,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut last: Option<Option<f64>> = None;
-    loop {
-        let cap = limiter.current_cap();
-        if last != Some(cap) {
-            let shown = crate::bandwidth::Rate(cap);
-            tracing::info!(cap = %shown, "upload cap now");
-            last = Some(cap);
-        }
-        metrics.rate_cap.set(cap.map_or(0.0, |bits| bits / 8.0));
-        metrics
-            .urgent_allowance
-            .set(limiter.allowance_left().min(i64::MAX as u64) as i64);
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.changed() => return,
-        }
     }
 }
 
@@ -534,368 +485,4 @@ fn connection_error(e: &UplinkError) -> Option<&quinn::ConnectionError> {
         UplinkError::Link(LinkError::Read(quinn::ReadError::ConnectionLost(c))) => Some(c),
         _ => None,
     }
-}
-
-async fn heartbeat_loop(
-    mut send: quinn::SendStream,
-    mut reader: MessageReader,
-    source: HeartbeatSource,
-) -> Result<(), UplinkError> {
-    let mut seq = 0u64;
-    let spool = source.spool.clone();
-    let mut tick = tokio::time::interval(source.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                seq += 1;
-                let s = spool.clone();
-                let stats = tokio::task::spawn_blocking(move || s.stats()).await.ok().and_then(Result::ok);
-                let now = crate::now_ms();
-                let backlog = stats.map(|st| {
-                    Lane::ALL.iter().map(|&lane| {
-                        let l = &st.lanes[lane as usize];
-                        LaneBacklog {
-                            lane: wire_lane(lane) as i32,
-                            items: l.items,
-                            bytes: l.bytes,
-                            oldest_age_seconds: l.oldest_received_ms.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0),
-                        }
-                    }).collect()
-                }).unwrap_or_default();
-                let hb = Envelope::new(Body::Heartbeat(Heartbeat {
-                    seq,
-                    sent_unix_ms: now,
-                    backlog,
-                    metrics_text: source.metrics.encode(),
-                    config_version: source.config_version.clone(),
-                    certificate_not_after: source.metrics.certificate_expiry.get(),
-                    worklist_version: source.worklist.version(),
-                    pushed_config_version: source.pushed.version(),
-                    pushed_config_error: source.pushed.error(),
-                }));
-                write_message(&mut send, &hb).await?;
-            }
-            msg = reader.next() => match msg? {
-                Some(Envelope { body: Some(Body::HeartbeatAck(HeartbeatAck { worklist, config, .. })), .. }) => {
-                    if let Some(w) = worklist {
-                        let (cache, n) = (source.worklist.clone(), w.entries.len());
-                        let version = w.version.clone();
-                        match tokio::task::spawn_blocking(move || cache.replace(w.version, w.entries)).await {
-                            Ok(Ok(())) => tracing::info!(version = %version, entries = n, "worklist updated from central"),
-                            _ => tracing::error!("cannot store the worklist central sent; the old one stays in use"),
-                        }
-                    }
-                    if let Some(c) = config {
-                        apply_pushed(&source, c).await;
-                    }
-                }
-                Some(_) => {}
-                None => return Ok(()),
-            }
-        }
-    }
-}
-
-/// Validates configuration published at central; keeps it and asks for a
-/// restart with it, or records the refusal that the next heartbeats report.
-async fn apply_pushed(source: &HeartbeatSource, push: yilian_protocol::messages::ConfigPush) {
-    let pushed = source.pushed.clone();
-    let path = source.config_source.clone();
-    let version = push.version.clone();
-    if version.is_empty() {
-        // Withdrawn at central: back to the box's own file.
-        let r = tokio::task::spawn_blocking(move || pushed.withdraw()).await;
-        if matches!(r, Ok(true)) {
-            tracing::info!(
-                "the published configuration was withdrawn at central; running with this box's own file"
-            );
-            source.reload.notify_one();
-        }
-        return;
-    }
-    let r =
-        tokio::task::spawn_blocking(move || pushed.offer(&path, &push.version, &push.toml)).await;
-    match r {
-        Ok(Ok(())) => {
-            tracing::info!(version = %version, "applying the configuration published at central");
-            source.reload.notify_one();
-        }
-        Ok(Err(reason)) => tracing::error!(version = %version, %reason,
-            "refused the configuration published at central; the current one stays in use"),
-        Err(_) => {}
-    }
-}
-
-/// Renews the certificate over this connection once two thirds of its life
-/// have passed. The connection keeps its handshake; the next one uses the
-/// new certificate.
-fn spawn_renewal(conn: quinn::Connection, tls: TlsFiles, metrics: GatewayMetrics) {
-    use crate::certificate::{Renewal, renew_online, renewal, validity};
-    tokio::spawn(async move {
-        loop {
-            // Re-read the dates every time: the clock may have jumped.
-            let wait = match validity(&tls.cert) {
-                None => Duration::from_secs(60),
-                Some((nb, na)) => match renewal(nb, na, crate::now_ms() / 1000) {
-                    Renewal::NotYet { renew_at } => {
-                        Duration::from_secs((renew_at - crate::now_ms() / 1000).clamp(1, 60) as u64)
-                    }
-                    Renewal::Due | Renewal::Expired => match renew_online(&conn, &tls).await {
-                        Ok(i) => {
-                            metrics.certificate_expiry.set(i.not_after);
-                            tracing::info!(not_after = i.not_after, "box certificate renewed");
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "certificate renewal failed; trying again");
-                            Duration::from_secs(((na - nb) / 30).clamp(1, 300) as u64)
-                        }
-                    },
-                },
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = conn.closed() => return,
-            }
-        }
-    });
-}
-
-fn spawn_rtt_probe(
-    conn: quinn::Connection,
-    metrics: GatewayMetrics,
-    status: watch::Sender<LinkStatus>,
-) {
-    tokio::spawn(async move {
-        loop {
-            let rtt = conn.rtt().as_secs_f64();
-            metrics.link_rtt.set(rtt);
-            status.send_modify(|s| s.rtt_ms = Some(rtt * 1000.0));
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = conn.closed() => return,
-            }
-        }
-    });
-}
-
-#[derive(Debug, thiserror::Error)]
-enum AttemptError {
-    #[error(transparent)]
-    Link(#[from] LinkError),
-    #[error("central closed the upload stream without a verdict")]
-    NoVerdict,
-    #[error("upload protocol: {0}")]
-    Protocol(#[from] UploadError),
-    #[error("local payload: {0}")]
-    Payload(String),
-}
-
-/// Uploads one leased item and settles the lease.
-async fn upload_task(
-    conn: quinn::Connection,
-    spool: Spool,
-    lease: Lease,
-    chunk_size: usize,
-    metrics: GatewayMetrics,
-    limiter: Arc<Limiter>,
-) -> Lane {
-    let lane = lease.lane;
-    let upload_id = lease.upload_id.clone();
-    let started = Instant::now();
-    let result = attempt(&conn, &spool, &lease, chunk_size, &metrics, &limiter).await;
-    let settle = move || -> Result<(), SpoolError> {
-        match result {
-            Ok(UploadOutcome::Committed) => {
-                let size = lease.size;
-                spool.ack(lease)?;
-                metrics
-                    .uploaded_items
-                    .get_or_create(&LaneLabels {
-                        lane: lane.name().to_owned(),
-                    })
-                    .inc();
-                tracing::debug!(upload = %upload_id, lane = %lane, size, seconds = started.elapsed().as_secs_f64(), "delivered");
-            }
-            Ok(UploadOutcome::Rejected {
-                reason,
-                detail,
-                retryable,
-            }) => {
-                metrics.retry(&format!("rejected_{reason:?}").to_lowercase());
-                match reason {
-                    RejectReason::Unavailable | RejectReason::Forbidden => {
-                        tracing::warn!(upload = %upload_id, ?reason, %detail, "central cannot take the item now; retrying later");
-                        spool.defer(lease, UNAVAILABLE_DELAY, &detail)?;
-                    }
-                    RejectReason::TooLarge | RejectReason::InvalidOffer => {
-                        tracing::error!(upload = %upload_id, ?reason, %detail, "central refused the item; set aside for an operator");
-                        spool.dead_letter(lease, &format!("{reason:?}: {detail}"))?;
-                    }
-                    _ if retryable || reason == RejectReason::HashMismatch => {
-                        tracing::warn!(upload = %upload_id, ?reason, %detail, "upload rejected; will retry");
-                        spool.nack(lease, &format!("{reason:?}: {detail}"))?;
-                    }
-                    _ => {
-                        spool.dead_letter(lease, &format!("{reason:?}: {detail}"))?;
-                    }
-                }
-            }
-            Ok(UploadOutcome::TimedOut) => {
-                metrics.retry("timeout");
-                spool.release(lease)?;
-            }
-            Err(AttemptError::Link(e)) => {
-                metrics.retry("link");
-                tracing::debug!(upload = %upload_id, error = %e, "upload interrupted; will resume");
-                spool.release(lease)?;
-            }
-            Err(AttemptError::NoVerdict) => {
-                metrics.retry("no_verdict");
-                spool.release(lease)?;
-            }
-            Err(AttemptError::Protocol(e)) => {
-                metrics.retry("protocol");
-                tracing::warn!(upload = %upload_id, error = %e, "upload protocol error");
-                spool.nack(lease, &e.to_string())?;
-            }
-            Err(AttemptError::Payload(e)) => {
-                metrics.retry("payload");
-                tracing::error!(upload = %upload_id, error = %e, "spooled payload unreadable; set aside for an operator");
-                spool.dead_letter(lease, &e)?;
-            }
-        }
-        Ok(())
-    };
-    match tokio::task::spawn_blocking(settle).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "cannot record upload result; the item will be retried")
-        }
-        Err(e) => tracing::error!(error = %e, "upload settlement panicked"),
-    }
-    lane
-}
-
-async fn attempt(
-    conn: &quinn::Connection,
-    spool: &Spool,
-    lease: &Lease,
-    chunk_size: usize,
-    metrics: &GatewayMetrics,
-    limiter: &Limiter,
-) -> Result<UploadOutcome, AttemptError> {
-    let payload = {
-        let spool = spool.clone();
-        let at = lease.payload_ref();
-        tokio::task::spawn_blocking(move || spool.open_payload(&at))
-            .await
-            .map_err(|e| AttemptError::Payload(e.to_string()))?
-            .map_err(|e| AttemptError::Payload(e.to_string()))?
-    };
-    let payload = Arc::new(payload);
-    let offer = Offer {
-        upload_id: lease.upload_id.clone(),
-        sha256: lease.sha256.to_vec(),
-        size: lease.size,
-        kind: lease.kind.clone(),
-        lane: wire_lane(lease.lane) as i32,
-        metadata: lease.metadata.clone(),
-        received_unix_ms: lease.received_ms,
-        source: lease.source.clone(),
-    };
-    let mut tx = UploadSender::new(offer, chunk_size, DEFAULT_IDLE_TIMEOUT, Instant::now())?;
-    let (mut send, recv) = conn.open_bi().await.map_err(LinkError::from)?;
-    let _ = send.set_priority(lane_priority(lease.lane));
-    let mut reader = MessageReader::new(recv);
-    loop {
-        if let Some(outcome) = tx.outcome() {
-            let _ = send.finish();
-            return Ok(outcome.clone());
-        }
-        let written = match tx.poll_transmit() {
-            Some(SenderTransmit::Message(env)) => write_message(&mut send, &env).await,
-            Some(SenderTransmit::Chunk { offset, len }) => {
-                let data = read_chunk(payload.clone(), offset, len).await?;
-                let env = Envelope::new(Body::Chunk(Chunk { offset, data }));
-                let urgent = lease.lane == Lane::Urgent;
-                let r = write_paced(&mut send, &env, limiter, urgent, metrics).await;
-                if r.is_ok() {
-                    metrics.uploaded_bytes.inc_by(len as u64);
-                }
-                r
-            }
-            None => {
-                let next = match tx.poll_timeout() {
-                    Some(deadline) => {
-                        match tokio::time::timeout_at(deadline.into(), reader.next()).await {
-                            Ok(r) => r?,
-                            Err(_) => {
-                                tx.handle_timeout(Instant::now());
-                                continue;
-                            }
-                        }
-                    }
-                    None => reader.next().await?,
-                };
-                match next {
-                    Some(env) => tx.handle_message(env, Instant::now())?,
-                    None => return Err(AttemptError::NoVerdict),
-                }
-                continue;
-            }
-        };
-        if let Err(e) = written {
-            // Central may have stopped the stream after rejecting: its
-            // verdict would be waiting on the receive side.
-            if let Ok(Ok(Some(env))) =
-                tokio::time::timeout(Duration::from_secs(2), reader.next()).await
-            {
-                tx.handle_message(env, Instant::now())?;
-                if tx.outcome().is_some() {
-                    continue;
-                }
-            }
-            return Err(AttemptError::Link(e));
-        }
-    }
-}
-
-/// Piece of a chunk written at a time under a cap: small enough that a
-/// thin line is not flooded in one burst.
-const PACED_PIECE: usize = 16 * 1024;
-
-/// Writes one message, in pieces paced by the bandwidth cap when one is
-/// in force.
-async fn write_paced(
-    send: &mut quinn::SendStream,
-    env: &Envelope,
-    limiter: &Limiter,
-    urgent: bool,
-    metrics: &GatewayMetrics,
-) -> Result<(), LinkError> {
-    if limiter.current_cap().is_none() {
-        return write_message(send, env).await;
-    }
-    let mut frame = yilian_protocol::encode_frame(env);
-    while !frame.is_empty() {
-        let piece = frame.split_to(frame.len().min(PACED_PIECE));
-        let waited = limiter.acquire(piece.len(), urgent).await;
-        metrics.throttled.inc_by(waited.as_secs_f64());
-        send.write_chunk(piece).await.map_err(LinkError::from)?;
-    }
-    Ok(())
-}
-
-async fn read_chunk(payload: Arc<Payload>, offset: u64, len: usize) -> Result<Bytes, AttemptError> {
-    tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; len];
-        payload
-            .read_exact_at(&mut buf, offset)
-            .map(|_| Bytes::from(buf))
-            .map_err(|e| AttemptError::Payload(format!("read at {offset}: {e}")))
-    })
-    .await
-    .map_err(|e| AttemptError::Payload(e.to_string()))?
 }
