@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod pushed;
 pub mod revocation;
 pub mod service;
+pub mod settled;
 pub mod status;
 pub mod uplink;
 pub mod worklist;
@@ -143,12 +144,14 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
     let wake = Arc::new(Notify::new());
     let mut tasks = tokio::task::JoinSet::new();
 
+    let settled = settled::Settled::default();
     let shared = intake::Shared {
         spool: spool.clone(),
         metrics: metrics.clone(),
         wake: wake.clone(),
         worklist: worklist.clone(),
         spool_dir: config.spool.dir.clone(),
+        settled: settled.clone(),
     };
     for source in intake::sources(&config, &shared) {
         // Every configured device has its series from the start, so a
@@ -165,6 +168,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         spool: spool.clone(),
         metrics: metrics.clone(),
         wake,
+        settled,
         status: status_tx,
         config_version: config.version.clone(),
         worklist: worklist.clone(),

@@ -49,6 +49,8 @@ pub struct Shared {
     pub worklist: WorklistCache,
     /// The spool's directory, for the state a source keeps beside it.
     pub spool_dir: std::path::PathBuf,
+    /// Told when the uplink settles an item for good.
+    pub settled: crate::settled::Settled,
 }
 
 /// Why an item was not stored. The adapter answers its device with the

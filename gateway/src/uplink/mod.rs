@@ -92,6 +92,8 @@ pub struct Uplink {
     pub spool: Spool,
     pub metrics: GatewayMetrics,
     pub wake: Arc<Notify>,
+    /// Told when an item is delivered or set aside.
+    pub settled: crate::settled::Settled,
     pub status: watch::Sender<LinkStatus>,
     pub config_version: String,
     /// Replaced when central sends the clinic's worklist.
@@ -452,6 +454,7 @@ impl Running {
                     self.config.chunk_size,
                     self.metrics.clone(),
                     self.limiter.clone(),
+                    self.settled.clone(),
                 ));
             }
             tokio::select! {

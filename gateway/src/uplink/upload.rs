@@ -85,16 +85,21 @@ pub(super) async fn upload_task(
     chunk_size: usize,
     metrics: GatewayMetrics,
     limiter: Arc<Limiter>,
+    settled: crate::settled::Settled,
 ) -> Lane {
     let lane = lease.lane;
     let upload_id = lease.upload_id.clone();
     let started = Instant::now();
     let result = attempt(&conn, &spool, &lease, chunk_size, &metrics, &limiter).await;
-    let settle = move || -> Result<(), SpoolError> {
+    // Whether the item reached its end (delivered or set aside), which
+    // whoever waits on a delivery is told.
+    let settle = move || -> Result<bool, SpoolError> {
+        let mut last = false;
         match result {
             Ok(UploadOutcome::Committed) => {
                 let size = lease.size;
                 spool.ack(lease)?;
+                last = true;
                 metrics
                     .uploaded_items
                     .get_or_create(&LaneLabels {
@@ -117,6 +122,7 @@ pub(super) async fn upload_task(
                     RejectReason::TooLarge | RejectReason::InvalidOffer => {
                         tracing::error!(upload = %upload_id, ?reason, %detail, "central refused the item; set aside for an operator");
                         spool.dead_letter(lease, &format!("{reason:?}: {detail}"))?;
+                        last = true;
                     }
                     _ if retryable || reason == RejectReason::HashMismatch => {
                         tracing::warn!(upload = %upload_id, ?reason, %detail, "upload rejected; will retry");
@@ -124,6 +130,7 @@ pub(super) async fn upload_task(
                     }
                     _ => {
                         spool.dead_letter(lease, &format!("{reason:?}: {detail}"))?;
+                        last = true;
                     }
                 }
             }
@@ -149,12 +156,14 @@ pub(super) async fn upload_task(
                 metrics.retry("payload");
                 tracing::error!(upload = %upload_id, error = %e, "spooled payload unreadable; set aside for an operator");
                 spool.dead_letter(lease, &e)?;
+                last = true;
             }
         }
-        Ok(())
+        Ok(last)
     };
     match tokio::task::spawn_blocking(settle).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(true)) => settled.tell(),
+        Ok(Ok(false)) => {}
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot record upload result; the item will be retried")
         }

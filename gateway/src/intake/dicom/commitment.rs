@@ -97,6 +97,9 @@ pub fn parse_action(
 #[derive(Debug, Clone)]
 pub struct Ledger {
     dir: PathBuf,
+    /// Tells the notifier a request was added (its instances may all be
+    /// delivered already).
+    saved: Arc<tokio::sync::Notify>,
 }
 
 impl Ledger {
@@ -104,6 +107,7 @@ impl Ledger {
         fs::create_dir_all(dir)?;
         Ok(Self {
             dir: dir.to_owned(),
+            saved: Arc::default(),
         })
     }
 
@@ -126,7 +130,9 @@ impl Ledger {
             &self.path(&r.transaction_uid),
             &serde_json::to_vec(r).map_err(std::io::Error::other)?,
             0o600,
-        )
+        )?;
+        self.saved.notify_one();
+        Ok(())
     }
 
     pub fn pending(&self) -> Vec<Request> {
@@ -242,17 +248,44 @@ pub struct Notifier {
     pub config: DicomSection,
     pub ledger: Ledger,
     pub spool_dir: PathBuf,
+    /// Bumped by the uplink when an item is delivered or set aside.
+    pub settled: watch::Receiver<u64>,
 }
 
+/// How often pending requests are looked at with no word from the uplink
+/// (items that leave the spool another way: evicted, removed by hand).
+const UNPROMPTED: Duration = Duration::from_secs(60);
+
+/// The wait before sending a report again to a modality that did not
+/// take it: doubling from 2 s up to this.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
 impl Notifier {
+    /// Looks at the pending requests at start (some may have waited
+    /// through a restart), then whenever the uplink settles an item, a
+    /// request is added, a retry is due, or every minute regardless.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let this = Arc::new(self);
-        let mut failures: BTreeMap<String, u32> = BTreeMap::new();
+        let mut settled = this.settled.clone();
+        // Per transaction: failed attempts, and when to try again.
+        let mut failures: BTreeMap<String, (u32, tokio::time::Instant)> = BTreeMap::new();
+        let mut first = true;
+        let mut told = true;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = stop.changed() => return,
+            let next_retry = failures.values().map(|(_, at)| *at).min();
+            if !first {
+                tokio::select! {
+                    r = settled.changed(), if told => if r.is_err() {
+                        // No uplink to tell us any more (the box is
+                        // stopping): the timer alone from now on.
+                        told = false;
+                    },
+                    _ = this.ledger.saved.notified() => {}
+                    _ = tokio::time::sleep_until(next_retry.unwrap_or_else(|| tokio::time::Instant::now() + UNPROMPTED)) => {}
+                    _ = stop.changed() => return,
+                }
             }
+            first = false;
             let me = this.clone();
             let ready = tokio::task::spawn_blocking(move || {
                 me.ledger
@@ -263,11 +296,14 @@ impl Notifier {
             })
             .await
             .unwrap_or_default();
+            let now = tokio::time::Instant::now();
             for (r, Outcome { ok, failed }) in ready {
-                let n = failures.get(&r.transaction_uid).copied().unwrap_or(0);
-                if n > 0 && n % 20 != 0 {
+                let (n, at) = failures
+                    .get(&r.transaction_uid)
+                    .copied()
+                    .unwrap_or((0, now));
+                if at > now {
                     // Back off while the modality is unreachable.
-                    failures.insert(r.transaction_uid.clone(), n + 1);
                     continue;
                 }
                 match this.report(&r, &ok, &failed).await {
@@ -282,7 +318,9 @@ impl Notifier {
                             tracing::warn!(device = %this.config.name, calling_ae = %r.calling_ae, error = %e,
                                 "cannot send a storage commitment result to the modality; retrying (check its address in [[dicom.allowed]])");
                         }
-                        failures.insert(r.transaction_uid.clone(), n + 1);
+                        let wait =
+                            (Duration::from_secs(2) * 2u32.saturating_pow(n.min(6))).min(RETRY_MAX);
+                        failures.insert(r.transaction_uid.clone(), (n + 1, now + wait));
                     }
                 }
             }

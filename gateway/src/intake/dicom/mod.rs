@@ -78,6 +78,7 @@ pub struct DicomNode {
     worklist: crate::worklist::WorklistCache,
     intake: Intake,
     spool_dir: std::path::PathBuf,
+    settled: crate::settled::Settled,
 }
 
 /// A DICOM node that is serving.
@@ -106,6 +107,7 @@ impl DicomNode {
             worklist: shared.worklist.clone(),
             intake,
             spool_dir: shared.spool_dir.clone(),
+            settled: shared.settled.clone(),
         }
     }
 }
@@ -135,6 +137,7 @@ impl Source for DicomNode {
                 config: self.config.clone(),
                 ledger: ledger.clone(),
                 spool_dir: self.spool_dir.clone(),
+                settled: self.settled.watch(),
             };
             let listener = TcpListener::bind(self.config.listen).await.map_err(|e| {
                 anyhow::anyhow!(
