@@ -106,13 +106,7 @@ fn safe(s: &str, max: usize) -> String {
 }
 
 fn extension(kind: &str) -> &'static str {
-    match kind {
-        "scp-ecg" => "scp",
-        "aecg" => "xml",
-        "dicom" => "dcm",
-        "pdf" => "pdf",
-        _ => "bin",
-    }
+    yilian_protocol::ItemKind::parse(kind).map_or("bin", yilian_protocol::ItemKind::extension)
 }
 
 /// The file name (without extension) an item is delivered under.

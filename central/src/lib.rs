@@ -112,7 +112,7 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
     shared.load_unwatched(unwatched);
     let (stop, mut stopped) = watch::channel(false);
     if let Some(lis) = &config.lis {
-        shared.lis_enabled = true;
+        shared.routes.lis = true;
         metrics.register_destination(lis::DESTINATION);
         tokio::spawn(outbox::drive(
             lis::LisDelivery::new(lis.clone(), store.clone()),
@@ -137,7 +137,7 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
         tokio::spawn(serve);
     }
     if let Some(pacs) = &config.pacs {
-        shared.pacs_enabled = true;
+        shared.routes.pacs = true;
         metrics.register_destination(pacs::DESTINATION);
         tokio::spawn(outbox::drive(
             pacs::PacsDelivery::new(pacs.clone(), store.clone()),
@@ -149,7 +149,7 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
         ));
     }
     if let Some(ecg) = &config.ecg {
-        shared.ecg_enabled = true;
+        shared.routes.ecg = true;
         metrics.register_destination(ecg::DESTINATION);
         tokio::spawn(outbox::drive(
             ecg::EcgDelivery::new(ecg.clone(), store.clone()),

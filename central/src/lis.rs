@@ -10,6 +10,7 @@
 //! queue, and `yilian-central outbox --requeue ID` puts it back.
 
 use std::time::Duration;
+use yilian_protocol::ItemKind;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -54,10 +55,10 @@ impl LisDelivery {
 
     /// The message to send for an outbox row.
     fn message(&self, row: &OutboxRow, blob: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        match row.kind.as_str() {
-            "hl7" => Ok(Some(blob.to_vec())),
-            "astm" => {
-                let charset = row.metadata["charset"]
+        match ItemKind::parse(&row.kind) {
+            Some(ItemKind::Hl7) => Ok(Some(blob.to_vec())),
+            Some(ItemKind::Astm) => {
+                let charset = row.metadata[yilian_protocol::kind::keys::CHARSET]
                     .as_str()
                     .and_then(Charset::from_label)
                     .unwrap_or(Charset::Utf8);
@@ -81,7 +82,7 @@ impl LisDelivery {
                 };
                 Ok(to_oru(&m, &header).map(String::into_bytes))
             }
-            other => Err(format!("items of kind {other} do not go to the LIS")),
+            _ => Err(format!("items of kind {} do not go to the LIS", row.kind)),
         }
     }
 

@@ -247,7 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("opening {}", dir.display()))?;
             let mut items = store.items(gateway.as_deref(), limit)?;
             if ecg {
-                items.retain(|i| i.metadata.get("ecg").is_some());
+                items.retain(|i| i.metadata.get(yilian_protocol::kind::keys::ECG).is_some());
             }
             let mut out = std::io::stdout().lock();
             if ecg && !json {
@@ -273,7 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for i in items {
                     let state = match i.metadata.get("quarantine").and_then(|v| v.as_str()) {
                         Some(q) => format!("QUARANTINED: {q}"),
-                        None => meta(&i, "ecg"),
+                        None => meta(&i, yilian_protocol::kind::keys::ECG),
                     };
                     writeln!(
                         out,

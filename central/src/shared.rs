@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use yilian_protocol::BoxIdentity;
-use yilian_protocol::messages::Offer;
 
 use crate::fleet::Fleet;
 use crate::metrics::CentralMetrics;
@@ -31,12 +30,8 @@ pub struct Shared {
     pub store: Store,
     pub metrics: CentralMetrics,
     pub max_upload_bytes: u64,
-    /// Whether lab items (HL7, ASTM) are queued for the hospital LIS.
-    pub lis_enabled: bool,
-    /// Whether ECG items are queued for the ECG reading system.
-    pub ecg_enabled: bool,
-    /// Whether DICOM instances are queued for the hospital PACS.
-    pub pacs_enabled: bool,
+    /// Where committed items are queued for delivery.
+    pub routes: crate::outbox::Routes,
     /// Enrollment, renewal, revocation, published configuration.
     pub fleet: Fleet,
     /// The live connection of each box: a new one supersedes the old, whose
@@ -68,9 +63,7 @@ impl Shared {
             metrics,
             max_upload_bytes,
             fleet,
-            lis_enabled: false,
-            ecg_enabled: false,
-            pacs_enabled: false,
+            routes: Default::default(),
             connections: Arc::default(),
             upload_locks: Arc::default(),
             unwatched: Arc::default(),
@@ -119,24 +112,6 @@ impl Shared {
         addrs.sort();
         addrs.dedup();
         (seen.len() >= CLONE_TAKEOVERS && addrs.len() > 1).then_some(addrs)
-    }
-
-    /// Where an item of this kind is delivered after central commits it.
-    pub(crate) fn destinations_for(&self, offer: &Offer) -> Vec<&'static str> {
-        let mut d = Vec::new();
-        if self.lis_enabled && matches!(offer.kind.as_str(), "hl7" | "astm") {
-            d.push(crate::lis::DESTINATION);
-        }
-        // Gateways mark ECG records, ECG reports and whatever an ECG
-        // source sent that needs review.
-        if self.ecg_enabled && offer.metadata.contains_key("ecg") {
-            d.push(crate::ecg::DESTINATION);
-        }
-        // DICOM ECGs go to the PACS as well as to the ECG system.
-        if self.pacs_enabled && offer.kind == "dicom" {
-            d.push(crate::pacs::DESTINATION);
-        }
-        d
     }
 
     /// Closes a box's live connection, if it has one. Returns whether it had.

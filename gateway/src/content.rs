@@ -14,6 +14,20 @@ use std::path::Path;
 
 use yilian_codecs::ecg::{ScpHeader, read_aecg, read_scp};
 use yilian_codecs::sniff::{ContentKind, sniff};
+use yilian_protocol::ItemKind;
+use yilian_protocol::kind::keys;
+
+/// The item kind a recognised payload is offered as.
+fn item_kind(k: ContentKind) -> ItemKind {
+    match k {
+        ContentKind::Dicom => ItemKind::Dicom,
+        ContentKind::ScpEcg => ItemKind::ScpEcg,
+        ContentKind::Aecg => ItemKind::Aecg,
+        ContentKind::Pdf => ItemKind::Pdf,
+        ContentKind::Hl7 => ItemKind::Hl7,
+        ContentKind::Other => ItemKind::File,
+    }
+}
 
 /// The largest SCP-ECG record read whole: a 10 s 12-lead record is tens of
 /// kilobytes, a long Holter-like one a few megabytes.
@@ -31,7 +45,7 @@ pub use crate::config::Profile;
 /// A payload, described.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Description {
-    pub kind: &'static str,
+    pub kind: ItemKind,
     pub metadata: BTreeMap<String, String>,
     /// An ECG (SCP-ECG, aECG or a DICOM ECG waveform).
     pub ecg: bool,
@@ -59,7 +73,7 @@ pub const QUARANTINE_CLASSES: &[&str] = &["unreadable", "checksum", "not_ecg", "
 impl Description {
     fn new(kind: ContentKind) -> Self {
         Self {
-            kind: kind.name(),
+            kind: item_kind(kind),
             ..Self::default()
         }
     }
@@ -81,7 +95,7 @@ impl Description {
     /// `report` (a PDF from an ECG source), `unrecognised` (anything else
     /// an ECG source sent, quarantined).
     fn finish(mut self, profile: Profile) -> Self {
-        let is_pdf = self.kind == ContentKind::Pdf.name();
+        let is_pdf = self.kind == ItemKind::Pdf;
         let role = match (self.ecg, profile, is_pdf) {
             (true, _, _) => Some("record"),
             (false, Profile::Ecg, true) => Some("report"),
@@ -105,7 +119,7 @@ impl Description {
             }
         };
         if let Some(role) = role {
-            self.metadata.insert("ecg".into(), role.into());
+            self.metadata.insert(keys::ECG.into(), role.into());
         }
         if self.stat {
             self.metadata.insert("stat".into(), "1".into());
@@ -347,7 +361,7 @@ fn describe_dicom(d: &mut Description, head: &[u8], whole: bool) {
     );
     d.put("study_uid", text(tags::STUDY_INSTANCE_UID));
     d.put("series_uid", text(tags::SERIES_INSTANCE_UID));
-    d.put("sop_instance_uid", text(tags::SOP_INSTANCE_UID));
+    d.put(keys::SOP_INSTANCE_UID, text(tags::SOP_INSTANCE_UID));
     d.put("accession", text(tags::ACCESSION_NUMBER));
     d.put("modality", text(tags::MODALITY));
     d.put("study_date", text(tags::STUDY_DATE).as_deref().map(hl7_ts));
@@ -387,7 +401,7 @@ mod tests {
     fn ecg_profile_quarantines_what_is_not_an_ecg() {
         let d = describe_bytes(b"hello, not an ECG", Profile::Ecg);
         assert!(d.quarantine.is_some());
-        assert_eq!(d.kind, "file");
+        assert_eq!(d.kind, ItemKind::File);
         let d = describe_bytes(b"hello, not an ECG", Profile::Files);
         assert!(d.quarantine.is_none());
         let d = describe_bytes(b"%PDF-1.4 report", Profile::Ecg);
@@ -420,7 +434,7 @@ mod tests {
             let d = describe_bytes(&scp, Profile::Ecg);
             assert_eq!(
                 (d.kind, d.ecg, d.quarantine.as_ref()),
-                ("scp-ecg", true, None)
+                (ItemKind::ScpEcg, true, None)
             );
             assert_eq!(d.metadata.get("device").map(String::as_str), Some("ELI250"));
             // Truncated: the record is not all there.
@@ -438,7 +452,10 @@ mod tests {
         }
         if let Some(xml) = sample("aecg/ecgtoolkit_Example_aECG.xml") {
             let d = describe_bytes(&xml, Profile::Ecg);
-            assert_eq!((d.kind, d.ecg, d.quarantine.as_ref()), ("aecg", true, None));
+            assert_eq!(
+                (d.kind, d.ecg, d.quarantine.as_ref()),
+                (ItemKind::Aecg, true, None)
+            );
             assert_eq!(
                 d.metadata.get("acquired").map(String::as_str),
                 Some("2002-11-22T09:10:00")
@@ -452,7 +469,7 @@ mod tests {
             let d = describe_bytes(&dcm, Profile::Ecg);
             assert_eq!(
                 (d.kind, d.ecg, d.quarantine.as_ref()),
-                ("dicom", true, None),
+                (ItemKind::Dicom, true, None),
                 "{d:?}"
             );
             assert!(d.metadata.contains_key("sop_instance_uid"), "{d:?}");

@@ -22,7 +22,8 @@ pub struct StatusReport {
 
 pub fn collect(config: &GatewayConfig, recent: u32) -> anyhow::Result<StatusReport> {
     let (spool, recent_items) = Spool::inspect(&config.spool.dir, recent)?;
-    let ecgs = Spool::inspect_with_key(&config.spool.dir, "ecg", recent)?;
+    let ecgs =
+        Spool::inspect_with_key(&config.spool.dir, yilian_protocol::kind::keys::ECG, recent)?;
     let recent = recent_items;
     let link = fetch_link(config.metrics.listen);
     Ok(StatusReport {

@@ -15,6 +15,7 @@
 pub mod exposition;
 pub mod frame;
 pub mod identity;
+pub mod kind;
 pub mod messages;
 pub mod pushed;
 pub mod upload;
@@ -22,6 +23,7 @@ pub mod version;
 
 pub use frame::{FrameDecoder, FrameError, encode_frame};
 pub use identity::{BoxIdentity, IdentityError};
+pub use kind::ItemKind;
 pub use messages::{Envelope, Lane, RejectReason, envelope::Body};
 pub use version::{PROTOCOL_VERSION, SUPPORTED_VERSIONS};
 

@@ -371,8 +371,11 @@ impl AstmAdapter {
                 metadata.insert("parse_error".to_owned(), e.to_string());
             }
         }
-        metadata.insert("charset".to_owned(), charset.hl7_code().to_owned());
-        let mut item = self.intake.item(lane, "astm");
+        metadata.insert(
+            yilian_protocol::kind::keys::CHARSET.to_owned(),
+            charset.hl7_code().to_owned(),
+        );
+        let mut item = self.intake.item(lane, yilian_protocol::ItemKind::Astm);
         item.metadata = metadata;
         // A message sent again after a lost ACK or a refused final frame is
         // byte for byte the same: store it once.

@@ -227,7 +227,7 @@ impl EcgSerialAdapter {
         if !c.is_duplicate() {
             self.intake.metrics.ecg(&self.config.name, lane, &d);
         }
-        tracing::info!(device = %self.config.name, kind = d.kind, stat = d.stat, upload = c.upload_id(), "ECG received");
+        tracing::info!(device = %self.config.name, kind = %d.kind, stat = d.stat, upload = c.upload_id(), "ECG received");
         if let Some(q) = &d.quarantine {
             tracing::warn!(device = %self.config.name, upload = c.upload_id(), reason = %q.reason,
                 "ECG quarantined: stored and sent to central marked for review, not to the reading system");

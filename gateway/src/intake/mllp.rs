@@ -288,12 +288,15 @@ impl MllpListener {
             "sending_facility".to_owned(),
             unescape(m.get("MSH", 4, 1), &m.delimiters),
         );
-        metadata.insert("charset".to_owned(), decoded.charset.hl7_code().to_owned());
+        metadata.insert(
+            yilian_protocol::kind::keys::CHARSET.to_owned(),
+            decoded.charset.hl7_code().to_owned(),
+        );
         let patient_id = unescape(m.get("PID", 3, 1), &m.delimiters);
         if !patient_id.is_empty() {
             metadata.insert("patient_id".to_owned(), patient_id);
         }
-        let mut item = self.intake.item(lane, "hl7");
+        let mut item = self.intake.item(lane, yilian_protocol::ItemKind::Hl7);
         item.metadata = metadata;
         // Receivers de-duplicate on MSH-3, MSH-4 and MSH-10.
         item.dedup_key = Some(format!(

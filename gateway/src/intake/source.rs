@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
+use yilian_protocol::ItemKind;
 use yilian_spool::{Committed, Lane, NewItem, Spool, SpoolError, SpoolWriter};
 
 use crate::metrics::GatewayMetrics;
@@ -126,7 +127,7 @@ impl Intake {
     }
 
     /// A new item from this device.
-    pub fn item(&self, lane: Lane, kind: &str) -> NewItem {
+    pub fn item(&self, lane: Lane, kind: ItemKind) -> NewItem {
         NewItem::new(lane, kind, self.source_label())
     }
 

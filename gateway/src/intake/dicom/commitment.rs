@@ -27,6 +27,7 @@ use dicom_ul::Pdu;
 use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use tokio::sync::watch;
 use yilian_codecs::dicom::{Command, command};
+use yilian_protocol::kind::keys;
 use yilian_spool::Spool;
 
 use crate::config::DicomSection;
@@ -169,13 +170,13 @@ fn resolve(spool_dir: &Path, r: &Request) -> Option<Outcome> {
         .iter()
         .map(|x| x.sop_instance.clone())
         .collect();
-    let items = Spool::inspect_by_metadata(spool_dir, "sop_instance_uid", &uids).ok()?;
+    let items = Spool::inspect_by_metadata(spool_dir, keys::SOP_INSTANCE_UID, &uids).ok()?;
     let mut ok = Vec::new();
     let mut failed = Vec::new();
     for reference in &r.references {
         let states: Vec<&str> = items
             .iter()
-            .filter(|i| i.metadata.get("sop_instance_uid") == Some(&reference.sop_instance))
+            .filter(|i| i.metadata.get(keys::SOP_INSTANCE_UID) == Some(&reference.sop_instance))
             .map(|i| i.state)
             .collect();
         if states.contains(&"delivered") {

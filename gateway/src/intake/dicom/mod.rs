@@ -624,7 +624,9 @@ impl DicomAdapter {
     }
 
     fn begin(&self, request: Command, context_id: u8, ts: &str, calling: &str) -> Instance {
-        let mut item = self.intake.item(self.lane_for(calling), "dicom");
+        let mut item = self
+            .intake
+            .item(self.lane_for(calling), yilian_protocol::ItemKind::Dicom);
         item.metadata
             .insert("calling_ae".into(), calling.to_owned());
         let mut prefix = Vec::new();
@@ -825,7 +827,7 @@ impl DicomAdapter {
             .entry("sop_class".into())
             .or_insert_with(|| r.affected_sop_class.clone());
         item.metadata
-            .entry("sop_instance_uid".into())
+            .entry(yilian_protocol::kind::keys::SOP_INSTANCE_UID.into())
             .or_insert_with(|| r.affected_sop_instance.clone());
         if d.stat {
             item.lane = Lane::Urgent;

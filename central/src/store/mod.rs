@@ -1,0 +1,317 @@
+//! The embedded ingest store: SQLite for the index, a content-addressed
+//! blob directory for payloads, and per-upload partial files for resume.
+//!
+//! ```text
+//! data_dir/central.sqlite         index (WAL, synchronous=FULL)
+//! data_dir/blobs/ab/abcdef…       payloads by SHA-256
+//! data_dir/partial/C/C/B/<id>     uploads in progress, per gateway
+//! ```
+//!
+//! - [`ingest`] — uploads in progress and their durable commit;
+//! - [`outbox`] — deliveries to the LIS, PACS and ECG system;
+//! - [`worklist`] — the clinics' scheduled procedures;
+//! - [`views`] — the gateway registry and what the CLI lists.
+//!
+//! COMMITTED is answered only after the blob is fsynced and renamed, its
+//! directory fsynced, and the index row committed. Partial files are not
+//! fsynced while they grow: after a power cut their tail may be torn, which
+//! the final hash check catches (the upload is then restarted from zero).
+
+use std::fs::{self};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::Connection;
+use yilian_protocol::upload::HeldState;
+
+mod ingest;
+mod outbox;
+mod views;
+mod worklist;
+
+pub use ingest::PartialUpload;
+pub use outbox::{OutboxRow, OutboxStats};
+pub use views::{GatewayRow, ItemRow, StudyRow};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{context} {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("index: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("received bytes hash to {got}, the offer said {expected}")]
+    HashMismatch { expected: String, got: String },
+    #[error("received {got} bytes, the offer said {expected}")]
+    SizeMismatch { expected: u64, got: u64 },
+    /// The upload's writer task ended before the commit (central is
+    /// stopping, or the task failed): nothing is wrong with the item.
+    #[error("the writer of this upload stopped before its commit")]
+    WriterStopped,
+}
+
+pub(crate) fn io<'a>(
+    context: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        context,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    yilian_proof::disk::sync_dir(dir).map_err(io("fsync directory", dir))
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS items(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    gateway TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    lane TEXT NOT NULL,
+    source TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    committed_ms INTEGER NOT NULL,
+    UNIQUE(gateway, upload_id)
+);
+CREATE INDEX IF NOT EXISTS items_by_sha ON items(sha256);
+CREATE TABLE IF NOT EXISTS outbox(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    gateway TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    state INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_ms INTEGER NOT NULL,
+    delivered_ms INTEGER,
+    UNIQUE(gateway, upload_id, destination)
+);
+CREATE INDEX IF NOT EXISTS outbox_ready ON outbox(destination, state, next_attempt_ms, id);
+CREATE TABLE IF NOT EXISTS worklist(
+    clinic TEXT NOT NULL,
+    accession TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY(clinic, accession)
+);
+CREATE TABLE IF NOT EXISTS gateways(
+    identity TEXT PRIMARY KEY,
+    county TEXT NOT NULL,
+    clinic TEXT NOT NULL,
+    box TEXT NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    software_version TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS gateway_state(
+    identity TEXT PRIMARY KEY,
+    certificate_not_after INTEGER NOT NULL DEFAULT 0,
+    config_version TEXT NOT NULL DEFAULT '',
+    pushed_config_version TEXT NOT NULL DEFAULT '',
+    pushed_config_error TEXT NOT NULL DEFAULT '',
+    backlog TEXT NOT NULL DEFAULT '[]',
+    updated_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens(
+    id TEXT PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    used_ms INTEGER,
+    used_from TEXT
+);
+CREATE TABLE IF NOT EXISTS revocations(
+    identity TEXT PRIMARY KEY,
+    revoked_ms INTEGER NOT NULL,
+    revoked_by TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS retirements(
+    identity TEXT PRIMARY KEY,
+    retired_ms INTEGER NOT NULL,
+    retired_by TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS configs(
+    scope TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    toml TEXT NOT NULL,
+    set_ms INTEGER NOT NULL,
+    set_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+";
+
+/// One committed item, as `yilian-central items` lists it.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    db: Mutex<Connection>,
+    data_dir: PathBuf,
+    blob_dir: PathBuf,
+    partial_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("data_dir", &self.inner.data_dir)
+            .finish()
+    }
+}
+
+pub use yilian_proof::disk::now_ms;
+
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Proof that the store committed something durably: an item (blob synced
+/// and renamed, row committed) or a worklist change. Only this module makes
+/// one (its `sealed` field is private), and only once the commit returned;
+/// central's COMMITTED to a box and its AA to the RIS are built from it.
+#[derive(Debug)]
+pub struct Stored<T> {
+    pub value: T,
+    id: String,
+    sealed: (),
+}
+
+impl<T> Stored<T> {
+    fn new(id: String, value: T) -> Self {
+        Self {
+            value,
+            id,
+            sealed: (),
+        }
+    }
+}
+
+impl<T> yilian_proof::Durable for Stored<T> {
+    fn durable_id(&self) -> &str {
+        let () = self.sealed;
+        &self.id
+    }
+}
+
+/// What the store holds of an offered upload.
+#[derive(Debug)]
+pub enum Held {
+    /// Nothing or a prefix of this many bytes.
+    Partial(u64),
+    /// Committed before (a resend after a lost COMMITTED), with its proof.
+    Committed(Stored<()>),
+}
+
+impl Held {
+    /// As the upload state machine takes it.
+    pub fn state(&self) -> HeldState<'_> {
+        match self {
+            Held::Partial(n) => HeldState::Partial(*n),
+            Held::Committed(p) => HeldState::Committed(p),
+        }
+    }
+}
+
+use yilian_proof::disk::create_private_dir;
+
+impl Store {
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let blob_dir = data_dir.join("blobs");
+        let partial_dir = data_dir.join("partial");
+        for d in [data_dir, &blob_dir, &partial_dir] {
+            create_private_dir(d).map_err(io("create", d))?;
+        }
+        // Make the directories' entries durable before COMMITTED is ever
+        // answered for a blob inside them.
+        sync_dir(data_dir)?;
+        if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+        let conn = Connection::open(data_dir.join("central.sqlite"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch(SCHEMA)?;
+        // SQLite makes its files with the process's umask (0644 from a
+        // shell): patient data is for the service user only.
+        for name in ["central.sqlite", "central.sqlite-wal", "central.sqlite-shm"] {
+            let p = data_dir.join(name);
+            if p.exists() {
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o600))
+                    .map_err(io("restrict permissions of", &p))?;
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(StoreInner {
+                db: Mutex::new(conn),
+                data_dir: data_dir.to_owned(),
+                blob_dir,
+                partial_dir,
+            }),
+        })
+    }
+
+    /// Opens the index read-only, for listings while `serve` runs.
+    pub fn open_read_only(data_dir: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(
+            data_dir.join("central.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Self {
+            inner: Arc::new(StoreInner {
+                db: Mutex::new(conn),
+                data_dir: data_dir.to_owned(),
+                blob_dir: data_dir.join("blobs"),
+                partial_dir: data_dir.join("partial"),
+            }),
+        })
+    }
+
+    pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable
+        // (SQLite rolls back the open transaction), so recover the guard.
+        self.inner.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn blob_path(&self, sha_hex: &str) -> PathBuf {
+        self.inner
+            .blob_dir
+            .join(&sha_hex[..2.min(sha_hex.len())])
+            .join(sha_hex)
+    }
+
+    /// The stored bytes of a blob.
+    pub fn read_blob(&self, sha_hex: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.blob_path(sha_hex);
+        fs::read(&path).map_err(io("read blob", &path))
+    }
+}

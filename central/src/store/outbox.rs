@@ -1,0 +1,153 @@
+//! Deliveries waiting for (or done by) the LIS, the PACS and the ECG
+//! reading system.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreError, now_ms};
+
+/// A delivery waiting in (or done by) an outbox.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub gateway: String,
+    pub upload_id: String,
+    pub destination: String,
+    pub kind: String,
+    pub sha256: String,
+    pub state: &'static str,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_ms: i64,
+    pub delivered_ms: Option<i64>,
+    /// The item's metadata (charset, message type, ...).
+    pub metadata: serde_json::Value,
+}
+
+/// The `state` column of the outbox table.
+const OUTBOX_PENDING: i64 = 0;
+const OUTBOX_DELIVERED: i64 = 1;
+const OUTBOX_PARKED: i64 = 2;
+
+fn outbox_state(v: i64) -> &'static str {
+    match v {
+        OUTBOX_PENDING => "pending",
+        OUTBOX_DELIVERED => "delivered",
+        OUTBOX_PARKED => "parked",
+        _ => "unknown",
+    }
+}
+
+const OUTBOX_SELECT: &str =
+    "SELECT o.id, o.gateway, o.upload_id, o.destination, o.kind, o.sha256, o.state, o.attempts,
+        o.last_error, o.created_ms, o.delivered_ms, COALESCE(i.metadata, '{}')
+     FROM outbox o LEFT JOIN items i ON i.gateway = o.gateway AND i.upload_id = o.upload_id";
+
+fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        gateway: r.get(1)?,
+        upload_id: r.get(2)?,
+        destination: r.get(3)?,
+        kind: r.get(4)?,
+        sha256: r.get(5)?,
+        state: outbox_state(r.get(6)?),
+        attempts: r.get::<_, i64>(7)? as u32,
+        last_error: r.get(8)?,
+        created_ms: r.get(9)?,
+        delivered_ms: r.get(10)?,
+        metadata: serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default(),
+    })
+}
+
+/// Counts of one destination's outbox.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxStats {
+    pub pending: u64,
+    pub delivered: u64,
+    pub parked: u64,
+    pub oldest_pending_ms: Option<i64>,
+}
+
+impl Store {
+    /// The next delivery due for `destination`, oldest first.
+    pub fn outbox_next(
+        &self,
+        destination: &str,
+        now_ms: i64,
+    ) -> Result<Option<OutboxRow>, StoreError> {
+        let sql = format!(
+            "{OUTBOX_SELECT} WHERE o.destination = ?1 AND o.state = 0 AND o.next_attempt_ms <= ?2 ORDER BY o.id LIMIT 1"
+        );
+        Ok(self
+            .db()
+            .query_row(&sql, params![destination, now_ms], outbox_row)
+            .optional()?)
+    }
+
+    pub fn outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
+        self.db().execute(
+            "UPDATE outbox SET state = 1, delivered_ms = ?2, last_error = NULL WHERE id = ?1",
+            params![id, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn outbox_retry(&self, id: i64, delay_ms: i64, error: &str) -> Result<(), StoreError> {
+        self.db().execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?1",
+            params![id, now_ms() + delay_ms, error],
+        )?;
+        Ok(())
+    }
+
+    /// Set aside for an operator: the destination refused the content.
+    pub fn outbox_park(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        self.db().execute(
+            "UPDATE outbox SET state = 2, attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+            params![id, error],
+        )?;
+        Ok(())
+    }
+
+    /// Puts a parked delivery back in line.
+    pub fn outbox_requeue(&self, id: i64) -> Result<bool, StoreError> {
+        let n = self.db().execute(
+            "UPDATE outbox SET state = 0, next_attempt_ms = 0 WHERE id = ?1 AND state = 2",
+            params![id],
+        )?;
+        Ok(n == 1)
+    }
+
+    pub fn outbox_list(&self, destination: Option<&str>) -> Result<Vec<OutboxRow>, StoreError> {
+        let sql = format!("{OUTBOX_SELECT} WHERE (?1 IS NULL OR o.destination = ?1) ORDER BY o.id");
+        let db = self.db();
+        let mut stmt = db.prepare(&sql)?;
+        let rows = stmt.query_map(params![destination], outbox_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn outbox_stats(&self, destination: &str) -> Result<OutboxStats, StoreError> {
+        let db = self.db();
+        let mut stmt = db.prepare("SELECT state, COUNT(*), MIN(created_ms) FROM outbox WHERE destination = ?1 GROUP BY state")?;
+        let mut s = OutboxStats::default();
+        let rows = stmt.query_map(params![destination], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (state, n, oldest) = row?;
+            match state {
+                OUTBOX_PENDING => {
+                    s.pending = n as u64;
+                    s.oldest_pending_ms = oldest;
+                }
+                OUTBOX_DELIVERED => s.delivered = n as u64,
+                _ => s.parked = n as u64,
+            }
+        }
+        Ok(s)
+    }
+}
