@@ -15,9 +15,9 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use serde_json::json;
 use time::OffsetDateTime;
 use yilian_link::Revocations;
+use yilian_pki::token::{TokenClaims, TokenError, TokenKey};
+use yilian_pki::{FleetCa, PkiError, csr};
 use yilian_protocol::BoxIdentity;
-use yilian_provision::token::{TokenClaims, TokenError, TokenKey};
-use yilian_provision::{FleetCa, ProvisionError, csr};
 
 use crate::config::{CentralConfig, EnrollmentSection};
 use crate::registry::TokenUse;
@@ -36,7 +36,7 @@ pub enum FleetError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("issuing a certificate: {0}")]
-    Issue(#[from] ProvisionError),
+    Issue(#[from] PkiError),
 }
 
 fn refused(msg: impl Into<String>) -> FleetError {
@@ -331,7 +331,7 @@ impl Fleet {
             .ca
             .sign_gateway_csr(csr_pem, identity, not_before, lifetime + backdate)
             .map_err(|e| match e {
-                ProvisionError::Csr(m) => refused(format!("certificate request refused: {m}")),
+                PkiError::Csr(m) => refused(format!("certificate request refused: {m}")),
                 other => FleetError::Issue(other),
             })?;
         let not_after = now + lifetime;

@@ -9,10 +9,10 @@ use std::path::Path;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use yilian_link::TlsFiles;
+use yilian_link::request::{self, RequestError};
+use yilian_pki::{csr, token};
 use yilian_protocol::BoxIdentity;
 use yilian_protocol::messages::{RenewRequest, envelope::Body};
-use yilian_provision::admin::{self, RequestError};
-use yilian_provision::{csr, token};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
@@ -25,7 +25,7 @@ pub enum CertError {
     #[error("central's answer does not fit: {0}")]
     Mismatch(String),
     #[error("key or request: {0}")]
-    Key(#[from] yilian_provision::ProvisionError),
+    Key(#[from] yilian_pki::PkiError),
 }
 
 fn file_err(path: &Path, e: impl std::fmt::Display) -> CertError {
@@ -88,8 +88,8 @@ pub async fn enroll(
         BoxIdentity::parse(&claims.gateway).map_err(|e| CertError::Mismatch(e.to_string()))?;
     let key_pem = csr::generate_key()?;
     let request = csr::request(&key_pem, &identity)?;
-    let name = server_name.map_or_else(|| admin::host_of(central), str::to_owned);
-    let answer = admin::enroll(central, &name, &claims.ca_sha256, token_text, &request).await?;
+    let name = server_name.map_or_else(|| request::host_of(central), str::to_owned);
+    let answer = request::enroll(central, &name, &claims.ca_sha256, token_text, &request).await?;
     if csr::fingerprint_pem(&answer.ca_pem)? != claims.ca_sha256 {
         return Err(CertError::Mismatch(
             "the fleet CA central sent is not the one the token names".into(),
@@ -111,7 +111,7 @@ pub async fn renew_online(
 ) -> Result<Installed, CertError> {
     let (identity, key_pem) = current(files)?;
     let request = csr::request(&key_pem, &identity)?;
-    let env = admin::on_connection(
+    let env = request::on_connection(
         conn,
         Body::RenewRequest(RenewRequest {
             csr_pem: request,
@@ -119,7 +119,7 @@ pub async fn renew_online(
         }),
     )
     .await?;
-    let answer = admin::certificate(env)?;
+    let answer = request::certificate(env)?;
     install(files, &answer.chain_pem, None, &identity.to_string(), None)
 }
 
@@ -133,7 +133,7 @@ pub async fn renew_expired(
     let (identity, key_pem) = current(files)?;
     let chain = std::fs::read_to_string(&files.cert).map_err(|e| file_err(&files.cert, e))?;
     let request = csr::request(&key_pem, &identity)?;
-    let answer = admin::renew_expired(central, server_name, &files.ca, &chain, &request).await?;
+    let answer = request::renew_expired(central, server_name, &files.ca, &chain, &request).await?;
     install(files, &answer.chain_pem, None, &identity.to_string(), None)
 }
 

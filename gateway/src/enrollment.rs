@@ -25,7 +25,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use yilian_provision::token;
+use yilian_pki::token;
 
 use crate::config::{GatewayConfig, IdentitySection, STATE_DIR};
 

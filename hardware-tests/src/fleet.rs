@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 use yilian_link::TlsFiles;
+use yilian_pki::FleetCa;
+use yilian_pki::ca::write_cert_files;
 use yilian_protocol::BoxIdentity;
-use yilian_provision::FleetCa;
-use yilian_provision::ca::write_cert_files;
 
 pub const DAY: Duration = Duration::from_secs(86400);
 

@@ -71,11 +71,11 @@ fn tokens_enroll_once_for_their_box_and_only_at_the_fleets_central() {
 
     // A token for one box, a request for another.
     let rt = tokio::runtime::Runtime::new().expect("rt");
-    let claims = yilian_provision::token::peek(&t2).expect("claims");
-    let key = yilian_provision::csr::generate_key().expect("key");
+    let claims = yilian_pki::token::peek(&t2).expect("claims");
+    let key = yilian_pki::csr::generate_key().expect("key");
     let other = yilian_protocol::BoxIdentity::parse("anxi/hutou/box-9").expect("id");
-    let csr = yilian_provision::csr::request(&key, &other).expect("csr");
-    let r = rt.block_on(yilian_provision::admin::enroll(
+    let csr = yilian_pki::csr::request(&key, &other).expect("csr");
+    let r = rt.block_on(yilian_link::request::enroll(
         &bench.quic.to_string(),
         "localhost",
         &claims.ca_sha256,

@@ -32,3 +32,9 @@ pub enum LinkError {
     #[error("peer certificate: {0}")]
     Identity(String),
 }
+
+impl From<yilian_pki::CertificateError> for LinkError {
+    fn from(e: yilian_pki::CertificateError) -> Self {
+        LinkError::Identity(e.0)
+    }
+}

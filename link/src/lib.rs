@@ -12,6 +12,7 @@ mod error;
 mod framed;
 mod identity;
 mod pem;
+pub mod request;
 mod socket;
 mod tls;
 mod transport;

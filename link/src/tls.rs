@@ -328,5 +328,5 @@ pub fn verify_expired_gateway_chain(
     verifier
         .verify_client_cert(leaf, rest, valid_at)
         .map_err(|e| LinkError::Identity(e.to_string()))?;
-    crate::identity::identity_from_certificate(leaf)
+    Ok(crate::identity::identity_from_certificate(leaf)?)
 }

@@ -9,10 +9,10 @@ use time::OffsetDateTime;
 use yilian_link::{
     MessageReader, TlsFiles, bind_udp, client_config, peer_identity, server_config, write_message,
 };
+use yilian_pki::FleetCa;
+use yilian_pki::ca::write_cert_files;
 use yilian_protocol::BoxIdentity;
 use yilian_protocol::messages::{Accept, Envelope, envelope::Body};
-use yilian_provision::FleetCa;
-use yilian_provision::ca::write_cert_files;
 
 const DAY: Duration = Duration::from_secs(86400);
 

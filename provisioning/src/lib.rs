@@ -1,20 +1,10 @@
-//! The county admin's tool and the fleet's certificate authority.
+//! The county admin's tool, `yilian-provision`: the fleet CA on an offline
+//! machine, enrollment tokens and bundles, and fleet commands at central.
+//! The certificates themselves are `yilian-pki`'s; the requests to central
+//! are `yilian-link::request`'s.
 //!
-//! - [`ca`] — the fleet root CA (kept offline), the issuing CA central holds,
-//!   and the certificates they issue: boxes (`yilian://county/clinic/box`,
-//!   client auth), central (server auth), administrators
-//!   (`yilian-admin://name`, client auth).
-//! - [`csr`] — the box's side of enrollment: its own key and CSR.
-//! - [`token`] — single-use enrollment tokens.
-//! - [`admin`] — the authenticated client `yilian-provision` uses to run
-//!   fleet commands at central.
+//! - [`render`] — what the fleet commands print.
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod ca;
-pub mod csr;
 pub mod render;
-pub mod token;
-
-pub use ca::{FleetCa, IssuedCert, ProvisionError};

@@ -9,9 +9,9 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use time::OffsetDateTime;
 use yilian_link::TlsFiles;
+use yilian_pki::FleetCa;
+use yilian_pki::ca::write_cert_files;
 use yilian_protocol::BoxIdentity;
-use yilian_provision::FleetCa;
-use yilian_provision::ca::write_cert_files;
 
 #[derive(Parser)]
 #[command(
@@ -568,11 +568,11 @@ impl Session {
         let name = self
             .server_name
             .clone()
-            .unwrap_or_else(|| yilian_provision::admin::host_of(&central));
+            .unwrap_or_else(|| yilian_link::request::host_of(&central));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(yilian_provision::admin::admin(
+        rt.block_on(yilian_link::request::admin(
             &central, &name, &files, command, args,
         ))
         .with_context(|| format!("{command} at {central}"))

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use yilian_link::{LinkError, MessageReader, write_message};
+use crate::{LinkError, MessageReader, write_message};
 use yilian_protocol::Envelope;
 use yilian_protocol::messages::{
     AdminRequest, CertificateResponse, EnrollRequest, RenewRequest, envelope::Body,
@@ -64,7 +64,7 @@ pub async fn exchange(
         } else {
             SocketAddr::from(([0, 0, 0, 0], 0))
         };
-        let socket = yilian_link::bind_udp(local)?;
+        let socket = crate::bind_udp(local)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| LinkError::Socket(std::io::Error::other("no async runtime")))?;
         let endpoint =
@@ -126,7 +126,7 @@ pub async fn enroll(
     token: &str,
     csr_pem: &str,
 ) -> Result<CertificateResponse, RequestError> {
-    let config = yilian_link::pinned_client_config(ca_sha256)?;
+    let config = crate::pinned_client_config(ca_sha256)?;
     let env = exchange(
         central,
         server_name,
@@ -149,7 +149,7 @@ pub async fn renew_expired(
     expired_chain_pem: &str,
     csr_pem: &str,
 ) -> Result<CertificateResponse, RequestError> {
-    let config = yilian_link::anonymous_client_config(ca)?;
+    let config = crate::anonymous_client_config(ca)?;
     let env = exchange(
         central,
         server_name,
@@ -167,11 +167,11 @@ pub async fn renew_expired(
 pub async fn admin(
     central: &str,
     server_name: &str,
-    files: &yilian_link::TlsFiles,
+    files: &crate::TlsFiles,
     command: &str,
     args: serde_json::Value,
 ) -> Result<serde_json::Value, RequestError> {
-    let config = yilian_link::client_config(files)?;
+    let config = crate::client_config(files)?;
     let env = exchange(
         central,
         server_name,

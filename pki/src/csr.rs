@@ -7,16 +7,16 @@ use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use yilian_protocol::BoxIdentity;
 
-use crate::ProvisionError;
+use crate::PkiError;
 
 /// A fresh private key (ECDSA P-256), PEM. It never leaves the box.
-pub fn generate_key() -> Result<String, ProvisionError> {
+pub fn generate_key() -> Result<String, PkiError> {
     Ok(KeyPair::generate()?.serialize_pem())
 }
 
 /// A CSR for `key_pem` asking for `identity`. Central ignores everything in
 /// it but the public key; the subject is there for humans reading it.
-pub fn request(key_pem: &str, identity: &BoxIdentity) -> Result<String, ProvisionError> {
+pub fn request(key_pem: &str, identity: &BoxIdentity) -> Result<String, PkiError> {
     let key = KeyPair::from_pem(key_pem)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -32,19 +32,19 @@ pub fn request(key_pem: &str, identity: &BoxIdentity) -> Result<String, Provisio
 pub fn request_matches_certificate(
     csr_pem: &str,
     cert: &CertificateDer<'_>,
-) -> Result<bool, ProvisionError> {
+) -> Result<bool, PkiError> {
     let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
-        .map_err(|e| ProvisionError::Csr(e.to_string()))?;
+        .map_err(|e| PkiError::Csr(e.to_string()))?;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
-        .map_err(|e| ProvisionError::Invalid(format!("unparsable certificate: {e}")))?;
+        .map_err(|e| PkiError::Invalid(format!("unparsable certificate: {e}")))?;
     Ok(parsed.public_key().subject_public_key.data.as_ref() == csr.public_key.der_bytes())
 }
 
 /// The `yilian://` identity a CSR asks for, if it names one (its signature
 /// is checked too).
-pub fn requested_identity(csr_pem: &str) -> Result<Option<String>, ProvisionError> {
+pub fn requested_identity(csr_pem: &str) -> Result<Option<String>, PkiError> {
     let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
-        .map_err(|e| ProvisionError::Csr(e.to_string()))?;
+        .map_err(|e| PkiError::Csr(e.to_string()))?;
     Ok(csr.params.subject_alt_names.iter().find_map(|n| match n {
         SanType::URI(u) => u.as_str().strip_prefix("yilian://").map(str::to_owned),
         _ => None,
@@ -57,11 +57,11 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 }
 
 /// [`fingerprint`] of the first certificate in a PEM text.
-pub fn fingerprint_pem(pem: &str) -> Result<String, ProvisionError> {
+pub fn fingerprint_pem(pem: &str) -> Result<String, PkiError> {
     let cert = CertificateDer::pem_slice_iter(pem.as_bytes())
         .next()
-        .ok_or_else(|| ProvisionError::Invalid("no CERTIFICATE block".into()))?
-        .map_err(|e| ProvisionError::Invalid(format!("bad PEM: {e}")))?;
+        .ok_or_else(|| PkiError::Invalid("no CERTIFICATE block".into()))?
+        .map_err(|e| PkiError::Invalid(format!("bad PEM: {e}")))?;
     Ok(fingerprint(&cert))
 }
 

@@ -19,15 +19,14 @@ pub const CA_KEY_FILE: &str = "ca.key";
 /// The issuing CA central holds, below the fleet root.
 pub const ISSUING_CERT_FILE: &str = "issuing.pem";
 pub const ISSUING_KEY_FILE: &str = "issuing.key";
-/// SAN URI scheme of administrator certificates.
-pub const ADMIN_SCHEME: &str = "yilian-admin://";
+pub use crate::identity::ADMIN_SCHEME;
 
 /// Clock skew tolerated between the CA and the boxes: certificates start
 /// this long before their issue time.
 const BACKDATE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProvisionError {
+pub enum PkiError {
     #[error("{context} {path}: {source}")]
     Io {
         context: &'static str,
@@ -48,8 +47,8 @@ pub enum ProvisionError {
 fn io_err<'a>(
     context: &'static str,
     path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> ProvisionError + 'a {
-    move |source| ProvisionError::Io {
+) -> impl FnOnce(std::io::Error) -> PkiError + 'a {
+    move |source| PkiError::Io {
         context,
         path: path.to_owned(),
         source,
@@ -110,7 +109,7 @@ fn leaf_params(
 
 impl FleetCa {
     /// Creates a new CA in memory.
-    pub fn generate(name: &str, lifetime: Duration) -> Result<(Self, IssuedCert), ProvisionError> {
+    pub fn generate(name: &str, lifetime: Duration) -> Result<(Self, IssuedCert), PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -141,12 +140,12 @@ impl FleetCa {
     }
 
     /// `ca init`: creates the CA files in `dir`, refusing to overwrite.
-    pub fn init(dir: &Path, name: &str, lifetime: Duration) -> Result<Self, ProvisionError> {
+    pub fn init(dir: &Path, name: &str, lifetime: Duration) -> Result<Self, PkiError> {
         fs::create_dir_all(dir).map_err(io_err("create", dir))?;
         for f in [CA_CERT_FILE, CA_KEY_FILE] {
             let p = dir.join(f);
             if p.exists() {
-                return Err(ProvisionError::Exists { path: p });
+                return Err(PkiError::Exists { path: p });
             }
         }
         let (ca, issued) = Self::generate(name, lifetime)?;
@@ -156,7 +155,7 @@ impl FleetCa {
     }
 
     /// Loads the CA from `dir`.
-    pub fn load(dir: &Path) -> Result<Self, ProvisionError> {
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         let cert_pem = fs::read_to_string(&cert_path).map_err(io_err("read", &cert_path))?;
@@ -168,7 +167,7 @@ impl FleetCa {
 
     /// Loads a CA from its certificate and key files (the issuing CA
     /// central holds).
-    pub fn load_files(cert_path: &Path, key_path: &Path) -> Result<Self, ProvisionError> {
+    pub fn load_files(cert_path: &Path, key_path: &Path) -> Result<Self, PkiError> {
         let cert_pem = fs::read_to_string(cert_path).map_err(io_err("read", cert_path))?;
         let key_pem = fs::read_to_string(key_path).map_err(io_err("read", key_path))?;
         let key = KeyPair::from_pem(&key_pem)?;
@@ -183,11 +182,7 @@ impl FleetCa {
     /// `ca issuing`: an intermediate CA for central to issue box
     /// certificates with, so that the root key can stay offline. It may not
     /// sign further CAs.
-    pub fn issue_issuing_ca(
-        &self,
-        name: &str,
-        lifetime: Duration,
-    ) -> Result<IssuedCert, ProvisionError> {
+    pub fn issue_issuing_ca(&self, name: &str, lifetime: Duration) -> Result<IssuedCert, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -212,17 +207,13 @@ impl FleetCa {
 
     /// An administrator's client certificate (`yilian-admin://NAME`): what
     /// `yilian-provision` presents to central for fleet commands.
-    pub fn issue_admin(
-        &self,
-        name: &str,
-        lifetime: Duration,
-    ) -> Result<IssuedCert, ProvisionError> {
+    pub fn issue_admin(&self, name: &str, lifetime: Duration) -> Result<IssuedCert, PkiError> {
         if name.is_empty()
             || !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
         {
-            return Err(ProvisionError::Invalid(format!(
+            return Err(PkiError::Invalid(format!(
                 "admin name {name:?} may only hold letters, digits, '-', '_', '.' and '@'"
             )));
         }
@@ -251,9 +242,9 @@ impl FleetCa {
         identity: &BoxIdentity,
         not_before: OffsetDateTime,
         lifetime: Duration,
-    ) -> Result<String, ProvisionError> {
+    ) -> Result<String, PkiError> {
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| ProvisionError::Csr(e.to_string()))?;
+            .map_err(|e| PkiError::Csr(e.to_string()))?;
         let mut params = leaf_params(
             &identity.to_string(),
             "Yilian gateway",
@@ -278,7 +269,7 @@ impl FleetCa {
         identity: &BoxIdentity,
         not_before: OffsetDateTime,
         lifetime: Duration,
-    ) -> Result<IssuedCert, ProvisionError> {
+    ) -> Result<IssuedCert, PkiError> {
         let key = KeyPair::generate()?;
         let mut params = leaf_params(
             &identity.to_string(),
@@ -299,7 +290,7 @@ impl FleetCa {
         &self,
         hostname: &str,
         lifetime: Duration,
-    ) -> Result<IssuedCert, ProvisionError> {
+    ) -> Result<IssuedCert, PkiError> {
         let key = KeyPair::generate()?;
         let san = match hostname.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
@@ -326,7 +317,7 @@ pub fn write_cert_files(
     name: &str,
     issued: &IssuedCert,
     ca_pem: &str,
-) -> Result<(), ProvisionError> {
+) -> Result<(), PkiError> {
     fs::create_dir_all(out).map_err(io_err("create", out))?;
     write_private(&out.join(format!("{name}.key")), &issued.key_pem)?;
     write_public(&out.join(format!("{name}.pem")), &issued.cert_pem)?;
@@ -334,7 +325,7 @@ pub fn write_cert_files(
     Ok(())
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<(), ProvisionError> {
+fn write_private(path: &Path, contents: &str) -> Result<(), PkiError> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -347,7 +338,7 @@ fn write_private(path: &Path, contents: &str) -> Result<(), ProvisionError> {
     f.sync_all().map_err(io_err("fsync", path))
 }
 
-fn write_public(path: &Path, contents: &str) -> Result<(), ProvisionError> {
+fn write_public(path: &Path, contents: &str) -> Result<(), PkiError> {
     fs::write(path, contents).map_err(io_err("write", path))
 }
 
@@ -361,7 +352,7 @@ mod tests {
         FleetCa::init(dir.path(), "test fleet", Duration::from_secs(86400)).expect("init");
         assert!(matches!(
             FleetCa::init(dir.path(), "again", Duration::from_secs(86400)),
-            Err(ProvisionError::Exists { .. })
+            Err(PkiError::Exists { .. })
         ));
         let ca = FleetCa::load(dir.path()).expect("load");
         let id = BoxIdentity::parse("anxi/hutou/box-1").expect("id");
