@@ -87,14 +87,16 @@ fn evaluate(module: &str, service: &str, user_config: &str, attr: &str) -> serde
     serde_json::from_slice(&out.stdout).expect("json")
 }
 
-/// Writes the rendered settings as TOML and has the binary check them.
+/// Writes the rendered settings as TOML and has the binary check them
+/// (the file only: the paths it names are the NixOS machine's, not this
+/// one's).
 fn binary_accepts(bin: &str, settings: &serde_json::Value, dir: &Path) {
     let toml_value: toml::Value =
         serde_json::from_value(settings.clone()).expect("settings map to TOML");
     let path = dir.join(format!("{bin}.toml"));
     std::fs::write(&path, toml::to_string(&toml_value).expect("toml")).expect("write");
     let out = Command::new(binary(bin).expect("binary"))
-        .args(["check-config", "--config"])
+        .args(["check-config", "--file-only", "--config"])
         .arg(&path)
         .output()
         .expect("run");
