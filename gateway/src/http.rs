@@ -20,27 +20,7 @@ struct AppState {
 }
 
 async fn serve_metrics(State(s): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
-    negotiate(&headers, s.metrics.encode())
-}
-
-/// OpenMetrics for scrapers that ask for it (Prometheus does), the classic
-/// text format for everything else (curl, promtool, older scrapers).
-fn negotiate(headers: &HeaderMap, openmetrics: String) -> impl IntoResponse + use<> {
-    use yilian_protocol::exposition::{
-        OPENMETRICS_TEXT, PROMETHEUS_TEXT, to_prometheus_text, wants_openmetrics,
-    };
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if wants_openmetrics(accept) {
-        ([(header::CONTENT_TYPE, OPENMETRICS_TEXT)], openmetrics)
-    } else {
-        (
-            [(header::CONTENT_TYPE, PROMETHEUS_TEXT)],
-            to_prometheus_text(&openmetrics),
-        )
-    }
+    yilian_service::metrics_response(&headers, s.metrics.encode())
 }
 
 async fn status(State(s): State<AppState>) -> impl IntoResponse {
