@@ -67,6 +67,9 @@ async fn handle_connection(conn: quinn::Connection, remote: SocketAddr, shared: 
     }
     let labels = GatewayLabels::of(&identity);
     let watched = shared.watched(&identity);
+    // The series exists at zero from the box's first connection, so that
+    // the first conflict is an increase an alert can see.
+    let _ = shared.metrics.identity_conflicts.get_or_create(&labels);
     let superseded = shared
         .connections
         .lock()
