@@ -157,7 +157,8 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         // Every configured device has its series from the start, so a
         // device that never sent is visible (and can alert) before its
         // first item.
-        metrics.register_device(source.family(), source.name());
+        let intake = source.intake();
+        metrics.register_device(intake.family(), intake.device());
         tasks.spawn(source.start(stop_rx.clone()).await?);
     }
     let reload = Arc::new(Notify::new());

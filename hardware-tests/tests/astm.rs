@@ -7,12 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use yilian_central::CentralConfig;
-use yilian_gateway::GatewayConfig;
 use yilian_rig::analyzer::{Faults, records_from_capture, send_message};
 use yilian_rig::cable::{Cable, open_device_end};
-use yilian_rig::configs::{CentralSetup, GatewaySetup, free_tcp_port};
-use yilian_rig::fleet::Fleet;
+use yilian_rig::configs::free_tcp_port;
+use yilian_rig::hub::{Hub, HubSpec};
 
 fn captures() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/samples/astm");
@@ -24,37 +22,17 @@ fn captures() -> Vec<PathBuf> {
 }
 
 async fn hub(dir: &Path, astm_toml: &str) -> (yilian_central::Running, yilian_gateway::Running) {
-    let _ = yilian_rig::logs::LogCapture::install();
-    let fleet = Fleet::create(dir).expect("fleet");
-    let cs = CentralSetup {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        metrics: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.join("central-data"),
-        tls: fleet.central("localhost").expect("cert"),
-    };
-    std::fs::write(dir.join("central.toml"), cs.toml()).expect("write");
-    let central =
-        yilian_central::start(CentralConfig::load(&dir.join("central.toml")).expect("config"))
-            .await
-            .expect("central");
-    let gs = GatewaySetup {
-        central: central.quic_addr.to_string(),
-        server_name: "localhost".into(),
-        spool_dir: dir.join("spool"),
-        metrics: "127.0.0.1:0".parse().expect("addr"),
-        tls: fleet.gateway("test/clinic/box-1").expect("cert"),
-        folders: vec![],
-        idle_timeout_ms: None,
-        reconnect_max_ms: 1000,
-        quota_bytes: None,
-        extra: astm_toml.to_owned(),
-    };
-    std::fs::write(dir.join("gateway.toml"), gs.toml()).expect("write");
-    let gateway =
-        yilian_gateway::start(GatewayConfig::load(&dir.join("gateway.toml")).expect("config"))
-            .await
-            .expect("gateway");
-    (central, gateway)
+    let hub = Hub::start_with(
+        dir,
+        HubSpec {
+            gateway: "test/clinic/box-1",
+            gateway_extra: astm_toml.to_owned(),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+    (hub.central, hub.gateway)
 }
 
 async fn wait_items(

@@ -18,11 +18,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use yilian_central::CentralConfig;
 use yilian_central::store::ItemRow;
-use yilian_gateway::GatewayConfig;
-use yilian_rig::configs::{CentralSetup, GatewaySetup, free_tcp_port};
-use yilian_rig::fleet::Fleet;
+use yilian_rig::configs::free_tcp_port;
+use yilian_rig::hub::HubSpec;
 use yilian_rig::modality::{CtStudy, dataset_bytes, echoscu, storescu, write_malformed};
 use yilian_rig::orthanc::Orthanc;
 use yilian_rig::relay::Relay;
@@ -52,49 +50,31 @@ async fn hub_with(
     quota_bytes: Option<u64>,
     central_extra: &str,
 ) -> Hub {
-    let _ = yilian_rig::logs::LogCapture::install();
-    let fleet = Fleet::create(dir).expect("fleet");
-    let cs = CentralSetup {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        metrics: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.join("central-data"),
-        tls: fleet.central("localhost").expect("cert"),
-    };
-    let toml = format!(
-        "{}\n[ecg]\ndirectory = {:?}\n{central_extra}",
-        cs.toml(),
-        dir.join("ecg-import").display().to_string()
-    );
-    std::fs::write(dir.join("central.toml"), toml).expect("write");
-    let central =
-        yilian_central::start(CentralConfig::load(&dir.join("central.toml")).expect("config"))
-            .await
-            .expect("central");
-    let relay = Relay::start(central.quic_addr).await.expect("relay");
     let dicom = free_tcp_port().expect("a free port");
-    let gs = GatewaySetup {
-        central: relay.addr.to_string(),
-        server_name: "localhost".into(),
-        spool_dir: dir.join("spool"),
-        metrics: "127.0.0.1:0".parse().expect("addr"),
-        tls: fleet.gateway("lingshan/xiacun/box-1").expect("cert"),
-        folders: vec![],
-        idle_timeout_ms: Some(3000),
-        reconnect_max_ms: 500,
-        quota_bytes,
-        extra: format!(
-            "\n[[dicom]]\nname = \"modalities\"\nlisten = \"{dicom}\"\nae_title = \"YILIAN_GW\"\n{dicom_extra}"
-        ),
-    };
-    std::fs::write(dir.join("gateway.toml"), gs.toml()).expect("write");
-    let gateway =
-        yilian_gateway::start(GatewayConfig::load(&dir.join("gateway.toml")).expect("config"))
-            .await
-            .expect("gateway");
+    let hub = yilian_rig::hub::Hub::start_with(
+        dir,
+        HubSpec {
+            gateway: "lingshan/xiacun/box-1",
+            central_extra: format!(
+                "[ecg]\ndirectory = {:?}\n{central_extra}",
+                dir.join("ecg-import").display().to_string()
+            ),
+            gateway_extra: format!(
+                "\n[[dicom]]\nname = \"modalities\"\nlisten = \"{dicom}\"\nae_title = \"YILIAN_GW\"\n{dicom_extra}"
+            ),
+            quota_bytes,
+            idle_timeout_ms: Some(3000),
+            reconnect_max_ms: 500,
+            relay: Some(None),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
     Hub {
-        central,
-        gateway,
-        relay,
+        central: hub.central,
+        gateway: hub.gateway,
+        relay: hub.relay.expect("relay"),
         dicom,
     }
 }

@@ -10,13 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
-use yilian_central::CentralConfig;
 use yilian_central::store::ItemRow;
 use yilian_gateway::GatewayConfig;
 use yilian_rig::cable::{Cable, open_device_end};
 use yilian_rig::cart::{CartRecord, lrzsz_send};
-use yilian_rig::configs::{CentralSetup, GatewaySetup};
-use yilian_rig::fleet::Fleet;
+use yilian_rig::hub::HubSpec;
 use yilian_rig::relay::{Relay, Shaping};
 
 fn sample(rel: &str) -> PathBuf {
@@ -44,58 +42,27 @@ async fn hub(dir: &Path, gateway_toml: &str) -> Hub {
 
 /// Central, and a gateway reaching it through a shaped relay if asked.
 async fn hub_via(dir: &Path, gateway_toml: &str, shaping: Option<Shaping>) -> Hub {
-    let _ = yilian_rig::logs::LogCapture::install();
-    let fleet = Fleet::create(dir).expect("fleet");
-    let cs = CentralSetup {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        metrics: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.join("central-data"),
-        tls: fleet.central("localhost").expect("cert"),
-    };
     let import = dir.join("ecg-import");
-    let toml = format!(
-        "{}\n[ecg]\ndirectory = {:?}\nretry_base = \"200ms\"\n",
-        cs.toml(),
-        import.display().to_string()
-    );
-    std::fs::write(dir.join("central.toml"), toml).expect("write");
-    let central =
-        yilian_central::start(CentralConfig::load(&dir.join("central.toml")).expect("config"))
-            .await
-            .expect("central");
-    let relay = match shaping {
-        Some(sh) => Some(
-            Relay::start_shaped(central.quic_addr, Some(sh))
-                .await
-                .expect("relay"),
-        ),
-        None => None,
-    };
-    let gs = GatewaySetup {
-        central: relay
-            .as_ref()
-            .map_or(central.quic_addr, |r| r.addr)
-            .to_string(),
-        server_name: "localhost".into(),
-        spool_dir: dir.join("spool"),
-        metrics: "127.0.0.1:0".parse().expect("addr"),
-        tls: fleet.gateway("lingshan/xiacun/box-1").expect("cert"),
-        folders: vec![],
-        idle_timeout_ms: None,
-        reconnect_max_ms: 1000,
-        quota_bytes: None,
-        extra: gateway_toml.to_owned(),
-    };
-    std::fs::write(dir.join("gateway.toml"), gs.toml()).expect("write");
-    let gateway =
-        yilian_gateway::start(GatewayConfig::load(&dir.join("gateway.toml")).expect("config"))
-            .await
-            .expect("gateway");
+    let hub = yilian_rig::hub::Hub::start_with(
+        dir,
+        HubSpec {
+            gateway: "lingshan/xiacun/box-1",
+            central_extra: format!(
+                "[ecg]\ndirectory = {:?}\nretry_base = \"200ms\"\n",
+                import.display().to_string()
+            ),
+            gateway_extra: gateway_toml.to_owned(),
+            relay: shaping.map(Some),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
     Hub {
-        central,
-        gateway,
+        central: hub.central,
+        gateway: hub.gateway,
         import,
-        _relay: relay,
+        _relay: hub.relay,
     }
 }
 

@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use yilian_central::CentralConfig;
-use yilian_gateway::GatewayConfig;
 use yilian_rig::configs::{CentralSetup, GatewaySetup, free_tcp_port, free_udp_port};
 use yilian_rig::fleet::Fleet;
+use yilian_rig::hub::HubSpec;
 use yilian_rig::procs::Proc;
 
 fn samples() -> PathBuf {
@@ -75,36 +74,20 @@ async fn bench(extra_peer: &str) -> (Bench, yilian_gateway::Running) {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("tmp");
     let dir = tmp.path().to_owned();
-    let fleet = Fleet::create(&dir).expect("fleet");
-    let cs = CentralSetup {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        metrics: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.join("central-data"),
-        tls: fleet.central("localhost").expect("cert"),
-    };
-    std::fs::write(dir.join("central.toml"), cs.toml()).expect("write");
-    let central =
-        yilian_central::start(CentralConfig::load(&dir.join("central.toml")).expect("config"))
-            .await
-            .expect("central");
     let hl7 = free_tcp_port().expect("port");
-    let gs = GatewaySetup {
-        central: central.quic_addr.to_string(),
-        server_name: "localhost".into(),
-        spool_dir: dir.join("spool"),
-        metrics: "127.0.0.1:0".parse().expect("addr"),
-        tls: fleet.gateway("test/clinic/box-1").expect("cert"),
-        folders: vec![],
-        idle_timeout_ms: None,
-        reconnect_max_ms: 1000,
-        quota_bytes: None,
-        extra: format!("\n[[hl7]]\nname = \"lab-lis\"\nlisten = \"{hl7}\"\n{extra_peer}"),
-    };
-    std::fs::write(dir.join("gateway.toml"), gs.toml()).expect("write");
-    let gateway =
-        yilian_gateway::start(GatewayConfig::load(&dir.join("gateway.toml")).expect("config"))
-            .await
-            .expect("gateway");
+    let hub = yilian_rig::hub::Hub::start_with(
+        &dir,
+        HubSpec {
+            gateway: "test/clinic/box-1",
+            gateway_extra: format!(
+                "\n[[hl7]]\nname = \"lab-lis\"\nlisten = \"{hl7}\"\n{extra_peer}"
+            ),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+    let (central, gateway) = (hub.central, hub.gateway);
     (
         Bench {
             _tmp: tmp,

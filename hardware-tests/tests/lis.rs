@@ -10,13 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use yilian_central::CentralConfig;
 use yilian_codecs::hl7::{AckCode, ErrorInfo, Message, Verdict, build_ack};
 use yilian_codecs::mllp::{MllpDecoder, encode};
-use yilian_gateway::GatewayConfig;
 use yilian_rig::analyzer::{Faults, send_message};
-use yilian_rig::configs::{CentralSetup, GatewaySetup, free_tcp_port};
-use yilian_rig::fleet::Fleet;
+use yilian_rig::configs::free_tcp_port;
+use yilian_rig::hub::HubSpec;
 
 #[derive(Default)]
 struct Lis {
@@ -136,43 +134,24 @@ async fn results_reach_the_lis_with_retries_same_control_ids_and_refusals_parked
     let lis = Arc::new(Mutex::new(Lis::default()));
     tokio::spawn(run_lis(lis_listener, lis.clone()));
 
-    let fleet = Fleet::create(dir).expect("fleet");
-    let cs = CentralSetup {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        metrics: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.join("central-data"),
-        tls: fleet.central("localhost").expect("cert"),
-    };
-    let central_toml = format!(
-        "{}\n[lis]\naddress = \"{lis_addr}\"\nack_timeout = \"1s\"\nretry_base = \"100ms\"\nretry_max = \"1s\"\nreceiving_facility = \"COUNTY\"\n",
-        cs.toml()
-    );
-    std::fs::write(dir.join("central.toml"), central_toml).expect("write");
-    let central =
-        yilian_central::start(CentralConfig::load(&dir.join("central.toml")).expect("config"))
-            .await
-            .expect("central");
     let hl7 = free_tcp_port().expect("port");
     let astm = free_tcp_port().expect("port");
-    let gs = GatewaySetup {
-        central: central.quic_addr.to_string(),
-        server_name: "localhost".into(),
-        spool_dir: dir.join("spool"),
-        metrics: "127.0.0.1:0".parse().expect("addr"),
-        tls: fleet.gateway("anxi/hutou/box-1").expect("cert"),
-        folders: vec![],
-        idle_timeout_ms: None,
-        reconnect_max_ms: 1000,
-        quota_bytes: None,
-        extra: format!(
-            "\n[[hl7]]\nname = \"lab-lis\"\nlisten = \"{hl7}\"\n\n[[astm]]\nname = \"chem\"\ntransport = \"tcp-server\"\nlisten = \"{astm}\"\n"
-        ),
-    };
-    std::fs::write(dir.join("gateway.toml"), gs.toml()).expect("write");
-    let gateway =
-        yilian_gateway::start(GatewayConfig::load(&dir.join("gateway.toml")).expect("config"))
-            .await
-            .expect("gateway");
+    let hub = yilian_rig::hub::Hub::start_with(
+        dir,
+        HubSpec {
+            gateway: "anxi/hutou/box-1",
+            central_extra: format!(
+                "[lis]\naddress = \"{lis_addr}\"\nack_timeout = \"1s\"\nretry_base = \"100ms\"\nretry_max = \"1s\"\nreceiving_facility = \"COUNTY\"\n"
+            ),
+            gateway_extra: format!(
+                "\n[[hl7]]\nname = \"lab-lis\"\nlisten = \"{hl7}\"\n\n[[astm]]\nname = \"chem\"\ntransport = \"tcp-server\"\nlisten = \"{astm}\"\n"
+            ),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+    let (central, gateway) = (hub.central, hub.gateway);
 
     let good = "MSH|^~\\&|LAB|HUTOU|LIS|COUNTY|20240101120000||ORU^R01^ORU_R01|HL7ONCE1|P|2.5.1\rPID|1||P1\rOBX|1|NM|GLU||5.6|mmol/L|3.9-6.1|N|||F\r";
     let bad = "MSH|^~\\&|LAB|HUTOU|LIS|COUNTY|20240101120000||ORU^R01^ORU_R01|BAD1|P|2.5.1\rPID|1||NOBODY\rOBX|1|NM|GLU||5.6|mmol/L|3.9-6.1|N|||F\r";

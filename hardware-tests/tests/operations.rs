@@ -10,10 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use yilian_central::CentralConfig;
-use yilian_gateway::GatewayConfig;
-use yilian_rig::configs::{CentralSetup, FolderSetup, GatewaySetup, free_tcp_port};
-use yilian_rig::fleet::Fleet;
+use yilian_rig::configs::{FolderSetup, free_tcp_port};
+use yilian_rig::hub::HubSpec;
 use yilian_rig::scrape::{http_get, sum};
 
 fn repo() -> PathBuf {
@@ -41,54 +39,34 @@ async fn hub() -> Hub {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("tmp");
     let dir = tmp.path();
-    let fleet = Fleet::create(dir).expect("fleet");
-    let cs = CentralSetup {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        metrics: "127.0.0.1:0".parse().expect("addr"),
-        data_dir: dir.join("central-data"),
-        tls: fleet.central("localhost").expect("cert"),
-    };
     // With a LIS configured, as a hub has: its outbox series exist. Nothing
     // listens there, and nothing is sent to it either.
     let lis = free_tcp_port().expect("port");
-    std::fs::write(
-        dir.join("central.toml"),
-        format!("{}\n[lis]\naddress = \"{lis}\"\n", cs.toml()),
-    )
-    .expect("write");
-    let central =
-        yilian_central::start(CentralConfig::load(&dir.join("central.toml")).expect("config"))
-            .await
-            .expect("central");
     let drop = dir.join("drop");
     std::fs::create_dir_all(&drop).expect("mkdir");
     std::fs::write(drop.join("REPORT.PDF"), b"%PDF-1.4 ops test").expect("write");
-    let gs = GatewaySetup {
-        central: central.quic_addr.to_string(),
-        server_name: "localhost".into(),
-        spool_dir: dir.join("spool"),
-        metrics: "127.0.0.1:0".parse().expect("addr"),
-        tls: fleet.gateway("ops/clinic/box-1").expect("cert"),
-        folders: vec![FolderSetup {
-            name: "ecg-share".into(),
-            path: drop,
-            lane: "clinical",
-            settle_ms: 200,
-        }],
-        idle_timeout_ms: None,
-        reconnect_max_ms: 1000,
-        quota_bytes: None,
-        // An ECG cart's folder, so that the ECG series exist from the start.
-        extra: format!(
-            "\n[[folder]]\nname = \"ecg-cart\"\npath = {:?}\nprofile = \"ecg\"\n",
-            dir.join("ecg-cart").display().to_string()
-        ),
-    };
-    std::fs::write(dir.join("gateway.toml"), gs.toml()).expect("write");
-    let gateway =
-        yilian_gateway::start(GatewayConfig::load(&dir.join("gateway.toml")).expect("config"))
-            .await
-            .expect("gateway");
+    let hub = yilian_rig::hub::Hub::start_with(
+        dir,
+        HubSpec {
+            gateway: "ops/clinic/box-1",
+            central_extra: format!("[lis]\naddress = \"{lis}\"\n"),
+            folders: vec![FolderSetup {
+                name: "ecg-share".into(),
+                path: drop,
+                lane: "clinical",
+                settle_ms: 200,
+            }],
+            // An ECG cart's folder, so that the ECG series exist from the start.
+            gateway_extra: format!(
+                "\n[[folder]]\nname = \"ecg-cart\"\npath = {:?}\nprofile = \"ecg\"\n",
+                dir.join("ecg-cart").display().to_string()
+            ),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+    let (central, gateway) = (hub.central, hub.gateway);
     // Wait for the file to arrive and a heartbeat to carry the counters.
     let addr = central.metrics_addr;
     let deadline = Instant::now() + Duration::from_secs(30);

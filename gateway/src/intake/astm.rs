@@ -36,12 +36,8 @@ const RECONNECT: Duration = serial::REOPEN;
 const SESSION_IDLE: Duration = Duration::from_secs(6 * 3600);
 
 impl Source for AstmAdapter {
-    fn family(&self) -> &'static str {
-        "astm"
-    }
-
-    fn name(&self) -> &str {
-        &self.config.name
+    fn intake(&self) -> &Intake {
+        &self.intake
     }
 
     /// Binds what must be bound before readiness (a TCP listener).

@@ -27,12 +27,8 @@ pub struct EcgSerialAdapter {
 }
 
 impl Source for EcgSerialAdapter {
-    fn family(&self) -> &'static str {
-        "serial"
-    }
-
-    fn name(&self) -> &str {
-        &self.config.name
+    fn intake(&self) -> &Intake {
+        &self.intake
     }
 
     /// Nothing to bind: the port is opened (and reopened after an unplug)

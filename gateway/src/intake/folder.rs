@@ -85,12 +85,8 @@ fn in_progress_name(name: &str) -> bool {
 }
 
 impl Source for FolderIntake {
-    fn family(&self) -> &'static str {
-        "folder"
-    }
-
-    fn name(&self) -> &str {
-        &self.config.name
+    fn intake(&self) -> &Intake {
+        &self.intake
     }
 
     /// Nothing to bind: a missing folder is shown as a fault and watched

@@ -42,12 +42,8 @@ enum Outcome {
 }
 
 impl Source for MllpListener {
-    fn family(&self) -> &'static str {
-        "hl7"
-    }
-
-    fn name(&self) -> &str {
-        &self.config.name
+    fn intake(&self) -> &Intake {
+        &self.intake
     }
 
     /// Binds the listener (so readiness covers it).

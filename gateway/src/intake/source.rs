@@ -29,11 +29,8 @@ pub type Starting = Pin<Box<dyn Future<Output = anyhow::Result<Serving>> + Send>
 
 /// One configured device.
 pub trait Source: Send {
-    /// The adapter family, as the metrics label it (`hl7`, `astm`, `dicom`,
-    /// `folder`, `serial`).
-    fn family(&self) -> &'static str;
-    /// The device's name from the configuration.
-    fn name(&self) -> &str;
+    /// The device's way into the spool, which also names it.
+    fn intake(&self) -> &Intake;
     /// Binds what must be bound before the box is ready; an error names
     /// the device and what could not be done.
     fn start(self: Box<Self>, stop: watch::Receiver<bool>) -> Starting;
@@ -117,8 +114,15 @@ impl Intake {
         self
     }
 
+    /// The device's name from the configuration.
     pub fn device(&self) -> &str {
         &self.device
+    }
+
+    /// The adapter family, as the metrics label it (`hl7`, `astm`,
+    /// `dicom`, `folder`, `serial`).
+    pub fn family(&self) -> &'static str {
+        self.family
     }
 
     /// The source label every item of this device carries (`hl7:lis`).

@@ -113,12 +113,8 @@ impl DicomNode {
 }
 
 impl Source for DicomNode {
-    fn family(&self) -> &'static str {
-        "dicom"
-    }
-
-    fn name(&self) -> &str {
-        &self.config.name
+    fn intake(&self) -> &Intake {
+        &self.intake
     }
 
     /// Opens the storage commitment ledger and binds the listener (both
