@@ -4,7 +4,8 @@
 //! - [`store`] — the durable ingest store (SQLite + content-addressed blobs).
 //! - [`server`] — the QUIC listener and the per-stream protocol drivers.
 //! - [`orders`] — RIS orders (HL7 ORM/OMI) into the clinics' worklists.
-//! - [`outbox`] — the delivery loop; [`lis`], [`ecg`] and [`pacs`] the destinations.
+//! - [`routes`] — which destinations a committed item goes to; [`outbox`]
+//!   the delivery loop; [`lis`], [`ecg`] and [`pacs`] the destinations.
 //! - [`metrics`], [`http`]: Prometheus metrics, including per-gateway series.
 
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod orders;
 pub mod outbox;
 pub mod pacs;
 pub mod registry;
+pub mod routes;
 pub mod server;
 pub mod service;
 pub mod shared;

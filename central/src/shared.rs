@@ -31,7 +31,7 @@ pub struct Shared {
     pub metrics: CentralMetrics,
     pub max_upload_bytes: u64,
     /// Where committed items are queued for delivery.
-    pub routes: crate::outbox::Routes,
+    pub routes: crate::routes::Routes,
     /// Enrollment, renewal, revocation, published configuration.
     pub fleet: Fleet,
     /// The live connection of each box: a new one supersedes the old, whose
