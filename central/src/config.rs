@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use yilian_gateway_config::MetricsSection;
+use yilian_gateway_config::loading::{from_toml, read_file, relative_to};
 
 use serde::Deserialize;
 
@@ -11,7 +13,7 @@ pub struct CentralConfig {
     pub server: ServerSection,
     pub tls: TlsSection,
     #[serde(default)]
-    pub metrics: MetricsSection,
+    pub metrics: MetricsSection<9465>,
     /// The hospital LIS that lab results (HL7 and ASTM items) go to.
     pub lis: Option<LisSection>,
     /// The ECG reading system's import directory.
@@ -161,60 +163,15 @@ pub struct TlsSection {
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsSection {
-    /// HTTP address for `/metrics`; loopback unless exposed on purpose.
-    #[serde(default = "default_metrics")]
-    pub listen: SocketAddr,
-}
-
-impl Default for MetricsSection {
-    fn default() -> Self {
-        Self {
-            listen: default_metrics(),
-        }
-    }
-}
-
-fn default_metrics() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9465))
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// toml's message names the key, the line and the column.
-    #[error("{}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
-    #[error("{}{}: {key}: {message}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
-    Invalid {
-        path: PathBuf,
-        line: Option<usize>,
-        key: String,
-        message: String,
-    },
-}
+pub use yilian_gateway_config::ConfigError;
 
 impl CentralConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&read_file(path)?, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut config: CentralConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: yilian_gateway_config::humanize(&e.to_string()),
-        })?;
+        let mut config: CentralConfig = from_toml(text, path)?;
         // Relative paths are relative to the file, not the working directory.
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
@@ -223,16 +180,11 @@ impl CentralConfig {
             &mut config.tls.cert,
             &mut config.tls.key,
         ] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
+            relative_to(base, p);
         }
         if let Some(e) = &mut config.enrollment {
-            for p in [&mut e.issuing_cert, &mut e.issuing_key] {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
-            }
+            relative_to(base, &mut e.issuing_cert);
+            relative_to(base, &mut e.issuing_key);
         }
         Ok(config)
     }

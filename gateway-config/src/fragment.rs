@@ -8,7 +8,8 @@
 
 use std::path::Path;
 
-use crate::schema::{ConfigError, GatewayConfig};
+use crate::loading::ConfigError;
+use crate::schema::GatewayConfig;
 
 /// Checks a fragment on its own: only publishable tables and keys, every
 /// section as the box would parse it. `name` is the file it came from.
@@ -16,7 +17,7 @@ pub fn check(fragment: &str, name: &str) -> Result<(), ConfigError> {
     let path = Path::new(name);
     let table: toml::Table = toml::from_str(fragment).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
-        message: crate::schema::humanize(&e.to_string()),
+        message: crate::loading::humanize(&e.to_string()),
     })?;
     for (key, value) in &table {
         let refuse = |message: String, key: &str| ConfigError::Invalid {

@@ -19,6 +19,7 @@
 
 pub mod clock;
 pub mod fragment;
+pub mod loading;
 pub mod locate;
 pub mod record;
 pub mod schema;
@@ -27,6 +28,7 @@ pub mod units;
 
 use std::path::PathBuf;
 
+pub use loading::{ConfigError, MetricsSection, humanize};
 pub use schema::*;
 pub use serial::{FlowControl, Parity, SerialSettings};
 

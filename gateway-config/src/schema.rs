@@ -1,6 +1,7 @@
 //! `gateway.toml`: the sections, their defaults, and the checks that make
 //! a parsed file a valid configuration.
 
+use crate::loading::{ConfigError, MetricsSection, from_toml, read_file};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,7 +23,7 @@ pub struct GatewayConfig {
     #[serde(default)]
     pub identity: IdentitySection,
     #[serde(default)]
-    pub metrics: MetricsSection,
+    pub metrics: MetricsSection<9464>,
     #[serde(default)]
     pub folder: Vec<FolderSection>,
     #[serde(default)]
@@ -224,26 +225,6 @@ fn default_heartbeat() -> Duration {
 }
 fn default_backoff_max() -> Duration {
     Duration::from_secs(60)
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsSection {
-    /// HTTP address for `/metrics` and `/status`; loopback by default.
-    #[serde(default = "default_metrics")]
-    pub listen: SocketAddr,
-}
-
-impl Default for MetricsSection {
-    fn default() -> Self {
-        Self {
-            listen: default_metrics(),
-        }
-    }
-}
-
-fn default_metrics() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9464))
 }
 
 /// What happens to a file once it is safely in the spool.
@@ -633,26 +614,6 @@ pub fn parse_lane(s: &str) -> Option<Lane> {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
-    #[error("{}{}: {key}: {message}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
-    Invalid {
-        path: PathBuf,
-        /// Where `key` is in the file, when it is there at all.
-        line: Option<usize>,
-        key: String,
-        message: String,
-    },
-}
-
 /// The version identifier of a configuration text (see
 /// [`GatewayConfig::version`]); published fragments are named the same way.
 pub fn version_of(text: &str) -> String {
@@ -660,53 +621,13 @@ pub fn version_of(text: &str) -> String {
     hex::encode(&sha2::Sha256::digest(text.as_bytes())[..6])
 }
 
-/// Says serde's and the standard library's messages in a technician's
-/// words: what is expected, with an example, instead of Rust type names.
-pub fn humanize(message: &str) -> String {
-    const PLAIN: &[(&str, &str)] = &[
-        (
-            "invalid socket address syntax",
-            "not an address: write IP:PORT, e.g. \"0.0.0.0:2575\" (ports run from 1 to 65535)",
-        ),
-        (
-            "invalid IP address syntax",
-            "not an IP address, e.g. \"192.0.2.15\"",
-        ),
-        ("expected u64", "expected a whole number"),
-        ("expected u32", "expected a whole number"),
-        ("expected u16", "expected a whole number"),
-        ("expected u8", "expected a small whole number"),
-        ("expected usize", "expected a whole number"),
-        ("expected f64", "expected a number such as 0.95"),
-        ("expected a boolean", "expected true or false"),
-        ("expected a string", "expected text in quotes"),
-        (
-            "expected a sequence",
-            "expected a list in [brackets], or [[double brackets]] for sections",
-        ),
-        ("invalid value: integer", "number out of range: integer"),
-    ];
-    let mut m = message.to_owned();
-    for (rust, plain) in PLAIN {
-        m = m.replace(rust, plain);
-    }
-    m
-}
-
 impl GatewayConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::parse(&read_file(path)?, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut c: GatewayConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: humanize(&e.to_string()),
-        })?;
+        let mut c: GatewayConfig = from_toml(text, path)?;
         c.version = version_of(text);
         c.source = path.to_owned();
         let base = path.parent().unwrap_or(Path::new(".")).to_owned();

@@ -186,10 +186,7 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 /// laid over it. A fragment that no longer validates (the box's own file
 /// changed since) is dropped with an error, and the file alone is used.
 pub fn load_effective(path: &Path) -> Result<(GatewayConfig, Pushed), ConfigError> {
-    let base_text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let base_text = yilian_gateway_config::loading::read_file(path)?;
     let base = GatewayConfig::parse(&base_text, path)?;
     let pushed = Pushed::open(&base.spool.dir);
     // At most twice: the fragment in use, then the last good one.
