@@ -115,23 +115,38 @@ impl Hub {
 
     /// Waits until central holds at least `n` items.
     pub async fn wait_items(&self, n: usize, timeout: Duration) -> anyhow::Result<Vec<ItemRow>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let items = self.central.store.items(None, None)?;
-            if items.len() >= n {
-                return Ok(items);
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "central has {} of {n} items after {timeout:?}",
-                items.len()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_items(&self.central, n, timeout, Duration::ZERO).await
     }
 
     pub async fn shutdown(self) {
         self.gateway.shutdown().await;
         self.central.shutdown().await;
+    }
+}
+
+/// Waits until `central` holds at least `n` items; then `settle` longer,
+/// and reads them again, so that a duplicate arriving late is counted.
+pub async fn wait_items(
+    central: &yilian_central::Running,
+    n: usize,
+    timeout: Duration,
+    settle: Duration,
+) -> anyhow::Result<Vec<ItemRow>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let items = central.store.items(None, None)?;
+        if items.len() >= n {
+            if settle.is_zero() {
+                return Ok(items);
+            }
+            tokio::time::sleep(settle).await;
+            return Ok(central.store.items(None, None)?);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "central has {} of {n} items after {timeout:?}: {items:#?}",
+            items.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -39,20 +39,14 @@ async fn wait_items(
     central: &yilian_central::Running,
     n: usize,
 ) -> Vec<yilian_central::store::ItemRow> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let items = central.store.items(None, None).expect("items");
-        if items.len() >= n {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            return central.store.items(None, None).expect("items");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} items at central",
-            items.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    yilian_rig::hub::wait_items(
+        central,
+        n,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    )
+    .await
+    .expect("items at central")
 }
 
 fn sha(records: &[Vec<u8>]) -> String {

@@ -102,19 +102,9 @@ async fn wait_items(
     central: &yilian_central::Running,
     n: usize,
 ) -> Vec<yilian_central::store::ItemRow> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let items = central.store.items(None, None).expect("items");
-        if items.len() >= n {
-            return items;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} items at central",
-            items.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    yilian_rig::hub::wait_items(central, n, Duration::from_secs(60), Duration::ZERO)
+        .await
+        .expect("items at central")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -91,19 +91,9 @@ async fn hub_with(
 }
 
 async fn wait_items(central: &yilian_central::Running, n: usize, secs: u64) -> Vec<ItemRow> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let items = central.store.items(None, None).expect("items");
-        if items.len() >= n {
-            return items;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} items at central",
-            items.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    yilian_rig::hub::wait_items(central, n, Duration::from_secs(secs), Duration::ZERO)
+        .await
+        .expect("items at central")
 }
 
 fn meta<'a>(i: &'a ItemRow, k: &str) -> Option<&'a str> {
