@@ -21,6 +21,22 @@ struct Cli {
     command: Command,
 }
 
+/// Where the listing commands read: the data directory the configuration
+/// names, or one given directly (a copy, or a machine without central's
+/// configuration).
+#[derive(clap::Args)]
+struct StoreArgs {
+    #[arg(
+        long,
+        default_value = "/etc/yilian/central.toml",
+        conflicts_with = "data_dir"
+    )]
+    config: PathBuf,
+    /// Read this data directory instead of the one in the configuration.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the hub.
@@ -40,15 +56,8 @@ enum Command {
     },
     /// List received items.
     Items {
-        #[arg(
-            long,
-            default_value = "/etc/yilian/central.toml",
-            conflicts_with = "data_dir"
-        )]
-        config: PathBuf,
-        /// Read this data directory instead of the one in the config.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Only items of this gateway (COUNTY/CLINIC/BOX).
         #[arg(long)]
         gateway: Option<String>,
@@ -65,14 +74,8 @@ enum Command {
     /// Deliveries to downstream systems (the LIS): pending, delivered,
     /// parked with the reason.
     Outbox {
-        #[arg(
-            long,
-            default_value = "/etc/yilian/central.toml",
-            conflicts_with = "data_dir"
-        )]
-        config: PathBuf,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         json: bool,
         /// Put a parked delivery back in line.
@@ -84,14 +87,8 @@ enum Command {
     /// or `"cancelled"` are removed); without a file, lists it. Gateways of
     /// the clinic get the new list with their next heartbeat.
     Worklist {
-        #[arg(
-            long,
-            default_value = "/etc/yilian/central.toml",
-            conflicts_with = "data_dir"
-        )]
-        config: PathBuf,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         /// COUNTY/CLINIC
         #[arg(long)]
         clinic: String,
@@ -103,14 +100,8 @@ enum Command {
     /// instances, how many the PACS has, and whether the study is complete
     /// (nothing new for the quiet period).
     Studies {
-        #[arg(
-            long,
-            default_value = "/etc/yilian/central.toml",
-            conflicts_with = "data_dir"
-        )]
-        config: PathBuf,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Only studies from this gateway (COUNTY/CLINIC/BOX).
         #[arg(long)]
         gateway: Option<String>,
@@ -122,14 +113,8 @@ enum Command {
     },
     /// List the gateways central has heard from.
     Gateways {
-        #[arg(
-            long,
-            default_value = "/etc/yilian/central.toml",
-            conflicts_with = "data_dir"
-        )]
-        config: PathBuf,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
         #[arg(long)]
         json: bool,
     },
@@ -243,8 +228,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Items {
-            config,
-            data_dir: dir,
+            store: StoreArgs {
+                config,
+                data_dir: dir,
+            },
             gateway,
             json,
             ecg,
@@ -325,8 +312,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Outbox {
-            config,
-            data_dir: dir,
+            store: StoreArgs {
+                config,
+                data_dir: dir,
+            },
             json,
             requeue,
         } => {
@@ -382,8 +371,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Worklist {
-            config,
-            data_dir: dir,
+            store: StoreArgs {
+                config,
+                data_dir: dir,
+            },
             clinic,
             import,
         } => {
@@ -447,8 +438,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Studies {
-            config,
-            data_dir: dir,
+            store: StoreArgs {
+                config,
+                data_dir: dir,
+            },
             gateway,
             quiet,
             json,
@@ -509,8 +502,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Gateways {
-            config,
-            data_dir: dir,
+            store: StoreArgs {
+                config,
+                data_dir: dir,
+            },
             json,
         } => {
             let site = Site::of(&config);
