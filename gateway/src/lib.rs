@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bandwidth;
+pub mod board;
 pub mod certificate;
 pub use yilian_gateway_config::clock;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod content;
 pub mod enrollment;
 pub mod governor;
 pub mod http;
+pub mod i18n;
 pub mod intake;
 pub mod metrics;
 pub mod pushed;
@@ -145,6 +147,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
     let mut tasks = tokio::task::JoinSet::new();
 
     let settled = settled::Settled::default();
+    let board = board::DeviceBoard::new(i64::from(config.uplink.utc_offset.0.whole_seconds()));
     let shared = intake::Shared {
         spool: spool.clone(),
         metrics: metrics.clone(),
@@ -152,6 +155,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         worklist: worklist.clone(),
         spool_dir: config.spool.dir.clone(),
         settled: settled.clone(),
+        board: board.clone(),
     };
     for source in intake::sources(&config, &shared) {
         // Every configured device has its series from the start, so a

@@ -5,7 +5,15 @@
 
 /// Top-level tables a published fragment may hold; each replaces the
 /// box's own table of that name.
-pub const TABLES: &[&str] = &["folder", "hl7", "astm", "ecg_serial", "dicom", "uplink"];
+pub const TABLES: &[&str] = &[
+    "folder",
+    "hl7",
+    "astm",
+    "ecg_serial",
+    "dicom",
+    "uplink",
+    "page",
+];
 
 /// Keys of `[uplink]` a published fragment may set; the others keep the
 /// box's values.

@@ -4,14 +4,17 @@
 //!
 //! - [`spool`] — `[spool]` and `[identity]`: the box's disk;
 //! - [`uplink`] — `[uplink]`: the link to central and its bandwidth;
+//! - [`page`] — `[page]`: the box's own page for the technician;
 //! - [`devices`] — the device sections: drop folders, HL7, ASTM, DICOM,
 //!   serial ECG carts.
 
 mod devices;
+mod page;
 mod spool;
 mod uplink;
 
 pub use devices::*;
+pub use page::*;
 pub use spool::*;
 pub use uplink::*;
 
@@ -35,6 +38,9 @@ pub struct GatewayConfig {
     pub identity: IdentitySection,
     #[serde(default)]
     pub metrics: MetricsSection<9464>,
+    /// The box's own page.
+    #[serde(default)]
+    pub page: PageSection,
     #[serde(default)]
     pub folder: Vec<FolderSection>,
     #[serde(default)]
@@ -233,6 +239,9 @@ impl GatewayConfig {
         // to bind at start; say so now, naming both.
         let mut listeners: Vec<(String, SocketAddr)> =
             vec![("metrics.listen".to_owned(), c.metrics.listen)];
+        if c.page.enabled {
+            listeners.push(("page.listen".to_owned(), c.page.listen));
+        }
         listeners.extend(
             c.hl7
                 .iter()

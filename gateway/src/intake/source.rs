@@ -49,6 +49,8 @@ pub struct Shared {
     pub spool_dir: std::path::PathBuf,
     /// Told when the uplink settles an item for good.
     pub settled: crate::settled::Settled,
+    /// What each device did lately, for the box's page.
+    pub board: crate::board::DeviceBoard,
 }
 
 /// Why an item was not stored. The adapter answers its device with the
@@ -85,6 +87,7 @@ pub struct Intake {
     pub(crate) spool: Spool,
     pub(crate) metrics: GatewayMetrics,
     wake: Arc<Notify>,
+    board: crate::board::DeviceBoard,
 }
 
 impl Intake {
@@ -104,6 +107,7 @@ impl Intake {
             spool: shared.spool.clone(),
             metrics: shared.metrics.clone(),
             wake: shared.wake.clone(),
+            board: shared.board.clone(),
         }
     }
 
@@ -168,6 +172,12 @@ impl Intake {
     /// a writer, writing to it).
     pub fn refused(&self, e: &Refusal) {
         self.metrics.refused(e.reason());
+        let key = match e.reason() {
+            "disk_full" | "full" => "problem-spool-full",
+            _ => "problem-spool-failing",
+        };
+        self.board
+            .problem(self.family, &self.device, key, crate::now_ms());
         tracing::error!(adapter = self.family, device = %self.device, reason = e.reason(), error = %e,
             "the spool refused an item; {}", self.on_refusal);
     }
@@ -183,6 +193,7 @@ impl Intake {
             Ok(c) => {
                 if !c.is_duplicate() {
                     self.metrics.accepted(self.family, &self.device, c.size());
+                    self.board.item(self.family, &self.device, crate::now_ms());
                     self.wake.notify_one();
                 }
                 if self.per_item_info {

@@ -1,0 +1,82 @@
+# The box's page and the technician's CLI, in English.
+page-title = Yilian gateway
+switch-language = 中文
+refresh-note = This page refreshes every 10 seconds. Times are local (UTC{ $offset }).
+
+section-overview = Overview
+section-devices = Devices
+section-recent = Recently received
+
+label-identity = This box
+label-software = Software
+label-config = Configuration
+label-clock = Clock
+label-link = Link to the county hospital
+label-central = Central
+label-rtt = Round trip
+label-certificate = Certificate expires
+label-cap = Bandwidth cap now
+label-spool = Local storage
+label-backlog = Waiting to upload
+label-dead = Not deliverable (an admin must look)
+
+link-up = up
+link-down = down
+link-connecting = connecting
+link-revoked = this box was revoked by central
+link-unknown = unknown
+link-since = since { $since }
+link-why = reason: { $reason }
+cap-unlimited = unlimited
+spool-usage = { $used } used of { $quota }
+backlog-none = nothing waiting
+backlog-lane = { $lane }: { $items } items, the oldest waiting { $age }
+lane-urgent = urgent
+lane-clinical = clinical
+lane-bulk = bulk
+not-enrolled = not enrolled yet
+
+status-ok = OK
+status-warning = warning
+status-fault = fault
+
+col-device = Device
+col-kind = Type
+col-where = Connected by
+col-state = State
+col-last-item = Last item
+col-today = Today
+col-problem = Last problem and what to do
+col-received = Received
+col-patient = Patient ID
+col-lane = Lane
+col-delivery = Reached the county hospital
+
+family-hl7 = Lab system (HL7)
+family-astm = Analyzer (ASTM)
+family-dicom = Imaging (DICOM)
+family-folder = Drop folder
+family-serial = ECG cart (serial)
+
+device-listening = waiting for the device
+device-connected = connected ({ $count } connections)
+device-watching = watching the folder
+device-port-present = serial port ready
+device-port-missing = serial port missing
+device-folder-missing = folder missing
+device-not-listening = not listening
+never = never
+no-problem = none
+
+advice-port-missing = Check that the serial cable is plugged in and the ECG cart is switched on.
+advice-folder-missing = Check the folder the device writes to exists at this path, or add create = true to the configuration.
+advice-not-listening = Another program holds this port; call the county admin.
+problem-spool-full = The box's storage is full; the device will send again. Check the link to the county hospital.
+problem-spool-failing = The box's storage is failing and did not keep the data; call the county admin.
+problem-at = ({ $at })
+
+recent-none = Nothing received yet.
+delivery-delivered = delivered
+delivery-waiting = waiting to upload
+delivery-dead = not deliverable
+quarantined = quarantined for review: { $reason }

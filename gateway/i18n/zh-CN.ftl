@@ -1,0 +1,82 @@
+# The box's page and the technician's CLI, in Simplified Chinese.
+page-title = 医联体网关
+switch-language = English
+refresh-note = 本页每 10 秒自动刷新。时间均为本地时间（UTC{ $offset }）。
+
+section-overview = 概况
+section-devices = 设备
+section-recent = 最近收到的数据
+
+label-identity = 本机身份
+label-software = 软件版本
+label-config = 配置版本
+label-clock = 本机时间
+label-link = 到县医院的连接
+label-central = 中心地址
+label-rtt = 往返时延
+label-certificate = 证书到期
+label-cap = 当前带宽上限
+label-spool = 本地存储
+label-backlog = 等待上传
+label-dead = 无法送达（需管理员处理）
+
+link-up = 已连接
+link-down = 已断开
+link-connecting = 正在连接
+link-revoked = 本机已被中心吊销
+link-unknown = 未知
+link-since = 自 { $since } 起
+link-why = 原因：{ $reason }
+cap-unlimited = 不限
+spool-usage = 已用 { $used }，上限 { $quota }
+backlog-none = 没有等待上传的数据
+backlog-lane = { $lane }：{ $items } 项，最早的已等 { $age }
+lane-urgent = 紧急
+lane-clinical = 临床
+lane-bulk = 批量
+not-enrolled = 尚未注册
+
+status-ok = 正常
+status-warning = 警告
+status-fault = 故障
+
+col-device = 设备
+col-kind = 类型
+col-where = 接入方式
+col-state = 状态
+col-last-item = 最近一项
+col-today = 今天
+col-problem = 最近的问题及处理办法
+col-received = 收到时间
+col-patient = 患者 ID
+col-lane = 通道
+col-delivery = 是否已送达县医院
+
+family-hl7 = 检验系统（HL7）
+family-astm = 检验仪器（ASTM）
+family-dicom = 影像设备（DICOM）
+family-folder = 共享文件夹
+family-serial = 心电图机（串口）
+
+device-listening = 等待设备连接
+device-connected = 已连接（{ $count } 个连接）
+device-watching = 正在监视文件夹
+device-port-present = 串口已就绪
+device-port-missing = 找不到串口
+device-folder-missing = 找不到文件夹
+device-not-listening = 未能监听端口
+never = 从未收到
+no-problem = 无
+
+advice-port-missing = 请检查串口线是否插好、心电图机是否已开机。
+advice-folder-missing = 请检查设备写入的文件夹路径是否正确，或在配置中加上 create = true。
+advice-not-listening = 这个端口被另一个程序占用，请联系县里的管理员。
+problem-spool-full = 本机存储已满，设备稍后会重发；请检查到县医院的连接是否正常。
+problem-spool-failing = 本机存储出错，数据未能保存；请联系县里的管理员。
+problem-at = （{ $at }）
+
+recent-none = 还没有收到任何数据。
+delivery-delivered = 已送达
+delivery-waiting = 等待上传
+delivery-dead = 无法送达
+quarantined = 已隔离待审核：{ $reason }
