@@ -51,6 +51,13 @@ impl Clock {
         t.format(&Rfc3339).unwrap_or_else(|_| ms.to_string())
     }
 
+    /// The zone's offset as people write it: `+08:00`.
+    pub fn offset_text(&self) -> String {
+        let (h, m, _) = self.offset.as_hms();
+        let sign = if self.offset.is_negative() { '-' } else { '+' };
+        format!("{sign}{:02}:{:02}", h.unsigned_abs(), m.unsigned_abs())
+    }
+
     /// Seconds since the epoch, as [`Clock::format_ms`].
     pub fn format_secs(&self, secs: i64) -> String {
         self.format_ms(secs.saturating_mul(1000))
@@ -74,5 +81,7 @@ mod tests {
             "2026-12-03T16:30:17+08:00"
         );
         assert_eq!(c.reformat("never"), "never");
+        assert_eq!(c.offset_text(), "+08:00");
+        assert_eq!(utc.offset_text(), "+00:00");
     }
 }

@@ -25,6 +25,7 @@ pub mod http;
 pub mod i18n;
 pub mod intake;
 pub mod metrics;
+pub mod page;
 pub mod pushed;
 pub mod revocation;
 pub mod service;
@@ -70,6 +71,8 @@ pub use yilian_proof::disk::now_ms;
 #[derive(Debug)]
 pub struct Running {
     pub metrics_addr: SocketAddr,
+    /// Where the box's page listens, when it is enabled.
+    pub page_addr: Option<SocketAddr>,
     pub spool: Spool,
     pub metrics: GatewayMetrics,
     pub link: watch::Receiver<LinkStatus>,
@@ -187,6 +190,37 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         metrics.clone(),
         stop_rx.clone(),
     ));
+    let page_addr = if config.page.enabled {
+        let state = page::PageState {
+            config: Arc::new(config.clone()),
+            spool: spool.clone(),
+            metrics: metrics.clone(),
+            link: status_rx.clone(),
+            board: board.clone(),
+        };
+        // The page is for people; the data does not need it. A box that
+        // cannot serve it still moves every ECG and image.
+        match page::bind(config.page.listen, state).await {
+            Ok((addr, serve)) => {
+                let mut page_stop = stop_rx.clone();
+                tasks.spawn(async move {
+                    tokio::select! {
+                        r = serve => if let Err(e) = r { tracing::error!(error = %e, "the box's page failed") },
+                        _ = page_stop.changed() => {}
+                    }
+                });
+                tracing::info!(%addr, "the box's page is served");
+                Some(addr)
+            }
+            Err(e) => {
+                tracing::error!(addr = %config.page.listen, error = %e,
+                    "cannot serve the box's page (another program holds the port?); the box works without it. Set [page] listen to a free address");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut http_stop = stop_rx;
     tasks.spawn(async move {
         tokio::select! {
@@ -197,6 +231,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
     tracing::info!(%metrics_addr, central = %config.uplink.central, folders = config.folder.len(), "gateway ready");
     Ok(Running {
         metrics_addr,
+        page_addr,
         spool,
         metrics,
         link: status_rx,

@@ -84,6 +84,10 @@ impl GatewaySetup {
         }
         s.push_str(uplink_extra);
         let _ = writeln!(s, "\n[metrics]\nlisten = \"{}\"", self.metrics);
+        // Tests run many boxes at once: each page on a port of its own.
+        if !self.extra.contains("[page]") {
+            let _ = writeln!(s, "\n[page]\nlisten = \"127.0.0.1:0\"");
+        }
         s.push_str(&self.extra);
         for f in &self.folders {
             let _ = writeln!(

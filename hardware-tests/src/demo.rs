@@ -123,8 +123,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         quota_bytes: None,
         // The ECG cart's folder: content recognised, STAT ECGs on the
         // urgent lane, anything unreadable quarantined.
+        // The box's page where a technician would open it (any free port
+        // if 8080 is taken).
         extra: format!(
-            "\n[[folder]]\nname = \"ecg\"\npath = {:?}\nprofile = \"ecg\"\nsettle = \"1s\"\n",
+            "\n[page]\nlisten = \"{}\"\n\n[[folder]]\nname = \"ecg\"\npath = {:?}\nprofile = \"ecg\"\nsettle = \"1s\"\n",
+            if std::net::TcpListener::bind("127.0.0.1:8080").is_ok() {
+                "127.0.0.1:8080"
+            } else {
+                "127.0.0.1:0"
+            },
             drop_root.join("ecg").display().to_string()
         ),
     };
@@ -170,6 +177,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         return Ok(());
     }
     let bin = |name: &str| exe_hint(name);
+    if let Some(page) = gateway.page_addr {
+        println!("\nThe box's page: http://{page}/   (English: http://{page}/?lang=en)");
+    }
     println!(
         "\nMetrics:  gateway http://{}/metrics   central http://{}/metrics",
         gateway.metrics_addr, central.metrics_addr

@@ -1,0 +1,219 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers may panic on setup failure
+//! The box's page in a real browser (Debian's headless Chromium, with the
+//! Noto CJK fonts): an HL7 sender that sent shows up with its last item
+//! and today's count, and the item with its patient ID masked; a serial
+//! ECG cart whose cable is pulled turns to 故障 with what to do; the link
+//! cut shows 已断开 with the reason; English on request. With
+//! `YILIAN_SCREENSHOTS=DIR` the Chinese and English pages are saved there
+//! (the README's pictures come from `docs/`).
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use yilian_rig::cable::Cable;
+use yilian_rig::configs::free_tcp_port;
+use yilian_rig::hub::{Hub, HubSpec};
+
+/// The page's DOM after load, as Chromium renders it.
+fn dump_dom(url: &str) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--lang=zh-CN",
+            "--dump-dom",
+            url,
+        ])
+        .output()
+        .expect("chromium (apt-get install chromium fonts-noto-cjk; ./scripts/test-all does)");
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn screenshot(url: &str, file: &Path) {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,1100",
+        ])
+        .arg(format!("--screenshot={}", file.display()))
+        .arg(url)
+        .output()
+        .expect("chromium");
+    assert!(out.status.success() && file.exists(), "no screenshot");
+}
+
+/// Sends one HL7 message over MLLP; returns the ACK.
+fn mllp_send(addr: SocketAddr, message: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(&[0x0b]).expect("send");
+    s.write_all(message.as_bytes()).expect("send");
+    s.write_all(&[0x1c, 0x0d]).expect("send");
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// The row of device `name` in the page's DOM.
+fn row<'a>(dom: &'a str, name: &str) -> &'a str {
+    let marker = format!("data-device=\"{name}\"");
+    let start = dom
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no row for {name}:\n{dom}"));
+    let end = dom[start..].find("</tr>").map_or(dom.len(), |e| start + e);
+    &dom[start..end]
+}
+
+/// Waits for the page to say what `ok` accepts.
+async fn wait_page(url: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let u = url.to_owned();
+        let dom = tokio::task::spawn_blocking(move || dump_dom(&u))
+            .await
+            .expect("join");
+        if ok(&dom) {
+            return dom;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed {what}:\n{dom}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_technician_sees_devices_items_and_faults_in_chinese_and_english() {
+    let fonts = Command::new("fc-list")
+        .arg(":lang=zh")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(
+        !fonts.trim().is_empty(),
+        "no Chinese font: Chinese would render as empty boxes (apt-get install fonts-noto-cjk)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hl7 = free_tcp_port().expect("port");
+    let page = free_tcp_port().expect("port");
+    let cable =
+        Cable::plug(&dir.path().join("ttyCART"), &dir.path().join("ttyDEVICE")).expect("socat");
+    let hub = Hub::start_with(
+        dir.path(),
+        HubSpec {
+            gateway: "anxi/hutou/box-1",
+            gateway_extra: format!(
+                "\n[page]\nlisten = \"{page}\"\n\n[[hl7]]\nname = \"lab-lis\"\nlisten = \"{hl7}\"\n\n\
+                 [[ecg_serial]]\nname = \"ecg-cart\"\nport = {:?}\nprotocol = \"raw\"\n",
+                cable.gateway_end.display().to_string()
+            ),
+            relay: Some(None),
+            // A cut link is noticed within seconds, as on a real line.
+            idle_timeout_ms: Some(3000),
+            reconnect_max_ms: 500,
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+    assert_eq!(hub.gateway.page_addr, Some(page));
+    let zh = format!("http://{page}/?lang=zh-CN");
+    let en = format!("http://{page}/?lang=en");
+
+    let message = "MSH|^~\\&|LAB|HUTOU|LIS|COUNTY|20261203101500||ORU^R01^ORU_R01|PAGE0001|P|2.5.1\r\
+                   PID|1||MZ261100000017^^^HUTOU||王^小明\r\
+                   OBR|1||S1|GLU\r\
+                   OBX|1|NM|GLU||5.6|mmol/L|3.9-6.1|N|||F\r";
+    let ack = tokio::task::spawn_blocking(move || mllp_send(hl7, message))
+        .await
+        .expect("join");
+    assert!(ack.contains("MSA|AA|PAGE0001"), "{ack}");
+
+    // The sender's row: OK, with its last item and today's count; the item
+    // listed with the patient ID masked (never in full), delivered.
+    let dom = wait_page(&zh, "the HL7 item delivered", |d| {
+        d.contains("已送达") && row(d, "lab-lis").contains("<td>1</td>")
+    })
+    .await;
+    let lis = row(&dom, "lab-lis");
+    assert!(lis.contains("正常"), "{lis}");
+    assert!(lis.contains("检验系统（HL7）"), "{lis}");
+    assert!(!lis.contains("从未收到"), "{lis}");
+    assert!(dom.contains("MZ2611****17"), "masked ID missing");
+    assert!(
+        !dom.contains("MZ261100000017"),
+        "the full patient ID is on the page"
+    );
+    assert!(dom.contains("已连接"), "link up missing");
+    assert!(dom.contains("anxi/hutou/box-1"));
+    assert!(row(&dom, "ecg-cart").contains("串口已就绪"));
+    assert!(dom.contains("+08:00"), "times without the clinic's offset");
+
+    let english = tokio::task::spawn_blocking({
+        let en = en.clone();
+        move || dump_dom(&en)
+    })
+    .await
+    .expect("join");
+    let lis_en = row(&english, "lab-lis");
+    assert!(
+        lis_en.contains("OK") && lis_en.contains("Lab system (HL7)"),
+        "{lis_en}"
+    );
+    assert!(english.contains("delivered") && english.contains("Recently received"));
+
+    if let Ok(out) = std::env::var("YILIAN_SCREENSHOTS") {
+        let out = Path::new(&out);
+        std::fs::create_dir_all(out).expect("mkdir");
+        let (zh, en) = (zh.clone(), en.clone());
+        let (a, b) = (out.join("page-zh-CN.png"), out.join("page-en.png"));
+        tokio::task::spawn_blocking(move || {
+            screenshot(&zh, &a);
+            screenshot(&en, &b);
+        })
+        .await
+        .expect("join");
+    }
+
+    // The cart's cable is pulled: its row turns to fault, with advice.
+    cable.unplug();
+    let dom = wait_page(&zh, "the cart in fault", |d| {
+        row(d, "ecg-cart").contains("故障")
+    })
+    .await;
+    let cart = row(&dom, "ecg-cart");
+    assert!(cart.contains("找不到串口"), "{cart}");
+    assert!(cart.contains("请检查串口线是否插好"), "{cart}");
+    assert!(
+        row(&dom, "lab-lis").contains("正常"),
+        "one device's fault is not another's"
+    );
+
+    // The link is cut: 已断开, with the reason.
+    hub.relay.as_ref().expect("relay").cut();
+    let dom = wait_page(&zh, "the link down", |d| d.contains("已断开")).await;
+    let link = dom
+        .split("id=\"link\"")
+        .nth(1)
+        .and_then(|s| s.split("</dd>").next())
+        .unwrap_or_default();
+    assert!(
+        link.contains("原因"),
+        "no reason for the link being down: {link}"
+    );
+
+    hub.shutdown().await;
+}
