@@ -47,3 +47,4 @@ pub mod report;
 pub mod scrape;
 pub mod units;
 pub mod wan;
+pub mod webdriver;

@@ -217,3 +217,94 @@ async fn a_technician_sees_devices_items_and_faults_in_chinese_and_english() {
 
     hub.shutdown().await;
 }
+
+/// A raw HTTP request to the page; returns the status line and body.
+fn raw(addr: SocketAddr, request: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(request.as_bytes()).expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_pin_guards_the_actions_and_forged_forms_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let page = free_tcp_port().expect("port");
+    let drop = dir.path().join("ecg-share");
+    std::fs::create_dir_all(&drop).expect("mkdir");
+    let hub = Hub::start_with(
+        dir.path(),
+        HubSpec {
+            gateway: "anxi/hutou/box-2",
+            gateway_extra: format!(
+                "\n[page]\nlisten = \"{page}\"\npin = \"246810\"\n\n[[folder]]\nname = \"ecg-share\"\npath = {:?}\n",
+                drop.display().to_string()
+            ),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+
+    // A form posted from anywhere but the page itself (no CSRF cookie and
+    // token) is refused, logged in or not.
+    let forged = tokio::task::spawn_blocking(move || {
+        let body = "action=check-link&csrf=00000000000000000000000000000000";
+        let action = raw(
+            page,
+            &format!(
+                "POST /action HTTP/1.1\r\nHost: {page}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        let body = "pin=246810&csrf=00000000000000000000000000000000";
+        let login = raw(
+            page,
+            &format!(
+                "POST /login HTTP/1.1\r\nHost: {page}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        let bundle = raw(
+            page,
+            &format!("GET /support-bundle HTTP/1.1\r\nHost: {page}\r\nConnection: close\r\n\r\n"),
+        );
+        (action, login, bundle)
+    })
+    .await
+    .expect("join");
+    assert!(forged.0.starts_with("HTTP/1.1 403"), "{}", forged.0);
+    assert!(forged.1.starts_with("HTTP/1.1 403"), "{}", forged.1);
+    assert!(forged.2.starts_with("HTTP/1.1 403"), "{}", forged.2);
+
+    // In a real browser: a wrong PIN is refused; the right one opens the
+    // actions; the folder check writes and removes a probe.
+    let url = format!("http://{page}");
+    let result =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String, String)> {
+            let b = yilian_rig::webdriver::Browser::start("zh-CN")?;
+            b.open(&format!("{url}/?lang=zh-CN"))?;
+            b.click("#to-login")?;
+            b.type_into("#pin", "000000")?;
+            b.click("#login-button")?;
+            let wrong = b.source()?;
+            b.type_into("#pin", "246810")?;
+            b.click("#login-button")?;
+            b.click("#check-link")?;
+            let link = b.source()?;
+            b.click("button[type=submit]:not(#check-link)")?;
+            let folder = b.source()?;
+            Ok((wrong, link, folder))
+        })
+        .await
+        .expect("join")
+        .expect("browser");
+    assert!(result.0.contains("PIN 不正确"), "{}", result.0);
+    assert!(result.1.contains("连接正常"), "{}", result.1);
+    assert!(result.2.contains("文件夹 ecg-share 可写"), "{}", result.2);
+    let left: Vec<_> = std::fs::read_dir(&drop).expect("ls").flatten().collect();
+    assert!(left.is_empty(), "the probe stayed in the folder: {left:?}");
+    hub.shutdown().await;
+}

@@ -235,6 +235,9 @@ impl GatewayConfig {
                 ));
             }
         }
+        if let Some(problem) = c.page.pin_problem() {
+            return Err(invalid("page.pin", problem.to_owned()));
+        }
         // Two of the box's own listeners on one port: the second would fail
         // to bind at start; say so now, naming both.
         let mut listeners: Vec<(String, SocketAddr)> =

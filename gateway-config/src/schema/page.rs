@@ -51,6 +51,20 @@ pub struct PageSection {
     /// The page's language until the reader switches (`zh-CN` or `en`).
     #[serde(default)]
     pub language: Language,
+    /// The PIN that unlocks the page's actions (diagnostics, the support
+    /// bundle): 4 to 12 digits. Without one the page is read-only.
+    #[serde(default)]
+    pub pin: Option<String>,
+}
+
+impl PageSection {
+    /// Why the PIN is not acceptable, if it is not.
+    pub fn pin_problem(&self) -> Option<&'static str> {
+        let pin = self.pin.as_deref()?;
+        let digits = pin.chars().all(|c| c.is_ascii_digit());
+        (!digits || !(4..=12).contains(&pin.len()))
+            .then_some("the page's PIN is 4 to 12 digits, e.g. \"246810\"")
+    }
 }
 
 impl Default for PageSection {
@@ -59,6 +73,7 @@ impl Default for PageSection {
             enabled: true,
             listen: default_listen(),
             language: Language::default(),
+            pin: None,
         }
     }
 }

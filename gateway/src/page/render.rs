@@ -26,6 +26,7 @@ th{color:#52606d;font-weight:normal}
 .ok{color:#1b6e20}.warning{color:#8a5a00}.fault{color:#a61b1b;font-weight:bold}
 .status{white-space:nowrap}.advice{color:#3e4c59}
 footer{color:#52606d;font-size:.9em;padding:0 16px 16px}
+form{display:inline-block;margin:4px 8px 4px 0}button{font-size:1em;padding:6px 12px}input{font-size:1em;padding:5px}
 @media (max-width:700px){table,thead,tbody,tr,th,td{display:block}thead{display:none}td{border:none;padding:2px 0}tr{border-top:1px solid #e4e7eb;padding:6px 0}}
 ";
 
@@ -39,8 +40,56 @@ fn age(from_ms: i64, now_ms: i64) -> String {
     humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
+/// What the diagnostics section needs besides the view.
+#[derive(Debug, Clone)]
+pub struct Diagnostics {
+    pub pin_set: bool,
+    pub logged_in: bool,
+    /// The token every form carries (the `yl_csrf` cookie's value).
+    pub csrf: String,
+    /// The last action's result.
+    pub flash: Option<String>,
+    /// A catalogue key about the last login.
+    pub notice: Option<String>,
+    pub folders: Vec<String>,
+}
+
+fn diagnostics(d: &Diagnostics, lang: Language) -> Markup {
+    let c = Catalog::get();
+    let t = |id: &str| c.t(lang, id);
+    let hidden = html! {
+        input type="hidden" name="csrf" value=(d.csrf);
+        input type="hidden" name="lang" value=(lang.tag());
+    };
+    html! {
+        section id="diagnostics" {
+            h2 { (t("section-diagnostics")) }
+            @if let Some(f) = &d.flash { p id="result" class="advice" { strong { (f) } } }
+            @if let Some(n) = &d.notice { p id="notice" class="warning" { (t(n)) } }
+            @if !d.pin_set {
+                p { (t("diag-no-pin")) }
+            } @else if !d.logged_in {
+                // On a page of its own: this one refreshes itself, which
+                // would wipe a PIN half typed.
+                p { a href=(format!("/login?lang={}", lang.tag())) id="to-login" { (t("diag-login")) } }
+            } @else {
+                form method="post" action="/action" { (hidden) input type="hidden" name="action" value="check-link";
+                    button type="submit" id="check-link" { (t("diag-check-link")) } }
+                @for f in &d.folders {
+                    form method="post" action="/action" { (hidden) input type="hidden" name="action" value="check-folder";
+                        input type="hidden" name="target" value=(f);
+                        button type="submit" { (c.t_args(lang, "diag-check-folder", &[("folder", f.as_str().into())])) } }
+                }
+                p { a href="/support-bundle" id="bundle" { (t("diag-bundle")) } }
+                form method="post" action="/action" { (hidden) input type="hidden" name="action" value="logout";
+                    button type="submit" { (t("diag-logout")) } }
+            }
+        }
+    }
+}
+
 /// The page in `lang`.
-pub fn page(v: &View, lang: Language, clock: &Clock, now_ms: i64) -> String {
+pub fn page(v: &View, lang: Language, clock: &Clock, now_ms: i64, diag: &Diagnostics) -> String {
     let c = Catalog::get();
     let t = |id: &str| c.t(lang, id);
     let ta = |id: &str, args: &[(&str, FluentValue<'_>)]| c.t_args(lang, id, args);
@@ -67,6 +116,7 @@ pub fn page(v: &View, lang: Language, clock: &Clock, now_ms: i64) -> String {
                 main {
                     (overview(v, lang, clock, now_ms))
                     (devices(v, lang, clock, now_ms))
+                    (diagnostics(diag, lang))
                     section id="recent" {
                         h2 { (t("section-recent")) }
                         @if v.recent.is_empty() {
@@ -217,4 +267,37 @@ fn devices(v: &View, lang: Language, clock: &Clock, now_ms: i64) -> Markup {
             }
         }
     }
+}
+
+/// The login page: the PIN form alone, without the refresh.
+pub fn login_page(lang: Language, csrf: &str, notice: Option<&str>) -> String {
+    let c = Catalog::get();
+    let t = |id: &str| c.t(lang, id);
+    html! {
+        (DOCTYPE)
+        html lang=(lang.tag()) {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (t("page-title")) }
+                style { (maud::PreEscaped(STYLE)) }
+            }
+            body {
+                header { h1 { (t("page-title")) } a href=(format!("/?lang={}", lang.tag())) { (t("section-overview")) } }
+                main {
+                    section id="diagnostics" {
+                        h2 { (t("section-diagnostics")) }
+                        @if let Some(n) = notice { p id="notice" class="warning" { (t(n)) } }
+                        form method="post" action="/login" id="login" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            input type="hidden" name="lang" value=(lang.tag());
+                            label { (t("diag-pin")) " " input type="password" name="pin" id="pin" inputmode="numeric" autocomplete="off" required; }
+                            " " button type="submit" id="login-button" { (t("diag-login")) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    .into_string()
 }
