@@ -97,3 +97,6 @@ check-link-down = The link is down: { $reason }
 check-folder-ok = Folder { $folder } is writable.
 check-folder-failed = Folder { $folder } is not writable: { $error }
 check-folder-unknown = No such folder.
+diag-echo = Test imaging device { $ae } (C-ECHO)
+echo-ok = { $ae } answered in { $ms } ms.
+echo-failed = { $ae } did not answer: { $error }

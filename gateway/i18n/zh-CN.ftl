@@ -97,3 +97,6 @@ check-link-down = 连接已断开：{ $reason }
 check-folder-ok = 文件夹 { $folder } 可写。
 check-folder-failed = 文件夹 { $folder } 不可写：{ $error }
 check-folder-unknown = 没有这个文件夹。
+diag-echo = 测试影像设备 { $ae }（C-ECHO）
+echo-ok = { $ae } 应答正常，用时 { $ms } 毫秒。
+echo-failed = { $ae } 没有应答：{ $error }

@@ -129,15 +129,32 @@ impl Browser {
         Ok(())
     }
 
+    /// Clicks the element `css` selects, looking for it again while the
+    /// page is still being replaced by the previous click's navigation.
     pub fn click(&self, css: &str) -> anyhow::Result<()> {
-        let e = self.element(css)?;
-        http(
-            self.addr,
-            "POST",
-            &self.at(&format!("/element/{e}/click")),
-            Some(&json!({})),
-        )?;
-        Ok(())
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.element(css).and_then(|e| {
+                http(
+                    self.addr,
+                    "POST",
+                    &self.at(&format!("/element/{e}/click")),
+                    Some(&json!({})),
+                )
+            });
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if Instant::now() < deadline
+                        && ["stale element", "no such element"]
+                            .iter()
+                            .any(|m| e.to_string().contains(m)) =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The page's source as the browser has it now.

@@ -234,12 +234,27 @@ async fn the_pin_guards_the_actions_and_forged_forms_are_refused() {
     let page = free_tcp_port().expect("port");
     let drop = dir.path().join("ecg-share");
     std::fs::create_dir_all(&drop).expect("mkdir");
+    // dcmtk's storescp plays the DR the technician just plugged in.
+    let modality = free_tcp_port().expect("port");
+    let dicom = free_tcp_port().expect("port");
+    let storescp_dir = dir.path().join("storescp");
+    std::fs::create_dir_all(&storescp_dir).expect("mkdir");
+    let mut storescp = yilian_rig::modality::dcmtk("storescp")
+        .args(["-aet", "DR_ROOM", "-od"])
+        .arg(&storescp_dir)
+        .arg(modality.port().to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("storescp (dcmtk)");
     let hub = Hub::start_with(
         dir.path(),
         HubSpec {
             gateway: "anxi/hutou/box-2",
             gateway_extra: format!(
-                "\n[page]\nlisten = \"{page}\"\npin = \"246810\"\n\n[[folder]]\nname = \"ecg-share\"\npath = {:?}\n",
+                "\n[page]\nlisten = \"{page}\"\npin = \"246810\"\n\n[[folder]]\nname = \"ecg-share\"\npath = {:?}\n\n\
+                 [[dicom]]\nname = \"imaging\"\nlisten = \"{dicom}\"\nae_title = \"YILIAN_GW\"\n\
+                 allowed = [{{ ae_title = \"DR_ROOM\", address = \"{modality}\" }}]\n",
                 drop.display().to_string()
             ),
             ..HubSpec::default()
@@ -282,29 +297,33 @@ async fn the_pin_guards_the_actions_and_forged_forms_are_refused() {
     // In a real browser: a wrong PIN is refused; the right one opens the
     // actions; the folder check writes and removes a probe.
     let url = format!("http://{page}");
-    let result =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String, String)> {
-            let b = yilian_rig::webdriver::Browser::start("zh-CN")?;
-            b.open(&format!("{url}/?lang=zh-CN"))?;
-            b.click("#to-login")?;
-            b.type_into("#pin", "000000")?;
-            b.click("#login-button")?;
-            let wrong = b.source()?;
-            b.type_into("#pin", "246810")?;
-            b.click("#login-button")?;
-            b.click("#check-link")?;
-            let link = b.source()?;
-            b.click("button[type=submit]:not(#check-link)")?;
-            let folder = b.source()?;
-            Ok((wrong, link, folder))
-        })
-        .await
-        .expect("join")
-        .expect("browser");
-    assert!(result.0.contains("PIN 不正确"), "{}", result.0);
-    assert!(result.1.contains("连接正常"), "{}", result.1);
-    assert!(result.2.contains("文件夹 ecg-share 可写"), "{}", result.2);
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let wait = Duration::from_secs(10);
+        let b = yilian_rig::webdriver::Browser::start("zh-CN")?;
+        b.open(&format!("{url}/?lang=zh-CN"))?;
+        b.wait_for("to-login", wait)?;
+        b.click("#to-login")?;
+        b.wait_for("login-button", wait)?;
+        b.type_into("#pin", "000000")?;
+        b.click("#login-button")?;
+        b.wait_for("PIN 不正确", wait)?;
+        b.type_into("#pin", "246810")?;
+        b.click("#login-button")?;
+        b.wait_for("check-link", wait)?;
+        b.click("#check-link")?;
+        b.wait_for("连接正常", wait)?;
+        b.click("button.folder")?;
+        b.wait_for("文件夹 ecg-share 可写", wait)?;
+        b.click("button.echo")?;
+        b.wait_for("DR_ROOM 应答正常", wait)?;
+        Ok(())
+    })
+    .await
+    .expect("join")
+    .expect("browser");
     let left: Vec<_> = std::fs::read_dir(&drop).expect("ls").flatten().collect();
     assert!(left.is_empty(), "the probe stayed in the folder: {left:?}");
+    let _ = storescp.kill();
+    let _ = storescp.wait();
     hub.shutdown().await;
 }

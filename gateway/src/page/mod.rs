@@ -107,6 +107,17 @@ async fn page(
         flash: s.sessions.take_flash(&headers),
         notice: None,
         folders: s.config.folder.iter().map(|f| f.name.clone()).collect(),
+        modalities: s
+            .config
+            .dicom
+            .iter()
+            .flat_map(|n| {
+                n.allowed
+                    .iter()
+                    .filter(|p| p.address.is_some())
+                    .map(|p| (n.name.clone(), p.ae_title.clone()))
+            })
+            .collect(),
     };
     let body = tokio::task::spawn_blocking(move || {
         let now = crate::now_ms();
@@ -265,6 +276,45 @@ async fn action(
                 }
             }
         },
+        "echo" => {
+            let (node, ae) = f.target.split_once('/').unwrap_or_default();
+            let found = s
+                .config
+                .dicom
+                .iter()
+                .find(|n| n.name == node)
+                .and_then(|n| {
+                    n.allowed
+                        .iter()
+                        .find(|p| p.ae_title == ae)
+                        .and_then(|p| p.address.clone())
+                        .map(|a| (n.ae_title.clone(), a, n.timeout))
+                });
+            match found {
+                None => c.t_args(
+                    lang,
+                    "echo-failed",
+                    &[("ae", ae.to_owned().into()), ("error", "?".into())],
+                ),
+                Some((ours, address, timeout)) => {
+                    match crate::intake::dicom::echo::echo(&ours, ae, &address, timeout).await {
+                        Ok(rtt) => c.t_args(
+                            lang,
+                            "echo-ok",
+                            &[
+                                ("ae", ae.to_owned().into()),
+                                ("ms", format!("{}", rtt.as_millis()).into()),
+                            ],
+                        ),
+                        Err(e) => c.t_args(
+                            lang,
+                            "echo-failed",
+                            &[("ae", ae.to_owned().into()), ("error", e.into())],
+                        ),
+                    }
+                }
+            }
+        }
         _ => return hardened((StatusCode::BAD_REQUEST, "unknown action").into_response()),
     };
     tracing::info!(action = %f.action, target = %f.target, "a page action ran");

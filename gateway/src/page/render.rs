@@ -52,6 +52,8 @@ pub struct Diagnostics {
     /// A catalogue key about the last login.
     pub notice: Option<String>,
     pub folders: Vec<String>,
+    /// Modalities that can be echoed: (DICOM node, AE title).
+    pub modalities: Vec<(String, String)>,
 }
 
 fn diagnostics(d: &Diagnostics, lang: Language) -> Markup {
@@ -78,7 +80,12 @@ fn diagnostics(d: &Diagnostics, lang: Language) -> Markup {
                 @for f in &d.folders {
                     form method="post" action="/action" { (hidden) input type="hidden" name="action" value="check-folder";
                         input type="hidden" name="target" value=(f);
-                        button type="submit" { (c.t_args(lang, "diag-check-folder", &[("folder", f.as_str().into())])) } }
+                        button type="submit" class="folder" { (c.t_args(lang, "diag-check-folder", &[("folder", f.as_str().into())])) } }
+                }
+                @for (node, ae) in &d.modalities {
+                    form method="post" action="/action" { (hidden) input type="hidden" name="action" value="echo";
+                        input type="hidden" name="target" value=(format!("{node}/{ae}"));
+                        button type="submit" class="echo" { (c.t_args(lang, "diag-echo", &[("ae", ae.as_str().into())])) } }
                 }
                 p { a href="/support-bundle" id="bundle" { (t("diag-bundle")) } }
                 form method="post" action="/action" { (hidden) input type="hidden" name="action" value="logout";

@@ -14,6 +14,7 @@
 
 pub mod commitment;
 pub mod dimse;
+pub mod echo;
 pub mod find;
 pub mod sop_classes;
 
