@@ -264,8 +264,10 @@ impl GatewayConfig {
                 .map(|(i, d)| (format!("dicom[{i}].listen"), d.listen)),
         );
         for (j, (key, addr)) in listeners.iter().enumerate() {
+            // Port 0 asks the system for a free port: never a clash.
             if let Some((other, _)) = listeners[..j].iter().find(|(_, a)| {
-                a.port() == addr.port()
+                addr.port() != 0
+                    && a.port() == addr.port()
                     && (a.ip() == addr.ip()
                         || a.ip().is_unspecified()
                         || addr.ip().is_unspecified())
@@ -389,6 +391,22 @@ name = "ecg-share"
 path = "/srv/drop"
 lane = "clinical"
 "#;
+
+    #[test]
+    fn two_listeners_on_one_port_clash_but_port_zero_never_does() {
+        let path = Path::new("/etc/yilian/gateway.toml");
+        let clash = format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:8080\"\n");
+        let e = GatewayConfig::parse(&clash, path).expect_err("the page's default port");
+        assert!(
+            e.to_string()
+                .contains("page.listen: port 8080 is already used by metrics.listen"),
+            "{e}"
+        );
+        let ephemeral = format!(
+            "{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[page]\nlisten = \"127.0.0.1:0\"\n"
+        );
+        GatewayConfig::parse(&ephemeral, path).expect("port 0 is the system's choice");
+    }
 
     #[test]
     fn minimal_config_with_defaults() {
