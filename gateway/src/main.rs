@@ -176,7 +176,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     yilian_gateway::status::render(
                         &report,
                         yilian_gateway::now_ms(),
-                        &yilian_gateway::clock::Clock::of(&config)
+                        &yilian_gateway::clock::Clock::of(&config),
+                        yilian_gateway::i18n::cli_language(config.page.language),
                     )
                 );
             }

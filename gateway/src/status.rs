@@ -54,50 +54,97 @@ fn age(ms: i64, now: i64) -> String {
     humantime::format_duration(Duration::from_secs(s)).to_string()
 }
 
-/// The report for a person, times in the clinic's zone (`clock`).
-pub fn render(r: &StatusReport, now_ms: i64, clock: &crate::clock::Clock) -> String {
+/// The report for a person, in `lang`, times in the clinic's zone
+/// (`clock`).
+pub fn render(
+    r: &StatusReport,
+    now_ms: i64,
+    clock: &crate::clock::Clock,
+    lang: crate::i18n::Language,
+) -> String {
+    use fluent_bundle::FluentValue;
+    let c = crate::i18n::Catalog::get();
+    let t = |id: &str| c.t(lang, id);
+    let ta = |id: &str, args: &[(&str, FluentValue<'_>)]| c.t_args(lang, id, args);
     let mut o = String::new();
     match &r.link {
         Some(l) => {
-            let state = l["state"].as_str().unwrap_or("?");
+            let state = match l["state"].as_str().unwrap_or("?") {
+                "up" => t("link-up"),
+                "down" => t("link-down"),
+                "connecting" => t("link-connecting"),
+                "revoked" => t("link-revoked"),
+                other => other.to_owned(),
+            };
             let central = l["central"].as_str().unwrap_or("?");
             let since = l["since_ms"]
                 .as_i64()
-                .map(|t| format!("for {}, since {}", age(t, now_ms), clock.format_ms(t)))
+                .map(|ms| {
+                    ta(
+                        "cli-link-for",
+                        &[
+                            ("age", age(ms, now_ms).into()),
+                            ("time", clock.format_ms(ms).into()),
+                        ],
+                    )
+                })
                 .unwrap_or_default();
-            let _ = write!(o, "link:     {state} to {central} ({since})");
+            o.push_str(&ta(
+                "cli-link",
+                &[
+                    ("state", state.into()),
+                    ("central", central.into()),
+                    ("since", since.into()),
+                ],
+            ));
             if let Some(rtt) = l["rtt_ms"].as_f64() {
-                let _ = write!(o, ", rtt {rtt:.0} ms");
+                o.push_str(&ta("cli-rtt", &[("rtt", format!("{rtt:.0}").into())]));
             }
             if let Some(id) = l["identity"].as_str() {
-                let _ = write!(o, ", as {id}");
+                o.push_str(&ta("cli-as", &[("id", id.into())]));
             }
             o.push('\n');
             if let Some(e) = l["last_error"].as_str() {
-                let _ = writeln!(o, "          last error: {e}");
+                let _ = writeln!(
+                    o,
+                    "          {}",
+                    ta("cli-last-error", &[("error", e.into())])
+                );
             }
         }
-        None => o.push_str("link:     unknown (the gateway is not running, or its metrics listener is elsewhere)\n"),
+        None => {
+            o.push_str(&t("cli-link-unknown"));
+            o.push('\n');
+        }
     }
-    let _ = writeln!(
-        o,
-        "spool:    {} of {} used, {} dead letter(s), {} delivered kept",
-        bytes(r.spool.used_bytes),
-        bytes(r.spool.quota_bytes),
-        r.spool.dead,
-        r.spool.delivered_kept
-    );
+    o.push_str(&ta(
+        "cli-spool",
+        &[
+            ("used", bytes(r.spool.used_bytes).into()),
+            ("quota", bytes(r.spool.quota_bytes).into()),
+            ("dead", r.spool.dead.to_string().into()),
+            ("kept", r.spool.delivered_kept.to_string().into()),
+        ],
+    ));
+    o.push('\n');
     if r.spool.quota_configured_bytes > r.spool.quota_bytes {
         let _ = writeln!(
             o,
-            "          the disk holds less than the configured quota of {}; lower `quota` in [spool]",
-            bytes(r.spool.quota_configured_bytes)
+            "          {}",
+            ta(
+                "cli-disk-small",
+                &[("quota", bytes(r.spool.quota_configured_bytes).into())]
+            )
         );
     }
     let _ = writeln!(
         o,
-        "waiting:  {:<9} {:>7} {:>10}  OLDEST",
-        "LANE", "ITEMS", "BYTES"
+        "{:<10}{:<9} {:>7} {:>10}  {}",
+        t("cli-waiting"),
+        t("cli-col-lane"),
+        t("cli-col-items"),
+        t("cli-col-bytes"),
+        t("cli-col-oldest")
     );
     for lane in Lane::ALL {
         let l = &r.spool.lanes[lane as usize];
@@ -108,7 +155,7 @@ pub fn render(r: &StatusReport, now_ms: i64, clock: &crate::clock::Clock) -> Str
         let _ = writeln!(
             o,
             "          {:<9} {:>7} {:>10}  {}",
-            lane.name(),
+            t(&format!("lane-{}", lane.name())),
             l.items,
             bytes(l.bytes),
             oldest
@@ -117,8 +164,14 @@ pub fn render(r: &StatusReport, now_ms: i64, clock: &crate::clock::Clock) -> Str
     if !r.recent.is_empty() {
         let _ = writeln!(
             o,
-            "recent:   {:<10} {:<22} {:<8} {:<9} {:>10}  STATE",
-            "AGO", "SOURCE", "KIND", "LANE", "SIZE"
+            "{:<10}{:<10} {:<22} {:<8} {:<9} {:>10}  {}",
+            t("cli-recent"),
+            t("cli-col-ago"),
+            t("cli-col-source"),
+            t("cli-col-kind"),
+            t("cli-col-lane"),
+            t("cli-col-size"),
+            t("cli-col-state")
         );
         for i in &r.recent {
             let _ = writeln!(
@@ -127,9 +180,9 @@ pub fn render(r: &StatusReport, now_ms: i64, clock: &crate::clock::Clock) -> Str
                 age(i.received_ms, now_ms),
                 i.source,
                 i.kind,
-                i.lane,
+                t(&format!("lane-{}", i.lane)),
                 bytes(i.size),
-                i.state,
+                t(&format!("item-{}", i.state)),
                 i.last_error
                     .as_deref()
                     .map(|e| format!(" ({e})"))
@@ -140,8 +193,13 @@ pub fn render(r: &StatusReport, now_ms: i64, clock: &crate::clock::Clock) -> Str
     if !r.ecgs.is_empty() {
         let _ = writeln!(
             o,
-            "ecg:      {:<25} {:<18} {:<16} {:<8} STATE",
-            "RECEIVED", "DEVICE", "PATIENT ID", "LANE"
+            "{:<10}{:<25} {:<18} {:<16} {:<8} {}",
+            t("cli-ecg"),
+            t("cli-col-received"),
+            t("cli-col-device"),
+            t("cli-col-patient"),
+            t("cli-col-lane"),
+            t("cli-col-state")
         );
         for i in &r.ecgs {
             let m = |k: &str| i.metadata.get(k).map(String::as_str).unwrap_or("-");
@@ -149,9 +207,17 @@ pub fn render(r: &StatusReport, now_ms: i64, clock: &crate::clock::Clock) -> Str
                 .source
                 .split_once(':')
                 .map_or(i.source.as_str(), |(_, d)| d);
+            let delivery = t(match i.state {
+                "delivered" => "cli-delivered",
+                "dead" => "cli-dead",
+                _ => "cli-waiting-upload",
+            });
             let state = match i.metadata.get("quarantine") {
-                Some(q) => format!("{}, QUARANTINED: {q}", delivery(i.state)),
-                None => delivery(i.state).to_owned(),
+                Some(q) => ta(
+                    "cli-quarantined",
+                    &[("state", delivery.into()), ("reason", q.as_str().into())],
+                ),
+                None => delivery,
             };
             let _ = writeln!(
                 o,
@@ -159,21 +225,12 @@ pub fn render(r: &StatusReport, now_ms: i64, clock: &crate::clock::Clock) -> Str
                 clock.format_ms(i.received_ms),
                 device,
                 m("patient_id"),
-                i.lane,
+                t(&format!("lane-{}", i.lane)),
                 state
             );
         }
     }
     o
-}
-
-/// What a technician asks: has it reached the hospital?
-fn delivery(state: &str) -> &str {
-    match state {
-        "delivered" => "delivered",
-        "dead" => "NOT delivered (dead letter, see dead-letters)",
-        _ => "waiting to upload",
-    }
 }
 
 pub(crate) fn bytes(n: u64) -> String {
@@ -188,5 +245,52 @@ pub(crate) fn bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::i18n::Language;
+
+    #[test]
+    fn the_report_reads_in_chinese_and_in_english() {
+        let mut spool = SpoolStats {
+            used_bytes: 3 << 20,
+            quota_bytes: 20 << 30,
+            quota_configured_bytes: 20 << 30,
+            dead: 1,
+            ..SpoolStats::default()
+        };
+        spool.lanes[Lane::Urgent as usize].items = 2;
+        spool.lanes[Lane::Urgent as usize].oldest_received_ms = Some(1_000);
+        let r = StatusReport {
+            link: Some(serde_json::json!({
+                "state": "down", "central": "hub.county.example:4433", "since_ms": 1_000,
+                "identity": "anxi/hutou/box-1", "last_error": "connection lost: timed out"
+            })),
+            spool,
+            recent: Vec::new(),
+            ecgs: Vec::new(),
+        };
+        let clock = crate::clock::Clock::default();
+        let zh = render(&r, 61_000, &clock, Language::ZhCn);
+        assert!(
+            zh.contains("连接：    已断开，中心 hub.county.example:4433"),
+            "{zh}"
+        );
+        assert!(
+            zh.contains("最近的错误：connection lost: timed out"),
+            "{zh}"
+        );
+        assert!(zh.contains("无法送达 1 项"), "{zh}");
+        assert!(zh.contains("紧急"), "{zh}");
+        let en = render(&r, 61_000, &clock, Language::En);
+        assert!(en.starts_with("link:     down to hub.county.example:4433 (for 1m, since 1970-01-01T08:00:01+08:00), as anxi/hutou/box-1\n"), "{en}");
+        assert!(
+            en.contains("3.0 MiB of 20.0 GiB used, 1 dead letter(s)"),
+            "{en}"
+        );
+        assert!(en.contains("urgent"), "{en}");
     }
 }

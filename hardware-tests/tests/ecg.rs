@@ -405,6 +405,7 @@ async fn folder_intake_samples_reports_and_damaged_files() {
         &report,
         yilian_gateway::now_ms(),
         &yilian_gateway::clock::Clock::default(),
+        yilian_gateway::i18n::Language::En,
     );
     assert_eq!(report.ecgs.len(), 7, "{text}");
     assert!(text.contains("ecg-share"), "{text}");
