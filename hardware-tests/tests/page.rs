@@ -106,6 +106,30 @@ async fn a_technician_sees_devices_items_and_faults_in_chinese_and_english() {
         !fonts.trim().is_empty(),
         "no Chinese font: Chinese would render as empty boxes (apt-get install fonts-noto-cjk)"
     );
+    // Every character the Chinese catalogue uses has a glyph in the font
+    // the page asks for first: no empty boxes on the page.
+    let catalogue = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/i18n/zh-CN.ftl"),
+    )
+    .expect("catalogue");
+    let mut chars: Vec<char> = catalogue.chars().filter(|c| !c.is_ascii()).collect();
+    chars.sort_unstable();
+    chars.dedup();
+    let charset: Vec<String> = chars.iter().map(|c| format!("{:x}", *c as u32)).collect();
+    let covering = Command::new("fc-list")
+        .arg(format!(
+            ":family=Noto Sans CJK SC:charset={}",
+            charset.join(" ")
+        ))
+        .arg("family")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(
+        !covering.trim().is_empty(),
+        "Noto Sans CJK SC lacks some of the {} characters the page uses",
+        chars.len()
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let hl7 = free_tcp_port().expect("port");
     let page = free_tcp_port().expect("port");
