@@ -133,3 +133,9 @@ item-ready = ready
 item-uploading = uploading
 item-delivered = delivered
 item-dead = dead
+
+section-dead = Not deliverable
+col-reason = Reason
+diag-requeue = Send again
+requeued = Queued again; it will be uploaded again.
+requeue-failed = Cannot queue it again: { $error }

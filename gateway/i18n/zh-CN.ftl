@@ -133,3 +133,9 @@ item-ready = 待上传
 item-uploading = 上传中
 item-delivered = 已送达
 item-dead = 无法送达
+
+section-dead = 无法送达的数据
+col-reason = 原因
+diag-requeue = 重新发送
+requeued = 已重新排队，将再次上传。
+requeue-failed = 无法重新排队：{ $error }

@@ -281,6 +281,9 @@ async fn the_pin_guards_the_actions_and_forged_forms_are_refused() {
                  allowed = [{{ ae_title = \"DR_ROOM\", address = \"{modality}\" }}]\n",
                 drop.display().to_string()
             ),
+            relay: Some(None),
+            idle_timeout_ms: Some(3000),
+            reconnect_max_ms: 500,
             ..HubSpec::default()
         },
     )
@@ -321,7 +324,8 @@ async fn the_pin_guards_the_actions_and_forged_forms_are_refused() {
     // In a real browser: a wrong PIN is refused; the right one opens the
     // actions; the folder check writes and removes a probe.
     let url = format!("http://{page}");
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+    let page_url = url.clone();
+    let browser = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let wait = Duration::from_secs(10);
         let b = yilian_rig::webdriver::Browser::start("zh-CN")?;
         b.open(&format!("{url}/?lang=zh-CN"))?;
@@ -340,13 +344,62 @@ async fn the_pin_guards_the_actions_and_forged_forms_are_refused() {
         b.wait_for("文件夹 ecg-share 可写", wait)?;
         b.click("button.echo")?;
         b.wait_for("DR_ROOM 应答正常", wait)?;
-        Ok(())
+        Ok(b)
     })
     .await
     .expect("join")
     .expect("browser");
     let left: Vec<_> = std::fs::read_dir(&drop).expect("ls").flatten().collect();
     assert!(left.is_empty(), "the probe stayed in the folder: {left:?}");
+
+    // An item set aside (as when central refuses it for good) is listed
+    // with its reason, and "send again" puts it back: it reaches central
+    // once the link is back.
+    hub.relay.as_ref().expect("relay").cut();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hub.gateway.link.borrow().state == "up" {
+        assert!(Instant::now() < deadline, "the link never went down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::write(drop.join("REPORT.PDF"), b"%PDF-1.4 set aside").expect("write");
+    let spool = hub.gateway.spool.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lease = loop {
+        let s = spool.clone();
+        let l = tokio::task::spawn_blocking(move || s.lease(&yilian_spool::Lane::ALL))
+            .await
+            .expect("join")
+            .expect("lease");
+        if let Some(l) = l {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the file never reached the spool"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let s = spool.clone();
+    tokio::task::spawn_blocking(move || s.dead_letter(lease, "TooLarge: set aside by the test"))
+        .await
+        .expect("join")
+        .expect("dead letter");
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let wait = Duration::from_secs(10);
+        browser.open(&format!("{page_url}/?lang=zh-CN"))?;
+        browser.wait_for("无法送达的数据", wait)?;
+        browser.wait_for("set aside by the test", wait)?;
+        browser.click("button.requeue")?;
+        browser.wait_for("已重新排队", wait)?;
+        Ok(())
+    })
+    .await
+    .expect("join")
+    .expect("browser");
+    hub.relay.as_ref().expect("relay").restore();
+    hub.wait_items(1, Duration::from_secs(30))
+        .await
+        .expect("the item sent again reaches central");
     let _ = storescp.kill();
     let _ = storescp.wait();
     hub.shutdown().await;

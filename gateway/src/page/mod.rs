@@ -315,6 +315,25 @@ async fn action(
                 }
             }
         }
+        "requeue" => match f.target.parse::<i64>() {
+            Err(_) => c.t_args(lang, "requeue-failed", &[("error", "?".into())]),
+            Ok(id) => {
+                let spool = s.spool.clone();
+                match tokio::task::spawn_blocking(move || spool.requeue(id)).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(
+                            item = id,
+                            "a dead letter was queued again from the box's page"
+                        );
+                        c.t(lang, "requeued")
+                    }
+                    Ok(Err(e)) => {
+                        c.t_args(lang, "requeue-failed", &[("error", e.to_string().into())])
+                    }
+                    Err(e) => e.to_string(),
+                }
+            }
+        },
         _ => return hardened((StatusCode::BAD_REQUEST, "unknown action").into_response()),
     };
     tracing::info!(action = %f.action, target = %f.target, "a page action ran");

@@ -95,6 +95,44 @@ fn diagnostics(d: &Diagnostics, lang: Language) -> Markup {
     }
 }
 
+/// Items central refused for good: why, and (logged in) send again.
+fn dead_letters(v: &View, lang: Language, clock: &Clock, d: &Diagnostics) -> Markup {
+    let c = Catalog::get();
+    let t = |id: &str| c.t(lang, id);
+    html! {
+        @if !v.dead.is_empty() {
+            section id="dead" {
+                h2 class="warning" { (t("section-dead")) }
+                table {
+                    thead { tr {
+                        th { (t("col-received")) } th { (t("col-device")) } th { (t("col-kind")) }
+                        th { (t("col-reason")) } @if d.logged_in { th {} }
+                    } }
+                    tbody {
+                        @for i in &v.dead {
+                            tr data-item=(i.id) {
+                                td { (local(clock, i.received_ms)) }
+                                td { (i.source.split_once(':').map_or(i.source.as_str(), |(_, d)| d)) }
+                                td { (i.kind) }
+                                td { (i.last_error.clone().unwrap_or_default()) }
+                                @if d.logged_in {
+                                    td { form method="post" action="/action" {
+                                        input type="hidden" name="csrf" value=(d.csrf);
+                                        input type="hidden" name="lang" value=(lang.tag());
+                                        input type="hidden" name="action" value="requeue";
+                                        input type="hidden" name="target" value=(i.id);
+                                        button type="submit" class="requeue" { (t("diag-requeue")) }
+                                    } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The page in `lang`.
 pub fn page(v: &View, lang: Language, clock: &Clock, now_ms: i64, diag: &Diagnostics) -> String {
     let c = Catalog::get();
@@ -123,6 +161,7 @@ pub fn page(v: &View, lang: Language, clock: &Clock, now_ms: i64, diag: &Diagnos
                 main {
                     (overview(v, lang, clock, now_ms))
                     (devices(v, lang, clock, now_ms))
+                    (dead_letters(v, lang, clock, diag))
                     (diagnostics(diag, lang))
                     section id="recent" {
                         h2 { (t("section-recent")) }

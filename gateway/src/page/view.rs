@@ -48,6 +48,8 @@ pub struct View {
     pub spool: Option<SpoolStats>,
     pub devices: Vec<DeviceRow>,
     pub recent: Vec<ItemSummary>,
+    /// Items set aside for an operator, newest first.
+    pub dead: Vec<ItemSummary>,
 }
 
 /// How many recent items the page lists.
@@ -81,6 +83,7 @@ pub fn gather(
         spool: stats,
         devices: devices(config, metrics, board, now_ms),
         recent,
+        dead: spool.dead_letters(RECENT).unwrap_or_default(),
     }
 }
 
