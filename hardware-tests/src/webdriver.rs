@@ -157,6 +157,12 @@ impl Browser {
         }
     }
 
+    /// The value of the browser's cookie `name` for the current page.
+    pub fn cookie(&self, name: &str) -> anyhow::Result<String> {
+        let v = http(self.addr, "GET", &self.at(&format!("/cookie/{name}")), None)?;
+        Ok(v["value"].as_str().context("no cookie value")?.to_owned())
+    }
+
     /// The page's source as the browser has it now.
     pub fn source(&self) -> anyhow::Result<String> {
         Ok(http(self.addr, "GET", &self.at("/source"), None)?

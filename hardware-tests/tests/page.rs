@@ -344,11 +344,39 @@ async fn the_pin_guards_the_actions_and_forged_forms_are_refused() {
         b.wait_for("文件夹 ecg-share 可写", wait)?;
         b.click("button.echo")?;
         b.wait_for("DR_ROOM 应答正常", wait)?;
-        Ok(b)
+        let session = b.cookie("yl_session")?;
+        Ok((b, session))
     })
     .await
     .expect("join")
     .expect("browser");
+    let (browser, session) = browser;
+    // The support bundle, with the browser's session: the configuration
+    // without the PIN, the link, recent warnings, metrics.
+    let bundle = tokio::task::spawn_blocking(move || {
+        raw(
+            page,
+            &format!(
+                "GET /support-bundle HTTP/1.1\r\nHost: {page}\r\nCookie: yl_session={session}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    })
+    .await
+    .expect("join");
+    assert!(bundle.starts_with("HTTP/1.1 200"), "{bundle}");
+    assert!(
+        bundle.contains("## configuration") && bundle.contains("pin = (removed)"),
+        "{bundle}"
+    );
+    assert!(
+        !bundle.contains("246810"),
+        "the PIN is in the support bundle"
+    );
+    assert!(
+        bundle.contains("## metrics") && bundle.contains("yilian_device_up"),
+        "{bundle}"
+    );
+    assert!(bundle.contains("## recent warnings and errors"), "{bundle}");
     let left: Vec<_> = std::fs::read_dir(&drop).expect("ls").flatten().collect();
     assert!(left.is_empty(), "the probe stayed in the folder: {left:?}");
 

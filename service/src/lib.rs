@@ -19,7 +19,9 @@ use tokio::task::JoinHandle;
 const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
 
 /// Logging to journald (with the unit's identifier) when systemd connected
-/// stderr to the journal, else human-readable lines on stderr.
+/// stderr to the journal, else human-readable lines on stderr. Warnings
+/// and errors are also kept in memory ([`recent_problems`]) for a support
+/// bundle.
 pub fn init_logging(default_filter: &str) {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -30,16 +32,85 @@ pub fn init_logging(default_filter: &str) {
         let _ = tracing_subscriber::registry()
             .with(filter)
             .with(journald)
+            .with(Recent)
             .try_init();
         return;
     }
     // Colour only on a terminal: a log file or a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_ansi(ansi)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr),
+        )
+        .with(Recent)
         .try_init();
+}
+
+/// Warnings and errors kept for the support bundle.
+const RECENT_LINES: usize = 200;
+
+static RECENT: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// The last warnings and errors this process logged, oldest first (our
+/// log lines carry no patient data: file names and IDs are debug only).
+pub fn recent_problems() -> Vec<String> {
+    RECENT
+        .lock()
+        .map(|r| r.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Keeps warnings and errors in [`RECENT`].
+struct Recent;
+
+struct Line(String);
+
+impl tracing::field::Visit for Line {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        if field.name() == "message" {
+            let _ = write!(self.0, " {value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        use std::fmt::Write;
+        if field.name() == "message" {
+            let _ = write!(self.0, " {value}");
+        } else {
+            let _ = write!(self.0, " {}={value}", field.name());
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recent {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let level = *event.metadata().level();
+        if level > tracing::Level::WARN {
+            return;
+        }
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut line = Line(format!("{secs} {level} {}:", event.metadata().target()));
+        event.record(&mut line);
+        if let Ok(mut r) = RECENT.lock() {
+            if r.len() >= RECENT_LINES {
+                r.pop_front();
+            }
+            r.push_back(line.0);
+        }
+    }
 }
 
 fn notify(states: &[NotifyState<'_>]) {

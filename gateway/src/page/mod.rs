@@ -374,7 +374,12 @@ async fn support_bundle(State(s): State<PageState>, headers: HeaderMap) -> Respo
     }
     out.push_str("\n## link\n");
     out.push_str(&serde_json::to_string_pretty(&*s.link.borrow()).unwrap_or_default());
-    out.push_str("\n\n## metrics\n");
+    out.push_str("\n\n## recent warnings and errors (seconds since the epoch, UTC)\n");
+    for line in yilian_service::recent_problems() {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out.push_str("\n## metrics\n");
     out.push_str(&s.metrics.encode());
     tracing::info!("a support bundle was downloaded from the box's page");
     hardened(
