@@ -17,6 +17,10 @@ use yilian_rig::cable::Cable;
 use yilian_rig::configs::free_tcp_port;
 use yilian_rig::hub::{Hub, HubSpec};
 
+/// One scenario at a time: each picks free ports and starts a browser,
+/// and two at once could pick the same port.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The page's DOM after load, as Chromium renders it.
 fn dump_dom(url: &str) -> String {
     let out = Command::new("chromium")
@@ -97,6 +101,7 @@ async fn wait_page(url: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_technician_sees_devices_items_and_faults_in_chinese_and_english() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let fonts = Command::new("fc-list")
         .arg(":lang=zh")
         .output()
@@ -254,6 +259,7 @@ fn raw(addr: SocketAddr, request: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_pin_guards_the_actions_and_forged_forms_are_refused() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let page = free_tcp_port().expect("port");
     let drop = dir.path().join("ecg-share");

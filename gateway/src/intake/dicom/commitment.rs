@@ -23,8 +23,6 @@ use dicom_object::InMemDicomObject;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
 use dicom_ul::ClientAssociationOptions;
-use dicom_ul::Pdu;
-use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use tokio::sync::watch;
 use yilian_codecs::dicom::{Command, command};
 use yilian_protocol::kind::keys;
@@ -343,7 +341,7 @@ impl Notifier {
             .ok_or_else(|| format!("no address configured for {}", r.calling_ae))?;
         let explicit = EXPLICIT_VR_LITTLE_ENDIAN.uid();
         let implicit = "1.2.840.10008.1.2";
-        let mut assoc = ClientAssociationOptions::new()
+        let assoc = ClientAssociationOptions::new()
             .calling_ae_title(self.config.ae_title.clone())
             .called_ae_title(r.calling_ae.clone())
             .with_presentation_context(
@@ -358,17 +356,11 @@ impl Notifier {
             .establish_async(address.as_str())
             .await
             .map_err(|e| format!("association with {address}: {e}"))?;
-        let Some(pc) = assoc
-            .presentation_contexts()
-            .iter()
-            .find(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-            .cloned()
-        else {
-            let _ = assoc.release().await;
+        let Some((assoc, pc, ts)) = super::scu::accepted_context(assoc).await else {
             return Err("the modality did not accept storage commitment".into());
         };
         let ts = TransferSyntaxRegistry
-            .get(pc.transfer_syntax.trim_end_matches('\0'))
+            .get(&ts)
             .ok_or("unknown transfer syntax")?;
         let mut data = Vec::new();
         event_dataset(&r.transaction_uid, ok, failed)
@@ -383,30 +375,7 @@ impl Notifier {
             event_type: Some(if failed.is_empty() { 1 } else { 2 }),
             ..Command::default()
         };
-        for (kind, bytes) in [
-            (PDataValueType::Command, rq.encode()),
-            (PDataValueType::Data, data),
-        ] {
-            let pdu = Pdu::PData {
-                data: vec![PDataValue {
-                    presentation_context_id: pc.id,
-                    value_type: kind,
-                    is_last: true,
-                    data: bytes,
-                }],
-            };
-            assoc.send(&pdu).await.map_err(|e| e.to_string())?;
-        }
-        let answer = match assoc.receive().await.map_err(|e| e.to_string())? {
-            Pdu::PData { data } => data
-                .into_iter()
-                .filter(|v| v.value_type == PDataValueType::Command)
-                .flat_map(|v| v.data)
-                .collect::<Vec<u8>>(),
-            other => return Err(format!("unexpected answer {}", other.short_description())),
-        };
-        let _ = assoc.release().await;
-        let rsp = Command::parse(&answer).map_err(|e| e.to_string())?;
+        let rsp = super::scu::request(assoc, pc, &rq, Some(data)).await?;
         match rsp.status {
             Some(0) => Ok(()),
             s => Err(format!("the modality answered status {s:?}")),

@@ -5,8 +5,6 @@
 use std::time::{Duration, Instant};
 
 use dicom_ul::ClientAssociationOptions;
-use dicom_ul::Pdu;
-use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
 use yilian_codecs::dicom::{Command, NO_DATASET, command};
 
 /// The Verification SOP class.
@@ -23,7 +21,7 @@ pub async fn echo(
     timeout: Duration,
 ) -> Result<Duration, String> {
     let started = Instant::now();
-    let mut assoc = ClientAssociationOptions::new()
+    let assoc = ClientAssociationOptions::new()
         .calling_ae_title(calling.to_owned())
         .called_ae_title(called.to_owned())
         .with_presentation_context(
@@ -36,13 +34,7 @@ pub async fn echo(
         .establish_async(address)
         .await
         .map_err(|e| format!("no association with {address}: {e}"))?;
-    let Some(pc) = assoc
-        .presentation_contexts()
-        .iter()
-        .find(|pc| pc.reason == PresentationContextResultReason::Acceptance)
-        .cloned()
-    else {
-        let _ = assoc.release().await;
+    let Some((assoc, pc, _)) = super::scu::accepted_context(assoc).await else {
         return Err("the modality does not accept verification (C-ECHO)".into());
     };
     let rq = Command {
@@ -52,29 +44,7 @@ pub async fn echo(
         data_set_type: NO_DATASET,
         ..Command::default()
     };
-    assoc
-        .send(&Pdu::PData {
-            data: vec![PDataValue {
-                presentation_context_id: pc.id,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data: rq.encode(),
-            }],
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let answer = match assoc.receive().await.map_err(|e| e.to_string())? {
-        Pdu::PData { data } => data
-            .into_iter()
-            .filter(|v| v.value_type == PDataValueType::Command)
-            .flat_map(|v| v.data)
-            .collect::<Vec<u8>>(),
-        other => {
-            return Err(format!("unexpected answer: {}", other.short_description()));
-        }
-    };
-    let _ = assoc.release().await;
-    let rsp = Command::parse(&answer).map_err(|e| e.to_string())?;
+    let rsp = super::scu::request(assoc, pc, &rq, None).await?;
     match (rsp.field, rsp.status) {
         (command::C_ECHO_RSP, Some(0)) => Ok(started.elapsed()),
         (_, s) => Err(format!("the modality answered status {s:?}")),

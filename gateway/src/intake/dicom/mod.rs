@@ -16,6 +16,7 @@ pub mod commitment;
 pub mod dimse;
 pub mod echo;
 pub mod find;
+pub mod scu;
 pub mod sop_classes;
 
 use std::net::SocketAddr;

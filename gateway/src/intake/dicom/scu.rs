@@ -1,0 +1,63 @@
+//! The gateway as a DIMSE client, for what it asks of a modality (storage
+//! commitment reports, C-ECHO): one request and its response on an
+//! association the caller opened.
+
+use dicom_ul::Pdu;
+use dicom_ul::association::client::AsyncClientAssociation;
+use dicom_ul::pdu::{PDataValue, PDataValueType, PresentationContextResultReason};
+use yilian_codecs::dicom::Command;
+
+pub type Association = AsyncClientAssociation<tokio::net::TcpStream>;
+
+/// The association with the first presentation context the modality
+/// accepted and its transfer syntax; `None` (after releasing) when it
+/// accepted none.
+pub async fn accepted_context(assoc: Association) -> Option<(Association, u8, String)> {
+    let pc = assoc
+        .presentation_contexts()
+        .iter()
+        .find(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| (pc.id, pc.transfer_syntax.trim_end_matches('\0').to_owned()));
+    match pc {
+        Some((id, ts)) => Some((assoc, id, ts)),
+        None => {
+            let _ = assoc.release().await;
+            None
+        }
+    }
+}
+
+/// Sends `rq` (and its data set) on context `pc`, waits for the response,
+/// releases the association and returns the response's command set.
+pub async fn request(
+    mut assoc: Association,
+    pc: u8,
+    rq: &Command,
+    data: Option<Vec<u8>>,
+) -> Result<Command, String> {
+    let mut values = vec![(PDataValueType::Command, rq.encode())];
+    values.extend(data.map(|d| (PDataValueType::Data, d)));
+    for (kind, bytes) in values {
+        let pdu = Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc,
+                value_type: kind,
+                is_last: true,
+                data: bytes,
+            }],
+        };
+        assoc.send(&pdu).await.map_err(|e| e.to_string())?;
+    }
+    let answer = match assoc.receive().await.map_err(|e| e.to_string())? {
+        Pdu::PData { data } => data
+            .into_iter()
+            .filter(|v| v.value_type == PDataValueType::Command)
+            .flat_map(|v| v.data)
+            .collect::<Vec<u8>>(),
+        other => {
+            return Err(format!("unexpected answer: {}", other.short_description()));
+        }
+    };
+    let _ = assoc.release().await;
+    Command::parse(&answer).map_err(|e| e.to_string())
+}
