@@ -5,11 +5,11 @@
 //! - [`view`] — the facts, gathered from the running box;
 //! - [`render`] — the HTML, every text from the catalogues ([`crate::i18n`]).
 //!
-//! Without a PIN it is read-only; with `[page] pin` set, [`actions`] offers
-//! diagnostics and a support bundle behind it. It shows patient IDs masked
-//! and puts none in a URL. Served on `[page] listen` (loopback unless the configuration
-//! opens it to the clinic LAN), behind the same connection limits as the
-//! metrics listener.
+//! Without a PIN it is read-only; with `[page] pin` set, [`actions`]
+//! offers diagnostics and a support bundle behind it. It shows patient IDs
+//! masked and puts none in a URL. Served on `[page] listen` (loopback
+//! unless the configuration opens it to the clinic LAN), behind the same
+//! connection limits as the metrics listener.
 
 pub mod actions;
 pub mod render;
