@@ -84,9 +84,10 @@ fn rate_delay_and_loss_of_plain_flows_match_the_profile() {
 
     // Paced well below the rate: no queue, so the round trip is the two
     // propagation delays plus one packet's serialisation (0.6 ms). 30 000
-    // datagrams put the loss estimate within about 4 % (one standard
-    // deviation, bursts of two); the model's own test measures it on two
-    // million packets.
+    // datagrams hold about 750 loss bursts of two (geometric lengths), so
+    // the estimate's standard deviation is about 4.5 %: the check allows
+    // four of them (a run at 2.8 was seen); the model's own test measures
+    // the loss on two million packets.
     let _udp = sink(&wan.hub, "udp-sink", 9000);
     let r: UdpResult = send(
         &wan.clinic,
@@ -102,7 +103,7 @@ fn rate_delay_and_loss_of_plain_flows_match_the_profile() {
             "1000",
         ],
     );
-    assert!(within(r.loss_up, 0.05, 0.12), "loss {}", r.loss_up);
+    assert!(within(r.loss_up, 0.05, 0.18), "loss {}", r.loss_up);
     assert!(within(r.rtt_ms_p50, 50.6, 0.03), "rtt p50 {}", r.rtt_ms_p50);
     // A queue would add up to its 100 ms; the slack above the propagation
     // delays is the emulator's own timer and scheduling jitter.
