@@ -139,3 +139,7 @@ col-reason = Reason
 diag-requeue = Send again
 requeued = Queued again; it will be uploaded again.
 requeue-failed = Cannot queue it again: { $error }
+
+label-clock-offset = Clock against central
+clock-offset = { $secs } s
+clock-off-advice = This box's clock is far from central's; its certificate may stop working. Check time synchronisation (NTP).

@@ -139,3 +139,7 @@ col-reason = 原因
 diag-requeue = 重新发送
 requeued = 已重新排队，将再次上传。
 requeue-failed = 无法重新排队：{ $error }
+
+label-clock-offset = 与中心的时差
+clock-offset = { $secs } 秒
+clock-off-advice = 本机时钟与中心相差太多，证书可能失效；请检查时间同步（NTP）。

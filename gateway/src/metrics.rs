@@ -90,6 +90,8 @@ pub struct GatewayMetrics {
     pub revoked: Gauge,
     pub link_connects: Counter,
     pub link_rtt: GaugeF,
+    /// The box's clock minus central's, from the last heartbeat.
+    pub clock_offset: GaugeF,
     pub rate_cap: GaugeF,
     pub urgent_allowance: Gauge,
     pub throttled: CounterF,
@@ -131,6 +133,7 @@ impl GatewayMetrics {
             revoked: Gauge::default(),
             link_connects: Counter::default(),
             link_rtt: GaugeF::default(),
+            clock_offset: GaugeF::default(),
             rate_cap: GaugeF::default(),
             urgent_allowance: Gauge::default(),
             throttled: CounterF::default(),
@@ -262,6 +265,12 @@ impl GatewayMetrics {
             "Round-trip time to central as QUIC estimates it",
             Unit::Seconds,
             m.link_rtt.clone(),
+        );
+        r.register_with_unit(
+            "yilian_gateway_clock_offset",
+            "This box's clock minus central's, measured at each heartbeat (certificates and times depend on it)",
+            Unit::Seconds,
+            m.clock_offset.clone(),
         );
         // Prometheus wants base units, so the cap configured in bit/s is
         // published in bytes per second.

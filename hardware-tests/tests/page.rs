@@ -190,6 +190,15 @@ async fn a_technician_sees_devices_items_and_faults_in_chinese_and_english() {
     assert!(dom.contains("anxi/hutou/box-1"));
     assert!(row(&dom, "ecg-cart").contains("串口已就绪"));
     assert!(dom.contains("+08:00"), "times without the clinic's offset");
+    // The box and central share this machine's clock: no offset to speak of.
+    let offset = dom
+        .split("id=\"clock-offset\"")
+        .nth(1)
+        .and_then(|d| d.split('>').nth(1))
+        .and_then(|d| d.split(" 秒").next())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("the clock's offset from central is shown");
+    assert!(offset.abs() < 2.0, "offset {offset}");
 
     let english = tokio::task::spawn_blocking({
         let en = en.clone();

@@ -151,6 +151,11 @@ pub struct HeartbeatAck {
     /// gateway neither runs nor has refused this version.
     #[prost(message, optional, tag = "3")]
     pub config: Option<ConfigPush>,
+    /// Central's clock when it answered (ms since the epoch; 0 from an
+    /// older central): the box compares its own, on which its certificates
+    /// depend.
+    #[prost(int64, tag = "4")]
+    pub central_unix_ms: i64,
 }
 
 /// Gateway configuration published centrally: a TOML fragment holding the

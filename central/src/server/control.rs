@@ -118,6 +118,7 @@ pub(super) async fn control_stream(
                         seq: hb.seq,
                         worklist,
                         config,
+                        central_unix_ms: crate::store::now_ms(),
                     })),
                 )
                 .await?;

@@ -30,6 +30,11 @@ form{display:inline-block;margin:4px 8px 4px 0}button{font-size:1em;padding:6px 
 @media (max-width:700px){table,thead,tbody,tr,th,td{display:block}thead{display:none}td{border:none;padding:2px 0}tr{border-top:1px solid #e4e7eb;padding:6px 0}}
 ";
 
+/// A clock further from central's than this is shown as a fault: renewal
+/// and TLS start failing well before certificates' one-hour backdating is
+/// used up, and times on the page mislead.
+const CLOCK_OFF_MS: i64 = 60_000;
+
 /// A time as the page shows it: `2026-12-03 16:30:17+08:00`.
 fn local(clock: &Clock, ms: i64) -> String {
     clock.format_ms(ms).replacen('T', " ", 1)
@@ -226,6 +231,13 @@ fn overview(v: &View, lang: Language, clock: &Clock, now_ms: i64) -> Markup {
                 dt { (t("label-software")) } dd { (env!("CARGO_PKG_VERSION")) }
                 dt { (t("label-config")) } dd { (v.config_version) }
                 dt { (t("label-clock")) } dd { (local(clock, now_ms)) }
+                @if let Some(off) = v.link.clock_offset_ms {
+                    dt { (t("label-clock-offset")) }
+                    dd id="clock-offset" class=(if off.abs() > CLOCK_OFF_MS { "fault" } else { "" }) {
+                        (ta("clock-offset", &[("secs", format!("{:+.1}", off as f64 / 1000.0).into())]))
+                        @if off.abs() > CLOCK_OFF_MS { br; span class="advice" { (t("clock-off-advice")) } }
+                    }
+                }
                 dt { (t("label-link")) }
                 dd id="link" {
                     span class=(link_class) { (link_word) }

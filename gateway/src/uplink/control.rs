@@ -26,6 +26,8 @@ pub(super) struct HeartbeatSource {
     pub(super) pushed: crate::pushed::Pushed,
     pub(super) config_source: PathBuf,
     pub(super) reload: Arc<Notify>,
+    /// Where the clock's offset from central is shown.
+    pub(super) status: tokio::sync::watch::Sender<super::LinkStatus>,
 }
 
 pub(super) async fn heartbeat_loop(
@@ -34,6 +36,8 @@ pub(super) async fn heartbeat_loop(
     source: HeartbeatSource,
 ) -> Result<(), UplinkError> {
     let mut seq = 0u64;
+    // When each heartbeat left, for the clock comparison.
+    let mut sent_at: Option<(u64, i64)> = None;
     let spool = source.spool.clone();
     let mut tick = tokio::time::interval(source.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -44,6 +48,7 @@ pub(super) async fn heartbeat_loop(
                 let s = spool.clone();
                 let stats = tokio::task::spawn_blocking(move || s.stats()).await.ok().and_then(Result::ok);
                 let now = crate::now_ms();
+                sent_at = Some((seq, now));
                 let backlog = stats.map(|st| {
                     Lane::ALL.iter().map(|&lane| {
                         let l = &st.lanes[lane as usize];
@@ -69,7 +74,17 @@ pub(super) async fn heartbeat_loop(
                 write_message(&mut send, &hb).await?;
             }
             msg = reader.next() => match msg? {
-                Some(Envelope { body: Some(Body::HeartbeatAck(HeartbeatAck { worklist, config, .. })), .. }) => {
+                Some(Envelope { body: Some(Body::HeartbeatAck(HeartbeatAck { seq: acked, worklist, config, central_unix_ms })), .. }) => {
+                    if let Some((s, sent)) = sent_at
+                        && s == acked
+                        && central_unix_ms > 0
+                    {
+                        // Central read its clock about halfway between our
+                        // send and our receipt.
+                        let offset = (sent + crate::now_ms()) / 2 - central_unix_ms;
+                        source.metrics.clock_offset.set(offset as f64 / 1000.0);
+                        source.status.send_modify(|st| st.clock_offset_ms = Some(offset));
+                    }
                     if let Some(w) = worklist {
                         let (cache, n) = (source.worklist.clone(), w.entries.len());
                         let version = w.version.clone();

@@ -46,6 +46,8 @@ pub struct LinkStatus {
     pub identity: Option<String>,
     pub last_error: Option<String>,
     pub rtt_ms: Option<f64>,
+    /// This box's clock minus central's, from the last heartbeat answered.
+    pub clock_offset_ms: Option<i64>,
 }
 
 impl LinkStatus {
@@ -57,6 +59,7 @@ impl LinkStatus {
             identity: None,
             last_error: None,
             rtt_ms: None,
+            clock_offset_ms: None,
         }
     }
 }
@@ -378,6 +381,7 @@ impl Running {
                                 pushed: self.pushed.clone(),
                                 config_source: self.config_source.clone(),
                                 reload: self.reload.clone(),
+                                status: self.status.clone(),
                             },
                         );
                         tokio::spawn(async move {
