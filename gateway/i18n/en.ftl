@@ -143,3 +143,7 @@ requeue-failed = Cannot queue it again: { $error }
 label-clock-offset = Clock against central
 clock-offset = { $secs } s
 clock-off-advice = This box's clock is far from central's; its certificate may stop working. Check time synchronisation (NTP).
+io-permission = no permission to write (check the folder's owner and mode)
+io-not-found = the folder does not exist
+io-full = the disk is full
+io-other = cannot write there

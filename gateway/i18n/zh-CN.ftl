@@ -143,3 +143,7 @@ requeue-failed = 无法重新排队：{ $error }
 label-clock-offset = 与中心的时差
 clock-offset = { $secs } 秒
 clock-off-advice = 本机时钟与中心相差太多，证书可能失效；请检查时间同步（NTP）。
+io-permission = 没有写入权限（请检查文件夹的属主和权限）
+io-not-found = 文件夹不存在
+io-full = 磁盘已满
+io-other = 无法写入

@@ -52,12 +52,13 @@ pub fn init_logging(default_filter: &str) {
 /// Warnings and errors kept for the support bundle.
 const RECENT_LINES: usize = 200;
 
-static RECENT: std::sync::Mutex<std::collections::VecDeque<String>> =
+static RECENT: std::sync::Mutex<std::collections::VecDeque<(i64, String)>> =
     std::sync::Mutex::new(std::collections::VecDeque::new());
 
-/// The last warnings and errors this process logged, oldest first (our
-/// log lines carry no patient data: file names and IDs are debug only).
-pub fn recent_problems() -> Vec<String> {
+/// The last warnings and errors this process logged, oldest first, with
+/// when (ms since the epoch, for the caller to show in its zone). Our log
+/// lines carry no patient data: file names and IDs are debug only.
+pub fn recent_problems() -> Vec<(i64, String)> {
     RECENT
         .lock()
         .map(|r| r.iter().cloned().collect())
@@ -99,16 +100,16 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Recent {
         if level > tracing::Level::WARN {
             return;
         }
-        let secs = std::time::SystemTime::now()
+        let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut line = Line(format!("{secs} {level} {}:", event.metadata().target()));
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut line = Line(format!("{level} {}:", event.metadata().target()));
         event.record(&mut line);
         if let Ok(mut r) = RECENT.lock() {
             if r.len() >= RECENT_LINES {
                 r.pop_front();
             }
-            r.push_back(line.0);
+            r.push_back((ms, line.0));
         }
     }
 }

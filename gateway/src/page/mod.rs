@@ -162,12 +162,25 @@ struct LoginForm {
     lang: Option<String>,
 }
 
-/// A form without the right CSRF token: refused, said plainly.
+/// What an I/O failure means to a technician, as a catalogue key (never
+/// "os error 13").
+fn io_words(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        PermissionDenied | ReadOnlyFilesystem => "io-permission",
+        NotFound => "io-not-found",
+        StorageFull | QuotaExceeded => "io-full",
+        _ => "io-other",
+    }
+}
+
+/// A form without the right CSRF token: refused, said plainly in both
+/// languages (the form may be from a page in either).
 fn forged() -> Response {
     hardened(
         (
             StatusCode::FORBIDDEN,
-            "refused: this form did not come from the box's own page (missing or wrong CSRF token); open the page again and retry",
+            "已拒绝：这个表单不是从本机的页面提交的，请重新打开页面再试。\nRefused: this form did not come from the box's own page (missing or wrong CSRF token); open the page again and retry.",
         )
             .into_response(),
     )
@@ -226,7 +239,7 @@ async fn action(
         return hardened(
             (
                 StatusCode::FORBIDDEN,
-                "refused: log in with the box's PIN first",
+                "已拒绝：请先用本机的 PIN 登录。\nRefused: log in with the box's PIN first.",
             )
                 .into_response(),
         );
@@ -269,7 +282,7 @@ async fn action(
                         "check-folder-failed",
                         &[
                             ("folder", f.target.clone().into()),
-                            ("error", e.to_string().into()),
+                            ("error", c.t(lang, io_words(&e)).into()),
                         ],
                     ),
                     Err(e) => e.to_string(),
@@ -348,7 +361,7 @@ async fn support_bundle(State(s): State<PageState>, headers: HeaderMap) -> Respo
         return hardened(
             (
                 StatusCode::FORBIDDEN,
-                "refused: log in with the box's PIN first",
+                "已拒绝：请先用本机的 PIN 登录。\nRefused: log in with the box's PIN first.",
             )
                 .into_response(),
         );
@@ -374,10 +387,10 @@ async fn support_bundle(State(s): State<PageState>, headers: HeaderMap) -> Respo
     }
     out.push_str("\n## link\n");
     out.push_str(&serde_json::to_string_pretty(&*s.link.borrow()).unwrap_or_default());
-    out.push_str("\n\n## recent warnings and errors (seconds since the epoch, UTC)\n");
-    for line in yilian_service::recent_problems() {
-        out.push_str(&line);
-        out.push('\n');
+    out.push_str("\n\n## recent warnings and errors\n");
+    let clock = Clock::of(&s.config);
+    for (ms, line) in yilian_service::recent_problems() {
+        out.push_str(&format!("{} {line}\n", clock.format_ms(ms)));
     }
     out.push_str("\n## metrics\n");
     out.push_str(&s.metrics.encode());
