@@ -107,9 +107,11 @@ fn check_nothing_removed_before_commit(s: &Setup, written: &Mutex<HashMap<String
                 .collect()
         })
         .unwrap_or_default();
+    // An index that cannot be read is a failure to report, not an empty
+    // spool.
     let spooled: HashSet<String> = Spool::inspect(&s.spool_dir, u32::MAX)
         .map(|(_, items)| items.into_iter().map(|i| i.sha256).collect())
-        .unwrap_or_default();
+        .expect("reading the spool's index after the kill");
     let at_central: HashSet<String> = central_items(&s.central_data)
         .into_iter()
         .map(|(sha, _)| sha)
@@ -119,7 +121,9 @@ fn check_nothing_removed_before_commit(s: &Setup, written: &Mutex<HashMap<String
         if !present.contains(name) {
             assert!(
                 spooled.contains(sha) || at_central.contains(sha),
-                "{name} left the drop folder but is neither in the spool nor at central"
+                "{name} left the drop folder but is neither in the spool ({} items) nor at central ({} items)",
+                spooled.len(),
+                at_central.len()
             );
         }
     }
