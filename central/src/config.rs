@@ -22,6 +22,8 @@ pub struct CentralConfig {
     pub pacs: Option<PacsSection>,
     /// Orders from the hospital RIS for the clinics' worklists.
     pub worklist: Option<WorklistSection>,
+    /// Reports from the hospital's reading systems, back to the clinics.
+    pub reports: Option<ReportsSection>,
     /// Enrollment and renewal of box certificates by central's issuing CA.
     pub enrollment: Option<EnrollmentSection>,
 }
@@ -57,6 +59,18 @@ pub struct WorklistSection {
     /// Where the RIS sends ORM^O01 / OMI^O23 over MLLP.
     pub hl7_listen: Option<SocketAddr>,
     /// RIS facility codes (MSH-6) to clinics, `CODE = "COUNTY/CLINIC"`.
+    #[serde(default)]
+    pub facilities: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsSection {
+    /// Where the RIS, LIS and ECG reading system send ORU^R01 / MDM^T02
+    /// over MLLP.
+    pub hl7_listen: Option<SocketAddr>,
+    /// Facility codes (MSH-6) to clinics, `CODE = "COUNTY/CLINIC"`, for
+    /// reports addressed to a clinic rather than to an item.
     #[serde(default)]
     pub facilities: std::collections::BTreeMap<String, String>,
 }

@@ -4,6 +4,7 @@
 //! - [`store`] — the durable ingest store (SQLite + content-addressed blobs).
 //! - [`server`] — the QUIC listener and the per-stream protocol drivers.
 //! - [`orders`] — RIS orders (HL7 ORM/OMI) into the clinics' worklists.
+//! - [`reports`] — reports from the hospital back down to the clinics.
 //! - [`routes`] — which destinations a committed item goes to; [`outbox`]
 //!   the delivery loop; [`lis`], [`ecg`] and [`pacs`] the destinations.
 //! - [`metrics`], [`http`]: Prometheus metrics, including per-gateway series.
@@ -14,6 +15,7 @@ pub mod admin;
 pub mod config;
 pub mod ecg;
 pub mod fleet;
+pub mod hl7_listener;
 pub mod http;
 pub mod lis;
 pub mod metrics;
@@ -21,6 +23,7 @@ pub mod orders;
 pub mod outbox;
 pub mod pacs;
 pub mod registry;
+pub mod reports;
 pub mod routes;
 pub mod server;
 pub mod service;
@@ -132,12 +135,30 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
             config: w.clone(),
             store: store.clone(),
         };
-        let serve = listener
-            .bind(addr, stopped.clone())
+        let (_, serve) = hl7_listener::bind(listener, addr, stopped.clone())
             .await
             .with_context(|| format!("binding the RIS order listener on {addr}"))?;
         tokio::spawn(serve);
     }
+    if let Some(r) = &config.reports
+        && let Some(addr) = r.hl7_listen
+    {
+        let listener = reports::listener::ReportListener {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            facilities: r.facilities.clone(),
+            wake: shared.reports_wake.clone(),
+        };
+        let (_, serve) = hl7_listener::bind(listener, addr, stopped.clone())
+            .await
+            .with_context(|| format!("binding the report listener on {addr}"))?;
+        tokio::spawn(serve);
+    }
+    tokio::spawn(report_gauges(
+        store.clone(),
+        metrics.clone(),
+        stopped.clone(),
+    ));
     if let Some(pacs) = &config.pacs {
         shared.routes.pacs = true;
         metrics.register_destination(pacs::DESTINATION);
@@ -180,4 +201,18 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
         stop,
         task,
     })
+}
+
+/// Keeps the report queue's gauges current.
+async fn report_gauges(store: Store, metrics: CentralMetrics, mut stop: watch::Receiver<bool>) {
+    loop {
+        let s = store.clone();
+        if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || s.report_stats()).await {
+            metrics.reports.set_stats(&stats, store::now_ms());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }

@@ -111,6 +111,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Reports from the hospital on their way to the clinics: where each
+    /// goes and how it was matched, whether the box holds it, and where
+    /// the clinic filed, printed or forwarded it. `--assign ID --gateway
+    /// COUNTY/CLINIC/BOX` sends a parked report (or one again) by hand.
+    Reports {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only reports that matched no clinic and wait for a person.
+        #[arg(long)]
+        unmatched: bool,
+        #[arg(long)]
+        assign: Option<String>,
+        #[arg(long, requires = "assign")]
+        gateway: Option<String>,
+        #[arg(long, default_value_t = 200)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// List the gateways central has heard from.
     Gateways {
         #[command(flatten)]
@@ -496,6 +515,95 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     s.instances,
                     in_pacs,
                     site.clock.reformat(&s.last_at),
+                    state
+                )?;
+            }
+            Ok(())
+        }
+        Command::Reports {
+            store: StoreArgs {
+                config,
+                data_dir: dir,
+            },
+            unmatched,
+            assign,
+            gateway,
+            limit,
+            json,
+        } => {
+            let site = Site::of(&config);
+            let dir = data_dir(&config, dir)?;
+            if let Some(id) = assign {
+                let Some(gateway) = gateway else {
+                    anyhow::bail!("say which box gets report {id}: --gateway COUNTY/CLINIC/BOX");
+                };
+                yilian_protocol::BoxIdentity::parse(&gateway)
+                    .map_err(|e| anyhow::anyhow!("{gateway:?} is not a box identity: {e}"))?;
+                let store = Store::open(&dir)?;
+                let actor = std::env::var("SUDO_USER")
+                    .or_else(|_| std::env::var("USER"))
+                    .unwrap_or_else(|_| "operator".into());
+                anyhow::ensure!(
+                    store.report_assign(&id, &gateway, &actor)?,
+                    "there is no report {id} (see `yilian-central reports`)"
+                );
+                println!("report {id} goes to {gateway} with its next connection");
+                return Ok(());
+            }
+            let store = Store::open_read_only(&dir)?;
+            let rows = store.reports(unmatched, limit)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                for r in rows {
+                    writeln!(out, "{}", serde_json::to_string(&r)?)?;
+                }
+                return Ok(());
+            }
+            if rows.is_empty() {
+                writeln!(
+                    out,
+                    "{}",
+                    if unmatched {
+                        "no report is waiting to be assigned"
+                    } else {
+                        "no reports yet"
+                    }
+                )?;
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "{:<26} {:<25} {:<9} {:<10} {:<14} {:<28} STATE",
+                "REPORT", "RECEIVED", "STATUS", "KIND", "PATIENT ID", "CLINIC BOX"
+            )?;
+            for r in rows {
+                let status = match (r.status.as_str(), r.urgent) {
+                    ("C", _) => "corrected",
+                    ("P", _) => "prelim",
+                    (_, true) => "final STAT",
+                    _ => "final",
+                };
+                let state = match (&r.gateway, r.at_box_ms, r.receipts.is_empty()) {
+                    (None, _, _) => format!(
+                        "UNMATCHED: {} (assign with --assign {} --gateway COUNTY/CLINIC/BOX)",
+                        r.unmatched_reason.as_deref().unwrap_or(""),
+                        r.id
+                    ),
+                    (Some(_), None, _) => "waiting for the box".to_owned(),
+                    (Some(_), Some(at), true) => {
+                        format!("at the box since {}", site.clock.format_ms(at))
+                    }
+                    (Some(_), Some(_), false) => r.receipts.join(", "),
+                };
+                writeln!(
+                    out,
+                    "{:<26} {:<25} {:<9} {:<10} {:<14} {:<28} {}",
+                    r.id,
+                    site.clock.format_ms(r.received_ms),
+                    status,
+                    r.kind,
+                    r.patient_id,
+                    r.gateway.as_deref().unwrap_or("-"),
                     state
                 )?;
             }

@@ -91,6 +91,8 @@ pub struct CentralMetrics {
     /// The same for ECGs only (the remote-ECG service's promise).
     pub ecg_end_to_end: Family<LaneLabels, Histogram, fn() -> Histogram>,
     pub ecg_quarantined: Counter,
+    /// Reports down to the clinics and their turnaround.
+    pub reports: crate::reports::ReportMetrics,
     /// The latest metrics each connected gateway reported.
     fleet: Arc<Mutex<BTreeMap<BoxIdentity, Vec<ExposedFamily>>>>,
     /// The configuration version each gateway last reported, so the old
@@ -175,6 +177,7 @@ impl CentralMetrics {
             end_to_end: Family::new_with_constructor(latency_histogram),
             ecg_end_to_end: Family::new_with_constructor(latency_histogram),
             ecg_quarantined: Counter::default(),
+            reports: crate::reports::ReportMetrics::register(&mut r),
             fleet: Arc::default(),
             config_versions: Arc::default(),
         };

@@ -15,11 +15,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use yilian_codecs::hl7::{ErrorInfo, Message, Verdict, build_ack, decode, encode};
-use yilian_codecs::mllp::{self, MllpDecoder};
+use yilian_codecs::mllp;
 use yilian_protocol::messages::WorklistEntry;
 
 use crate::config::WorklistSection;
@@ -226,61 +223,9 @@ pub struct OrderListener {
     pub store: Store,
 }
 
-impl OrderListener {
-    pub async fn bind(
-        self,
-        addr: SocketAddr,
-        stop: watch::Receiver<bool>,
-    ) -> std::io::Result<impl std::future::Future<Output = ()>> {
-        let listener = TcpListener::bind(addr).await?;
-        tracing::info!(%addr, "listening for RIS orders (HL7 ORM/OMI over MLLP)");
-        Ok(self.serve(listener, stop))
-    }
-
-    async fn serve(self, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-        let this = std::sync::Arc::new(self);
-        loop {
-            let (socket, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(_) => continue,
-                },
-                _ = stop.changed() => return,
-            };
-            let me = this.clone();
-            tokio::spawn(async move { me.connection(socket, peer).await });
-        }
-    }
-
-    async fn connection(&self, mut socket: TcpStream, peer: SocketAddr) {
-        let mut decoder = MllpDecoder::new(1024 * 1024);
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match tokio::time::timeout(
-                std::time::Duration::from_secs(600),
-                socket.read(&mut buf),
-            )
-            .await
-            {
-                Ok(Ok(0)) | Err(_) => return,
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "RIS connection failed");
-                    return;
-                }
-            };
-            for frame in decoder.push(&buf[..n]) {
-                let Ok(bytes) = frame else {
-                    tracing::warn!(%peer, "malformed MLLP frame from the RIS skipped");
-                    continue;
-                };
-                if let Some(ack) = self.handle(&bytes, peer).await
-                    && socket.write_all(&ack).await.is_err()
-                {
-                    return;
-                }
-            }
-        }
+impl crate::hl7_listener::Hl7Service for OrderListener {
+    fn what(&self) -> &'static str {
+        "RIS orders"
     }
 
     async fn handle(&self, bytes: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {

@@ -46,6 +46,8 @@ pub struct Shared {
     /// Recent takeovers of each box's connection, to tell a clone (two
     /// boxes with one identity taking turns) from a box reconnecting.
     takeovers: Arc<Mutex<HashMap<BoxIdentity, Takeovers>>>,
+    /// Told when a report was queued for a box (see [`crate::reports`]).
+    pub reports_wake: Arc<tokio::sync::Notify>,
 }
 
 /// When a box's connection was taken over, and from where.
@@ -68,6 +70,7 @@ impl Shared {
             upload_locks: Arc::default(),
             unwatched: Arc::default(),
             takeovers: Arc::default(),
+            reports_wake: Arc::default(),
         }
     }
 

@@ -75,6 +75,12 @@ pub struct Hello {
     pub software_version: String,
     #[prost(int64, tag = "4")]
     pub sent_unix_ms: i64,
+    /// The box takes reports on streams central opens: the upload
+    /// exchange mirrored ([`Offer`] of kind `report` from central, the box
+    /// answers [`Committed`] only once the report is on its own stable
+    /// storage). An older box does not, and central keeps its reports.
+    #[prost(bool, tag = "5")]
+    pub takes_reports: bool,
 }
 
 /// Central's answer to [`Hello`]: the version both sides will speak.
@@ -123,6 +129,34 @@ pub struct Heartbeat {
     /// `VERSION: reason` ("" when none was refused).
     #[prost(string, tag = "9")]
     pub pushed_config_error: String,
+    /// Where reports reached the clinic (or failed to), until central
+    /// answers that it recorded them.
+    #[prost(message, repeated, tag = "10")]
+    pub receipts: Vec<ReportReceipt>,
+}
+
+/// What became of a report at one of the clinic's sinks, gateway → central.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ReportReceipt {
+    #[prost(string, tag = "1")]
+    pub report_id: String,
+    /// The sink's name in the box's `[[report_sink]]`.
+    #[prost(string, tag = "2")]
+    pub sink: String,
+    #[prost(int64, tag = "3")]
+    pub at_unix_ms: i64,
+    /// `delivered`, or `failed` (refused by the sink for good).
+    #[prost(string, tag = "4")]
+    pub outcome: String,
+    #[prost(string, tag = "5")]
+    pub detail: String,
+}
+
+impl ReportReceipt {
+    /// The key central answers with in [`HeartbeatAck::receipts_recorded`].
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.report_id, self.sink)
+    }
 }
 
 /// Backlog of one lane at the time of a heartbeat.
@@ -156,6 +190,10 @@ pub struct HeartbeatAck {
     /// depend.
     #[prost(int64, tag = "4")]
     pub central_unix_ms: i64,
+    /// Receipts of the heartbeat central recorded durably
+    /// ([`ReportReceipt::key`]); the box stops sending those.
+    #[prost(string, repeated, tag = "5")]
+    pub receipts_recorded: Vec<String>,
 }
 
 /// Gateway configuration published centrally: a TOML fragment holding the

@@ -17,6 +17,7 @@ pub(super) async fn control_stream(
     first: Envelope,
     mut send: quinn::SendStream,
     mut reader: MessageReader,
+    conn: &quinn::Connection,
     identity: &BoxIdentity,
     shared: &Shared,
 ) -> Result<(), StreamError> {
@@ -58,6 +59,14 @@ pub(super) async fn control_stream(
         identity: identity.to_string(),
     }));
     write_message(&mut send, &ack).await?;
+    if hello.takes_reports {
+        tokio::spawn(crate::reports::downlink::serve_box(
+            conn.clone(),
+            identity.clone(),
+            shared.store.clone(),
+            shared.reports_wake.clone(),
+        ));
+    }
 
     while let Some(env) = reader.next().await? {
         match env.body {
@@ -112,6 +121,7 @@ pub(super) async fn control_stream(
                         "sending the clinic's worklist");
                 }
                 let config = record_and_config(shared, identity, &hb).await;
+                let receipts_recorded = record_receipts(shared, identity, &hb.receipts).await;
                 write_message(
                     &mut send,
                     &Envelope::new(Body::HeartbeatAck(HeartbeatAck {
@@ -119,6 +129,7 @@ pub(super) async fn control_stream(
                         worklist,
                         config,
                         central_unix_ms: crate::store::now_ms(),
+                        receipts_recorded,
                     })),
                 )
                 .await?;
@@ -132,6 +143,57 @@ pub(super) async fn control_stream(
         }
     }
     Ok(())
+}
+
+/// Records where reports reached the clinic; returns the receipts now
+/// durable, which the box stops sending.
+async fn record_receipts(
+    shared: &Shared,
+    identity: &BoxIdentity,
+    receipts: &[yilian_protocol::messages::ReportReceipt],
+) -> Vec<String> {
+    if receipts.is_empty() {
+        return Vec::new();
+    }
+    let (store, gateway, receipts) = (
+        shared.store.clone(),
+        identity.to_string(),
+        receipts.to_vec(),
+    );
+    let r = tokio::task::spawn_blocking(move || {
+        let mut recorded = Vec::new();
+        let mut timings = Vec::new();
+        for receipt in &receipts {
+            match store.report_receipt(&gateway, receipt) {
+                Ok(t) => {
+                    recorded.push(receipt.key());
+                    timings.extend(t);
+                    if receipt.outcome == "delivered" {
+                        tracing::info!(gateway = %gateway, report = %receipt.report_id, sink = %receipt.sink,
+                            "report delivered at the clinic");
+                    } else {
+                        tracing::warn!(gateway = %gateway, report = %receipt.report_id, sink = %receipt.sink,
+                            detail = %receipt.detail, "a clinic's sink refused a report; the box's technician must look");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(gateway = %gateway, error = %e, "cannot record a report receipt; the box sends it again");
+                    break;
+                }
+            }
+        }
+        (recorded, timings)
+    })
+    .await;
+    match r {
+        Ok((recorded, timings)) => {
+            for t in &timings {
+                shared.metrics.reports.observe(t);
+            }
+            recorded
+        }
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Keeps what the heartbeat reports for `fleet list`, and returns the

@@ -2,7 +2,8 @@
 //! tells a stream's kind:
 //!
 //! - [`control`] — Hello, then heartbeats in and worklists and published
-//!   configuration out;
+//!   configuration out; receipts of reports delivered at the clinic in;
+//! - reports down, on streams central opens ([`crate::reports::downlink`]);
 //! - [`upload`] — one stream per upload, driven by the protocol crate's
 //!   [`UploadReceiver`](yilian_protocol::upload::UploadReceiver);
 //! - certificate renewal, answered by [`crate::admin::renew`].
@@ -109,8 +110,9 @@ async fn handle_connection(conn: quinn::Connection, remote: SocketAddr, shared: 
             Ok((send, recv)) => {
                 let shared = shared.clone();
                 let identity = identity.clone();
+                let conn = conn.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle_stream(send, recv, &identity, &shared).await {
+                    if let Err(e) = handle_stream(send, recv, &conn, &identity, &shared).await {
                         tracing::debug!(gateway = %identity, error = %e, "stream ended with an error");
                     }
                 });
@@ -158,6 +160,7 @@ enum StreamError {
 async fn handle_stream(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
+    conn: &quinn::Connection,
     identity: &BoxIdentity,
     shared: &Shared,
 ) -> Result<(), StreamError> {
@@ -166,7 +169,7 @@ async fn handle_stream(
         return Ok(());
     };
     match first.body {
-        Some(Body::Hello(_)) => control_stream(first, send, reader, identity, shared).await,
+        Some(Body::Hello(_)) => control_stream(first, send, reader, conn, identity, shared).await,
         Some(Body::Offer(_)) => upload_stream(first, send, reader, identity, shared).await,
         Some(Body::RenewRequest(req)) => {
             crate::admin::renew(send, req, identity, shared).await?;

@@ -27,11 +27,13 @@ use yilian_protocol::upload::HeldState;
 
 mod ingest;
 mod outbox;
+mod reports;
 mod views;
 mod worklist;
 
 pub use ingest::PartialUpload;
 pub use outbox::{OutboxRow, OutboxStats};
+pub use reports::{DownlinkRow, DownlinkStats, ReportRow, Turnaround};
 pub use views::{GatewayRow, ItemRow, StudyRow};
 
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +262,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(reports::SCHEMA)?;
         // SQLite makes its files with the process's umask (0644 from a
         // shell): patient data is for the service user only.
         for name in ["central.sqlite", "central.sqlite-wal", "central.sqlite-shm"] {

@@ -24,6 +24,7 @@ impl Store {
                  ON CONFLICT(clinic, accession) DO UPDATE SET entry = ?3, updated_ms = ?4",
                 params![clinic, e.accession_number, json, now],
             )?;
+            Store::remember_order(&tx, clinic, &e.accession_number)?;
         }
         for a in removals {
             tx.execute(

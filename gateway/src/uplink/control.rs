@@ -70,11 +70,12 @@ pub(super) async fn heartbeat_loop(
                     worklist_version: source.worklist.version(),
                     pushed_config_version: source.pushed.version(),
                     pushed_config_error: source.pushed.error(),
+                    receipts: Vec::new(),
                 }));
                 write_message(&mut send, &hb).await?;
             }
             msg = reader.next() => match msg? {
-                Some(Envelope { body: Some(Body::HeartbeatAck(HeartbeatAck { seq: acked, worklist, config, central_unix_ms })), .. }) => {
+                Some(Envelope { body: Some(Body::HeartbeatAck(HeartbeatAck { seq: acked, worklist, config, central_unix_ms, .. })), .. }) => {
                     if let Some((s, sent)) = sent_at
                         && s == acked
                         && central_unix_ms > 0

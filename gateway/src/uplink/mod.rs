@@ -359,6 +359,7 @@ impl Running {
                 protocol_max: *SUPPORTED_VERSIONS.end(),
                 software_version: env!("CARGO_PKG_VERSION").to_owned(),
                 sent_unix_ms: crate::now_ms(),
+                takes_reports: false,
             }));
             write_message(&mut send, &hello).await?;
             let mut reader = MessageReader::new(recv);

@@ -1,0 +1,116 @@
+//! Reports from the hospital over MLLP. The message is kept exactly as
+//! received (bytes and charset), which is what the clinic's HIS gets.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use tokio::sync::Notify;
+use yilian_codecs::hl7::report::{ReportError, read_report};
+use yilian_codecs::hl7::{ErrorInfo, Message, Verdict, build_ack, decode, encode};
+use yilian_codecs::mllp;
+
+use crate::metrics::CentralMetrics;
+use crate::reports::metrics::MatchLabels;
+use crate::store::Store;
+
+pub struct ReportListener {
+    pub store: Store,
+    pub metrics: CentralMetrics,
+    /// Facility codes (MSH-6) to clinics, as for orders.
+    pub facilities: BTreeMap<String, String>,
+    /// Told when a report was queued, so the box's downlink looks at once.
+    pub wake: std::sync::Arc<Notify>,
+}
+
+fn err(e: &ReportError) -> ErrorInfo {
+    ErrorInfo {
+        location: e.location.clone(),
+        code: e.code,
+        text: e.text.clone(),
+        severity: 'E',
+    }
+}
+
+impl crate::hl7_listener::Hl7Service for ReportListener {
+    fn what(&self) -> &'static str {
+        "reports"
+    }
+
+    async fn handle(&self, bytes: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
+        let decoded = decode(bytes, None);
+        let m = match Message::parse(&decoded.text) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "unreadable report message; no ACK possible");
+                return None;
+            }
+        };
+        let source = format!("{}^{}", m.get("MSH", 3, 1), m.get("MSH", 4, 1));
+        let refused;
+        let stored;
+        let verdict = match read_report(&m) {
+            Err(e) => {
+                self.metrics.reports.refused.inc();
+                tracing::warn!(%peer, %source, control = m.control_id(), field = %e.location, reason = %e.text,
+                    "report refused (AE): the sending system must fix the message");
+                refused = err(&e);
+                Verdict::Malformed(&refused)
+            }
+            Ok(report) => {
+                let store = self.store.clone();
+                let facilities = self.facilities.clone();
+                let message = bytes.to_vec();
+                let src = source.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    store.report_commit(&report, &src, &message, &facilities)
+                })
+                .await;
+                match r {
+                    Ok(Ok(proof)) => {
+                        let row = &proof.value;
+                        let by = row.matched_by.clone().unwrap_or_else(|| "unmatched".into());
+                        self.metrics
+                            .reports
+                            .received
+                            .get_or_create(&MatchLabels {
+                                matched_by: by.clone(),
+                            })
+                            .inc();
+                        match &row.gateway {
+                            Some(g) => {
+                                tracing::info!(%peer, report = %row.id, gateway = %g, matched_by = %by,
+                                status = %row.status, urgent = row.urgent, "report taken; queued for the clinic")
+                            }
+                            None => {
+                                tracing::warn!(%peer, report = %row.id, reason = row.unmatched_reason.as_deref().unwrap_or(""),
+                                "report matches no clinic; parked: see `yilian-central reports --unmatched` and assign it")
+                            }
+                        }
+                        self.wake.notify_waiters();
+                        stored = proof;
+                        Verdict::Stored(&stored)
+                    }
+                    Ok(Err(e)) => {
+                        self.metrics.reports.refused.inc();
+                        tracing::error!(%peer, error = %e, "cannot store a report; the sender was told to retry (AR)");
+                        refused = ErrorInfo {
+                            location: String::new(),
+                            code: 207,
+                            text: "report store unavailable; send again later".into(),
+                            severity: 'E',
+                        };
+                        Verdict::Refused(&refused)
+                    }
+                    Err(_) => return None,
+                }
+            }
+        };
+        let ts: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        let ack = build_ack(&m, verdict, &format!("YLR{ts}"), &ts);
+        Some(mllp::encode(&encode(&ack, decoded.charset)))
+    }
+}
