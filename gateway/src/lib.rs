@@ -5,6 +5,7 @@
 //! - [`intake`] — device adapters feeding the spool.
 //! - [`uplink`] — the QUIC link to central and the upload loop.
 //! - [`metrics`], [`http`]: Prometheus metrics and local status.
+//! - [`reports`] — reports from the hospital, delivered at the clinic.
 //! - [`pushed`] — configuration published at central, laid over the box's file.
 //! - [`certificate`] — enrollment and renewal of the box certificate.
 //! - [`enrollment`] — `enroll`, and first boot from an offline bundle.
@@ -27,6 +28,7 @@ pub mod intake;
 pub mod metrics;
 pub mod page;
 pub mod pushed;
+pub mod reports;
 pub mod revocation;
 pub mod service;
 pub mod settled;
@@ -74,6 +76,8 @@ pub struct Running {
     /// Where the box's page listens, when it is enabled.
     pub page_addr: Option<SocketAddr>,
     pub spool: Spool,
+    /// Reports from the hospital held on this box.
+    pub reports: reports::ReportStore,
     pub metrics: GatewayMetrics,
     pub link: watch::Receiver<LinkStatus>,
     /// Notified when configuration published at central was accepted and
@@ -168,6 +172,33 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         metrics.register_device(intake.family(), intake.device());
         tasks.spawn(source.start(stop_rx.clone()).await?);
     }
+    let reports = {
+        let dir = config.spool.dir.clone();
+        tokio::task::spawn_blocking(move || reports::ReportStore::open(&dir))
+            .await?
+            .with_context(|| {
+                format!(
+                    "opening the report store in {}",
+                    config.spool.dir.join("reports").display()
+                )
+            })?
+    };
+    let arrived = Arc::new(Notify::new());
+    reports::sinks::spawn_all(
+        &config.report_sink,
+        &reports,
+        &metrics,
+        &arrived,
+        clock::Clock::of(&config),
+        &stop_rx,
+        &mut tasks,
+    );
+    let downlink = reports::Downlink {
+        store: reports.clone(),
+        sinks: config.report_sink.clone(),
+        metrics: metrics.clone(),
+        arrived,
+    };
     let reload = Arc::new(Notify::new());
     let uplink = Uplink {
         server_name: config.server_name(),
@@ -183,10 +214,12 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         pushed: pushed::Pushed::open(&config.spool.dir),
         config_source: config.source.clone(),
         reload: reload.clone(),
+        downlink,
     };
     tasks.spawn(uplink.run(stop_rx.clone()));
     tasks.spawn(housekeeping(
         spool.clone(),
+        reports.clone(),
         metrics.clone(),
         stop_rx.clone(),
     ));
@@ -234,6 +267,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
         metrics_addr,
         page_addr,
         spool,
+        reports,
         metrics,
         link: status_rx,
         reload,
@@ -243,13 +277,27 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
 }
 
 /// Refreshes spool gauges and purges delivered items past retention.
-async fn housekeeping(spool: Spool, metrics: GatewayMetrics, mut stop: watch::Receiver<bool>) {
+async fn housekeeping(
+    spool: Spool,
+    reports: reports::ReportStore,
+    metrics: GatewayMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let mut last_purge = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
+        }
+        let r = reports.clone();
+        if let Ok(Ok((_, sinks))) = tokio::task::spawn_blocking(move || r.counts()).await {
+            for (sink, c) in sinks {
+                metrics
+                    .reports_waiting
+                    .get_or_create(&metrics::SinkLabels { sink })
+                    .set(c.waiting as i64);
+            }
         }
         let s = spool.clone();
         let purge = last_purge.elapsed() > Duration::from_secs(600);

@@ -99,6 +99,22 @@ pub struct GatewayMetrics {
     pub config_info: Family<VersionLabels, Gauge>,
     pub ecg_received: Family<EcgLabels, Counter>,
     pub ecg_quarantined: Family<QuarantineLabels, Counter>,
+    /// Reports from the hospital taken from central.
+    pub reports_received: Counter,
+    pub report_deliveries: Family<SinkOutcomeLabels, Counter>,
+    pub reports_waiting: Family<SinkLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkOutcomeLabels {
+    pub sink: String,
+    /// `delivered`, `retry`, `failed`.
+    pub outcome: String,
 }
 
 impl std::fmt::Debug for GatewayMetrics {
@@ -138,6 +154,9 @@ impl GatewayMetrics {
             urgent_allowance: Gauge::default(),
             throttled: CounterF::default(),
             certificate_expiry: Gauge::default(),
+            reports_received: Counter::default(),
+            report_deliveries: Family::default(),
+            reports_waiting: Family::default(),
             config_info: Family::default(),
             ecg_received: Family::default(),
             ecg_quarantined: Family::default(),
@@ -330,10 +349,47 @@ impl GatewayMetrics {
                 reason: (*reason).to_owned(),
             });
         }
+        r.register(
+            "yilian_gateway_reports_received",
+            "Reports from the hospital this box took from central (held on its disk)",
+            m.reports_received.clone(),
+        );
+        r.register(
+            "yilian_gateway_report_deliveries",
+            "Attempts to deliver reports at the clinic, by sink and outcome (delivered, retry, failed)",
+            m.report_deliveries.clone(),
+        );
+        r.register(
+            "yilian_gateway_reports_waiting",
+            "Reports held on the box not yet delivered to a sink",
+            m.reports_waiting.clone(),
+        );
         Self {
             registry: Arc::new(r),
             ..m
         }
+    }
+
+    /// Starts a report sink's series at zero.
+    pub fn register_report_sink(&self, sink: &str) {
+        for outcome in ["delivered", "retry", "failed"] {
+            let _ = self.report_deliveries.get_or_create(&SinkOutcomeLabels {
+                sink: sink.to_owned(),
+                outcome: outcome.to_owned(),
+            });
+        }
+        let _ = self.reports_waiting.get_or_create(&SinkLabels {
+            sink: sink.to_owned(),
+        });
+    }
+
+    pub fn report_delivery(&self, sink: &str, outcome: &str) {
+        self.report_deliveries
+            .get_or_create(&SinkOutcomeLabels {
+                sink: sink.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     pub fn encode(&self) -> String {

@@ -13,6 +13,7 @@ pub const TABLES: &[&str] = &[
     "dicom",
     "uplink",
     "page",
+    "report_sink",
 ];
 
 /// Keys of `[uplink]` a published fragment may set; the others keep the

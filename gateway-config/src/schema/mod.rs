@@ -5,16 +5,19 @@
 //! - [`spool`] — `[spool]` and `[identity]`: the box's disk;
 //! - [`uplink`] — `[uplink]`: the link to central and its bandwidth;
 //! - [`page`] — `[page]`: the box's own page for the technician;
+//! - [`reports`] — `[[report_sink]]`: where reports from the hospital go;
 //! - [`devices`] — the device sections: drop folders, HL7, ASTM, DICOM,
 //!   serial ECG carts.
 
 mod devices;
 mod page;
+mod reports;
 mod spool;
 mod uplink;
 
 pub use devices::*;
 pub use page::*;
+pub use reports::*;
 pub use spool::*;
 pub use uplink::*;
 
@@ -53,6 +56,9 @@ pub struct GatewayConfig {
     /// DICOM listeners for modalities (storage SCP).
     #[serde(default)]
     pub dicom: Vec<DicomSection>,
+    /// Where reports from the hospital are delivered at the clinic.
+    #[serde(default)]
+    pub report_sink: Vec<ReportSinkSection>,
     /// The configuration's version, as metrics, `fleet list` and `fleet
     /// show` all show it: the first 12 hex digits of the SHA-256 of the
     /// text in force (the box's file with any published fragment).
@@ -232,6 +238,21 @@ impl GatewayConfig {
                 return Err(invalid(
                     &key("max_record_bytes"),
                     "must be between 1024 and 268435456".into(),
+                ));
+            }
+        }
+        let mut sinks = std::collections::HashSet::new();
+        for (i, r) in c.report_sink.iter_mut().enumerate() {
+            if let Some(d) = &mut r.dir {
+                abs(d);
+            }
+            if let Some((k, m)) = r.problem() {
+                return Err(invalid(&format!("report_sink[{i}].{k}"), m));
+            }
+            if !sinks.insert(r.name.clone()) {
+                return Err(invalid(
+                    &format!("report_sink[{i}].name"),
+                    format!("{:?} is used twice", r.name),
                 ));
             }
         }

@@ -292,6 +292,15 @@ impl MllpListener {
         if !patient_id.is_empty() {
             metadata.insert("patient_id".to_owned(), patient_id);
         }
+        // The clinic's order number: the hospital's report names it, and
+        // central finds the clinic by it.
+        let placer = [("ORC", 2), ("OBR", 2)]
+            .iter()
+            .map(|(s, f)| unescape(m.get(s, *f, 1), &m.delimiters))
+            .find(|v| !v.trim().is_empty());
+        if let Some(p) = placer {
+            metadata.insert("placer_order".to_owned(), p.trim().to_owned());
+        }
         let mut item = self.intake.item(lane, yilian_protocol::ItemKind::Hl7);
         item.metadata = metadata;
         // Receivers de-duplicate on MSH-3, MSH-4 and MSH-10.

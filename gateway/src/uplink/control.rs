@@ -28,6 +28,8 @@ pub(super) struct HeartbeatSource {
     pub(super) reload: Arc<Notify>,
     /// Where the clock's offset from central is shown.
     pub(super) status: tokio::sync::watch::Sender<super::LinkStatus>,
+    /// Receipts of reports delivered at the clinic go up until recorded.
+    pub(super) reports: crate::reports::ReportStore,
 }
 
 pub(super) async fn heartbeat_loop(
@@ -47,6 +49,12 @@ pub(super) async fn heartbeat_loop(
                 seq += 1;
                 let s = spool.clone();
                 let stats = tokio::task::spawn_blocking(move || s.stats()).await.ok().and_then(Result::ok);
+                let r = source.reports.clone();
+                let receipts = tokio::task::spawn_blocking(move || r.pending_receipts(100))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
                 let now = crate::now_ms();
                 sent_at = Some((seq, now));
                 let backlog = stats.map(|st| {
@@ -70,12 +78,12 @@ pub(super) async fn heartbeat_loop(
                     worklist_version: source.worklist.version(),
                     pushed_config_version: source.pushed.version(),
                     pushed_config_error: source.pushed.error(),
-                    receipts: Vec::new(),
+                    receipts,
                 }));
                 write_message(&mut send, &hb).await?;
             }
             msg = reader.next() => match msg? {
-                Some(Envelope { body: Some(Body::HeartbeatAck(HeartbeatAck { seq: acked, worklist, config, central_unix_ms, .. })), .. }) => {
+                Some(Envelope { body: Some(Body::HeartbeatAck(HeartbeatAck { seq: acked, worklist, config, central_unix_ms, receipts_recorded })), .. }) => {
                     if let Some((s, sent)) = sent_at
                         && s == acked
                         && central_unix_ms > 0
@@ -96,6 +104,12 @@ pub(super) async fn heartbeat_loop(
                     }
                     if let Some(c) = config {
                         apply_pushed(&source, c).await;
+                    }
+                    if !receipts_recorded.is_empty() {
+                        let r = source.reports.clone();
+                        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || r.receipts_recorded(&receipts_recorded)).await {
+                            tracing::warn!(error = %e, "cannot note the receipts central recorded; they go up again");
+                        }
                     }
                 }
                 Some(_) => {}

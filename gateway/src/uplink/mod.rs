@@ -9,7 +9,8 @@
 //!   published configuration in;
 //! - [`upload`] — one stream per item, paced by the bandwidth cap;
 //! - [`renewal`] — certificate renewal over the live connection;
-//! - [`probe`] — the round-trip time shown in metrics and status.
+//! - [`probe`] — the round-trip time shown in metrics and status;
+//! - reports down, on streams central opens ([`crate::reports::downlink`]).
 
 mod control;
 mod probe;
@@ -106,6 +107,8 @@ pub struct Uplink {
     pub config_source: PathBuf,
     /// Asks the supervisor to restart the gateway with a new configuration.
     pub reload: Arc<Notify>,
+    /// Takes the reports central sends down.
+    pub downlink: crate::reports::Downlink,
 }
 
 /// Exponential backoff with full jitter between half and all of the step.
@@ -315,6 +318,7 @@ impl Running {
             s.last_error = None;
         });
         spawn_renewal(conn.clone(), self.tls.clone(), self.metrics.clone());
+        tokio::spawn(self.downlink.clone().serve(conn.clone()));
         let result = self.serve(&conn, stop).await;
         conn.close(0u32.into(), b"gateway closing");
         result
@@ -359,7 +363,7 @@ impl Running {
                 protocol_max: *SUPPORTED_VERSIONS.end(),
                 software_version: env!("CARGO_PKG_VERSION").to_owned(),
                 sent_unix_ms: crate::now_ms(),
-                takes_reports: false,
+                takes_reports: true,
             }));
             write_message(&mut send, &hello).await?;
             let mut reader = MessageReader::new(recv);
@@ -383,6 +387,7 @@ impl Running {
                                 config_source: self.config_source.clone(),
                                 reload: self.reload.clone(),
                                 status: self.status.clone(),
+                                reports: self.downlink.store.clone(),
                             },
                         );
                         tokio::spawn(async move {

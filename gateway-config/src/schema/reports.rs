@@ -1,0 +1,110 @@
+//! `[[report_sink]]`: where reports from the hospital go at the clinic —
+//! a folder the clinic's PC opens, a printer, the clinic's HIS over HL7.
+//! Each sink gets every report (or the kinds it names) exactly once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkType {
+    /// The report's PDF (or its text) and a JSON sidecar, written
+    /// atomically into `dir`.
+    Folder,
+    /// Printed through CUPS (`lp`) on `printer`, or the default printer.
+    Printer,
+    /// Sent to the clinic's HIS over MLLP at `address`, as received.
+    Hl7,
+}
+
+impl SinkType {
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkType::Folder => "folder",
+            SinkType::Printer => "printer",
+            SinkType::Hl7 => "hl7",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSinkSection {
+    /// For the page, metrics and receipts, e.g. "reports-folder".
+    pub name: String,
+    #[serde(rename = "type")]
+    pub sink_type: SinkType,
+    /// `folder`: where the files go.
+    pub dir: Option<PathBuf>,
+    /// `printer`: the CUPS queue; the default printer when absent.
+    pub printer: Option<String>,
+    /// `hl7`: `host:port` of the HIS's MLLP listener.
+    pub address: Option<String>,
+    /// `hl7`: resend (same MSH-10) when no ACK came within this.
+    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// Only reports of these kinds (`imaging`, `ecg`, `lab`, `document`);
+    /// all when empty.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+}
+
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+pub const REPORT_KINDS: &[&str] = &["imaging", "ecg", "lab", "document"];
+
+impl ReportSinkSection {
+    /// What is wrong with the section, as (key, message).
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Some((
+                "name",
+                format!(
+                    "{:?}: use letters, digits, '-' and '_' (it names the sink in receipts)",
+                    self.name
+                ),
+            ));
+        }
+        match self.sink_type {
+            SinkType::Folder if self.dir.is_none() => {
+                return Some(("dir", "required with type = \"folder\"".into()));
+            }
+            SinkType::Hl7 => match &self.address {
+                None => return Some(("address", "required with type = \"hl7\"".into())),
+                Some(a) if a.rsplit_once(':').is_none() => {
+                    return Some(("address", format!("{a:?} is not HOST:PORT")));
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+        if let Some(k) = self
+            .kinds
+            .iter()
+            .find(|k| !REPORT_KINDS.contains(&k.as_str()))
+        {
+            return Some((
+                "kinds",
+                format!(
+                    "{k:?} is not a report kind (use {})",
+                    REPORT_KINDS.join(", ")
+                ),
+            ));
+        }
+        None
+    }
+
+    /// Whether this sink takes reports of `kind`.
+    pub fn takes(&self, kind: &str) -> bool {
+        self.kinds.is_empty() || self.kinds.iter().any(|k| k == kind)
+    }
+}

@@ -1,0 +1,81 @@
+//! Paper, through CUPS: the PDF (or the text version) handed to `lp`
+//! with the report's id in the job title, so a page on the tray can be
+//! traced back. `lp` returning is CUPS holding the job; a box that dies
+//! in the instant between that and the record prints the page again —
+//! a second sheet of the same report, never a lost one.
+
+use std::process::Stdio;
+
+use tokio::process::Command;
+use yilian_gateway_config::schema::ReportSinkSection;
+
+use super::{Ready, Sink, SinkVerdict, folder};
+
+pub struct PrinterSink {
+    printer: Option<String>,
+}
+
+impl PrinterSink {
+    pub fn new(section: &ReportSinkSection) -> Self {
+        Self {
+            printer: section.printer.clone(),
+        }
+    }
+}
+
+impl Sink for PrinterSink {
+    async fn deliver(&mut self, ready: &Ready<'_>) -> SinkVerdict {
+        let body = match &ready.report.pdf {
+            Some(pdf) => pdf.clone(),
+            None => folder::text(ready).into_bytes(),
+        };
+        let mut cmd = Command::new("lp");
+        if let Some(p) = &self.printer {
+            cmd.arg("-d").arg(p);
+        }
+        let title = format!("{} {}", ready.held.id, folder::stem(ready));
+        cmd.arg("-t").arg(&title);
+        if ready.report.pdf.is_none() {
+            cmd.arg("-o").arg("document-format=text/plain");
+        }
+        cmd.arg("--").arg("-");
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                return SinkVerdict::Retry(format!("cannot run lp (is CUPS installed?): {e}"));
+            }
+        };
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            if let Err(e) = stdin.write_all(&body).await {
+                return SinkVerdict::Retry(format!("lp did not take the document: {e}"));
+            }
+        }
+        let out = match tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            child.wait_with_output(),
+        )
+        .await
+        {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => return SinkVerdict::Retry(format!("lp failed: {e}")),
+            Err(_) => return SinkVerdict::Retry("lp did not finish within a minute".into()),
+        };
+        let said = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
+        if out.status.success() {
+            SinkVerdict::Delivered(said(&out.stdout))
+        } else {
+            SinkVerdict::Retry(format!(
+                "the printer{} cannot take the report: {}",
+                self.printer
+                    .as_deref()
+                    .map(|p| format!(" {p}"))
+                    .unwrap_or_default(),
+                said(&out.stderr)
+            ))
+        }
+    }
+}

@@ -1,0 +1,384 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers may panic on setup failure
+//! Reports back down to the clinic (报告回传), with peers nobody here
+//! wrote: a CT study from dcmtk `storescu` and a lab order from python
+//! `hl7`'s `mllp_send` go up; the hospital's reading systems answer with
+//! ORU^R01 and MDM^T02 sent by `mllp_send` to central; the clinic's HIS is
+//! python `hl7`'s asyncio MLLP server. Each report must reach the box's
+//! folder (PDF or text, and a sidecar) and the HIS (same MSH-10) once, the
+//! receipts must reach central, a correction must be marked as one, a
+//! report for nobody must stay parked until assigned, and a report missing
+//! a field must be refused with an ERR naming it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use yilian_rig::configs::free_tcp_port;
+use yilian_rig::hub::{Hub, HubSpec};
+use yilian_rig::modality::{CtStudy, storescu};
+
+/// The clinic HIS: the python peer, logging what it receives.
+struct His {
+    child: Child,
+    log: PathBuf,
+    addr: SocketAddr,
+}
+
+impl His {
+    fn start(dir: &Path, refuse: &[&str]) -> Self {
+        let addr = free_tcp_port().expect("port");
+        let log = dir.join("his.jsonl");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/his_server.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .args(["--port", &addr.port().to_string()])
+            .arg("--log")
+            .arg(&log)
+            .stdout(Stdio::piped());
+        for r in refuse {
+            cmd.args(["--refuse", r]);
+        }
+        let mut child = cmd.spawn().expect("python3 his_server.py");
+        let mut out = child.stdout.take().expect("stdout");
+        let mut line = [0u8; 6];
+        std::io::Read::read_exact(&mut out, &mut line).expect("the HIS says ready");
+        Self { child, log, addr }
+    }
+
+    /// Control ids received, in order (resends included).
+    fn received(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["control_id"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+}
+
+impl Drop for His {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `message` with python `hl7`'s `mllp_send`; returns the ACK text.
+fn mllp_send(dir: &Path, addr: SocketAddr, message: &str) -> String {
+    let file = dir.join(format!("msg-{}.hl7", rand_suffix()));
+    std::fs::write(&file, message.replace('\r', "\n")).expect("write");
+    let out = Command::new("mllp_send")
+        .args(["--loose", "-p", &addr.port().to_string(), "-f"])
+        .arg(&file)
+        .arg(addr.ip().to_string())
+        .output()
+        .expect("mllp_send (pip install hl7)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// An ORU^R01 report; `obx` is the content.
+fn oru(
+    control: &str,
+    accession: &str,
+    placer: &str,
+    patient: &str,
+    status: &str,
+    obx: &str,
+) -> String {
+    format!(
+        "MSH|^~\\&|RIS|COUNTY_HOSP|YILIAN|HUB|20261203101500||ORU^R01|{control}|P|2.5|||AL|NE||UNICODE UTF-8\r\
+         PID|1||{patient}^^^H||Zhang^San~张^三||19700101|M\r\
+         ORC|RE|{placer}|{accession}\r\
+         OBR|1|{placer}|{accession}|CT^胸部CT平扫|||20261203100000|||||||||||{accession}||||20261203101400|||{status}\r\
+         {obx}\r"
+    )
+}
+
+fn text_obx(text: &str) -> String {
+    format!("OBX|1|TX|IMP^印象||{text}||||||F")
+}
+
+async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn files_in(dir: &Path, ext: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(ext))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_come_back_down_to_the_clinic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let his = His::start(dir.path(), &["REFUSED1"]);
+    let reports_port = free_tcp_port().expect("port");
+    let dicom = free_tcp_port().expect("port");
+    let lab = free_tcp_port().expect("port");
+    let folder = dir.path().join("clinic-reports");
+    let hub = Hub::start_with(
+        dir.path(),
+        HubSpec {
+            central_extra: format!("[reports]\nhl7_listen = \"{reports_port}\"\n"),
+            gateway_extra: format!(
+                "\n[[dicom]]\nname = \"ct\"\nlisten = \"{dicom}\"\nae_title = \"YILIAN_GW\"\n\
+                 \n[[hl7]]\nname = \"clinic-his-orders\"\nlisten = \"{lab}\"\n\
+                 \n[[report_sink]]\nname = \"reports-folder\"\ntype = \"folder\"\ndir = \"{}\"\n\
+                 \n[[report_sink]]\nname = \"his\"\ntype = \"hl7\"\naddress = \"{}\"\nack_timeout = \"5s\"\n",
+                folder.display(),
+                his.addr
+            ),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+
+    // Up: a CT study (accession ACC0001) and a lab order (placer PL7001).
+    let study = CtStudy::new(7, 2);
+    let files = study.write(&dir.path().join("ct")).expect("write study");
+    let out = storescu(dicom, "YILIAN_GW", "CT_ROOM", &files).expect("storescu");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let order = "MSH|^~\\&|HIS|XIACUN|LIS|COUNTY|20261203090000||ORM^O01|CLIN0001|P|2.5\r\
+                 PID|1||P7001^^^H||Li^Si||19800101|F\r\
+                 ORC|NW|PL7001\r\
+                 OBR|1|PL7001||CBC^血常规\r";
+    let ack = mllp_send(dir.path(), lab, order);
+    assert!(
+        ack.contains("MSA|AA|CLIN0001") || ack.contains("MSA|CA|CLIN0001"),
+        "{ack}"
+    );
+    hub.wait_items(3, Duration::from_secs(30))
+        .await
+        .expect("items at central");
+
+    // Down: the radiologist's report, by accession, with a PDF.
+    let pdf = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n";
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(pdf)
+    };
+    let ct_report = oru(
+        "RAD0001",
+        "ACC0001",
+        "",
+        &study.patient_id,
+        "F",
+        &format!(
+            "{}\rOBX|2|ED|PDF^报告||^application^pdf^Base64^{b64}||||||F",
+            text_obx("两肺未见明显异常。")
+        ),
+    );
+    let ack = mllp_send(dir.path(), reports_port, &ct_report);
+    assert!(
+        ack.contains("MSA|CA|RAD0001"),
+        "the RIS gets CA after the durable commit: {ack}"
+    );
+    // The lab's result, by the clinic's placer order number, urgent
+    // (a critical value).
+    let lab_report = oru(
+        "LAB0001",
+        "",
+        "PL7001",
+        "P7001",
+        "F",
+        "OBX|1|TX|K^钾||6.9 mmol/L 危急值|||HH|||F",
+    );
+    assert!(mllp_send(dir.path(), reports_port, &lab_report).contains("MSA|CA|LAB0001"));
+    // An ECG reading system's document by patient ID alone (one clinic
+    // has sent this patient's data).
+    let ecg_doc = format!(
+        "MSH|^~\\&|ECGSYS|COUNTY_HOSP|YILIAN|HUB|20261203102000||MDM^T02|ECG0001|P|2.5\r\
+         PID|1||{}\r\
+         TXA|1|ECG^心电图报告|TX|20261203102000|||||||||DOC1||||AU\r\
+         OBX|1|TX|ECG^心电图||窦性心律，正常心电图。||||||F\r",
+        study.patient_id
+    );
+    // Original mode (no MSH-15/16): AA.
+    let ack = mllp_send(dir.path(), reports_port, &ecg_doc);
+    assert!(ack.contains("MSA|AA|ECG0001"), "{ack}");
+
+    // A report missing its result status is refused, naming the field.
+    let bad = oru(
+        "BAD0001",
+        "ACC0001",
+        "",
+        &study.patient_id,
+        "",
+        &text_obx("x"),
+    );
+    let ack = mllp_send(dir.path(), reports_port, &bad);
+    assert!(
+        ack.contains("MSA|CE|BAD0001") && ack.contains("OBR^1^25"),
+        "{ack}"
+    );
+
+    // A report for a patient nobody sent stays parked.
+    let stray = oru("STRAY001", "NOSUCH", "", "P9999", "F", &text_obx("无"));
+    assert!(mllp_send(dir.path(), reports_port, &stray).contains("MSA|CA|STRAY001"));
+
+    // Each delivered report reaches the folder and the HIS once.
+    let store = hub.central.store.clone();
+    wait_for(
+        "three reports delivered to both sinks",
+        Duration::from_secs(30),
+        || {
+            let rows = store.reports(false, 100).ok()?;
+            let done = rows.iter().filter(|r| r.receipts.len() == 2).count();
+            (done == 3).then_some(())
+        },
+    )
+    .await;
+    let rows = store.reports(false, 100).expect("reports");
+    let by = |c: &str| rows.iter().find(|r| r.control_id == c).expect("report row");
+    assert_eq!(by("RAD0001").matched_by.as_deref(), Some("accession"));
+    assert_eq!(by("LAB0001").matched_by.as_deref(), Some("placer_order"));
+    assert!(by("LAB0001").urgent);
+    assert_eq!(by("ECG0001").matched_by.as_deref(), Some("patient_id"));
+    assert!(by("STRAY001").gateway.is_none());
+    assert!(
+        store
+            .reports(true, 10)
+            .expect("unmatched")
+            .iter()
+            .any(|r| r.control_id == "STRAY001")
+    );
+
+    let pdfs = files_in(&folder, ".pdf");
+    assert_eq!(pdfs.len(), 1, "{pdfs:?}");
+    assert_eq!(std::fs::read(folder.join(&pdfs[0])).expect("pdf"), pdf);
+    assert!(
+        pdfs[0].contains("ACC0001") && pdfs[0].contains("_final_"),
+        "{pdfs:?}"
+    );
+    let texts = files_in(&folder, ".txt");
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    let lab_text = texts
+        .iter()
+        .map(|t| std::fs::read_to_string(folder.join(t)).expect("text"))
+        .find(|t| t.contains("6.9 mmol/L"))
+        .expect("the lab report's text");
+    assert!(lab_text.contains("CRITICAL / STAT"), "{lab_text}");
+    assert_eq!(files_in(&folder, ".json").len(), 3);
+    let mut his_got = his.received();
+    his_got.sort();
+    his_got.dedup();
+    assert_eq!(his_got, ["ECG0001", "LAB0001", "RAD0001"]);
+
+    // A correction replaces the report visibly.
+    let corrected = oru(
+        "RAD0002",
+        "ACC0001",
+        "",
+        &study.patient_id,
+        "C",
+        &text_obx("更正：右肺上叶小结节。"),
+    );
+    assert!(mllp_send(dir.path(), reports_port, &corrected).contains("MSA|CA|RAD0002"));
+    let name = wait_for(
+        "the corrected report in the folder",
+        Duration::from_secs(30),
+        || {
+            files_in(&folder, ".txt")
+                .into_iter()
+                .find(|n| n.contains("_CORRECTED_"))
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(folder.join(&name)).expect("text");
+    assert!(
+        text.contains("CORRECTED REPORT") && text.contains("右肺上叶"),
+        "{text}"
+    );
+    let sidecar: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(folder.join(name.replace(".txt", ".json"))).expect("sidecar"),
+    )
+    .expect("json");
+    assert_eq!(sidecar["replaces"], by("RAD0001").id.as_str(), "{sidecar}");
+
+    // The stray report, assigned by hand, goes to the box.
+    let stray_id = by("STRAY001").id.clone();
+    assert!(
+        store
+            .report_assign(&stray_id, "bench/clinic/box-1", "test")
+            .expect("assign")
+    );
+    wait_for(
+        "the assigned report at the HIS",
+        Duration::from_secs(30),
+        || his.received().iter().any(|c| c == "STRAY001").then_some(()),
+    )
+    .await;
+
+    // A refusal by the HIS comes back as a failed receipt.
+    let refused = oru(
+        "REFUSED1",
+        "ACC0001",
+        "",
+        &study.patient_id,
+        "F",
+        &text_obx("x"),
+    );
+    assert!(mllp_send(dir.path(), reports_port, &refused).contains("MSA|CA|REFUSED1"));
+    wait_for(
+        "the HIS's refusal recorded at central",
+        Duration::from_secs(30),
+        || {
+            let rows = store.reports(false, 100).ok()?;
+            let r = rows.iter().find(|r| r.control_id == "REFUSED1")?;
+            r.receipts.iter().any(|s| s == "his: failed").then_some(())
+        },
+    )
+    .await;
+
+    // Turnaround is measured once per report at its first delivery.
+    let addr = hub.central.metrics_addr;
+    let text = tokio::task::spawn_blocking(move || yilian_rig::scrape::http_get(addr, "/metrics"))
+        .await
+        .expect("join")
+        .expect("metrics");
+    let count = |kind: &str, priority: &str| {
+        yilian_rig::scrape::sum(
+            &text,
+            "yilian_central_report_downlink_seconds_count",
+            &[
+                &format!("kind=\"{kind}\""),
+                &format!("priority=\"{priority}\""),
+            ],
+        )
+    };
+    assert_eq!(count("lab", "urgent"), 1.0, "{text}");
+    assert!(count("imaging", "routine") >= 1.0, "{text}");
+    assert!(
+        yilian_rig::scrape::sum(&text, "yilian_central_report_turnaround_seconds_count", &[])
+            >= 3.0,
+        "{text}"
+    );
+    hub.shutdown().await;
+}
