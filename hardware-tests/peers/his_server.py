@@ -43,7 +43,7 @@ async def main():
         finally:
             writer.close()
 
-    server = await hl7.mllp.start_hl7_server(client, host="127.0.0.1", port=a.port, encoding="utf-8")
+    server = await hl7.mllp.start_hl7_server(client, host="127.0.0.1", port=a.port, encoding="utf-8", limit=64 * 1024 * 1024)
     async with server:
         print("ready", flush=True)
         await server.serve_forever()

@@ -111,7 +111,15 @@ async fn run(
             let (s, f, c, cutflag) = (sock.clone(), front.clone(), client.clone(), cut.clone());
             let t = tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
-                while let Ok(n) = s.recv(&mut buf).await {
+                loop {
+                    let n = match s.recv(&mut buf).await {
+                        Ok(n) => n,
+                        // Central not listening (yet, or while it
+                        // restarts): the kernel reports the ICMP refusal
+                        // on this connected socket; keep relaying.
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                        Err(_) => break,
+                    };
                     if cutflag.load(Ordering::SeqCst) {
                         continue;
                     }

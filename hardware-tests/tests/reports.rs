@@ -382,3 +382,231 @@ async fn reports_come_back_down_to_the_clinic() {
     );
     hub.shutdown().await;
 }
+
+/// Sends `message` over MLLP until the receiver accepts it (AA or CA), as
+/// a hospital system does while central restarts.
+fn send_until_accepted(addr: SocketAddr, message: &str, control: &str) {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let attempt = || -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(&yilian_codecs::mllp::encode(message.as_bytes()))?;
+            let mut buf = vec![0u8; 4096];
+            let n = s.read(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        };
+        if let Ok(ack) = attempt()
+            && (ack.contains(&format!("MSA|AA|{control}"))
+                || ack.contains(&format!("MSA|CA|{control}")))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "central never accepted {control}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Reports flow down while the box is SIGKILLed five times, central twice
+/// and the link is cut twice: afterwards every report is at the HIS (by
+/// its MSH-10) and in the folder (one document under one name, byte-exact)
+/// exactly once, and central holds both receipts of each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_survive_kills_and_link_cuts() {
+    use rand::{Rng, SeedableRng};
+    use yilian_rig::configs::{CentralSetup, GatewaySetup, free_udp_port};
+    use yilian_rig::fleet::Fleet;
+    use yilian_rig::procs::Proc;
+    use yilian_rig::relay::Relay;
+
+    const REPORTS: usize = 40;
+    let tmp = tempfile::Builder::new()
+        .prefix("yilian-reports-crash-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("tempdir");
+    let dir = tmp.path();
+    let his = His::start(dir, &[]);
+    let fleet = Fleet::create(dir).expect("fleet");
+    let central_data = dir.join("central-data");
+    let reports_port = free_tcp_port().expect("port");
+    let central = CentralSetup {
+        listen: free_udp_port().expect("port"),
+        metrics: free_tcp_port().expect("port"),
+        data_dir: central_data.clone(),
+        tls: fleet.central("localhost").expect("central tls"),
+    };
+    let relay = Relay::start(central.listen).await.expect("relay");
+    let folder = dir.join("clinic-reports");
+    let gateway = GatewaySetup {
+        central: relay.addr.to_string(),
+        server_name: "localhost".into(),
+        spool_dir: dir.join("spool"),
+        metrics: free_tcp_port().expect("port"),
+        tls: fleet.gateway("test/clinic/box-1").expect("gateway tls"),
+        folders: Vec::new(),
+        idle_timeout_ms: Some(3000),
+        reconnect_max_ms: 1000,
+        quota_bytes: None,
+        extra: format!(
+            "\n[[report_sink]]\nname = \"reports-folder\"\ntype = \"folder\"\ndir = \"{}\"\n\
+             \n[[report_sink]]\nname = \"his\"\ntype = \"hl7\"\naddress = \"{}\"\nack_timeout = \"3s\"\n",
+            folder.display(),
+            his.addr
+        ),
+    };
+    let (central_toml, gateway_toml) = (dir.join("central.toml"), dir.join("gateway.toml"));
+    std::fs::write(
+        &central_toml,
+        format!(
+            "{}\n[reports]\nhl7_listen = \"{reports_port}\"\n",
+            central.toml()
+        ),
+    )
+    .expect("write");
+    std::fs::write(&gateway_toml, gateway.toml()).expect("write");
+    let log = dir.join("processes.log");
+    let central_args = ["serve", "--config", central_toml.to_str().unwrap_or("")];
+    let gateway_args = ["run", "--config", gateway_toml.to_str().unwrap_or("")];
+    let mut central = Proc::spawn("yilian-central", &central_args, &log).expect("central");
+    let mut box_ = Proc::spawn("yilian-gateway", &gateway_args, &log).expect("gateway");
+    // Central learns of the box at its first connection; reports are
+    // addressed to its clinic (MSH-6).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let known = yilian_central::store::Store::open_read_only(&central_data)
+            .and_then(|s| s.gateways())
+            .is_ok_and(|g| !g.is_empty());
+        if known {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the box never reached central:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The hospital sends; a quarter of the reports carry a 3 MB PDF, so
+    // kills land in the middle of their streams.
+    let mut pdfs = std::collections::HashMap::new();
+    let mut messages = Vec::new();
+    for i in 0..REPORTS {
+        let control = format!("KR{i:04}");
+        let accession = format!("KA{i:04}");
+        let obx = if i % 4 == 0 {
+            let mut pdf = b"%PDF-1.4\n".to_vec();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(i as u64);
+            pdf.extend((0..3_000_000).map(|_| rng.random_range(b'a'..=b'z')));
+            let b64 = {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode(&pdf)
+            };
+            pdfs.insert(accession.clone(), pdf);
+            format!("OBX|1|ED|PDF^报告||^application^pdf^Base64^{b64}||||||F")
+        } else {
+            text_obx(&format!("报告 {i}"))
+        };
+        let message = oru(&control, &accession, "", &format!("KP{i:04}"), "F", &obx)
+            .replace("|YILIAN|HUB|", "|YILIAN|test/clinic|");
+        messages.push((control, message));
+    }
+    let sender = std::thread::spawn(move || {
+        for (control, message) in messages {
+            send_until_accepted(reports_port, &message, &control);
+        }
+    });
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x4e90);
+    for round in 0..5 {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(800..2500))).await;
+        box_.kill9();
+        eprintln!("killed the box ({})", round + 1);
+        if round == 1 || round == 3 {
+            central.kill9();
+            eprintln!("killed central");
+            tokio::time::sleep(Duration::from_millis(rng.random_range(100..800))).await;
+            central = Proc::spawn("yilian-central", &central_args, &log).expect("central");
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(50..600))).await;
+        box_ = Proc::spawn("yilian-gateway", &gateway_args, &log).expect("gateway");
+        if round == 2 || round == 4 {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
+            relay.cut();
+            eprintln!("cut the link");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            relay.restore();
+        }
+    }
+    tokio::task::spawn_blocking(move || sender.join())
+        .await
+        .expect("join")
+        .expect("the hospital's sender");
+
+    let data = central_data.clone();
+    wait_for(
+        "every report's two receipts at central",
+        Duration::from_secs(240),
+        || {
+            let store = yilian_central::store::Store::open_read_only(&data).ok()?;
+            let rows = store.reports(false, 1000).ok()?;
+            let done = rows.iter().filter(|r| r.receipts.len() == 2).count();
+            (rows.len() == REPORTS && done == REPORTS).then_some(())
+        },
+    )
+    .await;
+    box_.kill9();
+    central.kill9();
+
+    let store = yilian_central::store::Store::open_read_only(&central_data).expect("store");
+    for r in store.reports(false, 1000).expect("reports") {
+        assert_eq!(r.matched_by.as_deref(), Some("facility"), "{r:?}");
+        let mut sinks = r.receipts.clone();
+        sinks.sort();
+        assert_eq!(
+            sinks,
+            ["his: delivered", "reports-folder: delivered"],
+            "{r:?}"
+        );
+    }
+    let mut at_his = his.received();
+    let resent = at_his.len() - {
+        at_his.sort();
+        at_his.dedup();
+        at_his.len()
+    };
+    assert_eq!(at_his.len(), REPORTS, "every MSH-10 at the HIS");
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    eprintln!(
+        "the HIS saw {resent} resends (same MSH-10) of {REPORTS} reports; the box resumed {} reports mid-stream and was offered {} it held already",
+        logged.matches("resuming a report").count(),
+        logged.matches("report held already").count()
+    );
+    let docs: Vec<String> = files_in(&folder, "")
+        .into_iter()
+        .filter(|n| n.ends_with(".pdf") || n.ends_with(".txt"))
+        .collect();
+    assert_eq!(docs.len(), REPORTS, "one document per report: {docs:?}");
+    assert_eq!(files_in(&folder, ".json").len(), REPORTS);
+    for (accession, pdf) in &pdfs {
+        let name = docs
+            .iter()
+            .find(|d| d.contains(accession.as_str()))
+            .expect("the report's document");
+        assert_eq!(
+            &std::fs::read(folder.join(name)).expect("read"),
+            pdf,
+            "{name}"
+        );
+    }
+    // Nothing half-written is left behind.
+    assert!(
+        files_in(&folder, "").iter().all(|n| !n.starts_with('.')),
+        "{:?}",
+        files_in(&folder, "")
+    );
+}

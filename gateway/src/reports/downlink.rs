@@ -96,7 +96,7 @@ impl Downlink {
                         .await;
                         match opened {
                             Ok(Ok((Holding::Held(proof), _))) => {
-                                tracing::debug!(report = %offer.upload_id, "report held already; telling central again");
+                                tracing::info!(report = %offer.upload_id, "report held already (its COMMITTED was lost); telling central again");
                                 let _ = rx.held(HeldState::Committed(&proof));
                             }
                             Ok(Ok((Holding::Partial(n), Some(file)))) => {
