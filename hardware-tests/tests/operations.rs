@@ -57,9 +57,12 @@ async fn hub() -> Hub {
                 settle_ms: 200,
             }],
             // An ECG cart's folder, so that the ECG series exist from the start.
+            // And a report folder, so that the report sink series exist.
             gateway_extra: format!(
-                "\n[[folder]]\nname = \"ecg-cart\"\npath = {:?}\nprofile = \"ecg\"\n",
-                dir.join("ecg-cart").display().to_string()
+                "\n[[folder]]\nname = \"ecg-cart\"\npath = {:?}\nprofile = \"ecg\"\n\
+                 \n[[report_sink]]\nname = \"reports-folder\"\ntype = \"folder\"\ndir = {:?}\n",
+                dir.join("ecg-cart").display().to_string(),
+                dir.join("reports").display().to_string()
             ),
             ..HubSpec::default()
         },
