@@ -147,3 +147,35 @@ io-permission = no permission to write (check the folder's owner and mode)
 io-not-found = the folder does not exist
 io-full = the disk is full
 io-other = cannot write there
+
+## Reports from the hospital, in `status`
+cli-reports = reports:
+cli-reports-summary = { $received } received from the hospital; { $sinks }
+cli-report-sink = { $sink }: { $delivered } delivered, { $waiting } waiting, { $failed } refused
+report-final = final
+report-preliminary = preliminary
+report-corrected = CORRECTED
+report-urgent = , CRITICAL/STAT
+report-sink-delivered = delivered
+report-sink-waiting = waiting
+report-sink-failed = REFUSED
+
+## The page's report section
+section-reports = Reports from the hospital
+reports-none = No report has come back yet.
+reports-no-sink = No report sink is configured: reports are kept on this box but go nowhere at the clinic. Add a [[report_sink]] (folder, printer or HIS).
+col-report = Report
+col-where = Delivered to
+report-urgent-word = CRITICAL/STAT
+
+## Why a report did not reach a sink (what to do)
+why-folder-unwritable = cannot write into the report folder ({ $detail }): is the share mounted and writable by the box?
+why-box-disk = cannot read the report on the box's disk ({ $detail }); if it repeats, call the county admin
+why-report-unreadable = the report from the hospital cannot be read ({ $detail }); tell the hospital's reading department
+why-his-unreachable = cannot reach the HIS ({ $detail }): is the HIS running and listening at this address?
+why-his-no-ack = the HIS did not answer within { $detail }; it is sent again
+why-his-bad-ack = the HIS answered something unexpected ({ $detail }); it is sent again
+why-his-refused = the HIS refused the report ({ $detail }); ask the HIS vendor why
+why-his-busy = the HIS cannot take the report now ({ $detail }); it is sent again
+why-printer-missing = the box cannot print: CUPS (lp) is not installed ({ $detail })
+why-printer-failed = the printer cannot take the report ({ $detail }): is it on, with paper? `lpstat -p` on the box says more

@@ -147,3 +147,35 @@ io-permission = 没有写入权限（请检查文件夹的属主和权限）
 io-not-found = 文件夹不存在
 io-full = 磁盘已满
 io-other = 无法写入
+
+## 上级医院回传的报告（`status`）
+cli-reports = 报告：
+cli-reports-summary = 已从上级医院收到 { $received } 份；{ $sinks }
+cli-report-sink = { $sink }：已送达 { $delivered }，待送 { $waiting }，被拒 { $failed }
+report-final = 正式报告
+report-preliminary = 初步报告
+report-corrected = 更正报告
+report-urgent = ，危急值/急诊
+report-sink-delivered = 已送达
+report-sink-waiting = 待送
+report-sink-failed = 被拒收
+
+## 页面：回传报告
+section-reports = 上级医院回传的报告
+reports-none = 还没有收到回传的报告。
+reports-no-sink = 没有配置报告去向：报告保存在本机，但不会送到诊所的电脑、打印机或 HIS。请添加 [[report_sink]]（文件夹、打印机或 HIS）。
+col-report = 报告
+col-where = 送达
+report-urgent-word = 危急值/急诊
+
+## 报告未能送达的原因（以及怎么办）
+why-folder-unwritable = 无法写入报告文件夹（{ $detail }）：请确认共享文件夹已挂载且本机可写
+why-box-disk = 无法读取本机磁盘上的报告（{ $detail }）；如反复出现，请联系县里的管理员
+why-report-unreadable = 上级医院发来的报告无法读取（{ $detail }）；请告知上级医院的诊断科室
+why-his-unreachable = 连不上 HIS（{ $detail }）：请确认 HIS 已开启并在该地址监听
+why-his-no-ack = HIS 在 { $detail } 内没有应答；会自动重发
+why-his-bad-ack = HIS 的应答不对（{ $detail }）；会自动重发
+why-his-refused = HIS 拒收了这份报告（{ $detail }）；请向 HIS 厂家询问原因
+why-his-busy = HIS 暂时不能接收（{ $detail }）；会自动重发
+why-printer-missing = 本机无法打印：没有安装 CUPS（lp）（{ $detail }）
+why-printer-failed = 打印机无法打印这份报告（{ $detail }）：请确认打印机已开机、有纸；在本机运行 `lpstat -p` 可查看详情

@@ -231,6 +231,7 @@ pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
             link: status_rx.clone(),
             board: board.clone(),
             sessions: Default::default(),
+            reports: reports.clone(),
         };
         // The page is for people; the data does not need it. A box that
         // cannot serve it still moves every ECG and image.

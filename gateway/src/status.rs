@@ -18,15 +18,37 @@ pub struct StatusReport {
     pub recent: Vec<ItemSummary>,
     /// The newest ECGs (and what ECG sources sent for review).
     pub ecgs: Vec<ItemSummary>,
+    /// Reports from the hospital and where they went at the clinic.
+    pub reports: Option<ReportsSummary>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ReportsSummary {
+    pub received: u64,
+    pub sinks: std::collections::BTreeMap<String, crate::reports::store::SinkCounts>,
+    pub recent: Vec<crate::reports::store::ReportView>,
 }
 
 pub fn collect(config: &GatewayConfig, recent: u32) -> anyhow::Result<StatusReport> {
     let (spool, recent_items) = Spool::inspect(&config.spool.dir, recent)?;
     let ecgs =
         Spool::inspect_with_key(&config.spool.dir, yilian_protocol::kind::keys::ECG, recent)?;
+    let recent_reports = recent as usize;
     let recent = recent_items;
     let link = fetch_link(config.metrics.listen);
+    let reports = match crate::reports::ReportStore::inspect(&config.spool.dir)? {
+        Some(store) => {
+            let (received, sinks) = store.counts()?;
+            Some(ReportsSummary {
+                received,
+                sinks,
+                recent: store.recent(recent_reports)?,
+            })
+        }
+        None => None,
+    };
     Ok(StatusReport {
+        reports,
         link,
         spool: SpoolStats {
             quota_bytes: Spool::effective_quota(&config.spool_config(), spool.used_bytes),
@@ -230,7 +252,86 @@ pub fn render(
             );
         }
     }
+    if let Some(rep) = &r.reports {
+        render_reports(&mut o, rep, clock, lang);
+    }
     o
+}
+
+/// Reports received and where each went.
+fn render_reports(
+    o: &mut String,
+    rep: &ReportsSummary,
+    clock: &crate::clock::Clock,
+    lang: crate::i18n::Language,
+) {
+    let c = crate::i18n::Catalog::get();
+    let t = |id: &str| c.t(lang, id);
+    let ta = |id: &str, args: &[(&str, fluent_bundle::FluentValue<'_>)]| c.t_args(lang, id, args);
+    let sinks: Vec<String> = rep
+        .sinks
+        .iter()
+        .map(|(name, n)| {
+            ta(
+                "cli-report-sink",
+                &[
+                    ("sink", name.as_str().into()),
+                    ("delivered", n.delivered.to_string().into()),
+                    ("waiting", n.waiting.to_string().into()),
+                    ("failed", n.failed.to_string().into()),
+                ],
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        o,
+        "{:<10}{}",
+        t("cli-reports"),
+        ta(
+            "cli-reports-summary",
+            &[
+                ("received", rep.received.to_string().into()),
+                ("sinks", sinks.join("; ").into()),
+            ]
+        )
+    );
+    for r in &rep.recent {
+        let status = t(match r.status.as_str() {
+            "C" => "report-corrected",
+            "P" => "report-preliminary",
+            _ => "report-final",
+        });
+        let urgent = if r.urgent {
+            t("report-urgent")
+        } else {
+            String::new()
+        };
+        let wheres: Vec<String> = r
+            .sinks
+            .iter()
+            .map(|s| {
+                let state = t(&format!("report-sink-{}", s.state));
+                match (&s.error, s.state) {
+                    (Some(e), "waiting" | "failed") => format!(
+                        "{} {state} ({})",
+                        s.sink,
+                        crate::reports::sinks::describe(e, lang)
+                    ),
+                    _ => format!("{} {state}", s.sink),
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            o,
+            "          {:<25} {}{} {:<14} {}  {}",
+            clock.format_ms(r.received_ms),
+            status,
+            urgent,
+            r.patient_id,
+            r.title,
+            wheres.join(", ")
+        );
+    }
 }
 
 pub(crate) fn bytes(n: u64) -> String {
@@ -272,6 +373,34 @@ mod tests {
             spool,
             recent: Vec::new(),
             ecgs: Vec::new(),
+            reports: Some(ReportsSummary {
+                received: 1,
+                sinks: [(
+                    "his".to_owned(),
+                    crate::reports::store::SinkCounts {
+                        waiting: 1,
+                        ..Default::default()
+                    },
+                )]
+                .into(),
+                recent: vec![crate::reports::store::ReportView {
+                    id: "R1".into(),
+                    received_ms: 1_000,
+                    urgent: true,
+                    status: "C".into(),
+                    title: "胸部CT".into(),
+                    patient_id: "P1".into(),
+                    kind: "imaging".into(),
+                    sinks: vec![crate::reports::store::SinkState {
+                        sink: "his".into(),
+                        state: "waiting",
+                        error: Some(
+                            "why-his-unreachable\t127.0.0.1:2575: connection refused".into(),
+                        ),
+                        done_ms: None,
+                    }],
+                }],
+            }),
         };
         let clock = crate::clock::Clock::default();
         let zh = render(&r, 61_000, &clock, Language::ZhCn);
@@ -285,6 +414,11 @@ mod tests {
         );
         assert!(zh.contains("无法送达 1 项"), "{zh}");
         assert!(zh.contains("紧急"), "{zh}");
+        assert!(
+            zh.contains("已从上级医院收到 1 份；his：已送达 0，待送 1，被拒 0"),
+            "{zh}"
+        );
+        assert!(zh.contains("更正报告，危急值/急诊"), "{zh}");
         let en = render(&r, 61_000, &clock, Language::En);
         assert!(en.starts_with("link:     down to hub.county.example:4433 (for 1m, since 1970-01-01T08:00:01+08:00), as anxi/hutou/box-1\n"), "{en}");
         assert!(
@@ -292,5 +426,12 @@ mod tests {
             "{en}"
         );
         assert!(en.contains("urgent"), "{en}");
+        assert!(
+            en.contains("CORRECTED, CRITICAL/STAT P1")
+                && en.contains(
+                    "his waiting (cannot reach the HIS (127.0.0.1:2575: connection refused)"
+                ),
+            "{en}"
+        );
     }
 }

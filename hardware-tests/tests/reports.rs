@@ -357,6 +357,27 @@ async fn reports_come_back_down_to_the_clinic() {
     )
     .await;
 
+    // The box's page lists them, in Chinese, patient IDs masked, the
+    // correction and the HIS's refusal in words.
+    let page = hub.gateway.page_addr.expect("page");
+    let html = tokio::task::spawn_blocking(move || yilian_rig::scrape::http_get(page, "/"))
+        .await
+        .expect("join")
+        .expect("page");
+    assert!(html.contains("上级医院回传的报告"), "{html}");
+    assert!(
+        html.contains("更正报告") && html.contains("危急值/急诊"),
+        "{html}"
+    );
+    assert!(
+        html.contains("被拒收") && html.contains("HIS 拒收了这份报告（AE"),
+        "{html}"
+    );
+    assert!(
+        !html.contains(&study.patient_id),
+        "patient IDs are masked: {html}"
+    );
+
     // Turnaround is measured once per report at its first delivery.
     let addr = hub.central.metrics_addr;
     let text = tokio::task::spawn_blocking(move || yilian_rig::scrape::http_get(addr, "/metrics"))

@@ -13,6 +13,7 @@
 
 pub mod actions;
 pub mod render;
+pub mod reports;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -42,6 +43,8 @@ pub struct PageState {
     pub link: watch::Receiver<LinkStatus>,
     pub board: DeviceBoard,
     pub sessions: actions::Sessions,
+    /// Reports from the hospital held on the box.
+    pub reports: crate::reports::ReportStore,
 }
 
 #[derive(serde::Deserialize)]
@@ -121,7 +124,9 @@ async fn page(
     };
     let body = tokio::task::spawn_blocking(move || {
         let now = crate::now_ms();
-        let v = view::gather(&s.config, &s.spool, &s.metrics, link, &s.board, now);
+        let v = view::gather(
+            &s.config, &s.spool, &s.reports, &s.metrics, link, &s.board, now,
+        );
         render::page(&v, lang, &clock, now, &diag)
     })
     .await

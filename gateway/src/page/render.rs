@@ -168,6 +168,7 @@ pub fn page(v: &View, lang: Language, clock: &Clock, now_ms: i64, diag: &Diagnos
                     (devices(v, lang, clock, now_ms))
                     (dead_letters(v, lang, clock, diag))
                     (diagnostics(diag, lang))
+                    (super::reports::section(v, lang, clock))
                     section id="recent" {
                         h2 { (t("section-recent")) }
                         @if v.recent.is_empty() {

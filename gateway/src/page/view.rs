@@ -50,6 +50,10 @@ pub struct View {
     pub recent: Vec<ItemSummary>,
     /// Items set aside for an operator, newest first.
     pub dead: Vec<ItemSummary>,
+    /// Reports from the hospital, newest first, and where they went.
+    pub reports: Vec<crate::reports::store::ReportView>,
+    /// Each configured sink's counts.
+    pub report_sinks: std::collections::BTreeMap<String, crate::reports::store::SinkCounts>,
 }
 
 /// How many recent items the page lists.
@@ -60,6 +64,7 @@ const WARN_FOR_MS: i64 = 3600 * 1000;
 pub fn gather(
     config: &GatewayConfig,
     spool: &Spool,
+    reports: &crate::reports::ReportStore,
     metrics: &GatewayMetrics,
     link: LinkStatus,
     board: &crate::board::DeviceBoard,
@@ -74,7 +79,13 @@ pub fn gather(
         .map(|(_, items)| items)
         .unwrap_or_default();
     let cap = metrics.rate_cap.get();
+    let mut report_sinks = reports.counts().map(|(_, s)| s).unwrap_or_default();
+    for s in &config.report_sink {
+        report_sinks.entry(s.name.clone()).or_default();
+    }
     View {
+        reports: reports.recent(RECENT as usize).unwrap_or_default(),
+        report_sinks,
         identity: link.identity.clone(),
         config_version: config.version.clone(),
         certificate_not_after: metrics.certificate_expiry.get(),

@@ -209,6 +209,28 @@ impl ReportStore {
         })
     }
 
+    /// Opens an existing report index read-only, for `status` whether or
+    /// not the gateway runs; `None` when the box never received a report.
+    pub fn inspect(spool_dir: &Path) -> Result<Option<Self>, ReportStoreError> {
+        let dir = spool_dir.join("reports");
+        let index = dir.join("reports.sqlite");
+        if !index.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(
+            &index,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Some(Self {
+            inner: Arc::new(Inner {
+                db: Mutex::new(conn),
+                partial: dir.join("partial"),
+                dir,
+            }),
+        }))
+    }
+
     fn db(&self) -> MutexGuard<'_, Connection> {
         self.inner.db.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -50,11 +50,15 @@ pub(super) async fn heartbeat_loop(
                 let s = spool.clone();
                 let stats = tokio::task::spawn_blocking(move || s.stats()).await.ok().and_then(Result::ok);
                 let r = source.reports.clone();
-                let receipts = tokio::task::spawn_blocking(move || r.pending_receipts(100))
+                let mut receipts = tokio::task::spawn_blocking(move || r.pending_receipts(100))
                     .await
                     .ok()
                     .and_then(Result::ok)
                     .unwrap_or_default();
+                // Central's operators read these in English.
+                for r in &mut receipts {
+                    r.detail = crate::reports::sinks::describe(&r.detail, crate::i18n::Language::En);
+                }
                 let now = crate::now_ms();
                 sent_at = Some((seq, now));
                 let backlog = stats.map(|st| {

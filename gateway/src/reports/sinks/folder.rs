@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use yilian_codecs::hl7::report::ReportStatus;
 use yilian_gateway_config::schema::ReportSinkSection;
 
-use super::{Ready, Sink, SinkVerdict, safe};
+use super::{Ready, Sink, SinkVerdict, Why, safe};
 
 pub struct FolderSink {
     dir: PathBuf,
@@ -130,10 +130,11 @@ impl Sink for FolderSink {
         .await;
         match r {
             Ok(Ok(())) => SinkVerdict::Delivered(file),
-            Ok(Err(e)) => {
-                SinkVerdict::Retry(format!("cannot write into {}: {e}", self.dir.display()))
-            }
-            Err(e) => SinkVerdict::Retry(e.to_string()),
+            Ok(Err(e)) => SinkVerdict::Retry(Why::new(
+                "why-folder-unwritable",
+                format!("{}: {e}", self.dir.display()),
+            )),
+            Err(e) => SinkVerdict::Retry(Why::new("why-box-disk", e)),
         }
     }
 }

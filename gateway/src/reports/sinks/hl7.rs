@@ -12,7 +12,7 @@ use yilian_codecs::hl7::{Message, decode};
 use yilian_codecs::mllp::{self, MllpDecoder};
 use yilian_gateway_config::schema::ReportSinkSection;
 
-use super::{Ready, Sink, SinkVerdict};
+use super::{Ready, Sink, SinkVerdict, Why};
 
 pub struct HisSink {
     address: String,
@@ -29,17 +29,26 @@ impl HisSink {
         }
     }
 
-    async fn connect(&mut self) -> Result<&mut TcpStream, String> {
+    async fn connect(&mut self) -> Result<&mut TcpStream, Why> {
         if self.conn.is_none() {
             let s =
                 tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&self.address))
                     .await
-                    .map_err(|_| format!("connecting to the HIS at {} timed out", self.address))?
-                    .map_err(|e| format!("cannot connect to the HIS at {}: {e}", self.address))?;
+                    .map_err(|_| {
+                        Why::new(
+                            "why-his-unreachable",
+                            format!("{}: timed out", self.address),
+                        )
+                    })?
+                    .map_err(|e| {
+                        Why::new("why-his-unreachable", format!("{}: {e}", self.address))
+                    })?;
             let _ = s.set_nodelay(true);
             self.conn = Some(s);
         }
-        self.conn.as_mut().ok_or_else(|| "no connection".to_owned())
+        self.conn
+            .as_mut()
+            .ok_or_else(|| Why::new("why-his-unreachable", &self.address))
     }
 }
 
@@ -73,25 +82,28 @@ impl Sink for HisSink {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
                 self.conn = None;
-                return SinkVerdict::Retry(format!("the HIS connection failed: {e}"));
+                return SinkVerdict::Retry(Why::new("why-his-unreachable", e));
             }
             Err(_) => {
                 self.conn = None;
-                return SinkVerdict::Retry(format!("no ACK from the HIS within {timeout:?}"));
+                return SinkVerdict::Retry(Why::new(
+                    "why-his-no-ack",
+                    humantime::format_duration(timeout),
+                ));
             }
         };
         let d = decode(&ack, None);
         let Ok(m) = Message::parse(&d.text) else {
             self.conn = None;
-            return SinkVerdict::Retry("the HIS answered something that is not an HL7 ACK".into());
+            return SinkVerdict::Retry(Why::new("why-his-bad-ack", "not an HL7 ACK"));
         };
         let code = m.get("MSA", 1, 1).to_owned();
         let answered = m.get("MSA", 2, 1);
         if answered != ready.report.control_id {
             self.conn = None;
-            return SinkVerdict::Retry(format!(
-                "the HIS acknowledged {answered:?}, not {:?}",
-                ready.report.control_id
+            return SinkVerdict::Retry(Why::new(
+                "why-his-bad-ack",
+                format!("ACK for {answered:?}, sent {:?}", ready.report.control_id),
             ));
         }
         let reason = || {
@@ -101,12 +113,12 @@ impl Sink for HisSink {
             } else {
                 err
             };
-            format!("the HIS answered {code}: {text}")
+            format!("{code} {text}")
         };
         match code.as_str() {
             "AA" | "CA" => SinkVerdict::Delivered(format!("{code} from {}", self.address)),
-            "AE" | "CE" => SinkVerdict::Failed(reason()),
-            _ => SinkVerdict::Retry(reason()),
+            "AE" | "CE" => SinkVerdict::Failed(Why::new("why-his-refused", reason())),
+            _ => SinkVerdict::Retry(Why::new("why-his-busy", reason())),
         }
     }
 }

@@ -31,9 +31,42 @@ pub enum SinkVerdict {
     /// Delivered; the detail says where (a file name, a print job).
     Delivered(String),
     /// Not now (the HIS is down, the printer is off); try again later.
-    Retry(String),
+    Retry(Why),
     /// Refused for good; a person must look.
-    Failed(String),
+    Failed(Why),
+}
+
+/// Why a delivery did not happen, for a person: a catalogue key (`why-…`,
+/// which says what to do, in the technician's language) and the technical
+/// detail it quotes.
+#[derive(Debug, Clone)]
+pub struct Why {
+    pub key: &'static str,
+    pub detail: String,
+}
+
+impl Why {
+    pub fn new(key: &'static str, detail: impl std::fmt::Display) -> Self {
+        Self {
+            key,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// As the store keeps it: `key<TAB>detail`.
+    fn stored(&self) -> String {
+        format!("{}\t{}", self.key, self.detail)
+    }
+}
+
+/// A stored reason in `lang` (text kept by an older version as it is).
+pub fn describe(stored: &str, lang: crate::i18n::Language) -> String {
+    match stored.split_once('\t') {
+        Some((key, detail)) if key.starts_with("why-") => {
+            crate::i18n::Catalog::get().t_args(lang, key, &[("detail", detail.into())])
+        }
+        _ => stored.to_owned(),
+    }
 }
 
 /// A report ready for a sink: as held, its bytes, and as read.
@@ -135,10 +168,10 @@ impl Runner {
                                     _ = self.stop.changed() => return,
                                 }
                             }
-                            Err(e) => SinkVerdict::Failed(format!("the report does not read: {e}")),
+                            Err(e) => SinkVerdict::Failed(Why::new("why-report-unreadable", e)),
                         },
-                        Ok(Err(e)) => SinkVerdict::Retry(e.to_string()),
-                        Err(e) => SinkVerdict::Retry(e.to_string()),
+                        Ok(Err(e)) => SinkVerdict::Retry(Why::new("why-box-disk", e)),
+                        Err(e) => SinkVerdict::Retry(Why::new("why-box-disk", e)),
                     }
                 };
                 self.record(&d.report.id, d.attempts, verdict).await;
@@ -167,14 +200,16 @@ impl Runner {
                 store.finish(&id_owned, &name, true, &detail)
             }
             SinkVerdict::Failed(why) => {
-                tracing::error!(report = %id_owned, sink = %name, reason = %why,
+                let why = why.stored();
+                tracing::error!(report = %id_owned, sink = %name, reason = %describe(&why, crate::i18n::Language::En),
                     "a report was refused at the clinic; it is kept on the box and shown on its page");
                 store.finish(&id_owned, &name, false, &why)
             }
             SinkVerdict::Retry(why) => {
+                let why = why.stored();
                 // 2 s, doubling, at most 5 minutes.
                 let delay = (2_000i64 << attempts.min(8)).min(300_000);
-                tracing::warn!(report = %id_owned, sink = %name, reason = %why, retry_in_s = delay / 1000,
+                tracing::warn!(report = %id_owned, sink = %name, reason = %describe(&why, crate::i18n::Language::En), retry_in_s = delay / 1000,
                     "cannot deliver a report at the clinic now; retrying");
                 store.retry(&id_owned, &name, delay, &why)
             }

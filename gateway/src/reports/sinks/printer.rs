@@ -9,7 +9,7 @@ use std::process::Stdio;
 use tokio::process::Command;
 use yilian_gateway_config::schema::ReportSinkSection;
 
-use super::{Ready, Sink, SinkVerdict, folder};
+use super::{Ready, Sink, SinkVerdict, Why, folder};
 
 pub struct PrinterSink {
     printer: Option<String>,
@@ -45,13 +45,13 @@ impl Sink for PrinterSink {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                return SinkVerdict::Retry(format!("cannot run lp (is CUPS installed?): {e}"));
+                return SinkVerdict::Retry(Why::new("why-printer-missing", e));
             }
         };
         if let Some(mut stdin) = child.stdin.take() {
             use tokio::io::AsyncWriteExt;
             if let Err(e) = stdin.write_all(&body).await {
-                return SinkVerdict::Retry(format!("lp did not take the document: {e}"));
+                return SinkVerdict::Retry(Why::new("why-printer-failed", e));
             }
         }
         let out = match tokio::time::timeout(
@@ -61,20 +61,25 @@ impl Sink for PrinterSink {
         .await
         {
             Ok(Ok(o)) => o,
-            Ok(Err(e)) => return SinkVerdict::Retry(format!("lp failed: {e}")),
-            Err(_) => return SinkVerdict::Retry("lp did not finish within a minute".into()),
+            Ok(Err(e)) => return SinkVerdict::Retry(Why::new("why-printer-failed", e)),
+            Err(_) => {
+                return SinkVerdict::Retry(Why::new(
+                    "why-printer-failed",
+                    "lp did not finish within a minute",
+                ));
+            }
         };
         let said = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
         if out.status.success() {
             SinkVerdict::Delivered(said(&out.stdout))
         } else {
-            SinkVerdict::Retry(format!(
-                "the printer{} cannot take the report: {}",
-                self.printer
-                    .as_deref()
-                    .map(|p| format!(" {p}"))
-                    .unwrap_or_default(),
-                said(&out.stderr)
+            SinkVerdict::Retry(Why::new(
+                "why-printer-failed",
+                format!(
+                    "{}: {}",
+                    self.printer.as_deref().unwrap_or("default printer"),
+                    said(&out.stderr)
+                ),
             ))
         }
     }
