@@ -10,6 +10,8 @@
 //! - [`files`] — deterministic test payloads.
 //! - [`cable`] — serial cables (socat pty pairs) that can be pulled.
 //! - [`orthanc`] — Orthanc as the hospital PACS, with its own config.
+//! - [`printer`] — a CUPS scheduler of the test's own with a virtual PDF
+//!   printer, and `pdftoppm` to look at what it printed.
 //! - [`modality`] — CT studies as Part 10 files, dcmtk's storescu/echoscu.
 //! - [`cart`] — an ECG cart: SCP-ECG records, raw or by lrzsz XMODEM/YMODEM.
 //! - [`wan`] — the emulated uplink: link profiles between two network
@@ -41,6 +43,7 @@ pub mod modality;
 pub mod nspawn;
 pub mod orthanc;
 pub mod plot;
+pub mod printer;
 pub mod procs;
 pub mod relay;
 pub mod report;

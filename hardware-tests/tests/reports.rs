@@ -631,3 +631,97 @@ async fn reports_survive_kills_and_link_cuts() {
         files_in(&folder, "")
     );
 }
+
+/// Paper: reports printed through a real CUPS scheduler on the
+/// `printer-driver-cups-pdf` virtual printer; the printed pages, rendered
+/// by `pdftoppm`, carry ink, and central records the printer's receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_are_printed_through_cups() {
+    use yilian_rig::printer::{Cups, ink, simple_pdf};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cups = Cups::start(dir.path()).expect("cups");
+    let reports_port = free_tcp_port().expect("port");
+    let hub = Hub::start_with(
+        dir.path(),
+        HubSpec {
+            central_extra: format!("[reports]\nhl7_listen = \"{reports_port}\"\n"),
+            gateway_extra: format!(
+                "\n[[report_sink]]\nname = \"paper\"\ntype = \"printer\"\nprinter = \"{}\"\nserver = \"{}\"\n",
+                cups.queue,
+                cups.socket.display()
+            ),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+    let store = hub.central.store.clone();
+    wait_for("the box known at central", Duration::from_secs(30), || {
+        (!store.gateways().ok()?.is_empty()).then_some(())
+    })
+    .await;
+
+    // Control ids of this run only: the virtual printer's output folder
+    // outlives the test, and report ids derive from them.
+    let run = rand_suffix() % 1_000_000_000;
+    let (first, second) = (format!("PRN{run}A"), format!("PRN{run}B"));
+    let pdf = simple_pdf(&[
+        "County hospital - CT report",
+        "Patient P5001",
+        "No abnormality.",
+    ]);
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&pdf)
+    };
+    let with_pdf = oru(
+        &first,
+        "KA5001",
+        "",
+        "P5001",
+        "F",
+        &format!("OBX|1|ED|PDF^Report||^application^pdf^Base64^{b64}||||||F"),
+    )
+    .replace("|YILIAN|HUB|", "|YILIAN|bench/clinic|");
+    assert!(mllp_send(dir.path(), reports_port, &with_pdf).contains(&format!("MSA|CA|{first}")));
+    let text_only = oru(
+        &second,
+        "KA5002",
+        "",
+        "P5002",
+        "C",
+        &text_obx("Corrected: small nodule, right upper lobe."),
+    )
+    .replace("|YILIAN|HUB|", "|YILIAN|bench/clinic|");
+    assert!(mllp_send(dir.path(), reports_port, &text_only).contains(&format!("MSA|CA|{second}")));
+
+    wait_for(
+        "both printed, receipts at central",
+        Duration::from_secs(60),
+        || {
+            let rows = store.reports(false, 10).ok()?;
+            (rows.len() == 2 && rows.iter().all(|r| r.receipts == ["paper: delivered"]))
+                .then_some(())
+        },
+    )
+    .await;
+    for r in store.reports(false, 10).expect("reports") {
+        let printed = cups
+            .printed(&r.id, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("no page printed for {}", r.id));
+        let ink = ink(&printed).expect("render");
+        assert!(
+            ink > 0.001,
+            "the page printed for {} is blank ({ink})",
+            r.id
+        );
+        eprintln!(
+            "{} printed as {} ({:.2} % ink)",
+            r.control_id,
+            printed.display(),
+            ink * 100.0
+        );
+        let _ = std::fs::remove_file(printed);
+    }
+    hub.shutdown().await;
+}

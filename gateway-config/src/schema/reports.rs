@@ -40,6 +40,10 @@ pub struct ReportSinkSection {
     pub dir: Option<PathBuf>,
     /// `printer`: the CUPS queue; the default printer when absent.
     pub printer: Option<String>,
+    /// `printer`: the CUPS server (`host[:port]` or a socket path) when
+    /// the printer is shared from another machine; this box's CUPS
+    /// otherwise.
+    pub server: Option<String>,
     /// `hl7`: `host:port` of the HIS's MLLP listener.
     pub address: Option<String>,
     /// `hl7`: resend (same MSH-10) when no ACK came within this.

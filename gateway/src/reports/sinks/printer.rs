@@ -1,7 +1,9 @@
 //! Paper, through CUPS: the PDF (or the text version) handed to `lp`
 //! with the report's id in the job title, so a page on the tray can be
-//! traced back. `lp` returning is CUPS holding the job; a box that dies
-//! in the instant between that and the record prints the page again —
+//! traced back. Delivered means CUPS took the job (as the HIS's AA means
+//! the HIS took the message): a printer out of paper or off is CUPS's
+//! queue to hold, and `lpstat -p` shows it. A box that dies in the
+//! instant between `lp` returning and the record prints the page again —
 //! a second sheet of the same report, never a lost one.
 
 use std::process::Stdio;
@@ -13,12 +15,14 @@ use super::{Ready, Sink, SinkVerdict, Why, folder};
 
 pub struct PrinterSink {
     printer: Option<String>,
+    server: Option<String>,
 }
 
 impl PrinterSink {
     pub fn new(section: &ReportSinkSection) -> Self {
         Self {
             printer: section.printer.clone(),
+            server: section.server.clone(),
         }
     }
 }
@@ -30,6 +34,9 @@ impl Sink for PrinterSink {
             None => folder::text(ready).into_bytes(),
         };
         let mut cmd = Command::new("lp");
+        if let Some(h) = &self.server {
+            cmd.arg("-h").arg(h);
+        }
         if let Some(p) = &self.printer {
             cmd.arg("-d").arg(p);
         }
@@ -38,7 +45,7 @@ impl Sink for PrinterSink {
         if ready.report.pdf.is_none() {
             cmd.arg("-o").arg("document-format=text/plain");
         }
-        cmd.arg("--").arg("-");
+        // No file: lp reads the document from its standard input.
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
