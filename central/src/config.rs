@@ -73,6 +73,8 @@ pub struct ReportsSection {
     /// reports addressed to a clinic rather than to an item.
     #[serde(default)]
     pub facilities: std::collections::BTreeMap<String, String>,
+    /// A folder reading systems export PDF or XML reports into.
+    pub import_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +201,9 @@ impl CentralConfig {
         if let Some(e) = &mut config.enrollment {
             relative_to(base, &mut e.issuing_cert);
             relative_to(base, &mut e.issuing_key);
+        }
+        if let Some(d) = config.reports.as_mut().and_then(|r| r.import_dir.as_mut()) {
+            relative_to(base, d);
         }
         Ok(config)
     }

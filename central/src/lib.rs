@@ -140,19 +140,27 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
             .with_context(|| format!("binding the RIS order listener on {addr}"))?;
         tokio::spawn(serve);
     }
-    if let Some(r) = &config.reports
-        && let Some(addr) = r.hl7_listen
-    {
-        let listener = reports::listener::ReportListener {
+    if let Some(r) = &config.reports {
+        let intake = reports::listener::ReportIntake {
             store: store.clone(),
             metrics: metrics.clone(),
             facilities: r.facilities.clone(),
             wake: shared.reports_wake.clone(),
         };
-        let (_, serve) = hl7_listener::bind(listener, addr, stopped.clone())
-            .await
-            .with_context(|| format!("binding the report listener on {addr}"))?;
-        tokio::spawn(serve);
+        if let Some(addr) = r.hl7_listen {
+            let listener = reports::listener::ReportListener(intake.clone());
+            let (_, serve) = hl7_listener::bind(listener, addr, stopped.clone())
+                .await
+                .with_context(|| format!("binding the report listener on {addr}"))?;
+            tokio::spawn(serve);
+        }
+        if let Some(dir) = &r.import_dir {
+            let folder = reports::import::ImportFolder {
+                dir: dir.clone(),
+                intake,
+            };
+            tokio::spawn(folder.run(stopped.clone()));
+        }
     }
     tokio::spawn(report_gauges(
         store.clone(),

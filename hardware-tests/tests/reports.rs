@@ -725,3 +725,84 @@ async fn reports_are_printed_through_cups() {
     }
     hub.shutdown().await;
 }
+
+/// An ECG reading system that exports files: an ECG from the clinic's cart
+/// folder lands in central's ECG import directory; the reading system's
+/// PDF report, saved under the same name into central's report import
+/// folder, finds that ECG's clinic by the upload id in the name and
+/// reaches the clinic's folder, while a file that is no report is set
+/// aside with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exported_ecg_report_finds_its_clinic_by_file_name() {
+    use yilian_rig::printer::simple_pdf;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cart = dir.path().join("ecg-cart");
+    std::fs::create_dir_all(&cart).expect("mkdir");
+    let (ecg_dir, import) = (
+        dir.path().join("ecg-import"),
+        dir.path().join("report-import"),
+    );
+    let folder = dir.path().join("clinic-reports");
+    let hub = Hub::start_with(
+        dir.path(),
+        HubSpec {
+            central_extra: format!(
+                "[ecg]\ndirectory = \"{}\"\n[reports]\nimport_dir = \"{}\"\n",
+                ecg_dir.display(),
+                import.display()
+            ),
+            gateway_extra: format!(
+                "\n[[folder]]\nname = \"ecg-cart\"\npath = \"{}\"\nprofile = \"ecg\"\nsettle = \"200ms\"\npoll_interval = \"200ms\"\n\
+                 \n[[report_sink]]\nname = \"reports-folder\"\ntype = \"folder\"\ndir = \"{}\"\n",
+                cart.display(),
+                folder.display()
+            ),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+    std::fs::write(
+        cart.join("ECG0001.PDF"),
+        simple_pdf(&["12-lead ECG", "Patient P8001"]),
+    )
+    .expect("write");
+    let exported = wait_for(
+        "the ECG in the reading system's import directory",
+        Duration::from_secs(30),
+        || files_in(&ecg_dir, ".pdf").into_iter().next(),
+    )
+    .await;
+    let stem = exported.trim_end_matches(".pdf").to_owned();
+
+    // The reading system's report, under the ECG's name.
+    let report = simple_pdf(&["ECG report", "Sinus rhythm. Normal ECG."]);
+    std::fs::write(import.join(format!("{stem}.pdf")), &report).expect("write");
+    std::fs::write(import.join("notes.txt"), b"not a report").expect("write");
+
+    let delivered = wait_for(
+        "the report in the clinic's folder",
+        Duration::from_secs(30),
+        || files_in(&folder, ".pdf").into_iter().next(),
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(folder.join(&delivered)).expect("read"),
+        report
+    );
+    let rows = hub.central.store.reports(false, 10).expect("reports");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].matched_by.as_deref(), Some("upload_id"), "{rows:?}");
+    assert_eq!(rows[0].kind, "ecg", "{rows:?}");
+    wait_for(
+        "the imported file moved aside",
+        Duration::from_secs(10),
+        || {
+            (files_in(&import.join("imported"), ".pdf").len() == 1
+                && import.join("rejected/notes.txt.why").exists())
+            .then_some(())
+        },
+    )
+    .await;
+    hub.shutdown().await;
+}

@@ -5,15 +5,18 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use tokio::sync::Notify;
-use yilian_codecs::hl7::report::{ReportError, read_report};
+use yilian_codecs::hl7::report::{Report, ReportError, read_report};
 use yilian_codecs::hl7::{ErrorInfo, Message, Verdict, build_ack, decode, encode};
 use yilian_codecs::mllp;
 
 use crate::metrics::CentralMetrics;
 use crate::reports::metrics::MatchLabels;
-use crate::store::Store;
+use crate::store::{ReportRow, Store, StoreError, Stored};
 
-pub struct ReportListener {
+/// Where reports are taken in, from the MLLP listener or the import
+/// folder: the store, what counts them, and who is told.
+#[derive(Clone)]
+pub struct ReportIntake {
     pub store: Store,
     pub metrics: CentralMetrics,
     /// Facility codes (MSH-6) to clinics, as for orders.
@@ -21,6 +24,58 @@ pub struct ReportListener {
     /// Told when a report was queued, so the box's downlink looks at once.
     pub wake: std::sync::Arc<Notify>,
 }
+
+impl ReportIntake {
+    /// Commits a report durably and correlated; logs where it goes.
+    pub async fn take(
+        &self,
+        report: Report,
+        source: &str,
+        message: Vec<u8>,
+        from: &str,
+    ) -> Result<Stored<ReportRow>, StoreError> {
+        let store = self.store.clone();
+        let facilities = self.facilities.clone();
+        let src = source.to_owned();
+        let r = tokio::task::spawn_blocking(move || {
+            store.report_commit(&report, &src, &message, &facilities)
+        })
+        .await
+        .map_err(|_| StoreError::WriterStopped)?;
+        match &r {
+            Ok(proof) => {
+                let row = &proof.value;
+                let by = row.matched_by.clone().unwrap_or_else(|| "unmatched".into());
+                self.metrics
+                    .reports
+                    .received
+                    .get_or_create(&MatchLabels {
+                        matched_by: by.clone(),
+                    })
+                    .inc();
+                match &row.gateway {
+                    Some(g) => {
+                        tracing::info!(%from, report = %row.id, gateway = %g, matched_by = %by,
+                            status = %row.status, urgent = row.urgent, "report taken; queued for the clinic")
+                    }
+                    None => {
+                        tracing::warn!(%from, report = %row.id, reason = row.unmatched_reason.as_deref().unwrap_or(""),
+                            "report matches no clinic; parked: see `yilian-central reports --unmatched` and assign it")
+                    }
+                }
+                self.wake.notify_waiters();
+            }
+            Err(e) => {
+                self.metrics.reports.refused.inc();
+                tracing::error!(%from, error = %e, "cannot store a report; it is taken again later");
+            }
+        }
+        r
+    }
+}
+
+/// The MLLP listener's side of [`ReportIntake`].
+pub struct ReportListener(pub ReportIntake);
 
 fn err(e: &ReportError) -> ErrorInfo {
     ErrorInfo {
@@ -50,49 +105,23 @@ impl crate::hl7_listener::Hl7Service for ReportListener {
         let stored;
         let verdict = match read_report(&m) {
             Err(e) => {
-                self.metrics.reports.refused.inc();
+                self.0.metrics.reports.refused.inc();
                 tracing::warn!(%peer, %source, control = m.control_id(), field = %e.location, reason = %e.text,
                     "report refused (AE): the sending system must fix the message");
                 refused = err(&e);
                 Verdict::Malformed(&refused)
             }
             Ok(report) => {
-                let store = self.store.clone();
-                let facilities = self.facilities.clone();
-                let message = bytes.to_vec();
-                let src = source.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    store.report_commit(&report, &src, &message, &facilities)
-                })
-                .await;
-                match r {
-                    Ok(Ok(proof)) => {
-                        let row = &proof.value;
-                        let by = row.matched_by.clone().unwrap_or_else(|| "unmatched".into());
-                        self.metrics
-                            .reports
-                            .received
-                            .get_or_create(&MatchLabels {
-                                matched_by: by.clone(),
-                            })
-                            .inc();
-                        match &row.gateway {
-                            Some(g) => {
-                                tracing::info!(%peer, report = %row.id, gateway = %g, matched_by = %by,
-                                status = %row.status, urgent = row.urgent, "report taken; queued for the clinic")
-                            }
-                            None => {
-                                tracing::warn!(%peer, report = %row.id, reason = row.unmatched_reason.as_deref().unwrap_or(""),
-                                "report matches no clinic; parked: see `yilian-central reports --unmatched` and assign it")
-                            }
-                        }
-                        self.wake.notify_waiters();
+                match self
+                    .0
+                    .take(report, &source, bytes.to_vec(), &peer.to_string())
+                    .await
+                {
+                    Ok(proof) => {
                         stored = proof;
                         Verdict::Stored(&stored)
                     }
-                    Ok(Err(e)) => {
-                        self.metrics.reports.refused.inc();
-                        tracing::error!(%peer, error = %e, "cannot store a report; the sender was told to retry (AR)");
+                    Err(_) => {
                         refused = ErrorInfo {
                             location: String::new(),
                             code: 207,
@@ -101,7 +130,6 @@ impl crate::hl7_listener::Hl7Service for ReportListener {
                         };
                         Verdict::Refused(&refused)
                     }
-                    Err(_) => return None,
                 }
             }
         };

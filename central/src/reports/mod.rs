@@ -5,6 +5,8 @@
 //! - [`listener`] — ORU^R01 and MDM^T02 over MLLP from the RIS, LIS and ECG
 //!   reading system; AA only with the store's proof of the commit, AE with
 //!   an ERR naming the missing field.
+//! - [`import`] — a folder for reading systems that export PDF or XML
+//!   files; the file's name finds the item it reports on.
 //! - [`downlink`] — the box's queue, sent on streams central opens: the
 //!   upload exchange mirrored; central forgets a report for a box only
 //!   when the box answered COMMITTED from its own stable storage.
@@ -15,6 +17,7 @@
 //! box's heartbeats (`server::control`).
 
 pub mod downlink;
+pub mod import;
 pub mod listener;
 pub mod metrics;
 
