@@ -189,26 +189,26 @@ impl ImportFolder {
         if report.keys.filler.is_empty() {
             report.keys.filler = stem.clone();
         }
-        match self
+        // A failed commit is logged by the intake; the file stays and is
+        // taken again next time.
+        if self
             .intake
             .take(report, &source, message, &format!("import:{name}"))
             .await
+            .is_ok()
         {
-            Ok(_) => {
-                let (from, to) = (path.to_owned(), self.dir.join("imported").join(&name));
-                let dir = self.dir.clone();
-                let moved = tokio::task::spawn_blocking(move || {
-                    std::fs::rename(&from, &to)?;
-                    yilian_proof::disk::sync_dir(&dir)
-                })
-                .await;
-                if !matches!(moved, Ok(Ok(()))) {
-                    // Taken again next time: the same report, answered from
-                    // what is held.
-                    tracing::warn!(file = %name, "imported report could not be moved to imported/");
-                }
+            let (from, to) = (path.to_owned(), self.dir.join("imported").join(&name));
+            let dir = self.dir.clone();
+            let moved = tokio::task::spawn_blocking(move || {
+                std::fs::rename(&from, &to)?;
+                yilian_proof::disk::sync_dir(&dir)
+            })
+            .await;
+            if !matches!(moved, Ok(Ok(()))) {
+                // Taken again next time: the same report, answered from
+                // what is held.
+                tracing::warn!(file = %name, "imported report could not be moved to imported/");
             }
-            Err(_) => {} // logged by the intake; tried again next time
         }
     }
 
