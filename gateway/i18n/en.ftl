@@ -179,3 +179,20 @@ why-his-refused = the HIS refused the report ({ $detail }); ask the HIS vendor w
 why-his-busy = the HIS cannot take the report now ({ $detail }); it is sent again
 why-printer-missing = the box cannot print: CUPS (lp) is not installed ({ $detail })
 why-printer-failed = the printer cannot take the report ({ $detail }): is it on, with paper? `lpstat -p` on the box says more
+
+## `check-config` and `enroll`
+check-folder-missing = { $path } does not exist: check where the device writes its files (or add `create = true` to make it)
+check-not-a-folder = { $path } is not a folder
+check-port-missing = serial port { $port } does not exist: is the device plugged in? `ls /dev/serial/by-id/` lists the ports there are
+check-file-missing = { $path } does not exist
+check-problem-at = { $path }, line { $line }: { $key }: { $message }
+check-problem = { $path }: { $key }: { $message }
+check-problems = { $count } problem(s) in { $path }
+check-not-enrolled = not enrolled yet: central comes from the enrollment token
+check-central = central { $central }
+check-valid = { $path }: valid ({ $devices } device(s), { $sinks } report sink(s), { $central })
+enroll-done = enrolled as { $identity } at { $central }; certificate valid until { $until } (renewed automatically over the link)
+enroll-identity = identity: { $dir }
+enroll-wrote-config = configuration written to { $path } (devices come from central's published configuration)
+enroll-pin-set = the page's PIN is set: actions on the box's page need it
+enroll-next = next: systemctl start yilian-gateway

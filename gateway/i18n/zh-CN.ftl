@@ -179,3 +179,20 @@ why-his-refused = HIS 拒收了这份报告（{ $detail }）；请向 HIS 厂家
 why-his-busy = HIS 暂时不能接收（{ $detail }）；会自动重发
 why-printer-missing = 本机无法打印：没有安装 CUPS（lp）（{ $detail }）
 why-printer-failed = 打印机无法打印这份报告（{ $detail }）：请确认打印机已开机、有纸；在本机运行 `lpstat -p` 可查看详情
+
+## `check-config` 与 `enroll`
+check-folder-missing = { $path } 不存在：请确认设备把文件写到哪里（或加上 `create = true` 自动创建）
+check-not-a-folder = { $path } 不是文件夹
+check-port-missing = 串口 { $port } 不存在：设备插好了吗？`ls /dev/serial/by-id/` 可列出现有的串口
+check-file-missing = { $path } 不存在
+check-problem-at = { $path }，第 { $line } 行：{ $key }：{ $message }
+check-problem = { $path }：{ $key }：{ $message }
+check-problems = { $path } 中有 { $count } 个问题
+check-not-enrolled = 尚未注册：中心地址来自注册令牌
+check-central = 中心 { $central }
+check-valid = { $path }：配置有效（{ $devices } 台设备，{ $sinks } 个报告去向，{ $central }）
+enroll-done = 已注册为 { $identity }，中心 { $central }；证书有效期至 { $until }（通过链路自动续期）
+enroll-identity = 身份文件：{ $dir }
+enroll-wrote-config = 已写入配置文件 { $path }（设备配置由中心下发）
+enroll-pin-set = 已设置页面 PIN：本机页面上的操作需要输入它
+enroll-next = 下一步：systemctl start yilian-gateway

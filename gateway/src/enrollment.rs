@@ -52,6 +52,31 @@ pub struct EnrollOptions<'a> {
     /// The state directory for a box without a configuration file
     /// (default `/var/lib/yilian`): the identity and spool go under it.
     pub state_dir: Option<&'a Path>,
+    /// The PIN that unlocks the box page's actions, kept with the
+    /// identity (the configuration file may be read-only, or published).
+    pub pin: Option<&'a str>,
+}
+
+/// Where a PIN given at enrollment is kept, in the identity directory.
+const PIN_FILE: &str = "page-pin";
+
+/// The page PIN a county admin put on the stick (`yilian-provision
+/// bundle --pin`).
+fn bundle_pin(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(PIN_FILE))
+        .ok()
+        .map(|p| p.trim().to_owned())
+}
+
+/// The page PIN set at enrollment, if one was.
+pub fn stored_pin(identity_dir: &Path) -> Option<String> {
+    let pin = std::fs::read_to_string(identity_dir.join(PIN_FILE)).ok()?;
+    let pin = pin.trim().to_owned();
+    let section = yilian_gateway_config::schema::PageSection {
+        pin: Some(pin.clone()),
+        ..Default::default()
+    };
+    section.pin_problem().is_none().then_some(pin)
 }
 
 /// What `enroll` did, for the person at the box.
@@ -62,6 +87,8 @@ pub struct Enrolled {
     /// The configuration file written, when the box had none.
     pub wrote_config: Option<PathBuf>,
     pub central: String,
+    /// A page PIN was kept.
+    pub pin_set: bool,
 }
 
 pub async fn enroll_command(
@@ -74,10 +101,24 @@ pub async fn enroll_command(
         (None, Some(dir)) => adopt_bundle(dir, opts.config_path)?,
         (None, None) => anyhow::bail!("give --token TOKEN or --bundle DIR"),
     };
+    let bundle_pin = bundle.and_then(bundle_pin);
+    let opts = EnrollOptions {
+        pin: opts.pin.or(bundle_pin.as_deref()),
+        ..opts
+    };
     enroll(&opts, &token_text).await
 }
 
 async fn enroll(opts: &EnrollOptions<'_>, token_text: &str) -> anyhow::Result<Enrolled> {
+    if let Some(pin) = opts.pin {
+        let section = yilian_gateway_config::schema::PageSection {
+            pin: Some(pin.to_owned()),
+            ..Default::default()
+        };
+        if let Some(problem) = section.pin_problem() {
+            anyhow::bail!("--pin: {problem}");
+        }
+    }
     let claims = token::peek(token_text).context("reading the enrollment token")?;
     let config = if opts.config_path.exists() {
         Some(GatewayConfig::load(opts.config_path)?)
@@ -142,12 +183,16 @@ async fn enroll(opts: &EnrollOptions<'_>, token_text: &str) -> anyhow::Result<En
             Some(opts.config_path.to_owned())
         }
     };
+    if let Some(pin) = opts.pin {
+        write_file(&identity_dir.join(PIN_FILE), pin, 0o600)?;
+    }
     hand_to_service_user(&identity_dir)?;
     Ok(Enrolled {
         installed,
         identity_dir,
         wrote_config,
         central,
+        pin_set: opts.pin.is_some(),
     })
 }
 
@@ -297,11 +342,13 @@ pub async fn first_boot(config_path: &Path) -> anyhow::Result<()> {
     };
     tracing::info!(bundle = %dir.display(), "enrolling from an offline bundle");
     let token_text = adopt_bundle(&dir, config_path)?;
+    let pin = bundle_pin(&dir);
     let e = enroll(
         &EnrollOptions {
             config_path,
             central: None,
             state_dir: None,
+            pin: pin.as_deref(),
         },
         &token_text,
     )

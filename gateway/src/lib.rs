@@ -99,7 +99,11 @@ impl Running {
 /// Opens the spool (running its recovery), binds the local listeners and
 /// starts the intake adapters and the uplink. Returns once all are bound:
 /// the point at which the service is ready.
-pub async fn start(config: GatewayConfig) -> anyhow::Result<Running> {
+pub async fn start(mut config: GatewayConfig) -> anyhow::Result<Running> {
+    // A PIN given at enrollment, when the configuration sets none.
+    if config.page.pin.is_none() {
+        config.page.pin = enrollment::stored_pin(&config.identity_dir());
+    }
     if config.uplink.central.is_empty() {
         return Err(NotConfigured(format!(
             "this box is not enrolled yet ({} names no central, and {} holds no enrollment): \

@@ -39,6 +39,10 @@ enum Command {
         /// identity and spool go under (default /var/lib/yilian).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// The PIN (4 to 12 digits) that unlocks the actions on the box's
+        /// page, when the configuration sets none.
+        #[arg(long)]
+        pin: Option<String>,
     },
     /// Check a configuration file and exit.
     CheckConfig {
@@ -103,6 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             token,
             bundle,
             state_dir,
+            pin,
         } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -112,51 +117,104 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     config_path: &config,
                     central: central.as_deref(),
                     state_dir: state_dir.as_deref(),
+                    pin: pin.as_deref(),
                 },
                 token.as_deref(),
                 bundle.as_deref(),
             ))?;
-            let clock = GatewayConfig::load(&config)
-                .map(|c| yilian_gateway::clock::Clock::of(&c))
+            let loaded = GatewayConfig::load(&config).ok();
+            let clock = loaded
+                .as_ref()
+                .map(yilian_gateway::clock::Clock::of)
                 .unwrap_or_default();
-            println!(
-                "enrolled as {} at {}; certificate valid until {} (renewed automatically over the link)",
-                e.installed.identity,
-                e.central,
-                clock.format_secs(e.installed.not_after)
+            let lang = yilian_gateway::i18n::cli_language(
+                loaded.map(|c| c.page.language).unwrap_or_default(),
             );
-            println!("identity: {}", e.identity_dir.display());
-            if let Some(c) = e.wrote_config {
+            let c = yilian_gateway::i18n::Catalog::get();
+            println!(
+                "{}",
+                c.t_args(
+                    lang,
+                    "enroll-done",
+                    &[
+                        ("identity", e.installed.identity.as_str().into()),
+                        ("central", e.central.as_str().into()),
+                        ("until", clock.format_secs(e.installed.not_after).into()),
+                    ]
+                )
+            );
+            println!(
+                "{}",
+                c.t_args(
+                    lang,
+                    "enroll-identity",
+                    &[("dir", e.identity_dir.display().to_string().into())]
+                )
+            );
+            if let Some(path) = e.wrote_config {
                 println!(
-                    "configuration written to {} (devices come from central's published configuration)",
-                    c.display()
+                    "{}",
+                    c.t_args(
+                        lang,
+                        "enroll-wrote-config",
+                        &[("path", path.display().to_string().into())]
+                    )
                 );
             }
-            println!("next: systemctl start yilian-gateway");
+            if e.pin_set {
+                println!("{}", c.t(lang, "enroll-pin-set"));
+            }
+            println!("{}", c.t(lang, "enroll-next"));
             Ok(())
         }
         Command::CheckConfig { config, file_only } => {
             let c = GatewayConfig::load(&config)?;
+            let lang = yilian_gateway::i18n::cli_language(c.page.language);
+            let cat = yilian_gateway::i18n::Catalog::get();
             let problems = if file_only {
                 Vec::new()
             } else {
-                yilian_gateway::config::check_environment(&c)
+                yilian_gateway::config::check_environment(&c, lang)
             };
             if !problems.is_empty() {
                 for p in &problems {
-                    eprintln!("{p}");
+                    eprintln!("{}", yilian_gateway::config::describe_problem(p, lang));
                 }
-                anyhow::bail!("{} problem(s) in {}", problems.len(), config.display());
+                anyhow::bail!(
+                    "{}",
+                    cat.t_args(
+                        lang,
+                        "check-problems",
+                        &[
+                            ("count", (problems.len() as i64).into()),
+                            ("path", config.display().to_string().into()),
+                        ]
+                    )
+                );
             }
             let central = if c.uplink.central.is_empty() {
-                "not enrolled yet: central comes from the enrollment token".to_owned()
+                cat.t(lang, "check-not-enrolled")
             } else {
-                format!("central {}", c.uplink.central)
+                cat.t_args(
+                    lang,
+                    "check-central",
+                    &[("central", c.uplink.central.as_str().into())],
+                )
             };
+            let devices =
+                c.folder.len() + c.hl7.len() + c.astm.len() + c.dicom.len() + c.ecg_serial.len();
             println!(
-                "{}: valid ({} folder(s), {central})",
-                config.display(),
-                c.folder.len(),
+                "{}",
+                cat.t_args(
+                    lang,
+                    "check-valid",
+                    &[
+                        ("path", config.display().to_string().into()),
+                        ("devices", (devices as i64).into()),
+                        ("sinks", (c.report_sink.len() as i64).into()),
+                        ("central", central.into()),
+                    ]
+                )
             );
             Ok(())
         }

@@ -198,7 +198,11 @@ fn debian_packages_under_a_real_systemd() {
     let said = m
         .ok(&format!("yilian-gateway enroll --token {token} 2>&1"))
         .expect("enroll");
-    assert!(said.contains("enrolled as anxi/hutou/box-1"), "{said}");
+    // In the technician's language: Chinese by default, English with LANG=en.
+    assert!(
+        said.contains("enrolled as anxi/hutou/box-1") || said.contains("已注册为 anxi/hutou/box-1"),
+        "{said}"
+    );
     let owner = m
         .ok("stat -c '%U %a' /var/lib/yilian/identity /var/lib/yilian/identity/gateway.key")
         .expect("stat");
@@ -382,7 +386,11 @@ fn debian_packages_under_a_real_systemd() {
     let said = fresh
         .ok("sh /media/usb/yilian-bundle/install.sh 2>&1")
         .expect("install from the stick");
-    assert!(said.contains("enrolled as anxi/hutou/box-2"), "{said}");
+    // In the technician's language: Chinese by default, English with LANG=en.
+    assert!(
+        said.contains("enrolled as anxi/hutou/box-2") || said.contains("已注册为 anxi/hutou/box-2"),
+        "{said}"
+    );
     wait_for("the second box up at central", 60, || {
         bench.show("anxi/hutou/box-2")["link_up"] == true
     });

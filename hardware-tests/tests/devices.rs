@@ -57,14 +57,19 @@ async fn configured_devices_are_visible_and_checked_before_they_send() {
             .expect("in the file")
     };
 
-    // check-config names both problems, each with its line.
-    let out = std::process::Command::new(binary("yilian-gateway").expect("bin"))
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .output()
-        .expect("run");
-    let said = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "{said}");
+    // check-config names both problems, each with its line, in English
+    // with LANG=en...
+    let check = |lang: &str| {
+        let out = std::process::Command::new(binary("yilian-gateway").expect("bin"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .env("LANG", lang)
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let said = check("en_US.UTF-8");
     assert!(
         said.contains(&format!("line {}: folder[0].path", line_of("drop/ecg")))
             && said.contains("does not exist"),
@@ -75,6 +80,20 @@ async fn configured_devices_are_visible_and_checked_before_they_send() {
             "line {}: ecg_serial[0].port",
             line_of("usb-cart-1")
         )) && said.contains("plugged in"),
+        "{said}"
+    );
+    // ...and in Chinese, the box's default, for the clinic's technician.
+    let said = check("zh_CN.UTF-8");
+    assert!(
+        said.contains(&format!("第 {} 行：folder[0].path", line_of("drop/ecg")))
+            && said.contains("不存在"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "第 {} 行：ecg_serial[0].port",
+            line_of("usb-cart-1")
+        )) && said.contains("设备插好了吗"),
         "{said}"
     );
 

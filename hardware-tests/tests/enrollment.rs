@@ -73,10 +73,31 @@ fn a_box_with_nothing_but_a_token_enrolls_and_runs_with_devices_from_central() {
             &token,
             "--state-dir",
             s(&state),
+            "--pin",
+            "246810",
         ],
     ));
-    assert!(out.contains("enrolled as anxi/hutou/box-7"), "{out}");
-    assert!(out.contains("configuration written to"), "{out}");
+    // In the technician's language: Chinese by default, English with LANG=en.
+    assert!(
+        out.contains("enrolled as anxi/hutou/box-7") || out.contains("已注册为 anxi/hutou/box-7"),
+        "{out}"
+    );
+    assert!(
+        out.contains("configuration written to") || out.contains("已写入配置文件"),
+        "{out}"
+    );
+    // The page's PIN, given at enrollment, is kept with the identity (the
+    // configuration may be read-only or published), for the service only.
+    let pin = state.join("identity").join("page-pin");
+    assert_eq!(
+        std::fs::read_to_string(&pin).expect("the PIN is kept"),
+        "246810"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&pin).expect("pin").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(out.contains("PIN"), "{out}");
     let written = std::fs::read_to_string(&config).expect("a configuration was written");
     assert!(
         written.contains(&format!("central = \"127.0.0.1:{}\"", bench.quic.port())),

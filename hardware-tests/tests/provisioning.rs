@@ -29,7 +29,11 @@ fn tokens_enroll_once_for_their_box_and_only_at_the_fleets_central() {
     let t1 = bench.token("anxi/hutou/box-1", "72h");
     let b1 = bench.box_dir("box-1", bench.quic, "");
     let out = ok(enroll(&b1, &t1, None));
-    assert!(out.contains("enrolled as anxi/hutou/box-1"), "{out}");
+    // In the technician's language: Chinese by default, English with LANG=en.
+    assert!(
+        out.contains("enrolled as anxi/hutou/box-1") || out.contains("已注册为 anxi/hutou/box-1"),
+        "{out}"
+    );
     let key = std::fs::read_to_string(b1.join("tls/gateway.key")).expect("key");
     assert!(key.contains("PRIVATE KEY"));
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -111,7 +115,11 @@ fn tokens_enroll_once_for_their_box_and_only_at_the_fleets_central() {
         text(&wrong_pin)
     );
     let out = ok(enroll(&b2, &t2, None));
-    assert!(out.contains("enrolled as anxi/hutou/box-2"), "{out}");
+    // In the technician's language: Chinese by default, English with LANG=en.
+    assert!(
+        out.contains("enrolled as anxi/hutou/box-2") || out.contains("已注册为 anxi/hutou/box-2"),
+        "{out}"
+    );
 
     // An offline bundle for a USB stick, with the box's initial
     // configuration: a box with no configuration yet takes both.
@@ -137,7 +145,11 @@ fn tokens_enroll_once_for_their_box_and_only_at_the_fleets_central() {
             s(&stick.join("yilian-bundle")),
         ],
     ));
-    assert!(out.contains("enrolled as anxi/hutou/box-3"), "{out}");
+    // In the technician's language: Chinese by default, English with LANG=en.
+    assert!(
+        out.contains("enrolled as anxi/hutou/box-3") || out.contains("已注册为 anxi/hutou/box-3"),
+        "{out}"
+    );
     assert!(
         b3_config.exists(),
         "the bundle's gateway.toml was installed"

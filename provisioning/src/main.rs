@@ -81,6 +81,10 @@ enum Command {
         package: Option<PathBuf>,
         #[arg(long, default_value = "30days", value_parser = humantime::parse_duration)]
         expires: Duration,
+        /// The PIN (4 to 12 digits) that unlocks the actions on the box's
+        /// page; the box keeps it with its identity at enrollment.
+        #[arg(long)]
+        pin: Option<String>,
     },
     /// Every box central knows.
     Fleet {
@@ -343,8 +347,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             package,
             expires,
+            pin,
         } => {
             // Checked before a token is spent on a stick that cannot work.
+            let page = yilian_gateway_config::schema::PageSection {
+                pin: pin.clone(),
+                ..Default::default()
+            };
+            if let Some(problem) = page.pin_problem() {
+                anyhow::bail!("--pin: {problem}");
+            }
             let package = package
                 .map(|p| -> anyhow::Result<(PathBuf, String)> {
                     let name = p
@@ -375,6 +387,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             std::fs::write(dir.join("ca.pem"), ca)?;
             if let Some(text) = initial {
                 std::fs::write(dir.join("gateway.toml"), text)?;
+            }
+            if let Some(p) = &pin {
+                std::fs::write(dir.join("page-pin"), p)?;
+                std::fs::set_permissions(
+                    dir.join("page-pin"),
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )?;
             }
             if let Some((p, name)) = &package {
                 std::fs::copy(p, dir.join(name))
