@@ -196,3 +196,13 @@ enroll-identity = identity: { $dir }
 enroll-wrote-config = configuration written to { $path } (devices come from central's published configuration)
 enroll-pin-set = the page's PIN is set: actions on the box's page need it
 enroll-next = next: systemctl start yilian-gateway
+
+## What a link failure means (the page, `status`)
+link-why-resolve = The box cannot find central's address: check the clinic's DNS and the address in the configuration.
+link-why-timeout = Central does not answer: is the clinic's internet up? (Try opening a website from the clinic PC.)
+link-why-refused = Central refused this box's session: the box's software may need an update; call the county admin.
+link-why-box = The box's own disk has a problem; call the county admin.
+link-why-certificate = Central does not accept this box's certificate (expired, revoked, or another fleet's): call the county admin.
+link-why-closed = Central closed the connection (restarting, or the box connected twice); it reconnects by itself.
+link-why-network = The network between the box and central failed; it reconnects by itself. If it lasts, check the clinic's internet.
+link-why-revoked = This box was revoked at central; it needs to be enrolled again with a new token.

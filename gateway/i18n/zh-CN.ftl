@@ -196,3 +196,13 @@ enroll-identity = 身份文件：{ $dir }
 enroll-wrote-config = 已写入配置文件 { $path }（设备配置由中心下发）
 enroll-pin-set = 已设置页面 PIN：本机页面上的操作需要输入它
 enroll-next = 下一步：systemctl start yilian-gateway
+
+## 链路故障的含义（页面、`status`）
+link-why-resolve = 本机找不到中心的地址：请检查诊所的 DNS 和配置中的地址。
+link-why-timeout = 中心没有应答：诊所的网络通吗？（可在诊所电脑上打开一个网站试试。）
+link-why-refused = 中心拒绝了本机的会话：本机软件可能需要升级，请联系县里的管理员。
+link-why-box = 本机磁盘有问题，请联系县里的管理员。
+link-why-certificate = 中心不接受本机的证书（过期、已吊销或不属于本网络）：请联系县里的管理员。
+link-why-closed = 中心关闭了连接（正在重启，或本机重复连接）；本机会自动重连。
+link-why-network = 本机与中心之间的网络中断；本机会自动重连。若持续，请检查诊所的网络。
+link-why-revoked = 本机已被中心吊销，需要用新的令牌重新注册。

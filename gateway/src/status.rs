@@ -127,6 +127,14 @@ pub fn render(
             }
             o.push('\n');
             if let Some(e) = l["last_error"].as_str() {
+                // What it means first (a catalogue key the gateway chose),
+                // then the error itself.
+                if let Some(key) = l["last_error_key"]
+                    .as_str()
+                    .filter(|k| k.starts_with("link-why-"))
+                {
+                    let _ = writeln!(o, "          {}", t(key));
+                }
                 let _ = writeln!(
                     o,
                     "          {}",
@@ -368,7 +376,8 @@ mod tests {
         let r = StatusReport {
             link: Some(serde_json::json!({
                 "state": "down", "central": "hub.county.example:4433", "since_ms": 1_000,
-                "identity": "anxi/hutou/box-1", "last_error": "connection lost: timed out"
+                "identity": "anxi/hutou/box-1", "last_error": "connection lost: timed out",
+                "last_error_key": "link-why-timeout"
             })),
             spool,
             recent: Vec::new(),
@@ -413,6 +422,7 @@ mod tests {
             "{zh}"
         );
         assert!(zh.contains("无法送达 1 项"), "{zh}");
+        assert!(zh.contains("中心没有应答：诊所的网络通吗？"), "{zh}");
         assert!(zh.contains("紧急"), "{zh}");
         assert!(
             zh.contains("已从上级医院收到 1 份；his：已送达 0，待送 1，被拒 0"),

@@ -152,8 +152,8 @@ async fn a_connection_flood_leaves_the_lis_and_the_modality_served() {
     let mut calm = lis_round(l.hl7, "CALM", 50).await;
 
     // The flood: 1,100 connections at the metrics port from one machine,
-    // 2,000 idle ones at the HL7 port from another, 100 slow senders
-    // dribbling a byte every half second from a third.
+    // 2,000 idle ones at the HL7 port from another, 1,100 at the box's
+    // page, 100 slow senders dribbling a byte every half second.
     let metrics = hub.gateway.metrics_addr;
     let mut held = Vec::new();
     for _ in 0..1100 {
@@ -163,6 +163,13 @@ async fn a_connection_flood_leaves_the_lis_and_the_modality_served() {
     }
     for _ in 0..2000 {
         if let Ok(s) = connect_from(ip(3), l.hl7).await {
+            held.push(s);
+        }
+    }
+    // The box's page, opened to the clinic LAN, gets 1,100 of its own.
+    let page = hub.gateway.page_addr.expect("the page is served");
+    for _ in 0..1100 {
+        if let Ok(s) = connect_from(ip(8), page).await {
             held.push(s);
         }
     }
@@ -210,6 +217,18 @@ async fn a_connection_flood_leaves_the_lis_and_the_modality_served() {
         .expect("scraped in time")
         .expect("read");
     assert!(body.contains("yilian_spool_backlog_items"), "{body}");
+    // And the technician's browser still gets the page.
+    let mut browser = connect_from(ip(10), page).await.expect("connect");
+    browser
+        .write_all(b"GET / HTTP/1.0\r\nHost: box\r\n\r\n")
+        .await
+        .expect("write");
+    let mut html = String::new();
+    tokio::time::timeout(Duration::from_secs(10), browser.read_to_string(&mut html))
+        .await
+        .expect("the page in time")
+        .expect("read");
+    assert!(html.contains("<html") && html.contains("section"), "{html}");
 
     let (calm50, calm99) = (percentile(&mut calm, 0.5), percentile(&mut calm, 0.99));
     let (flood50, flood99) = (

@@ -252,6 +252,12 @@ async fn a_technician_sees_devices_items_and_faults_in_chinese_and_english() {
         link.contains("原因"),
         "no reason for the link being down: {link}"
     );
+    // What it means, in Chinese, before the error itself: a cut link
+    // times out (or the box sees the network fail).
+    assert!(
+        link.contains("中心没有应答") || link.contains("网络中断"),
+        "the reason in the technician's words: {link}"
+    );
 
     hub.shutdown().await;
 }

@@ -264,11 +264,13 @@ async fn action(
                     &[("rtt", format!("{:.0}", l.rtt_ms.unwrap_or(0.0)).into())],
                 )
             } else {
-                c.t_args(
-                    lang,
-                    "check-link-down",
-                    &[("reason", l.last_error.unwrap_or_default().into())],
-                )
+                let reason = match l.last_error_key {
+                    Some(key) => {
+                        format!("{} ({})", c.t(lang, key), l.last_error.unwrap_or_default())
+                    }
+                    None => l.last_error.unwrap_or_default(),
+                };
+                c.t_args(lang, "check-link-down", &[("reason", reason.into())])
             }
         }
         "check-folder" => match s.config.folder.iter().find(|d| d.name == f.target) {

@@ -244,8 +244,11 @@ fn overview(v: &View, lang: Language, clock: &Clock, now_ms: i64) -> Markup {
                     span class=(link_class) { (link_word) }
                     " " (ta("link-since", &[("since", local(clock, v.link.since_ms).into())]))
                     @if v.link.state != "up" {
+                        @if let Some(key) = v.link.last_error_key {
+                            br; span class="advice" { (t(key)) }
+                        }
                         @if let Some(e) = &v.link.last_error {
-                            br; span class="advice" { (ta("link-why", &[("reason", e.as_str().into())])) }
+                            br; small { (ta("link-why", &[("reason", e.as_str().into())])) }
                         }
                     }
                 }

@@ -46,6 +46,9 @@ pub struct LinkStatus {
     pub since_ms: i64,
     pub identity: Option<String>,
     pub last_error: Option<String>,
+    /// What the last error means for a person: a catalogue key
+    /// (`link-why-…`) saying what to check.
+    pub last_error_key: Option<&'static str>,
     pub rtt_ms: Option<f64>,
     /// This box's clock minus central's, from the last heartbeat answered.
     pub clock_offset_ms: Option<i64>,
@@ -59,6 +62,7 @@ impl LinkStatus {
             since_ms: crate::now_ms(),
             identity: None,
             last_error: None,
+            last_error_key: None,
             rtt_ms: None,
             clock_offset_ms: None,
         }
@@ -197,6 +201,7 @@ impl Running {
                     }
                     s.state = "revoked";
                     s.last_error = Some(r.notice.clone());
+                    s.last_error_key = Some("link-why-revoked");
                     s.rtt_ms = None;
                 });
                 tokio::select! {
@@ -223,6 +228,7 @@ impl Running {
                 Ok(()) => return,
                 Err(e) => {
                     let msg = e.to_string();
+                    let key = why_key(&e);
                     tracing::warn!(central = %self.config.central, error = %msg, "link to central down");
                     self.status.send_modify(|s| {
                         if s.state != "down" {
@@ -230,6 +236,7 @@ impl Running {
                         }
                         s.state = "down";
                         s.last_error = Some(msg);
+                        s.last_error_key = Some(key);
                         s.rtt_ms = None;
                     });
                 }
@@ -316,6 +323,7 @@ impl Running {
             s.since_ms = crate::now_ms();
             s.identity = Some(identity.clone());
             s.last_error = None;
+            s.last_error_key = None;
         });
         spawn_renewal(conn.clone(), self.tls.clone(), self.metrics.clone());
         tokio::spawn(self.downlink.clone().serve(conn.clone()));
@@ -485,6 +493,43 @@ impl Running {
                 }
             }
         }
+    }
+}
+
+/// What a link failure means for the technician (a catalogue key): the
+/// clinic's internet, central, or this box's certificate.
+fn why_key(e: &UplinkError) -> &'static str {
+    use quinn::ConnectionError as C;
+    match e {
+        UplinkError::Resolve(..) => "link-why-resolve",
+        UplinkError::HelloTimeout(_) => "link-why-timeout",
+        UplinkError::Goodbye(_) => "link-why-refused",
+        UplinkError::Spool(_) => "link-why-box",
+        other => match connection_error(other) {
+            Some(C::TimedOut) => "link-why-timeout",
+            Some(C::TransportError(t)) if t.to_string().contains("certificate") => {
+                "link-why-certificate"
+            }
+            Some(C::ConnectionClosed(c))
+                if c.reason.to_ascii_lowercase().starts_with(b"certificate") =>
+            {
+                "link-why-certificate"
+            }
+            Some(C::ApplicationClosed(_) | C::ConnectionClosed(_) | C::Reset) => "link-why-closed",
+            Some(_) => "link-why-network",
+            None => match other {
+                UplinkError::Link(LinkError::Socket(_) | LinkError::Connect(_)) => {
+                    "link-why-network"
+                }
+                UplinkError::Link(
+                    LinkError::File { .. }
+                    | LinkError::Pem { .. }
+                    | LinkError::Tls(_)
+                    | LinkError::Verifier(_),
+                ) => "link-why-certificate",
+                _ => "link-why-network",
+            },
+        },
     }
 }
 
