@@ -206,3 +206,10 @@ link-why-certificate = Central does not accept this box's certificate (expired, 
 link-why-closed = Central closed the connection (restarting, or the box connected twice); it reconnects by itself.
 link-why-network = The network between the box and central failed; it reconnects by itself. If it lasts, check the clinic's internet.
 link-why-revoked = This box was revoked at central; it needs to be enrolled again with a new token.
+
+## Why a C-ECHO failed (what to check)
+echo-why-unreachable = the box cannot reach it ({ $detail }): is the modality on and on the network, and are its address and port right?
+echo-why-rejected = it refused the box ({ $detail }): the box's AE title must be in the modality's list of destinations
+echo-why-no-verification = it does not offer verification (C-ECHO); try sending an image instead
+echo-why-broken = the connection broke during the check ({ $detail })
+echo-why-status = it answered with an error status ({ $detail })

@@ -206,3 +206,10 @@ link-why-certificate = 中心不接受本机的证书（过期、已吊销或不
 link-why-closed = 中心关闭了连接（正在重启，或本机重复连接）；本机会自动重连。
 link-why-network = 本机与中心之间的网络中断；本机会自动重连。若持续，请检查诊所的网络。
 link-why-revoked = 本机已被中心吊销，需要用新的令牌重新注册。
+
+## C-ECHO 失败的原因（检查什么）
+echo-why-unreachable = 本机连不上它（{ $detail }）：设备开机并接入网络了吗？地址和端口对吗？
+echo-why-rejected = 它拒绝了本机（{ $detail }）：需要在设备的发送目标里添加本机的 AE 名称
+echo-why-no-verification = 它不支持连通性测试（C-ECHO）；可以改为发送一幅图像试试
+echo-why-broken = 测试过程中连接中断（{ $detail }）
+echo-why-status = 它返回了错误状态（{ $detail }）

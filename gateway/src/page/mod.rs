@@ -326,11 +326,14 @@ async fn action(
                                 ("ms", format!("{}", rtt.as_millis()).into()),
                             ],
                         ),
-                        Err(e) => c.t_args(
-                            lang,
-                            "echo-failed",
-                            &[("ae", ae.to_owned().into()), ("error", e.into())],
-                        ),
+                        Err((key, detail)) => {
+                            let why = c.t_args(lang, key, &[("detail", detail.into())]);
+                            c.t_args(
+                                lang,
+                                "echo-failed",
+                                &[("ae", ae.to_owned().into()), ("error", why.into())],
+                            )
+                        }
                     }
                 }
             }
