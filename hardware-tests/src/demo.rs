@@ -94,12 +94,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     };
     let central_toml = dir.join("central.toml");
     let ecg_import = dir.join("ecg-import");
+    // The reading system exports its reports as files into this folder;
+    // the box files them into the clinic's report folder.
+    let report_import = dir.join("report-import");
+    let clinic_reports = dir.join("clinic-reports");
     std::fs::write(
         &central_toml,
         format!(
-            "{}\n[ecg]\ndirectory = {:?}\n",
+            "{}\n[ecg]\ndirectory = {:?}\n\n[reports]\nimport_dir = {:?}\n",
             central_setup.toml(),
-            ecg_import.display().to_string()
+            ecg_import.display().to_string(),
+            report_import.display().to_string()
         ),
     )?;
     let central = yilian_central::start(CentralConfig::load(&central_toml)?).await?;
@@ -126,13 +131,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         // The box's page where a technician would open it (any free port
         // if 8080 is taken).
         extra: format!(
-            "\n[page]\nlisten = \"{}\"\n\n[[folder]]\nname = \"ecg\"\npath = {:?}\nprofile = \"ecg\"\nsettle = \"1s\"\n",
+            "\n[page]\nlisten = \"{}\"\n\n[[folder]]\nname = \"ecg\"\npath = {:?}\nprofile = \"ecg\"\nsettle = \"1s\"\n\
+             \n[[report_sink]]\nname = \"clinic-reports\"\ntype = \"folder\"\ndir = {:?}\n",
             if std::net::TcpListener::bind("127.0.0.1:8080").is_ok() {
                 "127.0.0.1:8080"
             } else {
                 "127.0.0.1:0"
             },
-            drop_root.join("ecg").display().to_string()
+            drop_root.join("ecg").display().to_string(),
+            clinic_reports.display().to_string()
         ),
     };
     let gateway_toml = dir.join("gateway.toml");
@@ -170,6 +177,46 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         samples.len(),
         started.elapsed().as_secs_f64()
     );
+    // The county hospital reads the ECG: its reading system exports the
+    // report under the ECG's name, and the report comes back down to the
+    // clinic's folder.
+    let mut exported: Vec<String> = std::fs::read_dir(&ecg_import)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".scp"))
+        .collect();
+    exported.sort();
+    let ecg_file = exported
+        .first()
+        .context("the ECG is not in the reading system's import directory")?;
+    let stem = ecg_file.trim_end_matches(".scp");
+    let read_at = Instant::now();
+    std::fs::create_dir_all(&report_import)?;
+    std::fs::write(
+        report_import.join(format!("{stem}.pdf")),
+        crate::printer::simple_pdf(&["ECG report", "Sinus rhythm. Normal ECG."]),
+    )?;
+    println!("\nThe hospital's ECG report, exported as {stem}.pdf, going back to the clinic:");
+    let back = loop {
+        anyhow::ensure!(
+            read_at.elapsed() < Duration::from_secs(60),
+            "the report did not reach the clinic's folder; see the log above"
+        );
+        let found = std::fs::read_dir(&clinic_reports).ok().and_then(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .find(|n| n.ends_with(".pdf"))
+        });
+        if let Some(f) = found {
+            break f;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!(
+        "  in the clinic's folder after {:.1} s: {}",
+        read_at.elapsed().as_secs_f64(),
+        clinic_reports.join(&back).display()
+    );
     if opts.exit {
         // Everything below would name servers that stop now.
         gateway.shutdown().await;
@@ -199,6 +246,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         "Items:    {} items --config {} --json",
         bin("yilian-central"),
         central_toml.display()
+    );
+    println!(
+        "Reports:  {} reports --config {}   (the clinic's copies: {})",
+        bin("yilian-central"),
+        central_toml.display(),
+        clinic_reports.display()
     );
 
     println!(

@@ -78,7 +78,14 @@ fn field(s: &str) -> String {
 /// Wraps a document as an MDM^T02 (TXA, then an ED OBX), keyed by the
 /// file's name; returns the message.
 pub fn wrap(stem: &str, subtype: &str, bytes: &[u8], modified: SystemTime) -> String {
-    let sha = hex::encode(Sha256::digest(bytes));
+    // The name and the bytes: the same file taken twice is one report,
+    // while two reports that happen to be byte-identical (a template
+    // "normal ECG" page) under two names stay two.
+    let mut h = Sha256::new();
+    h.update(stem.as_bytes());
+    h.update(b"\n");
+    h.update(bytes);
+    let sha = hex::encode(h.finalize());
     let control = format!("F{}", &sha[..19]);
     let parts: Vec<&str> = stem.split('_').collect();
     let patient = parts.get(1).copied().unwrap_or("");
@@ -259,15 +266,20 @@ mod tests {
         assert_eq!(r.pdf.as_deref(), Some(&b"%PDF-1.4 x"[..]));
         assert_eq!(r.keys.patient_id, "P1");
         assert_eq!(r.keys.filler, stem);
-        // The same bytes give the same control id: one report.
-        assert_eq!(
-            r.control_id,
+        // The same file gives the same control id: one report; the same
+        // bytes under another name are another report.
+        let again = |stem: &str| {
             read_report(
                 &Message::parse(&wrap(stem, "pdf", b"%PDF-1.4 x", SystemTime::now()))
-                    .expect("parses")
+                    .expect("parses"),
             )
             .expect("a report")
             .control_id
+        };
+        assert_eq!(r.control_id, again(stem));
+        assert_ne!(
+            r.control_id,
+            again("20261203101500_P2_lingshan-xiacun_0193a1b2c3d5")
         );
     }
 }
