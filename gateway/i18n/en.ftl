@@ -82,7 +82,7 @@ delivery-dead = not deliverable
 quarantined = quarantined for review: { $reason }
 
 section-diagnostics = Diagnostics
-diag-no-pin = Set pin in [page] of the configuration to run diagnostics here.
+diag-no-pin = Set a PIN (pin in [page] of the configuration, or `yilian-gateway enroll --pin`) to run diagnostics here.
 diag-pin = PIN
 diag-login = Log in
 diag-logout = Log out
@@ -165,7 +165,7 @@ section-reports = Reports from the hospital
 reports-none = No report has come back yet.
 reports-no-sink = No report sink is configured: reports are kept on this box but go nowhere at the clinic. Add a [[report_sink]] (folder, printer or HIS).
 col-report = Report
-col-where = Delivered to
+col-delivered-to = Delivered to
 report-urgent-word = CRITICAL/STAT
 
 ## Why a report did not reach a sink (what to do)

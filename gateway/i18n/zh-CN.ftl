@@ -82,7 +82,7 @@ delivery-dead = 无法送达
 quarantined = 已隔离待审核：{ $reason }
 
 section-diagnostics = 诊断
-diag-no-pin = 在配置的 [page] 中设置 pin 后，可以在这里做诊断。
+diag-no-pin = 设置 PIN（在配置的 [page] 中设置 pin，或注册时用 `yilian-gateway enroll --pin`）后，可以在这里做诊断。
 diag-pin = PIN
 diag-login = 登录
 diag-logout = 退出
@@ -165,7 +165,7 @@ section-reports = 上级医院回传的报告
 reports-none = 还没有收到回传的报告。
 reports-no-sink = 没有配置报告去向：报告保存在本机，但不会送到诊所的电脑、打印机或 HIS。请添加 [[report_sink]]（文件夹、打印机或 HIS）。
 col-report = 报告
-col-where = 送达
+col-delivered-to = 送达
 report-urgent-word = 危急值/急诊
 
 ## 报告未能送达的原因（以及怎么办）

@@ -101,6 +101,14 @@ mod tests {
     #[test]
     fn both_catalogues_parse_and_say_the_same_things() {
         assert_eq!(ids(ZH_CN), ids(EN));
+        // A message defined twice shows only one of its texts, wherever
+        // it is used.
+        for catalogue in [ZH_CN, EN] {
+            let mut v = ids(catalogue);
+            let n = v.len();
+            v.dedup();
+            assert_eq!(v.len(), n, "a message id is defined twice");
+        }
     }
 
     #[test]

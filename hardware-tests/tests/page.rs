@@ -138,6 +138,7 @@ async fn a_technician_sees_devices_items_and_faults_in_chinese_and_english() {
     let dir = tempfile::tempdir().expect("tempdir");
     let hl7 = free_tcp_port().expect("port");
     let page = free_tcp_port().expect("port");
+    let reports = free_tcp_port().expect("port");
     let cable =
         Cable::plug(&dir.path().join("ttyCART"), &dir.path().join("ttyDEVICE")).expect("socat");
     let hub = Hub::start_with(
@@ -146,9 +147,12 @@ async fn a_technician_sees_devices_items_and_faults_in_chinese_and_english() {
             gateway: "anxi/hutou/box-1",
             gateway_extra: format!(
                 "\n[page]\nlisten = \"{page}\"\n\n[[hl7]]\nname = \"lab-lis\"\nlisten = \"{hl7}\"\n\n\
-                 [[ecg_serial]]\nname = \"ecg-cart\"\nport = {:?}\nprotocol = \"raw\"\n",
-                cable.gateway_end.display().to_string()
+                 [[ecg_serial]]\nname = \"ecg-cart\"\nport = {:?}\nprotocol = \"raw\"\n\n\
+                 [[report_sink]]\nname = \"reports-folder\"\ntype = \"folder\"\ndir = {:?}\n",
+                cable.gateway_end.display().to_string(),
+                dir.path().join("clinic-reports").display().to_string()
             ),
+            central_extra: format!("[reports]\nhl7_listen = \"{reports}\"\n"),
             relay: Some(None),
             // A cut link is noticed within seconds, as on a real line.
             idle_timeout_ms: Some(3000),
@@ -212,6 +216,32 @@ async fn a_technician_sees_devices_items_and_faults_in_chinese_and_english() {
         "{lis_en}"
     );
     assert!(english.contains("delivered") && english.contains("Recently received"));
+
+    // The county's lab reports back on that patient: the page lists the
+    // report, masked, and where it was filed.
+    let report = "MSH|^~\\&|LIS|COUNTY_HOSP|YILIAN|HUB|20261203103000||ORU^R01|PAGEREP1|P|2.5\r\
+                  PID|1||MZ261100000017^^^HUTOU||王^小明\r\
+                  OBR|1|||GLU^血糖复查|||20261203102000|||||||||||||||20261203102900|||F\r\
+                  OBX|1|TX|GLU^血糖||空腹血糖 5.6 mmol/L，正常。||||||F\r";
+    let ack = tokio::task::spawn_blocking(move || mllp_send(reports, report))
+        .await
+        .expect("join");
+    assert!(ack.contains("MSA|AA|PAGEREP1"), "{ack}");
+    let dom = wait_page(&zh, "the report on the page", |d| {
+        d.contains("data-report=") && d.contains("已送达")
+    })
+    .await;
+    let section = dom
+        .split("id=\"reports\"")
+        .nth(1)
+        .and_then(|s| s.split("</section>").next())
+        .unwrap_or_default();
+    assert!(
+        section.contains("血糖复查")
+            && section.contains("正式报告")
+            && section.contains("MZ2611****17"),
+        "{section}"
+    );
 
     if let Ok(out) = std::env::var("YILIAN_SCREENSHOTS") {
         let out = Path::new(&out);

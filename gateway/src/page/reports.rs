@@ -35,7 +35,7 @@ pub fn section(v: &View, lang: Language, clock: &Clock) -> Markup {
             } @else {
                 table {
                     thead { tr {
-                        th { (t("col-received")) } th { (t("col-report")) } th { (t("col-patient")) } th { (t("col-where")) }
+                        th { (t("col-received")) } th { (t("col-report")) } th { (t("col-patient")) } th { (t("col-delivered-to")) }
                     } }
                     tbody {
                         @for r in &v.reports {
