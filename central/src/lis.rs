@@ -40,6 +40,15 @@ impl Destination for LisDelivery {
         let mut conn = self.conn.take();
         let v = self.send(row, &mut conn).await;
         self.conn = conn;
+        // The clinic's sender asked for the LIS's answer: it goes down to
+        // the box before the delivery counts as done, or the delivery is
+        // made again (the LIS de-duplicates on MSH-10) so the answer is
+        // never lost.
+        if let Err(e) = self.pass_answer_back(row, &v).await {
+            tracing::error!(upload = %row.upload_id, error = %e,
+                "cannot queue the LIS's answer for the clinic's sender; the delivery is made again");
+            return Verdict::Retry(format!("queueing the application ACK: {e}"));
+        }
         v
     }
 }
@@ -187,6 +196,96 @@ impl LisDelivery {
             }
         }
     }
+}
+
+impl LisDelivery {
+    /// Queues the application ACK (MSH-16 AL, ER or SU) for the sender of
+    /// an HL7 item, built from the LIS's answer.
+    async fn pass_answer_back(&self, row: &OutboxRow, verdict: &Verdict) -> Result<(), String> {
+        let meta = |k: &str| row.metadata.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        let mode = meta("app_ack");
+        let (code, reason) = match verdict {
+            Verdict::Delivered => ("AA", None),
+            Verdict::Park(why) => ("AE", Some(why.as_str())),
+            Verdict::Retry(_) => return Ok(()),
+        };
+        let wanted = match mode {
+            "AL" => true,
+            "ER" => code != "AA",
+            "SU" => code == "AA",
+            _ => false,
+        };
+        if !wanted {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let sha = row.sha256.clone();
+        let original = tokio::task::spawn_blocking(move || store.read_blob(&sha))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let ack = application_ack(&original, code, reason, &row.upload_id)
+            .ok_or("the item is no longer a readable HL7 message")?;
+        let extra: std::collections::BTreeMap<String, String> =
+            ["app_ack", "control_id", "peer_address", "listener"]
+                .iter()
+                .map(|k| ((*k).to_owned(), meta(k).to_owned()))
+                .collect();
+        let (store, gateway, upload) = (
+            self.store.clone(),
+            row.gateway.clone(),
+            row.upload_id.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            store.ack_event_commit(&gateway, &upload, &ack, &extra)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        tracing::info!(upload = %row.upload_id, code, "the LIS's answer queued for the clinic's sender");
+        Ok(())
+    }
+}
+
+/// An application ACK to the sender of `original`, as the LIS answered
+/// (`AA`, or `AE` with the LIS's reason in ERR and MSA-3); in the
+/// original's charset, its control id derived from the item.
+pub fn application_ack(
+    original: &[u8],
+    code: &str,
+    reason: Option<&str>,
+    upload_id: &str,
+) -> Option<Vec<u8>> {
+    let d = decode(original, None);
+    let m = Message::parse(&d.text).ok()?;
+    let clean = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !matches!(c, '|' | '^' | '~' | '\\' | '&' | '\r' | '\n'))
+            .take(200)
+            .collect()
+    };
+    let ts: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let (_, trigger, _) = m.message_type();
+    let control = format!("YLA{}", &upload_id[..upload_id.len().min(17)]);
+    let mut text = format!(
+        "MSH|^~\\&|{}|{}|{}|{}|{ts}||ACK^{trigger}^ACK|{control}|P|{}\rMSA|{code}|{}",
+        m.get("MSH", 5, 1),
+        m.get("MSH", 6, 1),
+        m.get("MSH", 3, 1),
+        m.get("MSH", 4, 1),
+        m.version(),
+        m.control_id()
+    );
+    if let Some(r) = reason {
+        let r = clean(r);
+        text.push_str(&format!("|{r}\rERR||||E||||{r}"));
+    }
+    text.push('\r');
+    Some(yilian_codecs::hl7::encode(&text, d.charset))
 }
 
 /// Sends one framed message and reads one framed answer.

@@ -213,3 +213,8 @@ echo-why-rejected = it refused the box ({ $detail }): the box's AE title must be
 echo-why-no-verification = it does not offer verification (C-ECHO); try sending an image instead
 echo-why-broken = the connection broke during the check ({ $detail })
 echo-why-status = it answered with an error status ({ $detail })
+
+## Application ACKs to the clinic's HL7 senders
+why-ack-no-address = this sender asked for the LIS's answer, but no app_ack_address is configured for it ({ $detail }): add one to its [[hl7.peer]]
+why-ack-unreachable = the sender does not take the LIS's answer now ({ $detail }); it is sent again
+why-ack-refused = the sender refused the LIS's answer ({ $detail })

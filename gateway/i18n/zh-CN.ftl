@@ -213,3 +213,8 @@ echo-why-rejected = 它拒绝了本机（{ $detail }）：需要在设备的发�
 echo-why-no-verification = 它不支持连通性测试（C-ECHO）；可以改为发送一幅图像试试
 echo-why-broken = 测试过程中连接中断（{ $detail }）
 echo-why-status = 它返回了错误状态（{ $detail }）
+
+## 回给诊所 HL7 发送方的应用确认
+why-ack-no-address = 该发送方要求收到检验系统的应答，但没有为它配置 app_ack_address（{ $detail }）：请在它的 [[hl7.peer]] 中添加
+why-ack-unreachable = 发送方暂时不能接收检验系统的应答（{ $detail }）；会自动重发
+why-ack-refused = 发送方拒收了检验系统的应答（{ $detail }）

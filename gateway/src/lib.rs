@@ -190,6 +190,7 @@ pub async fn start(mut config: GatewayConfig) -> anyhow::Result<Running> {
     let arrived = Arc::new(Notify::new());
     reports::sinks::spawn_all(
         &config.report_sink,
+        &config.hl7,
         &reports,
         &metrics,
         &arrived,

@@ -28,6 +28,7 @@ struct His {
 impl His {
     fn start(dir: &Path, refuse: &[&str]) -> Self {
         let addr = free_tcp_port().expect("port");
+        std::fs::create_dir_all(dir).expect("mkdir");
         let log = dir.join("his.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/his_server.py");
         let mut cmd = Command::new("python3");
@@ -804,5 +805,83 @@ async fn an_exported_ecg_report_finds_its_clinic_by_file_name() {
         },
     )
     .await;
+    hub.shutdown().await;
+}
+
+/// The LIS's answer back to the clinic's sender: a clinic LIS sends two
+/// results asking for application ACKs (MSH-15/16 AL/AL) and gets CA from
+/// the box at once; the hospital LIS (python `hl7`'s MLLP server) takes
+/// one and refuses the other with AE; each answer comes back down and
+/// reaches the sender's own MLLP listener (`app_ack_address`) as AA and
+/// AE with the LIS's reason, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_hospital_lis_answer_reaches_the_clinic_sender() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lis = His::start(&dir.path().join("lis"), &["CLINBAD1"]);
+    let sender_acks = His::start(&dir.path().join("sender"), &[]);
+    let lab = free_tcp_port().expect("port");
+    let hub = Hub::start_with(
+        dir.path(),
+        HubSpec {
+            central_extra: format!(
+                "[lis]\naddress = \"{}\"\nack_timeout = \"5s\"\nretry_base = \"1s\"\n",
+                lis.addr
+            ),
+            gateway_extra: format!(
+                "\n[[hl7]]\nname = \"clinic-lis\"\nlisten = \"{lab}\"\n\n[[hl7.peer]]\naddress = \"127.0.0.1\"\napp_ack_address = \"{}\"\n",
+                sender_acks.addr
+            ),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+    let result = |control: &str| {
+        format!(
+            "MSH|^~\\&|CLINLIS|XIACUN|LIS|COUNTY|20261203101500||ORU^R01^ORU_R01|{control}|P|2.5.1|||AL|AL\r\
+             PID|1||P{control}||Wang^Fang\r\
+             OBR|1||S{control}|GLU^Glucose^L\r\
+             OBX|1|NM|GLU^Glucose^L||5.4|mmol/L|3.9-6.1|N|||F\r"
+        )
+    };
+    for control in ["CLINOK1", "CLINBAD1"] {
+        let ack = mllp_send(dir.path(), lab, &result(control));
+        assert!(
+            ack.contains(&format!("MSA|CA|{control}")),
+            "commit accept at once: {ack}"
+        );
+    }
+    let texts = || -> Vec<String> {
+        std::fs::read_to_string(&sender_acks.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["text"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let got = wait_for(
+        "both answers at the sender",
+        Duration::from_secs(60),
+        || {
+            let t = texts();
+            (t.len() >= 2).then_some(t)
+        },
+    )
+    .await;
+    let find = |id: &str| {
+        got.iter()
+            .find(|t| t.contains(&format!("|{id}")))
+            .unwrap_or_else(|| panic!("no answer for {id}: {got:?}"))
+            .clone()
+    };
+    assert!(find("CLINOK1").contains("MSA|AA|CLINOK1"), "{got:?}");
+    let refused = find("CLINBAD1");
+    assert!(
+        refused.contains("MSA|AE|CLINBAD1") && refused.contains("ERR"),
+        "{refused}"
+    );
+    // Once each.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(texts().len(), 2, "{:?}", texts());
     hub.shutdown().await;
 }

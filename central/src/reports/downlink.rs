@@ -65,6 +65,12 @@ fn metadata(r: &ReportRow) -> BTreeMap<String, String> {
     if r.urgent {
         put("urgent", "1");
     }
+    if r.kind == "ack" {
+        m.insert("format".into(), "ack".into());
+    }
+    for (k, v) in &r.extra {
+        m.entry(k.clone()).or_insert_with(|| v.clone());
+    }
     m
 }
 

@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS reports(
     matched_by TEXT,
     unmatched_reason TEXT,
     replaces TEXT,
+    -- What the box needs besides the message (an application ACK's
+    -- sender), as JSON.
+    extra TEXT NOT NULL DEFAULT '{}',
     UNIQUE(source, control_id)
 );
 CREATE INDEX IF NOT EXISTS reports_unmatched ON reports(gateway) WHERE gateway IS NULL;
@@ -116,6 +119,8 @@ pub struct ReportRow {
     pub at_box_ms: Option<i64>,
     /// `sink: outcome` for each receipt from the clinic.
     pub receipts: Vec<String>,
+    /// Sent to the box with the report (an application ACK's sender).
+    pub extra: BTreeMap<String, String>,
 }
 
 /// One report waiting for its box.
@@ -169,7 +174,8 @@ const ROW_COLUMNS: &str = "r.id, r.source, r.control_id, r.message_type, r.kind,
      r.patient_id, r.title, r.sha256, r.size, r.received_ms, r.acquired_ms, r.gateway, r.matched_by, \
      r.unmatched_reason, r.replaces, \
      (SELECT MAX(d.at_box_ms) FROM report_downlink d WHERE d.report_id = r.id), \
-     (SELECT group_concat(t.sink || ': ' || t.outcome, ', ') FROM report_receipts t WHERE t.report_id = r.id)";
+     (SELECT group_concat(t.sink || ': ' || t.outcome, ', ') FROM report_receipts t WHERE t.report_id = r.id), \
+     r.extra";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
     let received_ms: i64 = r.get(13)?;
@@ -199,6 +205,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
         receipts: receipts
             .map(|s| s.split(", ").map(str::to_owned).collect())
             .unwrap_or_default(),
+        extra: serde_json::from_str(&r.get::<_, String>(21)?).unwrap_or_default(),
     })
 }
 
@@ -432,6 +439,42 @@ impl Store {
         Ok(Stored::new(format!("report:{id}"), row))
     }
 
+    /// Queues an application ACK for the clinic's sender of an item (the
+    /// LIS's answer to a result the sender asked to hear about, MSH-16),
+    /// as a downlink entry to the item's box; the same item's answer is
+    /// queued once.
+    pub fn ack_event_commit(
+        &self,
+        gateway: &str,
+        upload_id: &str,
+        message: &[u8],
+        extra: &BTreeMap<String, String>,
+    ) -> Result<Stored<()>, StoreError> {
+        let source = "ACK^CENTRAL";
+        let control = format!("A{upload_id}");
+        let id = report_id(source, &control);
+        let sha = hex::encode(Sha256::digest(message));
+        self.put_blob(&sha, message)?;
+        let now = now_ms();
+        let extra = serde_json::to_string(extra).unwrap_or_else(|_| "{}".into());
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let inserted = tx.execute(
+            "INSERT OR IGNORE INTO reports(id, source, control_id, message_type, kind, status, urgent, accession, placer, filler, \
+               study_uid, patient_id, title, sha256, size, received_ms, gateway, matched_by, extra) \
+             VALUES (?1, ?2, ?3, 'ACK', 'ack', 'F', 0, '', '', '', '', '', 'application ACK', ?4, ?5, ?6, ?7, 'item', ?8)",
+            params![id, source, control, sha, message.len() as i64, now, gateway, extra],
+        )?;
+        if inserted > 0 {
+            tx.execute(
+                "INSERT OR IGNORE INTO report_downlink(report_id, gateway, urgent, created_ms) VALUES (?1, ?2, 0, ?3)",
+                params![id, gateway, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Stored::new(format!("ack:{id}"), ()))
+    }
+
     /// Writes a blob by its hash, durably, unless it is there already.
     fn put_blob(&self, sha: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let path = self.blob_path(sha);
@@ -518,7 +561,7 @@ impl Store {
         let rows = stmt.query_map(params![gateway, now_ms(), limit as i64], |r| {
             Ok(DownlinkRow {
                 report: row(r)?,
-                attempts: r.get::<_, i64>(21)? as u32,
+                attempts: r.get::<_, i64>(22)? as u32,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -589,7 +632,8 @@ impl Store {
             ],
         )?;
         tx.commit()?;
-        if inserted == 0 || delivered_before || receipt.outcome != "delivered" {
+        // An application ACK is not a report: no turnaround.
+        if inserted == 0 || delivered_before || receipt.outcome != "delivered" || kind == "ack" {
             return Ok(None);
         }
         Ok(Some(Turnaround {

@@ -104,6 +104,10 @@ pub struct Hl7Peer {
     pub force_ack: bool,
     #[serde(default, deserialize_with = "de_opt_lane")]
     pub lane: Option<Lane>,
+    /// `host:port` where this sender takes application ACKs (MSH-16 AL,
+    /// ER or SU): the hospital LIS's answer to each of its results, sent
+    /// when it comes back down from central.
+    pub app_ack_address: Option<String>,
 }
 
 /// How an analyzer is connected.

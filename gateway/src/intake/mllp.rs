@@ -232,7 +232,7 @@ impl MllpListener {
                 text: format!("unsupported version {}", message.version()),
                 severity: 'E',
             }),
-            Ok(()) => self.store(bytes, &message, &decoded, settings).await,
+            Ok(()) => self.store(bytes, &message, &decoded, settings, peer).await,
         };
         let verdict = match &outcome {
             Outcome::Stored(proof) => Verdict::Stored(proof),
@@ -266,6 +266,7 @@ impl MllpListener {
         m: &Message,
         decoded: &yilian_codecs::hl7::Decoded,
         settings: Option<&Hl7Peer>,
+        peer: &SocketAddr,
     ) -> Outcome {
         let (code, trigger, _) = m.message_type();
         let lane = if self.config.urgent_on_critical && has_critical_result(m) {
@@ -300,6 +301,15 @@ impl MllpListener {
             .find(|v| !v.trim().is_empty());
         if let Some(p) = placer {
             metadata.insert("placer_order".to_owned(), p.trim().to_owned());
+        }
+        // A sender asking for the receiving application's answer (MSH-16):
+        // central sends the LIS's back down, and this box passes it on.
+        let app_ack = m.get("MSH", 16, 1);
+        if matches!(app_ack, "AL" | "ER" | "SU") {
+            metadata.insert("app_ack".to_owned(), app_ack.to_owned());
+            metadata.insert("control_id".to_owned(), m.control_id().to_owned());
+            metadata.insert("peer_address".to_owned(), peer.ip().to_string());
+            metadata.insert("listener".to_owned(), self.config.name.clone());
         }
         let mut item = self.intake.item(lane, yilian_protocol::ItemKind::Hl7);
         item.metadata = metadata;

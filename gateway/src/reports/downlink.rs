@@ -147,12 +147,18 @@ impl Downlink {
                             .get("report_kind")
                             .cloned()
                             .unwrap_or_default();
-                        let sinks: Vec<String> = self
-                            .sinks
-                            .iter()
-                            .filter(|s| s.takes(&kind))
-                            .map(|s| s.name.clone())
-                            .collect();
+                        // An application ACK goes to the sender it answers;
+                        // a report to every sink that takes its kind.
+                        let sinks: Vec<String> =
+                            if offer.metadata.get("format").map(String::as_str) == Some("ack") {
+                                vec![crate::reports::sinks::app_ack::SINK.to_owned()]
+                            } else {
+                                self.sinks
+                                    .iter()
+                                    .filter(|s| s.takes(&kind))
+                                    .map(|s| s.name.clone())
+                                    .collect()
+                            };
                         let store = self.store.clone();
                         let o = offer.clone();
                         let r = tokio::task::spawn_blocking(move || store.commit(&o, &sinks)).await;

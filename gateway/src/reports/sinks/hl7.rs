@@ -53,7 +53,7 @@ impl HisSink {
 }
 
 /// Sends one framed message and reads one framed answer.
-async fn exchange(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<Vec<u8>> {
+pub(super) async fn exchange(stream: &mut TcpStream, message: &[u8]) -> std::io::Result<Vec<u8>> {
     stream.write_all(&mllp::encode(message)).await?;
     let mut dec = MllpDecoder::new(1024 * 1024);
     let mut buf = vec![0u8; 16 * 1024];

@@ -6,8 +6,10 @@
 //!
 //! - [`folder`] — PDF or text, and a JSON sidecar, for the clinic's PC;
 //! - [`printer`] — paper through CUPS;
-//! - [`hl7`] — the clinic's HIS over MLLP.
+//! - [`hl7`] — the clinic's HIS over MLLP;
+//! - [`app_ack`] — the hospital LIS's answers to the clinic's HL7 senders.
 
+pub mod app_ack;
 pub mod folder;
 pub mod hl7;
 pub mod printer;
@@ -89,8 +91,10 @@ fn read(bytes: &[u8]) -> Result<Report, String> {
 }
 
 /// Starts the loop of every configured sink.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_all(
     sinks: &[ReportSinkSection],
+    hl7: &[yilian_gateway_config::schema::Hl7Section],
     store: &ReportStore,
     metrics: &GatewayMetrics,
     arrived: &Arc<Notify>,
@@ -98,6 +102,18 @@ pub fn spawn_all(
     stop: &watch::Receiver<bool>,
     tasks: &mut tokio::task::JoinSet<()>,
 ) {
+    // Always running: an answer for a sender with no address configured
+    // is recorded as refused (with what to configure), not left waiting.
+    tasks.spawn(
+        app_ack::AppAcks {
+            hl7: hl7.to_vec(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            arrived: arrived.clone(),
+            stop: stop.clone(),
+        }
+        .run(),
+    );
     for s in sinks {
         metrics.register_report_sink(&s.name);
         let run = Runner {
@@ -187,37 +203,57 @@ impl Runner {
     }
 
     async fn record(&self, id: &str, attempts: u32, verdict: SinkVerdict) {
-        let (store, id_owned, name) = (self.store.clone(), id.to_owned(), self.name.clone());
-        let outcome = match &verdict {
-            SinkVerdict::Delivered(_) => "delivered",
-            SinkVerdict::Retry(_) => "retry",
-            SinkVerdict::Failed(_) => "failed",
-        };
-        self.metrics.report_delivery(&self.name, outcome);
-        let r = tokio::task::spawn_blocking(move || match verdict {
-            SinkVerdict::Delivered(detail) => {
-                tracing::info!(report = %id_owned, sink = %name, %detail, "report delivered at the clinic");
-                store.finish(&id_owned, &name, true, &detail)
-            }
-            SinkVerdict::Failed(why) => {
-                let why = why.stored();
-                tracing::error!(report = %id_owned, sink = %name, reason = %describe(&why, crate::i18n::Language::En),
-                    "a report was refused at the clinic; it is kept on the box and shown on its page");
-                store.finish(&id_owned, &name, false, &why)
-            }
-            SinkVerdict::Retry(why) => {
-                let why = why.stored();
-                // 2 s, doubling, at most 5 minutes.
-                let delay = (2_000i64 << attempts.min(8)).min(300_000);
-                tracing::warn!(report = %id_owned, sink = %name, reason = %describe(&why, crate::i18n::Language::En), retry_in_s = delay / 1000,
-                    "cannot deliver a report at the clinic now; retrying");
-                store.retry(&id_owned, &name, delay, &why)
-            }
-        })
+        record(
+            &self.store,
+            &self.metrics,
+            &self.name,
+            id,
+            attempts,
+            verdict,
+        )
         .await;
-        if let Ok(Err(e)) = r {
-            tracing::error!(report = %id, sink = %self.name, error = %e, "cannot record a report delivery");
+    }
+}
+
+/// Records what became of one delivery attempt at `sink`.
+pub(super) async fn record(
+    store: &ReportStore,
+    metrics: &GatewayMetrics,
+    sink: &str,
+    id: &str,
+    attempts: u32,
+    verdict: SinkVerdict,
+) {
+    let (store, id_owned, name) = (store.clone(), id.to_owned(), sink.to_owned());
+    let outcome = match &verdict {
+        SinkVerdict::Delivered(_) => "delivered",
+        SinkVerdict::Retry(_) => "retry",
+        SinkVerdict::Failed(_) => "failed",
+    };
+    metrics.report_delivery(sink, outcome);
+    let r = tokio::task::spawn_blocking(move || match verdict {
+        SinkVerdict::Delivered(detail) => {
+            tracing::info!(report = %id_owned, sink = %name, %detail, "report delivered at the clinic");
+            store.finish(&id_owned, &name, true, &detail)
         }
+        SinkVerdict::Failed(why) => {
+            let why = why.stored();
+            tracing::error!(report = %id_owned, sink = %name, reason = %describe(&why, crate::i18n::Language::En),
+                "a report was refused at the clinic; it is kept on the box and shown on its page");
+            store.finish(&id_owned, &name, false, &why)
+        }
+        SinkVerdict::Retry(why) => {
+            let why = why.stored();
+            // 2 s, doubling, at most 5 minutes.
+            let delay = (2_000i64 << attempts.min(8)).min(300_000);
+            tracing::warn!(report = %id_owned, sink = %name, reason = %describe(&why, crate::i18n::Language::En), retry_in_s = delay / 1000,
+                "cannot deliver a report at the clinic now; retrying");
+            store.retry(&id_owned, &name, delay, &why)
+        }
+    })
+    .await;
+    if let Ok(Err(e)) = r {
+        tracing::error!(report = %id, sink, error = %e, "cannot record a report delivery");
     }
 }
 
