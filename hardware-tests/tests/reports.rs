@@ -306,9 +306,10 @@ async fn reports_come_back_down_to_the_clinic() {
         "the corrected report in the folder",
         Duration::from_secs(30),
         || {
-            files_in(&folder, ".txt")
-                .into_iter()
-                .find(|n| n.contains("_CORRECTED_"))
+            // The sidecar is written after the document: wait for both.
+            files_in(&folder, ".txt").into_iter().find(|n| {
+                n.contains("_CORRECTED_") && folder.join(n.replace(".txt", ".json")).exists()
+            })
         },
     )
     .await;
