@@ -218,3 +218,8 @@ echo-why-status = it answered with an error status ({ $detail })
 why-ack-no-address = this sender asked for the LIS's answer, but no app_ack_address is configured for it ({ $detail }): add one to its [[hl7.peer]]
 why-ack-unreachable = the sender does not take the LIS's answer now ({ $detail }); it is sent again
 why-ack-refused = the sender refused the LIS's answer ({ $detail })
+
+## The clinic's DICOM viewer as a report sink
+why-viewer-unreachable = cannot reach the DICOM viewer ({ $detail }): is it on and listening at this address?
+why-viewer-refused-class = the viewer does not take reports of this kind ({ $detail }): enable Encapsulated PDF and SR storage on it
+why-viewer-refused = the viewer refused the report ({ $detail })

@@ -218,3 +218,8 @@ echo-why-status = 它返回了错误状态（{ $detail }）
 why-ack-no-address = 该发送方要求收到检验系统的应答，但没有为它配置 app_ack_address（{ $detail }）：请在它的 [[hl7.peer]] 中添加
 why-ack-unreachable = 发送方暂时不能接收检验系统的应答（{ $detail }）；会自动重发
 why-ack-refused = 发送方拒收了检验系统的应答（{ $detail }）
+
+## 诊所的 DICOM 阅片端
+why-viewer-unreachable = 连不上 DICOM 阅片端（{ $detail }）：它开机并在该地址监听了吗？
+why-viewer-refused-class = 阅片端不接收这类报告（{ $detail }）：请在阅片端开启 Encapsulated PDF 和 SR 存储
+why-viewer-refused = 阅片端拒收了这份报告（{ $detail }）

@@ -886,3 +886,120 @@ async fn the_hospital_lis_answer_reaches_the_clinic_sender() {
     assert_eq!(texts().len(), 2, "{:?}", texts());
     hub.shutdown().await;
 }
+
+/// The clinic's DICOM viewer (dcmtk `storescp`) as a report sink: a PDF
+/// report arrives as Encapsulated PDF whose document `dcm2pdf` gets back
+/// byte for byte, a text report as a Basic Text SR whose text `dsrdump`
+/// shows; each under the SOP Instance UID derived from the report's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_reach_the_clinic_viewer_as_dicom() {
+    use yilian_gateway::reports::sinks::dicom::instance_uid;
+    use yilian_rig::modality::dcmtk;
+    use yilian_rig::printer::simple_pdf;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let viewer_port = free_tcp_port().expect("port");
+    let received = dir.path().join("viewer");
+    std::fs::create_dir_all(&received).expect("mkdir");
+    let mut storescp = dcmtk("storescp")
+        .args(["-aet", "VIEWER", "-od"])
+        .arg(&received)
+        .arg(viewer_port.port().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("storescp (dcmtk)");
+    let reports_port = free_tcp_port().expect("port");
+    let hub = Hub::start_with(
+        dir.path(),
+        HubSpec {
+            central_extra: format!("[reports]\nhl7_listen = \"{reports_port}\"\n"),
+            gateway_extra: format!(
+                "\n[[report_sink]]\nname = \"viewer\"\ntype = \"dicom\"\naddress = \"{viewer_port}\"\nae_title = \"VIEWER\"\n"
+            ),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+    let store = hub.central.store.clone();
+    wait_for("the box known at central", Duration::from_secs(30), || {
+        (!store.gateways().ok()?.is_empty()).then_some(())
+    })
+    .await;
+    let pdf = simple_pdf(&["CT chest report", "No abnormality."]);
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&pdf)
+    };
+    let with_pdf = oru(
+        "DCM0001",
+        "KA6001",
+        "",
+        "P6001",
+        "F",
+        &format!("OBX|1|ED|PDF^Report||^application^pdf^Base64^{b64}||||||F"),
+    )
+    .replace("|YILIAN|HUB|", "|YILIAN|bench/clinic|");
+    assert!(mllp_send(dir.path(), reports_port, &with_pdf).contains("MSA|CA|DCM0001"));
+    let text = oru(
+        "DCM0002",
+        "KA6002",
+        "",
+        "P6002",
+        "F",
+        &text_obx("两肺纹理清晰，未见明显异常。"),
+    )
+    .replace("|YILIAN|HUB|", "|YILIAN|bench/clinic|");
+    assert!(mllp_send(dir.path(), reports_port, &text).contains("MSA|CA|DCM0002"));
+    wait_for("both stored at the viewer", Duration::from_secs(60), || {
+        let rows = store.reports(false, 10).ok()?;
+        (rows.len() == 2 && rows.iter().all(|r| r.receipts == ["viewer: delivered"])).then_some(())
+    })
+    .await;
+    let rows = store.reports(false, 10).expect("reports");
+    let by = |c: &str| {
+        rows.iter()
+            .find(|r| r.control_id == c)
+            .expect("row")
+            .id
+            .clone()
+    };
+    let file_of = |report: &str| {
+        let uid = instance_uid(report);
+        files_in(&received, "")
+            .into_iter()
+            .find(|n| n.ends_with(&uid))
+            .map(|n| received.join(n))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no instance {uid} at the viewer: {:?}",
+                    files_in(&received, "")
+                )
+            })
+    };
+    let doc = file_of(&by("DCM0001"));
+    let out = dir.path().join("back.pdf");
+    let said = dcmtk("dcm2pdf")
+        .arg(&doc)
+        .arg(&out)
+        .output()
+        .expect("dcm2pdf");
+    assert!(
+        said.status.success(),
+        "{}",
+        String::from_utf8_lossy(&said.stderr)
+    );
+    let back = std::fs::read(&out).expect("pdf");
+    // DICOM pads the document to an even length.
+    assert_eq!(&back[..pdf.len()], &pdf[..]);
+    let sr = file_of(&by("DCM0002"));
+    let dump = dcmtk("dsrdump").arg(&sr).output().expect("dsrdump");
+    let dump = String::from_utf8_lossy(&dump.stdout).to_string();
+    assert!(
+        dump.contains("两肺纹理清晰") && dump.contains("P6002"),
+        "{dump}"
+    );
+    let _ = storescp.kill();
+    let _ = storescp.wait();
+    hub.shutdown().await;
+}

@@ -60,6 +60,7 @@ fn metadata(r: &ReportRow) -> BTreeMap<String, String> {
     put("patient_id", &r.patient_id);
     put("accession", &r.accession);
     put("placer_order", &r.placer);
+    put("study_uid", &r.study_uid);
     put("replaces", r.replaces.as_deref().unwrap_or(""));
     put("matched_by", r.matched_by.as_deref().unwrap_or(""));
     if r.urgent {

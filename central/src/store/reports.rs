@@ -121,6 +121,7 @@ pub struct ReportRow {
     pub receipts: Vec<String>,
     /// Sent to the box with the report (an application ACK's sender).
     pub extra: BTreeMap<String, String>,
+    pub study_uid: String,
 }
 
 /// One report waiting for its box.
@@ -175,7 +176,7 @@ const ROW_COLUMNS: &str = "r.id, r.source, r.control_id, r.message_type, r.kind,
      r.unmatched_reason, r.replaces, \
      (SELECT MAX(d.at_box_ms) FROM report_downlink d WHERE d.report_id = r.id), \
      (SELECT group_concat(t.sink || ': ' || t.outcome, ', ') FROM report_receipts t WHERE t.report_id = r.id), \
-     r.extra";
+     r.extra, r.study_uid";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
     let received_ms: i64 = r.get(13)?;
@@ -206,6 +207,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
             .map(|s| s.split(", ").map(str::to_owned).collect())
             .unwrap_or_default(),
         extra: serde_json::from_str(&r.get::<_, String>(21)?).unwrap_or_default(),
+        study_uid: r.get(22)?,
     })
 }
 
@@ -561,7 +563,7 @@ impl Store {
         let rows = stmt.query_map(params![gateway, now_ms(), limit as i64], |r| {
             Ok(DownlinkRow {
                 report: row(r)?,
-                attempts: r.get::<_, i64>(22)? as u32,
+                attempts: r.get::<_, i64>(23)? as u32,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

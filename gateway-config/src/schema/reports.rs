@@ -17,6 +17,9 @@ pub enum SinkType {
     Printer,
     /// Sent to the clinic's HIS over MLLP at `address`, as received.
     Hl7,
+    /// Stored at the clinic's DICOM viewer (`address`, `ae_title`) by
+    /// C-STORE: a PDF as Encapsulated PDF, text as a Basic Text SR.
+    Dicom,
 }
 
 impl SinkType {
@@ -25,6 +28,7 @@ impl SinkType {
             SinkType::Folder => "folder",
             SinkType::Printer => "printer",
             SinkType::Hl7 => "hl7",
+            SinkType::Dicom => "dicom",
         }
     }
 }
@@ -44,9 +48,15 @@ pub struct ReportSinkSection {
     /// the printer is shared from another machine; this box's CUPS
     /// otherwise.
     pub server: Option<String>,
-    /// `hl7`: `host:port` of the HIS's MLLP listener.
+    /// `hl7`: `host:port` of the HIS's MLLP listener; `dicom`: of the
+    /// viewer's DICOM listener.
     pub address: Option<String>,
-    /// `hl7`: resend (same MSH-10) when no ACK came within this.
+    /// `dicom`: the viewer's AE title.
+    pub ae_title: Option<String>,
+    /// `dicom`: ours, as the viewer knows it (`YILIAN_GW` by default).
+    pub calling_ae_title: Option<String>,
+    /// `hl7`: resend (same MSH-10) when no ACK came within this; `dicom`:
+    /// how long the viewer may take to answer.
     #[serde(default = "default_ack_timeout", with = "humantime_serde")]
     pub ack_timeout: Duration,
     /// Only reports of these kinds (`imaging`, `ecg`, `lab`, `document`);
@@ -82,10 +92,26 @@ impl ReportSinkSection {
             SinkType::Folder if self.dir.is_none() => {
                 return Some(("dir", "required with type = \"folder\"".into()));
             }
-            SinkType::Hl7 => match &self.address {
-                None => return Some(("address", "required with type = \"hl7\"".into())),
+            SinkType::Hl7 | SinkType::Dicom => match &self.address {
+                None => {
+                    return Some((
+                        "address",
+                        format!("required with type = \"{}\"", self.sink_type.name()),
+                    ));
+                }
                 Some(a) if a.rsplit_once(':').is_none() => {
                     return Some(("address", format!("{a:?} is not HOST:PORT")));
+                }
+                _ if self.sink_type == SinkType::Dicom
+                    && self
+                        .ae_title
+                        .as_deref()
+                        .is_none_or(|t| t.trim().is_empty() || t.len() > 16) =>
+                {
+                    return Some((
+                        "ae_title",
+                        "the viewer's AE title (1 to 16 characters) is required with type = \"dicom\"".into(),
+                    ));
                 }
                 _ => {}
             },

@@ -1,5 +1,6 @@
 //! The gateway as a DIMSE client, for what it asks of a modality (storage
-//! commitment reports, C-ECHO): one request and its response on an
+//! commitment reports, C-ECHO) and what it stores at the clinic's viewer
+//! (reports as Encapsulated PDF): one request and its response on an
 //! association the caller opened.
 
 use dicom_ul::Pdu;
@@ -35,14 +36,26 @@ pub async fn request(
     rq: &Command,
     data: Option<Vec<u8>>,
 ) -> Result<Command, String> {
-    let mut values = vec![(PDataValueType::Command, rq.encode())];
-    values.extend(data.map(|d| (PDataValueType::Data, d)));
-    for (kind, bytes) in values {
+    // The data set in fragments the peer's PDU length admits (a report's
+    // PDF is far larger than one PDU).
+    let max = match assoc.acceptor_max_pdu_length() {
+        0 => 64 * 1024,
+        n => n.min(1024 * 1024),
+    } as usize;
+    let piece = max.saturating_sub(6).max(1024);
+    let mut fragments = vec![(PDataValueType::Command, rq.encode(), true)];
+    if let Some(d) = data {
+        let n = d.len().div_ceil(piece).max(1);
+        for (i, chunk) in d.chunks(piece).enumerate() {
+            fragments.push((PDataValueType::Data, chunk.to_vec(), i + 1 == n));
+        }
+    }
+    for (kind, bytes, is_last) in fragments {
         let pdu = Pdu::PData {
             data: vec![PDataValue {
                 presentation_context_id: pc,
                 value_type: kind,
-                is_last: true,
+                is_last,
                 data: bytes,
             }],
         };

@@ -7,9 +7,11 @@
 //! - [`folder`] — PDF or text, and a JSON sidecar, for the clinic's PC;
 //! - [`printer`] — paper through CUPS;
 //! - [`hl7`] — the clinic's HIS over MLLP;
+//! - [`dicom`] — the clinic's DICOM viewer (Encapsulated PDF, Basic Text SR);
 //! - [`app_ack`] — the hospital LIS's answers to the clinic's HL7 senders.
 
 pub mod app_ack;
+pub mod dicom;
 pub mod folder;
 pub mod hl7;
 pub mod printer;
@@ -133,6 +135,9 @@ pub fn spawn_all(
             }
             SinkType::Hl7 => {
                 tasks.spawn(run.drive(hl7::HisSink::new(s)));
+            }
+            SinkType::Dicom => {
+                tasks.spawn(run.drive(dicom::ViewerSink::new(s)));
             }
         }
     }
