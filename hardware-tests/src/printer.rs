@@ -92,9 +92,12 @@ impl Cups {
     /// The PDF the virtual printer wrote for the job whose title starts
     /// with `title`, once it is there.
     pub fn printed(&self, title: &str, timeout: Duration) -> Option<PathBuf> {
+        // cups-pdf writes into the job owner's home from the password
+        // database, which need not be this process's $HOME.
         let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
         let dirs = [
             PathBuf::from(home).join("PDF"),
+            PathBuf::from("/root/PDF"),
             PathBuf::from("/var/spool/cups-pdf/ANONYMOUS"),
         ];
         let deadline = Instant::now() + timeout;
