@@ -926,7 +926,13 @@ async fn reports_reach_the_clinic_viewer_as_dicom() {
         (!store.gateways().ok()?.is_empty()).then_some(())
     })
     .await;
-    let pdf = simple_pdf(&["CT chest report", "No abnormality."]);
+    // Large and of odd length: many PDUs at storescp's 16 KiB, and the
+    // pad byte DICOM adds.
+    let mut pdf = simple_pdf(&["CT chest report", "No abnormality."]);
+    pdf.extend(b"%");
+    pdf.extend(std::iter::repeat_n(b'x', 200_000));
+    pdf.extend(b"\n");
+    assert_eq!(pdf.len() % 2, 1);
     let b64 = {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(&pdf)
