@@ -14,10 +14,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use yilian_codecs::mllp::MllpDecoder;
 
-/// Largest message taken (a report with an embedded PDF fits).
-const MAX_MESSAGE: usize = 32 * 1024 * 1024;
-/// Connections served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 64;
+/// Largest message taken (a report with an embedded PDF of several MB,
+/// base64, fits).
+const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// Connections served at once; more wait in the kernel's backlog. The
+/// senders are the hospital's few systems (RIS, LIS, ECG reading), and
+/// this bounds what they can hold in memory: 16 × 16 MiB at the worst.
+const MAX_CONNECTIONS: usize = 16;
 /// A connection silent this long is closed.
 const IDLE: Duration = Duration::from_secs(600);
 
