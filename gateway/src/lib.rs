@@ -225,6 +225,7 @@ pub async fn start(mut config: GatewayConfig) -> anyhow::Result<Running> {
     tasks.spawn(housekeeping(
         spool.clone(),
         reports.clone(),
+        config.spool.retention,
         metrics.clone(),
         stop_rx.clone(),
     ));
@@ -286,6 +287,7 @@ pub async fn start(mut config: GatewayConfig) -> anyhow::Result<Running> {
 async fn housekeeping(
     spool: Spool,
     reports: reports::ReportStore,
+    retention: Duration,
     metrics: GatewayMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -307,6 +309,20 @@ async fn housekeeping(
         }
         let s = spool.clone();
         let purge = last_purge.elapsed() > Duration::from_secs(600);
+        if purge {
+            // Reports delivered at the clinic go after the same retention
+            // as delivered items.
+            let r = reports.clone();
+            match tokio::task::spawn_blocking(move || r.purge(retention)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    tracing::info!(reports = n, "delivered reports past retention removed")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot remove delivered reports past retention")
+                }
+                _ => {}
+            }
+        }
         let r = tokio::task::spawn_blocking(move || {
             if purge {
                 s.purge_expired()?;

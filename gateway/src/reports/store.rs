@@ -507,6 +507,50 @@ impl ReportStore {
         Ok(out)
     }
 
+    /// Forgets reports received more than `retention` ago whose every
+    /// delivery is finished and whose receipts central recorded (the
+    /// clinic has them; central keeps the archive), and partial files as
+    /// old: without it the box's disk would only fill. Returns how many.
+    pub fn purge(&self, retention: std::time::Duration) -> Result<u64, ReportStoreError> {
+        let cutoff = now_ms() - retention.as_millis() as i64;
+        let ids: Vec<String> = {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let ids: Vec<String> = {
+                let mut stmt = tx.prepare(
+                    "SELECT id FROM reports r WHERE r.received_ms < ?1 AND NOT EXISTS \
+                       (SELECT 1 FROM deliveries d WHERE d.report_id = r.id AND (d.state = 0 OR d.receipt_sent = 0))",
+                )?;
+                stmt.query_map(params![cutoff], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?
+            };
+            for id in &ids {
+                tx.execute("DELETE FROM deliveries WHERE report_id = ?1", params![id])?;
+                tx.execute("DELETE FROM reports WHERE id = ?1", params![id])?;
+            }
+            tx.commit()?;
+            ids
+        };
+        // Rows first: a file left by a power cut here is only litter.
+        for id in &ids {
+            let _ = fs::remove_file(self.file(id));
+        }
+        if let Ok(rd) = fs::read_dir(&self.inner.partial) {
+            let old = std::time::SystemTime::now()
+                .checked_sub(retention)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            for e in rd.flatten() {
+                if e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < old)
+                {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(ids.len() as u64)
+    }
+
     /// The report's bytes as received.
     pub fn read(&self, report: &HeldReport) -> Result<Vec<u8>, ReportStoreError> {
         fs::read(&report.path).map_err(io("read report", &report.path))
@@ -568,6 +612,46 @@ mod tests {
         assert_eq!(received, 1);
         assert_eq!(counts["his"].waiting, 1);
         assert_eq!(counts["folder"].delivered, 1);
+    }
+
+    #[test]
+    fn reports_are_forgotten_only_once_delivered_and_recorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ReportStore::open(dir.path()).expect("open");
+        let body = b"MSH|^~\\&|RIS|H|||20261203||ORU^R01|1|P|2.5\r";
+        for id in ["R1", "R2"] {
+            let mut f = store.open_partial(id, 0).expect("partial");
+            store.append(&mut f, id, body).expect("append");
+            drop(f);
+            store
+                .commit(&offer(id, body), &["folder".to_owned()])
+                .expect("commit");
+        }
+        store
+            .finish("R1", "folder", true, "written")
+            .expect("finish");
+        let keys: Vec<String> = store
+            .pending_receipts(10)
+            .expect("receipts")
+            .iter()
+            .map(ReportReceipt::key)
+            .collect();
+        let zero = std::time::Duration::ZERO;
+        // Delivered but its receipt not yet recorded at central: kept.
+        assert_eq!(store.purge(zero).expect("purge"), 0);
+        store.receipts_recorded(&keys).expect("recorded");
+        // Within retention: kept.
+        assert_eq!(
+            store
+                .purge(std::time::Duration::from_secs(3600))
+                .expect("purge"),
+            0
+        );
+        // R1 is done; R2 still waits for its folder.
+        assert_eq!(store.purge(zero).expect("purge"), 1);
+        assert!(!dir.path().join("reports/R1.hl7").exists());
+        assert!(dir.path().join("reports/R2.hl7").exists());
+        assert_eq!(store.due("folder", 10).expect("due").len(), 1);
     }
 
     #[test]
