@@ -62,6 +62,32 @@ pub fn stem(ready: &Ready<'_>) -> String {
     )
 }
 
+/// An HL7 time (`YYYYMMDDHHMMSS[+ZZZZ]`, the hospital's clock) as a
+/// person reads it: `2026-12-03 10:14:00 +0800`; text that is not one is
+/// shown as it is.
+pub fn readable_ts(ts: &str) -> String {
+    let (time, zone) = match ts.find(['+', '-']) {
+        Some(i) => (&ts[..i], &ts[i..]),
+        None => (ts, ""),
+    };
+    let d: String = time.chars().take_while(char::is_ascii_digit).collect();
+    if d.len() < 8 {
+        return ts.to_owned();
+    }
+    let mut out = format!("{}-{}-{}", &d[..4], &d[4..6], &d[6..8]);
+    if d.len() >= 12 {
+        out.push_str(&format!(" {}:{}", &d[8..10], &d[10..12]));
+        if d.len() >= 14 {
+            out.push_str(&format!(":{}", &d[12..14]));
+        }
+    }
+    if !zone.is_empty() {
+        out.push(' ');
+        out.push_str(zone);
+    }
+    out
+}
+
 /// The text version: a header a person reads first, then the report.
 pub fn text(ready: &Ready<'_>) -> String {
     let r = ready.report;
@@ -84,7 +110,10 @@ pub fn text(ready: &Ready<'_>) -> String {
     if !r.keys.accession.is_empty() {
         out.push_str(&format!("检查号 Accession: {}\n", r.keys.accession));
     }
-    out.push_str(&format!("报告时间 Reported: {}\n", r.reported_at));
+    out.push_str(&format!(
+        "报告时间 Reported: {}\n",
+        readable_ts(&r.reported_at)
+    ));
     out.push_str(&format!(
         "收到 Received: {}\n\n",
         ready.clock.format_ms(ready.held.received_ms)
@@ -136,5 +165,19 @@ impl Sink for FolderSink {
             )),
             Err(e) => SinkVerdict::Retry(Why::new("why-box-disk", e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readable_ts;
+
+    #[test]
+    fn hospital_times_read_as_dates() {
+        assert_eq!(readable_ts("20261203101400"), "2026-12-03 10:14:00");
+        assert_eq!(readable_ts("202612031014+0800"), "2026-12-03 10:14 +0800");
+        assert_eq!(readable_ts("20261203"), "2026-12-03");
+        assert_eq!(readable_ts("soon"), "soon");
+        assert_eq!(readable_ts("2026年"), "2026年");
     }
 }
