@@ -287,5 +287,10 @@ fn the_index_opens_on_a_full_disk_and_deliveries_are_recorded_from_the_reserve()
         !s.refusing,
         "accepting again once delivered items went: {s:?}"
     );
-    assert!(fill_spool(&spool, 1) == 1, "a new item is taken");
+    spool
+        .append(
+            yilian_spool::NewItem::new(yilian_spool::Lane::Bulk, "file", "test"),
+            &vec![7u8; 256 * 1024],
+        )
+        .unwrap_or_else(|e| panic!("a new item is taken once the refusal lifted: {e}"));
 }

@@ -73,7 +73,9 @@ impl Shared {
         rx.recv().map_err(|_| SpoolError::Closed)?
     }
 
-    /// Refuses early when adding `extra` bytes would pass the high mark.
+    /// Refuses early when adding `extra` bytes would pass the high mark and
+    /// no delivered item can be evicted to make room, so a payload is not
+    /// written only to be refused at its commit.
     pub(crate) fn check_room(&self, extra: u64) -> Result<(), SpoolError> {
         let used = self.usage.used.load(Ordering::SeqCst);
         let writing = self.usage.writing.load(Ordering::SeqCst);
@@ -81,19 +83,21 @@ impl Shared {
         // Payloads being written are on the disk (missing from its free
         // space) but not yet in `used`: held, so not charged twice.
         let quota = self.capacity.effective_quota(used + writing);
-        let (high, low) = self.config.marks(quota);
-        // While refusing, the writer thread decides (it may evict delivered
-        // items first), so only the plain size check refuses here.
-        if !refusing && used + extra > high {
-            self.usage.refusing.store(true, Ordering::SeqCst);
-            return Err(SpoolError::Full {
-                used,
-                high_mark: high,
-                low_mark: low,
-                by_disk: self.capacity.limited_by_disk(),
-            });
+        let (high, _) = self.config.marks(quota);
+        // While refusing, the writer thread decides at the insert (it may
+        // evict delivered items first). Below the high mark there is room.
+        if refusing || used + extra <= high {
+            return Ok(());
         }
-        Ok(())
+        // `used` counts delivered items kept for the retention period too:
+        // the writer thread evicts them before it refuses. Refusing here on
+        // the count alone turned a device away each time a spool of
+        // delivered data reached its high mark, and on a disk another
+        // program filled, kept refusing after the refusal had lifted.
+        match self.call(Op::MakeRoom { size: extra })? {
+            Reply::Refused(e) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn usage(&self) -> &Usage {

@@ -52,6 +52,11 @@ pub(crate) enum Op {
     Purge {
         now_ms: i64,
     },
+    /// An append is about to pass the high mark: evict delivered items to
+    /// make room for `size` bytes, or refuse.
+    MakeRoom {
+        size: u64,
+    },
     Stats,
     List {
         dead_only: bool,
@@ -265,6 +270,11 @@ impl Writer {
                 self.evict_delivered(Some(cutoff), u64::MAX, unlink)
                     .map(Reply::Count)
             }
+            Op::MakeRoom { size } => match self.make_room(size, unlink) {
+                Ok(()) => Ok(Reply::Done),
+                Err(e @ SpoolError::Full { .. }) => Ok(Reply::Refused(e)),
+                Err(e) => Err(e),
+            },
             Op::Stats => {
                 // A refusing spool frees itself: on a full disk no append
                 // gets as far as the insert that would evict, so delivered

@@ -282,6 +282,50 @@ fn a_refusal_lifts_once_items_delivered_after_it_are_evicted() {
 }
 
 #[test]
+fn a_spool_of_delivered_items_at_its_high_mark_takes_the_next_item() {
+    // Delivered items are kept for the retention period and count against
+    // the quota; reaching the high mark with them must evict, never turn a
+    // device away, whatever the payload size and however it is written.
+    for (size, streamed) in [(200_000usize, false), (200_000, true), (120_001, true)] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut c = config(dir.path());
+        c.quota_bytes = 1_000_000;
+        c.high_watermark = 0.9;
+        c.low_watermark = 0.5;
+        let spool = Spool::open(c).expect("open");
+        let mut stored = 0;
+        while spool.stats().expect("stats").used_bytes + (size as u64) <= 900_000 {
+            spool
+                .append(item(Lane::Bulk), &vec![1u8; size])
+                .expect("append");
+            stored += 1;
+        }
+        while let Some(l) = spool.lease(&Lane::ALL).expect("lease") {
+            spool.ack(l).expect("ack");
+        }
+        for n in 0..3 * stored {
+            let r = if streamed {
+                let mut w = spool.writer(item(Lane::Bulk)).expect("writer");
+                vec![2u8; size]
+                    .chunks(64 * 1024)
+                    .try_for_each(|c| w.write_all(c).map_err(|e| e.to_string()))
+                    .and_then(|_| w.commit().map_err(|e| e.to_string()))
+            } else {
+                spool
+                    .append(item(Lane::Bulk), &vec![2u8; size])
+                    .map_err(|e| e.to_string())
+            };
+            r.unwrap_or_else(|e| panic!("item {n} of {size} B (streamed {streamed}): {e}"));
+            let l = spool.lease(&Lane::ALL).expect("lease").expect("item");
+            spool.ack(l).expect("ack");
+        }
+        let s = spool.stats().expect("stats");
+        assert!(s.used_bytes <= 900_000, "{s:?}");
+        assert!(!s.refusing);
+    }
+}
+
+#[test]
 fn streaming_writer_refuses_early_and_leaves_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut c = config(dir.path());
