@@ -75,6 +75,15 @@ pub struct ReportsSection {
     pub facilities: std::collections::BTreeMap<String, String>,
     /// A folder reading systems export PDF or XML reports into.
     pub import_dir: Option<std::path::PathBuf>,
+    /// Where the hospital PACS stores Structured Reports and Encapsulated
+    /// PDF by C-STORE.
+    pub dicom_listen: Option<SocketAddr>,
+    /// Our AE title as the PACS calls it.
+    #[serde(default = "default_calling_ae")]
+    pub dicom_ae_title: String,
+    /// Calling AE titles accepted at `dicom_listen`; empty accepts any.
+    #[serde(default)]
+    pub dicom_allowed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

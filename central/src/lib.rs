@@ -154,6 +154,22 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
                 .with_context(|| format!("binding the report listener on {addr}"))?;
             tokio::spawn(serve);
         }
+        if let Some(addr) = r.dicom_listen {
+            let scp = reports::dicom_scp::ReportScp::new(
+                reports::dicom_scp::ScpSettings {
+                    listen: addr,
+                    ae_title: r.dicom_ae_title.clone(),
+                    allowed: r.dicom_allowed.clone(),
+                    timeout: std::time::Duration::from_secs(60),
+                },
+                intake.clone(),
+            );
+            let (_, serve) = scp
+                .bind(stopped.clone())
+                .await
+                .with_context(|| format!("binding the DICOM report listener on {addr}"))?;
+            tokio::spawn(serve);
+        }
         if let Some(dir) = &r.import_dir {
             let folder = reports::import::ImportFolder {
                 dir: dir.clone(),

@@ -1009,3 +1009,212 @@ async fn reports_reach_the_clinic_viewer_as_dicom() {
     let _ = storescp.wait();
     hub.shutdown().await;
 }
+
+/// A Basic Text SR as a hospital's reading system writes it, in the XML
+/// dcmtk's `xml2dsr` reads.
+fn sr_xml(study: &CtStudy, instance: &str, flag: &str, finding: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<report type="Basic Text SR">
+<sopclass uid="1.2.840.10008.5.1.4.1.1.88.11">BasicTextSRStorage</sopclass>
+<charset>ISO_IR 192</charset>
+<modality>SR</modality>
+<patient><id>{pid}</id><name><first>San</first><last>Zhang</last></name></patient>
+<study uid="{study_uid}"><accession><number>ACC0001</number></accession></study>
+<series uid="{instance}.9"><number>99</number></series>
+<instance uid="{instance}"><number>1</number></instance>
+<document>
+<completion flag="{flag}"/>
+<verification flag="UNVERIFIED"/>
+<content>
+<date>2026-12-03</date><time>10:14:00</time>
+<container flag="SEPARATE">
+<concept><value>18748-4</value><scheme><designator>LN</designator></scheme><meaning>Diagnostic Imaging Report</meaning></concept>
+<container flag="SEPARATE">
+<relationship>CONTAINS</relationship>
+<concept><value>121070</value><scheme><designator>DCM</designator></scheme><meaning>Findings</meaning></concept>
+<text>
+<relationship>CONTAINS</relationship>
+<concept><value>121071</value><scheme><designator>DCM</designator></scheme><meaning>Finding</meaning></concept>
+<value>{finding}</value>
+</text>
+</container>
+</container>
+</content>
+</document>
+</report>
+"#,
+        pid = study.patient_id,
+        study_uid = study.study_uid,
+    )
+}
+
+/// The hospital PACS sends reports as DICOM: a Structured Report made by
+/// dcmtk `xml2dsr` and an Encapsulated PDF made by `pdf2dcm` from one of
+/// the study's own images, both stored by `storescu` at central. Each is
+/// answered Success only once stored, finds the clinic by the study's
+/// accession, and reaches the clinic's folder (the SR as text, the PDF
+/// byte for byte); the same SR stored again is one report; an SR without
+/// a patient ID is refused (0xC000) with the reason, and a PACS whose AE
+/// title is not listed is refused at the association.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_from_the_hospital_pacs_arrive_as_dicom() {
+    use yilian_rig::modality::dcmtk;
+    use yilian_rig::printer::simple_pdf;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dicom = free_tcp_port().expect("port");
+    let pacs_in = free_tcp_port().expect("port");
+    let folder = dir.path().join("clinic-reports");
+    let import = dir.path().join("report-import");
+    let hub = Hub::start_with(
+        dir.path(),
+        HubSpec {
+            central_extra: format!(
+                "[reports]\ndicom_listen = \"{pacs_in}\"\ndicom_allowed = [\"HOSP_PACS\"]\nimport_dir = \"{}\"\n",
+                import.display()
+            ),
+            gateway_extra: format!(
+                "\n[[dicom]]\nname = \"ct\"\nlisten = \"{dicom}\"\nae_title = \"YILIAN_GW\"\n\
+                 \n[[report_sink]]\nname = \"reports-folder\"\ntype = \"folder\"\ndir = \"{}\"\n",
+                folder.display(),
+            ),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+    let study = CtStudy::new(31, 2);
+    let files = study.write(&dir.path().join("ct")).expect("write study");
+    let out = storescu(dicom, "YILIAN_GW", "CT_ROOM", &files).expect("storescu");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hub.wait_items(2, Duration::from_secs(30))
+        .await
+        .expect("the study at central");
+
+    let made = dir.path().join("pacs");
+    std::fs::create_dir_all(&made).expect("mkdir");
+    let run = |c: &mut Command| {
+        let out = c.output().expect("dcmtk");
+        assert!(
+            out.status.success(),
+            "{c:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let xml = made.join("sr.xml");
+    std::fs::write(
+        &xml,
+        sr_xml(
+            &study,
+            "1.2.826.0.1.3680043.10.1431.9.31.77.1",
+            "COMPLETE",
+            "两肺纹理清晰，未见明显异常。",
+        ),
+    )
+    .expect("write");
+    let sr = made.join("sr.dcm");
+    run(dcmtk("xml2dsr").arg(&xml).arg(&sr));
+    let pdf = simple_pdf(&["CT chest report", "No abnormality."]);
+    std::fs::write(made.join("report.pdf"), &pdf).expect("write");
+    let encapsulated = made.join("pdf.dcm");
+    run(dcmtk("pdf2dcm")
+        .args(["+t", "CT 胸部报告", "+st"])
+        .arg(&files[0])
+        .arg(made.join("report.pdf"))
+        .arg(&encapsulated));
+    // Not listed: refused at the association.
+    let out = storescu(
+        pacs_in,
+        "YILIAN_HUB",
+        "OTHER_PACS",
+        std::slice::from_ref(&sr),
+    )
+    .expect("storescu");
+    assert!(!out.status.success(), "an AE title not listed is refused");
+
+    let out = storescu(
+        pacs_in,
+        "YILIAN_HUB",
+        "HOSP_PACS",
+        &[sr.clone(), encapsulated.clone(), sr.clone()],
+    )
+    .expect("storescu");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    assert_eq!(
+        log.matches("Received Store Response (Success)").count(),
+        3,
+        "{log}"
+    );
+
+    // An SR without a patient ID cannot be placed: refused, saying why.
+    let anonymous = sr_xml(
+        &study,
+        "1.2.826.0.1.3680043.10.1431.9.31.77.2",
+        "COMPLETE",
+        "x",
+    )
+    .replace(&format!("<id>{}</id>", study.patient_id), "");
+    std::fs::write(&xml, anonymous).expect("write");
+    let bad = made.join("bad.dcm");
+    run(dcmtk("xml2dsr").arg(&xml).arg(&bad));
+    let out = storescu(pacs_in, "YILIAN_HUB", "HOSP_PACS", &[bad]).expect("storescu");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(log.contains("Error: CannotUnderstand"), "{log}");
+
+    // The same SR exported as a file into the import folder: recognised
+    // by content, and still the one report.
+    std::fs::create_dir_all(&import).expect("mkdir");
+    std::fs::copy(&sr, import.join("export-0001.dcm")).expect("copy");
+    wait_for("the DICOM file imported", Duration::from_secs(15), || {
+        (files_in(&import.join("imported"), ".dcm").len() == 1).then_some(())
+    })
+    .await;
+
+    let delivered = wait_for(
+        "the SR's text and the PDF in the clinic's folder",
+        Duration::from_secs(30),
+        || {
+            let pdfs = files_in(&folder, ".pdf");
+            let texts = files_in(&folder, ".txt");
+            (pdfs.len() == 1 && texts.len() == 1).then_some((pdfs, texts))
+        },
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(folder.join(&delivered.0[0])).expect("read"),
+        pdf,
+        "the PDF reaches the clinic byte for byte"
+    );
+    let text = std::fs::read_to_string(folder.join(&delivered.1[0])).expect("read");
+    assert!(text.contains("两肺纹理清晰，未见明显异常。"), "{text}");
+    let rows = hub.central.store.reports(false, 10).expect("reports");
+    assert_eq!(rows.len(), 2, "the SR stored twice is one report: {rows:?}");
+    // The SR carries the accession; pdf2dcm copies the study but not its
+    // accession, so the PDF finds the clinic by the Study Instance UID.
+    let sr_row = rows.iter().find(|r| r.title == "Diagnostic Imaging Report");
+    let sr_row = sr_row.unwrap_or_else(|| panic!("the SR: {rows:?}"));
+    assert_eq!(
+        (
+            sr_row.accession.as_str(),
+            sr_row.matched_by.as_deref(),
+            sr_row.status.as_str()
+        ),
+        ("ACC0001", Some("accession"), "P"),
+        "an unverified SR is preliminary: {sr_row:?}"
+    );
+    let pdf_row = rows.iter().find(|r| r.title == "CT 胸部报告");
+    let pdf_row =
+        pdf_row.unwrap_or_else(|| panic!("the PDF, its Chinese title read as such: {rows:?}"));
+    assert_eq!(pdf_row.matched_by.as_deref(), Some("study_uid"));
+    assert_eq!(pdf_row.study_uid, study.study_uid);
+    for r in &rows {
+        assert_eq!(r.gateway.as_deref(), Some("bench/clinic/box-1"), "{r:?}");
+    }
+    hub.shutdown().await;
+}

@@ -1,5 +1,6 @@
 //! An import folder for reading systems that export files instead of
-//! sending HL7: a PDF or XML report (or an HL7 message saved to a file),
+//! sending HL7: a PDF or XML report, a DICOM SR or Encapsulated PDF (or an
+//! HL7 message saved to a file),
 //! recognised by content, never by its name. A file is taken once its size
 //! and time have settled, kept as a report like any other (a PDF or XML
 //! wrapped as an MDM^T02 document whose MSH-10 derives from the file's
@@ -41,9 +42,15 @@ enum Found {
     Hl7(Vec<u8>),
     /// A document to wrap: its MIME subtype and bytes.
     Document(&'static str, Vec<u8>),
+    /// A DICOM SR or Encapsulated PDF, already read into its ORU.
+    Dicom(String),
 }
 
 fn recognise(bytes: Vec<u8>) -> Result<Found, String> {
+    if bytes.get(128..132) == Some(&b"DICM"[..]) {
+        let r = yilian_codecs::dicom_report::read_report_file(&bytes)?;
+        return Ok(Found::Dicom(r.to_oru("IMPORT", &hl7_now())));
+    }
     if bytes.starts_with(b"%PDF") {
         return Ok(Found::Document("pdf", bytes));
     }
@@ -55,7 +62,12 @@ fn recognise(bytes: Vec<u8>) -> Result<Found, String> {
     if head.starts_with("<?xml") || head.starts_with('<') {
         return Ok(Found::Document("xml", bytes));
     }
-    Err("neither a PDF, an XML document nor an HL7 message".into())
+    Err("neither a PDF, an XML document, a DICOM report nor an HL7 message".into())
+}
+
+/// Now, as an HL7 timestamp.
+pub fn hl7_now() -> String {
+    hl7_ts(SystemTime::now())
 }
 
 fn hl7_ts(t: SystemTime) -> String {
@@ -160,11 +172,15 @@ impl ImportFolder {
             return;
         }
         let p = path.to_owned();
-        let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || std::fs::read(&p)).await else {
+        // Reading a DICOM report is CPU work too: both off the runtime.
+        let Ok(Ok(found)) =
+            tokio::task::spawn_blocking(move || std::fs::read(&p).map(recognise)).await
+        else {
             return; // gone or unreadable now: looked at again next time
         };
-        let (message, source) = match recognise(bytes) {
+        let (message, source) = match found {
             Ok(Found::Hl7(b)) => (b, None),
+            Ok(Found::Dicom(oru)) => (oru.into_bytes(), Some(super::dicom_scp::SOURCE)),
             Ok(Found::Document(subtype, b)) => (
                 wrap(&stem, subtype, &b, modified).into_bytes(),
                 Some("IMPORT^READING"),

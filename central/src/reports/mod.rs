@@ -5,6 +5,8 @@
 //! - [`listener`] — ORU^R01 and MDM^T02 over MLLP from the RIS, LIS and ECG
 //!   reading system; AA only with the store's proof of the commit, AE with
 //!   an ERR naming the missing field.
+//! - [`dicom_scp`] — Structured Reports and Encapsulated PDF stored by the
+//!   hospital PACS (C-STORE), taken as the same reports.
 //! - [`import`] — a folder for reading systems that export PDF or XML
 //!   files; the file's name finds the item it reports on.
 //! - [`downlink`] — the box's queue, sent on streams central opens: the
@@ -16,6 +18,7 @@
 //! (`store::reports`); receipts from the clinic's sinks come up in the
 //! box's heartbeats (`server::control`).
 
+pub mod dicom_scp;
 pub mod downlink;
 pub mod import;
 pub mod listener;

@@ -43,28 +43,9 @@ pub fn part10_header(
 }
 
 /// Reads a data set a DIMSE request carried whole (a C-FIND identifier, an
-/// N-ACTION's request). Every element length is checked against the bytes
+/// N-ACTION's request), every element length checked against the bytes
 /// first: the library allocates what a header declares before reading it.
-pub fn read_request_dataset(
-    data: &[u8],
-    transfer_syntax: &str,
-) -> Result<dicom_object::InMemDicomObject, String> {
-    use dicom_encoding::TransferSyntaxIndex;
-    let ts = dicom_transfer_syntax_registry::TransferSyntaxRegistry
-        .get(transfer_syntax)
-        .ok_or_else(|| format!("unknown transfer syntax {transfer_syntax}"))?;
-    let extent = yilian_codecs::dicom_extent::dataset_extent(data, transfer_syntax, u32::MAX);
-    if let Some(why) = extent.short {
-        return Err(format!("malformed data set: {why}"));
-    }
-    if extent.len != data.len() {
-        return Err(format!(
-            "data set in {} not accepted here, or with trailing bytes",
-            ts.name()
-        ));
-    }
-    dicom_object::InMemDicomObject::read_dataset_with_ts(data, ts).map_err(|e| e.to_string())
-}
+pub use yilian_codecs::dicom_report::read_dataset as read_request_dataset;
 
 #[cfg(test)]
 mod tests {

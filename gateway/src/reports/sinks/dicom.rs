@@ -21,8 +21,7 @@ use yilian_gateway_config::schema::ReportSinkSection;
 
 use super::{Ready, Sink, SinkVerdict, Why};
 
-pub const ENCAPSULATED_PDF: &str = "1.2.840.10008.5.1.4.1.1.104.1";
-pub const BASIC_TEXT_SR: &str = "1.2.840.10008.5.1.4.1.1.88.11";
+pub use yilian_codecs::dicom_report::{BASIC_TEXT_SR, ENCAPSULATED_PDF};
 const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
 const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
 
