@@ -7,6 +7,9 @@
 //!   instead);
 //! - STAT ECGs dropped while a 1 GB study saturates the 4G link: time to
 //!   COMMITTED against their own transfer time and the round trip;
+//! - reports back down (200 kB PDF) from central's commit to the clinic
+//!   HIS's receipt, on an idle 4G link and while a study saturates its
+//!   uplink, against their own transfer time and the round trip;
 //! - an outage in the middle of a backlog: bytes sent twice, time to the
 //!   first byte after the link returns, drain rate, goodput over time;
 //! - the gateway's peak RSS and CPU seconds per GB sent.
@@ -29,7 +32,7 @@ pub struct LinkOptions {
     pub goodput_secs: u64,
     pub outage_backlog_mib: u64,
     pub outage_secs: u64,
-    /// Scenarios to run: goodput, urgent, outage.
+    /// Scenarios to run: goodput, urgent, reports, outage.
     pub scenarios: Vec<String>,
 }
 
@@ -40,7 +43,12 @@ impl LinkOptions {
             goodput_secs: 30,
             outage_backlog_mib: 2048,
             outage_secs: 300,
-            scenarios: vec!["goodput".into(), "urgent".into(), "outage".into()],
+            scenarios: vec![
+                "goodput".into(),
+                "urgent".into(),
+                "reports".into(),
+                "outage".into(),
+            ],
         }
     }
 
@@ -50,7 +58,12 @@ impl LinkOptions {
             goodput_secs: 10,
             outage_backlog_mib: 256,
             outage_secs: 30,
-            scenarios: vec!["goodput".into(), "urgent".into(), "outage".into()],
+            scenarios: vec![
+                "goodput".into(),
+                "urgent".into(),
+                "reports".into(),
+                "outage".into(),
+            ],
         }
     }
 }
@@ -65,6 +78,9 @@ pub fn run(dir: &Path, opts: &LinkOptions, report: &mut Report) -> anyhow::Resul
     }
     if on("urgent") {
         urgent_under_load(dir, report).context("STAT ECGs under load")?;
+    }
+    if on("reports") {
+        reports_under_load(dir, report).context("reports down under load")?;
     }
     if on("outage") {
         outage(dir, opts, report).context("outage in a backlog")?;
@@ -293,6 +309,162 @@ fn urgent_under_load(dir: &Path, report: &mut Report) -> anyhow::Result<()> {
                 (rtt, "RTT".into()),
             ],
         },
+    );
+    Ok(())
+}
+
+/// The clinic's HIS inside the clinic namespace: python `hl7`'s MLLP
+/// server, logging each message with the time it arrived.
+struct NamespacedHis {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl NamespacedHis {
+    fn start(clinic: &Clinic, port: u16) -> anyhow::Result<Self> {
+        let log = clinic.dir.join("his.jsonl");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/his_server.py");
+        let mut child = clinic
+            .wan
+            .clinic
+            .command("python3")
+            .arg(script)
+            .args(["--port", &port.to_string(), "--log"])
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("python3 his_server.py (pip package hl7)")?;
+        let mut out = child.stdout.take().context("stdout")?;
+        let mut ready = [0u8; 6];
+        std::io::Read::read_exact(&mut out, &mut ready).context("the HIS did not start")?;
+        Ok(Self { child, log })
+    }
+
+    /// When the message with `control` arrived, in seconds since the epoch.
+    fn arrived(&self, control: &str) -> Option<f64> {
+        std::fs::read_to_string(&self.log)
+            .ok()?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["control_id"].as_str() == Some(control))
+            .and_then(|v| v["at"].as_f64())
+    }
+}
+
+impl Drop for NamespacedHis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends one message over MLLP and waits for its ACK.
+fn mllp_exchange(addr: std::net::SocketAddr, message: &[u8]) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(&yilian_codecs::mllp::encode(message))?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(&[0x1c, 0x0d]) {
+        let k = s.read(&mut buf)?;
+        anyhow::ensure!(k > 0, "central closed the connection");
+        got.extend_from_slice(&buf[..k]);
+    }
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+fn reports_under_load(dir: &Path, report: &mut Report) -> anyhow::Result<()> {
+    use base64::Engine;
+    const HL7_PORT: u16 = 2577;
+    const HIS_PORT: u16 = 2590;
+    const PDF: usize = 200_000;
+    let profile = Profile::load("4g")?;
+    let down = profile.down.rate_kbit.unwrap_or(20_000) as f64 * 1000.0;
+    let rtt = profile.base_rtt_ms();
+    let dir = dir.join("reports");
+    std::fs::create_dir_all(&dir)?;
+    let clinic = Clinic::start_with(
+        &dir,
+        profile,
+        "",
+        &format!("\n[reports]\nhl7_listen = \"0.0.0.0:{HL7_PORT}\"\n"),
+        &format!(
+            "\n[[report_sink]]\nname = \"his\"\ntype = \"hl7\"\naddress = \"127.0.0.1:{HIS_PORT}\"\nack_timeout = \"30s\"\n"
+        ),
+    )?;
+    let his = NamespacedHis::start(&clinic, HIS_PORT)?;
+    let central = std::net::SocketAddr::from((clinic.wan.hub_mgmt, HL7_PORT));
+    // One report: committed at central (its ACK back), then received by
+    // the clinic's HIS; returns the milliseconds in between.
+    let send = |i: u32| -> anyhow::Result<f64> {
+        let mut pdf = b"%PDF-1.4\n".to_vec();
+        pdf.extend(
+            (0..PDF as u32).map(|b| (b.wrapping_mul(131).wrapping_add(i * 7919) % 251) as u8),
+        );
+        pdf.extend(b"\n%%EOF\n");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&pdf);
+        let control = format!("BENCHRPT{i:04}");
+        let message = format!(
+            "MSH|^~\\&|RIS|COUNTY|YILIAN|bench/clinic|20261203101500||ORU^R01|{control}|P|2.5\r\
+             PID|1||P{i:05}\r\
+             OBR|1||ACC-B{i}|CHEST^Chest X-ray|||20261203100000|||||||||||ACC-B{i}||||20261203101400|||F\r\
+             OBX|1|ED|PDF^Report||^application^pdf^Base64^{b64}||||||F\r"
+        );
+        let ack = mllp_exchange(central, message.as_bytes())?;
+        let committed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs_f64();
+        anyhow::ensure!(ack.contains(&format!("|{control}")), "central: {ack}");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(at) = his.arrived(&control) {
+                return Ok((at - committed) * 1000.0);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{control} did not reach the clinic's HIS\ngateway log:\n{}",
+                clinic.log_tail("gateway.log")
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let percentiles = |mut ms: Vec<f64>| {
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        format!("p50 {:.0} ms, p99 {:.0} ms", at(0.5), at(0.99))
+    };
+    let idle: Vec<f64> = (0..8)
+        .map(|i| {
+            let ms = send(i);
+            std::thread::sleep(Duration::from_millis(500));
+            ms
+        })
+        .collect::<anyhow::Result<_>>()?;
+    clinic.drop_file(&clinic.bulk, "CT-STUDY-1GB.BIN", 1 << 30)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while clinic.central_received() < 5e6 {
+        anyhow::ensure!(Instant::now() < deadline, "the study did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let loaded: Vec<f64> = (100..120)
+        .map(|i| {
+            let ms = send(i);
+            std::thread::sleep(Duration::from_secs(1));
+            ms
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let own = PDF as f64 * 4.0 / 3.0 * 8.0 / down * 1000.0;
+    let anchor = format!("own transfer {own:.0} ms + RTT {rtt:.0} ms");
+    report.row(
+        "report 200 kB PDF, central commit → clinic HIS, 4g idle (8)",
+        percentiles(idle),
+        anchor.clone(),
+    );
+    report.row(
+        "report 200 kB PDF, central commit → clinic HIS, 4g uplink saturated by a 1 GB study (20)",
+        percentiles(loaded),
+        anchor,
     );
     Ok(())
 }

@@ -37,6 +37,18 @@ impl Clinic {
     /// Starts the link, central and a gateway whose `[uplink]` gets
     /// `uplink_extra` (a rate limit or schedule).
     pub fn start(dir: &Path, profile: Profile, uplink_extra: &str) -> anyhow::Result<Self> {
+        Self::start_with(dir, profile, uplink_extra, "", "")
+    }
+
+    /// As [`Clinic::start`], with more TOML appended to central's and the
+    /// gateway's configuration (report listeners, sinks).
+    pub fn start_with(
+        dir: &Path,
+        profile: Profile,
+        uplink_extra: &str,
+        central_extra: &str,
+        gateway_extra: &str,
+    ) -> anyhow::Result<Self> {
         let wan = Wan::start(profile)?;
         let fleet = Fleet::create(dir)?;
         let central_data = dir.join("central-data");
@@ -51,7 +63,8 @@ impl Clinic {
                 data_dir: central_data.clone(),
                 tls,
             }
-            .toml(),
+            .toml()
+                + central_extra,
         )?;
         let central = Proc::spawn_in(
             Some(&wan.hub),
@@ -87,7 +100,7 @@ impl Clinic {
             idle_timeout_ms: None,
             reconnect_max_ms: 5_000,
             quota_bytes: None,
-            extra: String::new(),
+            extra: gateway_extra.to_owned(),
         };
         let gateway_toml = dir.join("gateway.toml");
         std::fs::write(&gateway_toml, setup.toml_with_uplink(uplink_extra))?;
