@@ -20,12 +20,60 @@ pub struct Relay {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// An upstream bottleneck.
+/// An upstream bottleneck (and, when `down_bytes_per_sec` is set, a
+/// downstream one with the same queue limit).
 #[derive(Debug, Clone, Copy)]
 pub struct Shaping {
     pub bytes_per_sec: u64,
     /// Most queueing delay before datagrams are dropped.
     pub queue: std::time::Duration,
+    /// Central → gateway rate; unshaped when `None`.
+    pub down_bytes_per_sec: Option<u64>,
+}
+
+/// A pacer: each datagram leaves when the link has serialised the ones
+/// before it; one that would wait longer than the queue limit is dropped.
+struct Pacer<T> {
+    rate: u64,
+    queue: std::time::Duration,
+    free_at: tokio::time::Instant,
+    tx: tokio::sync::mpsc::UnboundedSender<(tokio::time::Instant, T)>,
+    _task: AbortOnDrop,
+}
+
+impl<T: Send + 'static> Pacer<T> {
+    /// What is offered goes out through `send` at its time.
+    fn new<F, Fut>(rate: u64, queue: std::time::Duration, send: F) -> Self
+    where
+        F: Fn(T) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, T)>();
+        let task = tokio::spawn(async move {
+            while let Some((due, item)) = rx.recv().await {
+                tokio::time::sleep_until(due).await;
+                send(item).await;
+            }
+        });
+        Self {
+            rate,
+            queue,
+            free_at: tokio::time::Instant::now(),
+            tx,
+            _task: AbortOnDrop(task),
+        }
+    }
+
+    /// Queues `item` of `len` bytes, or drops it when the queue is full.
+    fn offer(&mut self, len: usize, item: T) {
+        let now = tokio::time::Instant::now();
+        let start = self.free_at.max(now);
+        if start.duration_since(now) > self.queue {
+            return; // queue full: tail drop
+        }
+        self.free_at = start + std::time::Duration::from_secs_f64(len as f64 / self.rate as f64);
+        let _ = self.tx.send((self.free_at, item));
+    }
 }
 
 impl Relay {
@@ -82,16 +130,15 @@ async fn run(
 ) -> std::io::Result<()> {
     let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
     // Shaped datagrams wait in a FIFO served by a pacer at the link rate.
-    let (pace_tx, mut pace_rx) =
-        tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Arc<UdpSocket>, Vec<u8>)>();
-    let pacer = tokio::spawn(async move {
-        while let Some((due, sock, data)) = pace_rx.recv().await {
-            tokio::time::sleep_until(due).await;
-            let _ = sock.send(&data).await;
-        }
+    let mut up = shaping.map(|sh| {
+        Pacer::new(
+            sh.bytes_per_sec,
+            sh.queue,
+            |(sock, data): (Arc<UdpSocket>, Vec<u8>)| async move {
+                let _ = sock.send(&data).await;
+            },
+        )
     });
-    let _pacer = AbortOnDrop(pacer);
-    let mut link_free_at = tokio::time::Instant::now();
     let mut buf = vec![0u8; 65536];
     let mut current_gen = u64::MAX;
     let mut back: Option<(Arc<UdpSocket>, tokio::task::JoinHandle<()>)> = None;
@@ -109,7 +156,20 @@ async fn run(
             let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
             sock.connect(upstream).await?;
             let (s, f, c, cutflag) = (sock.clone(), front.clone(), client.clone(), cut.clone());
+            let down = shaping.and_then(|sh| {
+                let rate = sh.down_bytes_per_sec?;
+                let (f, c) = (front.clone(), client.clone());
+                Some(Pacer::new(rate, sh.queue, move |data: Vec<u8>| {
+                    let (f, c) = (f.clone(), c.clone());
+                    async move {
+                        if let Some(to) = *c.lock().await {
+                            let _ = f.send_to(&data, to).await;
+                        }
+                    }
+                }))
+            });
             let t = tokio::spawn(async move {
+                let mut down = down;
                 let mut buf = vec![0u8; 65536];
                 loop {
                     let n = match s.recv(&mut buf).await {
@@ -123,7 +183,9 @@ async fn run(
                     if cutflag.load(Ordering::SeqCst) {
                         continue;
                     }
-                    if let Some(to) = *c.lock().await {
+                    if let Some(p) = down.as_mut() {
+                        p.offer(n, buf[..n].to_vec());
+                    } else if let Some(to) = *c.lock().await {
                         let _ = f.send_to(&buf[..n], to).await;
                     }
                 }
@@ -132,21 +194,11 @@ async fn run(
             current_gen = g;
         }
         if let Some((s, _)) = &back {
-            match shaping {
+            match up.as_mut() {
                 None => {
                     let _ = s.send(&buf[..n]).await;
                 }
-                Some(sh) => {
-                    let now = tokio::time::Instant::now();
-                    let start = link_free_at.max(now);
-                    if start.duration_since(now) > sh.queue {
-                        continue; // queue full: tail drop
-                    }
-                    let serialise =
-                        std::time::Duration::from_secs_f64(n as f64 / sh.bytes_per_sec as f64);
-                    link_free_at = start + serialise;
-                    let _ = pace_tx.send((link_free_at, s.clone(), buf[..n].to_vec()));
-                }
+                Some(p) => p.offer(n, (s.clone(), buf[..n].to_vec())),
             }
         }
     }

@@ -445,6 +445,7 @@ async fn stat_ecg_overtakes_a_1gb_study_on_a_saturated_uplink() {
     let shaping = Shaping {
         bytes_per_sec: RATE,
         queue: Duration::from_millis(30),
+        down_bytes_per_sec: None,
     };
     let hub = hub_via(dir.path(), &toml, Some(shaping)).await;
     std::fs::create_dir_all(&imaging).expect("mkdir");

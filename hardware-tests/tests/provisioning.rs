@@ -203,6 +203,7 @@ fn renewal_published_configuration_and_revocation_mid_upload() {
             Some(yilian_rig::relay::Shaping {
                 bytes_per_sec: 2_000_000,
                 queue: Duration::from_millis(50),
+                down_bytes_per_sec: None,
             }),
         ))
         .expect("relay");

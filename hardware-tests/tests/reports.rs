@@ -58,6 +58,23 @@ impl His {
     }
 }
 
+impl His {
+    /// When each message arrived (seconds since the epoch), by control id,
+    /// first arrival only.
+    fn arrivals(&self) -> std::collections::HashMap<String, f64> {
+        let mut out = std::collections::HashMap::new();
+        for v in std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            let id = v["control_id"].as_str().unwrap_or("").to_owned();
+            out.entry(id).or_insert(v["at"].as_f64().unwrap_or(0.0));
+        }
+        out
+    }
+}
+
 impl Drop for His {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -1216,5 +1233,113 @@ async fn reports_from_the_hospital_pacs_arrive_as_dicom() {
     for r in &rows {
         assert_eq!(r.gateway.as_deref(), Some("bench/clinic/box-1"), "{r:?}");
     }
+    hub.shutdown().await;
+}
+
+fn epoch_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A critical value (危急值) overtakes routine reports already queued for
+/// the clinic: the downlink is shaped to 100 kB/s, six routine reports
+/// with 150 kB PDFs (about 12 s of link) are committed first, then a
+/// potassium of 6.9 flagged HH. It must reach the clinic's HIS within a
+/// few seconds of its commit, ahead of the routine reports still queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_critical_value_overtakes_routine_reports() {
+    use yilian_rig::relay::Shaping;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let his = His::start(dir.path(), &[]);
+    let reports_port = free_tcp_port().expect("port");
+    let hub = Hub::start_with(
+        dir.path(),
+        HubSpec {
+            central_extra: format!("[reports]\nhl7_listen = \"{reports_port}\"\n"),
+            gateway_extra: format!(
+                "\n[[report_sink]]\nname = \"his\"\ntype = \"hl7\"\naddress = \"{}\"\nack_timeout = \"5s\"\n",
+                his.addr
+            ),
+            relay: Some(Some(Shaping {
+                bytes_per_sec: 2_000_000,
+                queue: Duration::from_millis(300),
+                down_bytes_per_sec: Some(100_000),
+            })),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+    let store = hub.central.store.clone();
+    wait_for("the box known at central", Duration::from_secs(30), || {
+        (!store.gateways().ok()?.is_empty()).then_some(())
+    })
+    .await;
+    let to_clinic = |m: String| m.replace("|YILIAN|HUB|", "|YILIAN|bench/clinic|");
+    let mut committed = std::collections::HashMap::new();
+    for i in 0..6u32 {
+        let pdf: Vec<u8> = b"%PDF-1.4\n"
+            .iter()
+            .copied()
+            .chain(
+                (0..150_000u32).map(|b| (b.wrapping_mul(131).wrapping_add(i * 7919) % 251) as u8),
+            )
+            .collect();
+        let b64 = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(&pdf)
+        };
+        let control = format!("ROUTINE{i}");
+        let m = to_clinic(oru(
+            &control,
+            &format!("KR{i}"),
+            "",
+            &format!("P70{i}"),
+            "F",
+            &format!("OBX|1|ED|PDF^Report||^application^pdf^Base64^{b64}||||||F"),
+        ));
+        assert!(mllp_send(dir.path(), reports_port, &m).contains(&format!("MSA|CA|{control}")));
+        committed.insert(control, epoch_s());
+    }
+    let critical = to_clinic(oru(
+        "CRIT0001",
+        "KC1",
+        "",
+        "P7100",
+        "F",
+        "OBX|1|TX|K^钾||6.9 mmol/L 危急值|||HH|||F",
+    ));
+    assert!(mllp_send(dir.path(), reports_port, &critical).contains("MSA|CA|CRIT0001"));
+    let critical_at = epoch_s();
+    wait_for("every report at the HIS", Duration::from_secs(60), || {
+        (his.arrivals().len() == 7).then_some(())
+    })
+    .await;
+    let arrived = his.arrivals();
+    let took = arrived["CRIT0001"] - critical_at;
+    let routine_after: Vec<&String> = committed
+        .keys()
+        .filter(|c| arrived[*c] > arrived["CRIT0001"])
+        .collect();
+    let last_routine = committed
+        .keys()
+        .map(|c| arrived[c])
+        .fold(f64::MIN, f64::max);
+    println!(
+        "critical value at the HIS {:.0} ms after its commit; routine reports still to come: {}; last routine {:.1} s after the critical commit",
+        took * 1000.0,
+        routine_after.len(),
+        last_routine - critical_at
+    );
+    assert!(
+        took < 4.0,
+        "the critical value took {took:.1} s behind routine reports"
+    );
+    assert!(
+        routine_after.len() >= 2,
+        "the critical value overtook routine reports queued before it: {arrived:?}"
+    );
     hub.shutdown().await;
 }

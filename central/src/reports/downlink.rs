@@ -24,9 +24,12 @@ use yilian_protocol::{BoxIdentity, Lane};
 
 use crate::store::{ReportRow, Store, StoreError, now_ms};
 
-/// Reports in flight to one box at once: an urgent one never waits long
-/// behind a large routine PDF.
+/// Routine reports in flight to one box at once.
 const IN_FLIGHT: usize = 3;
+/// Urgent reports (critical values, STAT) in flight besides: they never
+/// wait for a routine PDF to finish, and their streams' higher priority
+/// puts their bytes first on the link.
+const URGENT_IN_FLIGHT: usize = 4;
 
 /// The item kind of a report on the wire.
 pub const REPORT_KIND: &str = "report";
@@ -83,31 +86,41 @@ pub async fn serve_box(
     wake: Arc<Notify>,
 ) {
     let gateway = identity.to_string();
-    let mut tasks: JoinSet<String> = JoinSet::new();
+    let mut tasks: JoinSet<(String, bool)> = JoinSet::new();
     let mut in_flight: HashSet<String> = HashSet::new();
+    let (mut routine, mut urgent) = (0usize, 0usize);
     loop {
         let woken = wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
-        if tasks.len() < IN_FLIGHT {
+        if routine < IN_FLIGHT || urgent < URGENT_IN_FLIGHT {
+            // Urgent rows come first: with the routine slots full, the
+            // look still finds an urgent report that just arrived.
             let (s, g) = (store.clone(), gateway.clone());
-            let due =
-                tokio::task::spawn_blocking(move || s.report_downlink_next(&g, IN_FLIGHT * 2))
-                    .await;
+            let look = URGENT_IN_FLIGHT + IN_FLIGHT * 2;
+            let due = tokio::task::spawn_blocking(move || s.report_downlink_next(&g, look)).await;
             match due {
                 Ok(Ok(rows)) => {
                     for row in rows {
-                        if tasks.len() >= IN_FLIGHT {
-                            break;
-                        }
-                        if !in_flight.insert(row.report.id.clone()) {
+                        let is_urgent = row.report.urgent;
+                        let free = if is_urgent {
+                            urgent < URGENT_IN_FLIGHT
+                        } else {
+                            routine < IN_FLIGHT
+                        };
+                        if !free || !in_flight.insert(row.report.id.clone()) {
                             continue;
+                        }
+                        if is_urgent {
+                            urgent += 1;
+                        } else {
+                            routine += 1;
                         }
                         let (conn, store, g) = (conn.clone(), store.clone(), gateway.clone());
                         tasks.spawn(async move {
                             let id = row.report.id.clone();
                             settle(&conn, &store, &g, row.report, row.attempts).await;
-                            id
+                            (id, is_urgent)
                         });
                     }
                 }
@@ -121,8 +134,13 @@ pub async fn serve_box(
             _ = &mut woken => {}
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             Some(done) = tasks.join_next() => {
-                if let Ok(id) = done {
+                if let Ok((id, was_urgent)) = done {
                     in_flight.remove(&id);
+                    if was_urgent {
+                        urgent -= 1;
+                    } else {
+                        routine -= 1;
+                    }
                 }
             }
             _ = conn.closed() => {

@@ -21,7 +21,8 @@ use crate::metrics::GatewayMetrics;
 pub const REPORT_KIND: &str = "report";
 /// Larger is not a report (a PDF of a few MB is).
 const MAX_REPORT: u64 = 64 * 1024 * 1024;
-/// Report streams served at once; central sends a few at a time.
+/// Report streams served at once; central sends at most three routine and
+/// four urgent reports at a time.
 const MAX_STREAMS: usize = 8;
 
 /// What the box's end of the downlink needs.
