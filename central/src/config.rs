@@ -84,6 +84,10 @@ pub struct ReportsSection {
     /// Calling AE titles accepted at `dicom_listen`; empty accepts any.
     #[serde(default)]
     pub dicom_allowed: Vec<String>,
+    /// The clinics' clock (`+08:00` by default), for a device acquisition
+    /// time that came without its offset: the turnaround starts there.
+    #[serde(default)]
+    pub clinic_utc_offset: yilian_gateway_config::units::Offset,
 }
 
 #[derive(Debug, Clone, Deserialize)]

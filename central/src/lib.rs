@@ -145,6 +145,7 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
             store: store.clone(),
             metrics: metrics.clone(),
             facilities: r.facilities.clone(),
+            clinic_offset: r.clinic_utc_offset.0,
             wake: shared.reports_wake.clone(),
         };
         if let Some(addr) = r.hl7_listen {

@@ -24,6 +24,9 @@ pub struct CtStudy {
     pub images: usize,
     pub rows: u16,
     pub cols: u16,
+    /// Acquisition date and time (`YYYYMMDD`, `HHMMSS`) in the
+    /// modality's local time, when set.
+    pub acquired: Option<(String, String)>,
 }
 
 impl CtStudy {
@@ -38,6 +41,7 @@ impl CtStudy {
             images,
             rows: 512,
             cols: 512,
+            acquired: None,
         }
     }
 
@@ -67,6 +71,10 @@ impl CtStudy {
         o.put(s(tags::SOP_CLASS_UID, VR::UI, CT_IMAGE_STORAGE));
         o.put(s(tags::SOP_INSTANCE_UID, VR::UI, &sop));
         o.put(s(tags::STUDY_DATE, VR::DA, "20261123"));
+        if let Some((day, time)) = &self.acquired {
+            o.put(s(tags::CONTENT_DATE, VR::DA, day));
+            o.put(s(tags::CONTENT_TIME, VR::TM, time));
+        }
         o.put(s(tags::ACCESSION_NUMBER, VR::SH, "ACC0001"));
         o.put(s(tags::MODALITY, VR::CS, "CT"));
         o.put(s(tags::PATIENT_NAME, VR::PN, &self.patient_name));

@@ -1100,7 +1100,26 @@ async fn reports_from_the_hospital_pacs_arrive_as_dicom() {
     )
     .await
     .expect("hub");
-    let study = CtStudy::new(31, 2);
+    // Acquired an hour ago, China Standard Time: the turnaround starts
+    // there, not when the box received the images.
+    let mut study = CtStudy::new(31, 2);
+    let hour_ago = time::OffsetDateTime::now_utc()
+        .to_offset(time::UtcOffset::from_hms(8, 0, 0).expect("offset"))
+        - time::Duration::hours(1);
+    study.acquired = Some((
+        format!(
+            "{:04}{:02}{:02}",
+            hour_ago.year(),
+            hour_ago.month() as u8,
+            hour_ago.day()
+        ),
+        format!(
+            "{:02}{:02}{:02}",
+            hour_ago.hour(),
+            hour_ago.minute(),
+            hour_ago.second()
+        ),
+    ));
     let files = study.write(&dir.path().join("ct")).expect("write study");
     let out = storescu(dicom, "YILIAN_GW", "CT_ROOM", &files).expect("storescu");
     assert!(
@@ -1232,6 +1251,11 @@ async fn reports_from_the_hospital_pacs_arrive_as_dicom() {
     assert_eq!(pdf_row.study_uid, study.study_uid);
     for r in &rows {
         assert_eq!(r.gateway.as_deref(), Some("bench/clinic/box-1"), "{r:?}");
+        let from_acquisition = r.received_ms - r.acquired_ms.expect("acquired");
+        assert!(
+            (3_540_000..3_660_000).contains(&from_acquisition),
+            "the turnaround starts at the CT's acquisition an hour ago: {from_acquisition} ms; {r:?}"
+        );
     }
     hub.shutdown().await;
 }

@@ -21,6 +21,9 @@ pub struct ReportIntake {
     pub metrics: CentralMetrics,
     /// Facility codes (MSH-6) to clinics, as for orders.
     pub facilities: BTreeMap<String, String>,
+    /// The clinics' UTC offset, for a device's acquisition time given
+    /// without one.
+    pub clinic_offset: time::UtcOffset,
     /// Told when a report was queued, so the box's downlink looks at once.
     pub wake: std::sync::Arc<Notify>,
 }
@@ -36,9 +39,10 @@ impl ReportIntake {
     ) -> Result<Stored<ReportRow>, StoreError> {
         let store = self.store.clone();
         let facilities = self.facilities.clone();
+        let offset = self.clinic_offset;
         let src = source.to_owned();
         let r = tokio::task::spawn_blocking(move || {
-            store.report_commit(&report, &src, &message, &facilities)
+            store.report_commit(&report, &src, &message, &facilities, offset)
         })
         .await
         .map_err(|_| StoreError::WriterStopped)?;

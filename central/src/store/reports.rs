@@ -107,7 +107,8 @@ pub struct ReportRow {
     pub size: u64,
     pub received_ms: i64,
     pub received_at: String,
-    /// When the item it reports on reached the clinic's box.
+    /// When the device acquired the item the report answers (or, when its
+    /// clock cannot be believed, when the item reached central).
     pub acquired_ms: Option<i64>,
     /// The box it goes to; none while it is parked.
     pub gateway: Option<String>,
@@ -145,11 +146,11 @@ struct Correlation {
 pub struct Turnaround {
     pub kind: String,
     pub urgent: bool,
-    /// From the item's receipt at the box to the report delivered at the
-    /// clinic (two machines' clocks).
+    /// From the item's acquisition by the device (else its arrival) to
+    /// the report delivered at the clinic (two machines' clocks).
     pub total_ms: Option<i64>,
-    /// From the item's receipt at the box to the report at central: the
-    /// reading time at the hospital, plus the way up.
+    /// From the item's acquisition (else its arrival) to the report at
+    /// central: the reading time at the hospital, plus the way up.
     pub reading_ms: Option<i64>,
     /// From the report at central to its delivery at the clinic.
     pub down_ms: i64,
@@ -211,21 +212,103 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
     })
 }
 
-fn one_item(
-    tx: &Transaction<'_>,
-    key: &str,
-    value: &str,
-) -> rusqlite::Result<Option<(String, i64, String)>> {
+/// An item a report answers: its box, when central received it, its kind
+/// and the device's acquisition time as the box described it.
+type ItemHit = (String, i64, String, Option<String>);
+
+/// The columns of an [`ItemHit`].
+const HIT: &str = "gateway, received_ms, kind, json_extract(metadata, '$.acquired')";
+
+fn hit(r: &rusqlite::Row<'_>) -> rusqlite::Result<ItemHit> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+}
+
+/// When the device acquired the item, from the `acquired` the box wrote
+/// (`YYYY-MM-DDTHH:MM[:SS][±HH:MM]`, the device's own offset when it gave
+/// one, else the clinic's). A device clock that puts it after the item
+/// reached central, or more than 30 days before, is not believed.
+pub fn acquisition_ms(acquired: &str, received_ms: i64, clinic: time::UtcOffset) -> Option<i64> {
+    let s = acquired.trim();
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<u16>().ok();
+    if s.get(4..5)? != "-" || s.get(7..8)? != "-" || s.get(10..11)? != "T" || s.get(13..14)? != ":"
+    {
+        return None;
+    }
+    let month = time::Month::try_from(u8::try_from(num(5..7)?).ok()?).ok()?;
+    let date =
+        time::Date::from_calendar_date(i32::from(num(0..4)?), month, num(8..10)? as u8).ok()?;
+    let (second, zone) = match s.get(16..17) {
+        Some(":") => (num(17..19)? as u8, s.get(19..)?),
+        _ => (0, s.get(16..)?),
+    };
+    let clock = time::Time::from_hms(num(11..13)? as u8, num(14..16)? as u8, second).ok()?;
+    let offset = match zone {
+        "" => clinic,
+        "Z" => time::UtcOffset::UTC,
+        z => {
+            let sign: i8 = match z.get(..1)? {
+                "+" => 1,
+                "-" => -1,
+                _ => return None,
+            };
+            let h: i8 = z.get(1..3)?.parse().ok()?;
+            let m: i8 = z.get(4..6)?.parse().ok()?;
+            time::UtcOffset::from_hms(sign * h, sign * m, 0).ok()?
+        }
+    };
+    let at = time::PrimitiveDateTime::new(date, clock).assume_offset(offset);
+    let ms = (at.unix_timestamp_nanos() / 1_000_000) as i64;
+    let month_ms = 30 * 24 * 3_600_000;
+    (ms <= received_ms && received_ms - ms <= month_ms).then_some(ms)
+}
+
+#[cfg(test)]
+mod acquisition_tests {
+    use super::acquisition_ms;
+
+    #[test]
+    fn a_device_time_is_read_in_its_own_offset_or_the_clinics() {
+        let cst = time::UtcOffset::from_hms(8, 0, 0).expect("offset");
+        // 2026-12-03T10:00:00+08:00 is 02:00 UTC.
+        let utc_2am = 1_796_263_200_000i64;
+        let received = utc_2am + 600_000;
+        assert_eq!(
+            acquisition_ms("2026-12-03T10:00:00", received, cst),
+            Some(utc_2am)
+        );
+        assert_eq!(
+            acquisition_ms("2026-12-03T10:00", received, cst),
+            Some(utc_2am)
+        );
+        assert_eq!(
+            acquisition_ms("2026-12-03T02:00:00Z", received, cst),
+            Some(utc_2am)
+        );
+        assert_eq!(
+            acquisition_ms("2026-12-03T03:00:00+01:00", received, cst),
+            Some(utc_2am)
+        );
+        // A cart whose clock runs ahead, or was never set, is not believed.
+        assert_eq!(acquisition_ms("2026-12-03T10:30:00", received, cst), None);
+        assert_eq!(acquisition_ms("2000-01-01T00:00:00", received, cst), None);
+        // A date alone says too little; garbage says nothing.
+        assert_eq!(acquisition_ms("2026-12-03", received, cst), None);
+        assert_eq!(acquisition_ms("2026-13-03T10:00:00", received, cst), None);
+        assert_eq!(acquisition_ms("今天上午", received, cst), None);
+    }
+}
+
+fn one_item(tx: &Transaction<'_>, key: &str, value: &str) -> rusqlite::Result<Option<ItemHit>> {
     if value.is_empty() {
         return Ok(None);
     }
     tx.query_row(
         &format!(
-            "SELECT gateway, received_ms, kind FROM items WHERE json_extract(metadata, '$.{key}') = ?1 \
+            "SELECT {HIT} FROM items WHERE json_extract(metadata, '$.{key}') = ?1 \
              ORDER BY id DESC LIMIT 1"
         ),
         params![value],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        hit,
     )
     .optional()
 }
@@ -263,11 +346,18 @@ fn correlate(
     tx: &Transaction<'_>,
     keys: &ReportKeys,
     facilities: &BTreeMap<String, String>,
+    clinic_offset: time::UtcOffset,
 ) -> Result<Result<Correlation, String>, StoreError> {
-    let item = |(gateway, received, kind): (String, i64, String), by| Correlation {
+    // The turnaround runs from the device's acquisition when its clock
+    // can be believed, else from the item's arrival.
+    let item = |(gateway, received, kind, acquired): ItemHit, by| Correlation {
         gateway,
         matched_by: by,
-        acquired_ms: Some(received),
+        acquired_ms: Some(
+            acquired
+                .and_then(|a| acquisition_ms(&a, received, clinic_offset))
+                .unwrap_or(received),
+        ),
         item_kind: Some(kind),
     };
     if let Some(i) = one_item(tx, "accession", &keys.accession)? {
@@ -300,10 +390,12 @@ fn correlate(
         if let Some(prefix) = upload_prefix(candidate) {
             let found = tx
                 .query_row(
-                    "SELECT gateway, received_ms, kind FROM items WHERE substr(upload_id, 1, 12) = ?1 \
-                     ORDER BY id DESC LIMIT 1",
+                    &format!(
+                        "SELECT {HIT} FROM items WHERE substr(upload_id, 1, 12) = ?1 \
+                         ORDER BY id DESC LIMIT 1"
+                    ),
                     params![prefix],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    hit,
                 )
                 .optional()?;
             if let Some(i) = found {
@@ -327,14 +419,12 @@ fn correlate(
     if keys.patient_id.is_empty() {
         return Ok(Err("no key to correlate on".into()));
     }
-    let mut stmt = tx.prepare(
-        "SELECT gateway, received_ms, kind FROM items WHERE json_extract(metadata, '$.patient_id') = ?1 \
-         ORDER BY id DESC",
-    )?;
-    let seen: Vec<(String, i64, String)> = stmt
-        .query_map(params![keys.patient_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?
+    let mut stmt = tx.prepare(&format!(
+        "SELECT {HIT} FROM items WHERE json_extract(metadata, '$.patient_id') = ?1 \
+         ORDER BY id DESC"
+    ))?;
+    let seen: Vec<ItemHit> = stmt
+        .query_map(params![keys.patient_id], hit)?
         .collect::<Result<_, _>>()?;
     let mut clinics: Vec<String> = seen.iter().map(|s| clinic_of(&s.0).to_owned()).collect();
     clinics.sort_unstable();
@@ -376,6 +466,7 @@ impl Store {
         source: &str,
         message: &[u8],
         facilities: &BTreeMap<String, String>,
+        clinic_offset: time::UtcOffset,
     ) -> Result<Stored<ReportRow>, StoreError> {
         let id = report_id(source, &report.control_id);
         let sha = hex::encode(Sha256::digest(message));
@@ -391,7 +482,7 @@ impl Store {
                 .optional()?
                 .is_some();
             if !held {
-                let found = correlate(&tx, &report.keys, facilities)?;
+                let found = correlate(&tx, &report.keys, facilities, clinic_offset)?;
                 let (gateway, by, reason, acquired, kind) = match &found {
                     Ok(c) => (
                         Some(c.gateway.as_str()),
