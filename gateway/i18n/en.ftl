@@ -176,6 +176,7 @@ why-his-unreachable = cannot reach the HIS ({ $detail }): is the HIS running and
 why-his-no-ack = the HIS did not answer within { $detail }; it is sent again
 why-his-bad-ack = the HIS answered something unexpected ({ $detail }); it is sent again
 why-his-refused = the HIS refused the report ({ $detail }); ask the HIS vendor why
+why-his-rebuild = the report could not be rebuilt for the HIS ({ $detail }); check charset and embed_pdf in this sink
 why-his-busy = the HIS cannot take the report now ({ $detail }); it is sent again
 why-printer-missing = the box cannot print: CUPS (lp) is not installed ({ $detail })
 why-printer-failed = the printer cannot take the report ({ $detail }): is it on, with paper? `lpstat -p` on the box says more

@@ -176,6 +176,7 @@ why-his-unreachable = 连不上 HIS（{ $detail }）：请确认 HIS 已开启�
 why-his-no-ack = HIS 在 { $detail } 内没有应答；会自动重发
 why-his-bad-ack = HIS 的应答不对（{ $detail }）；会自动重发
 why-his-refused = HIS 拒收了这份报告（{ $detail }）；请向 HIS 厂家询问原因
+why-his-rebuild = 无法按 HIS 的要求改写这份报告（{ $detail }）；请检查此接收端的 charset 和 embed_pdf 设置
 why-his-busy = HIS 暂时不能接收（{ $detail }）；会自动重发
 why-printer-missing = 本机无法打印：没有安装 CUPS（lp）（{ $detail }）
 why-printer-failed = 打印机无法打印这份报告（{ $detail }）：请确认打印机已开机、有纸；在本机运行 `lpstat -p` 可查看详情

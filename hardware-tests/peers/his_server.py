@@ -23,6 +23,7 @@ async def main():
     p.add_argument("--refuse", action="append", default=[])
     p.add_argument("--silent-once", action="append", default=[])
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--encoding", default="utf-8")
     a = p.parse_args()
     silent = set(a.silent_once)
 
@@ -45,7 +46,7 @@ async def main():
         finally:
             writer.close()
 
-    server = await hl7.mllp.start_hl7_server(client, host=a.host, port=a.port, encoding="utf-8", limit=64 * 1024 * 1024)
+    server = await hl7.mllp.start_hl7_server(client, host=a.host, port=a.port, encoding=a.encoding, limit=64 * 1024 * 1024)
     async with server:
         print("ready", flush=True)
         await server.serve_forever()

@@ -27,6 +27,11 @@ struct His {
 
 impl His {
     fn start(dir: &Path, refuse: &[&str]) -> Self {
+        Self::start_reading(dir, refuse, "utf-8")
+    }
+
+    /// A HIS that reads `encoding` (python's codec name).
+    fn start_reading(dir: &Path, refuse: &[&str], encoding: &str) -> Self {
         let addr = free_tcp_port().expect("port");
         std::fs::create_dir_all(dir).expect("mkdir");
         let log = dir.join("his.jsonl");
@@ -36,6 +41,7 @@ impl His {
             .args(["--port", &addr.port().to_string()])
             .arg("--log")
             .arg(&log)
+            .args(["--encoding", encoding])
             .stdout(Stdio::piped());
         for r in refuse {
             cmd.args(["--refuse", r]);
@@ -1365,5 +1371,90 @@ async fn a_critical_value_overtakes_routine_reports() {
         routine_after.len() >= 2,
         "the critical value overtook routine reports queued before it: {arrived:?}"
     );
+    hub.shutdown().await;
+}
+
+/// An older clinic HIS reads only GBK, checks that messages are addressed
+/// to it, and stores text only: the sink rebuilds each report for it
+/// (MSH-5/6, GB18030, no embedded PDF) and keeps MSH-10, so the HIS's ACK
+/// still names the report. python `hl7`'s server decodes the bytes as
+/// GB18030; a UTF-8 message would not even decode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_his_that_reads_gbk_gets_the_report_rebuilt_for_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let his = His::start_reading(&dir.path().join("his"), &[], "gb18030");
+    let reports_port = free_tcp_port().expect("port");
+    let hub = Hub::start_with(
+        dir.path(),
+        HubSpec {
+            central_extra: format!("[reports]\nhl7_listen = \"{reports_port}\"\n"),
+            gateway_extra: format!(
+                "\n[[report_sink]]\nname = \"his\"\ntype = \"hl7\"\naddress = \"{}\"\nack_timeout = \"5s\"\n\
+                 receiving_application = \"HIS\"\nreceiving_facility = \"XIACUN\"\ncharset = \"gb18030\"\nembed_pdf = false\n",
+                his.addr
+            ),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+    let store = hub.central.store.clone();
+    wait_for("the box known at central", Duration::from_secs(30), || {
+        (!store.gateways().ok()?.is_empty()).then_some(())
+    })
+    .await;
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(b"%PDF-1.4 report")
+    };
+    let m = oru(
+        "GBK0001",
+        "KG1",
+        "",
+        "P8801",
+        "F",
+        &format!(
+            "OBX|1|ED|PDF^报告||^application^pdf^Base64^{b64}||||||F\r{}",
+            text_obx("两肺纹理清晰，未见明显异常。").replacen("OBX|1|", "OBX|2|", 1)
+        ),
+    )
+    .replace("|YILIAN|HUB|", "|YILIAN|bench/clinic|");
+    assert!(mllp_send(dir.path(), reports_port, &m).contains("MSA|CA|GBK0001"));
+    wait_for("the report at the HIS", Duration::from_secs(30), || {
+        (his.received() == ["GBK0001"]).then_some(())
+    })
+    .await;
+    let line = std::fs::read_to_string(&his.log).expect("log");
+    let got: serde_json::Value =
+        serde_json::from_str(line.lines().next().expect("line")).expect("json");
+    let text = got["text"].as_str().expect("text").replace('\n', "\r");
+    let fields = |seg: &str| -> Vec<String> {
+        text.split('\r')
+            .find(|s| s.starts_with(seg))
+            .map(|s| s.split('|').map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let msh = fields("MSH");
+    assert_eq!(
+        (msh[4].as_str(), msh[5].as_str()),
+        ("HIS", "XIACUN"),
+        "{text}"
+    );
+    assert_eq!(msh[9], "GBK0001");
+    assert_eq!(msh[17], "GB 18030-2000");
+    assert!(text.contains("张^三"), "Chinese intact through GBK: {text}");
+    assert!(text.contains("两肺纹理清晰，未见明显异常。"), "{text}");
+    assert!(!text.contains("|ED|"), "no embedded PDF: {text}");
+    assert_eq!(fields("OBX")[1], "1", "renumbered: {text}");
+    wait_for("the receipt at central", Duration::from_secs(30), || {
+        let rows = store.reports(false, 10).ok()?;
+        (rows
+            .first()?
+            .receipts
+            .iter()
+            .any(|r| r.contains("delivered")))
+        .then_some(())
+    })
+    .await;
     hub.shutdown().await;
 }

@@ -8,6 +8,7 @@ pub mod ack;
 pub mod charset;
 pub mod escape;
 pub mod message;
+pub mod rebuild;
 pub mod report;
 
 pub use ack::{AckCode, AckCondition, AckMode, ErrorInfo, Verdict, build_ack};

@@ -63,6 +63,21 @@ pub struct ReportSinkSection {
     /// all when empty.
     #[serde(default)]
     pub kinds: Vec<String>,
+    /// `hl7`: MSH-5 and MSH-6 as the clinic's HIS expects them (as the
+    /// hospital sent them when absent).
+    pub receiving_application: Option<String>,
+    pub receiving_facility: Option<String>,
+    /// `hl7`: the character set the HIS reads (`utf-8`, `gb18030`); the
+    /// hospital's when absent.
+    pub charset: Option<String>,
+    /// `hl7`: keep an embedded PDF (OBX of type ED) in the message; a HIS
+    /// that stores text only is sent the text.
+    #[serde(default = "keep_pdf")]
+    pub embed_pdf: bool,
+}
+
+fn keep_pdf() -> bool {
+    true
 }
 
 fn default_ack_timeout() -> Duration {
@@ -117,6 +132,25 @@ impl ReportSinkSection {
             },
             _ => {}
         }
+        if let Some(cs) = &self.charset
+            && yilian_codecs::hl7::Charset::from_label(cs).is_none()
+        {
+            return Some((
+                "charset",
+                format!("unknown charset {cs:?}: use utf-8 or gb18030"),
+            ));
+        }
+        if self.sink_type != SinkType::Hl7
+            && (self.charset.is_some()
+                || self.receiving_application.is_some()
+                || self.receiving_facility.is_some()
+                || !self.embed_pdf)
+        {
+            return Some((
+                "charset",
+                "charset, receiving_application, receiving_facility and embed_pdf apply to type = \"hl7\" only".into(),
+            ));
+        }
         if let Some(k) = self
             .kinds
             .iter()
@@ -131,6 +165,19 @@ impl ReportSinkSection {
             ));
         }
         None
+    }
+
+    /// How an `hl7` sink rebuilds each message for the clinic's HIS.
+    pub fn rebuild(&self) -> yilian_codecs::hl7::rebuild::Rebuild {
+        yilian_codecs::hl7::rebuild::Rebuild {
+            receiving_application: self.receiving_application.clone(),
+            receiving_facility: self.receiving_facility.clone(),
+            charset: self
+                .charset
+                .as_deref()
+                .and_then(yilian_codecs::hl7::Charset::from_label),
+            drop_embedded: !self.embed_pdf,
+        }
     }
 
     /// Whether this sink takes reports of `kind`.

@@ -1,6 +1,7 @@
 //! The clinic's HIS over MLLP: each report as the hospital sent it (same
-//! bytes, charset and MSH-10, so the HIS de-duplicates a resend), one in
-//! flight per connection. AA/CA: delivered. AR/CR, a wrong or missing ACK:
+//! bytes, charset and MSH-10, so the HIS de-duplicates a resend), or
+//! rebuilt for a HIS that needs it (addressed to it, in its charset,
+//! without the PDF; MSH-10 kept), one in flight per connection. AA/CA: delivered. AR/CR, a wrong or missing ACK:
 //! sent again later on a new connection. AE/CE: refused, with the HIS's
 //! reason on the box's page and at central.
 
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use yilian_codecs::hl7::rebuild::{Rebuild, rebuild};
 use yilian_codecs::hl7::{Message, decode};
 use yilian_codecs::mllp::{self, MllpDecoder};
 use yilian_gateway_config::schema::ReportSinkSection;
@@ -17,6 +19,7 @@ use super::{Ready, Sink, SinkVerdict, Why};
 pub struct HisSink {
     address: String,
     ack_timeout: Duration,
+    rebuild: Rebuild,
     conn: Option<TcpStream>,
 }
 
@@ -25,6 +28,7 @@ impl HisSink {
         Self {
             address: section.address.clone().unwrap_or_default(),
             ack_timeout: section.ack_timeout,
+            rebuild: section.rebuild(),
             conn: None,
         }
     }
@@ -74,11 +78,15 @@ pub(super) async fn exchange(stream: &mut TcpStream, message: &[u8]) -> std::io:
 impl Sink for HisSink {
     async fn deliver(&mut self, ready: &Ready<'_>) -> SinkVerdict {
         let timeout = self.ack_timeout;
+        let message = match rebuild(ready.bytes, &self.rebuild) {
+            Ok(m) => m,
+            Err(e) => return SinkVerdict::Failed(Why::new("why-his-rebuild", e)),
+        };
         let stream = match self.connect().await {
             Ok(s) => s,
             Err(e) => return SinkVerdict::Retry(e),
         };
-        let ack = match tokio::time::timeout(timeout, exchange(stream, ready.bytes)).await {
+        let ack = match tokio::time::timeout(timeout, exchange(stream, &message)).await {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
                 self.conn = None;
