@@ -217,6 +217,7 @@ echo-why-status = it answered with an error status ({ $detail })
 
 ## Application ACKs to the clinic's HL7 senders
 why-ack-no-address = this sender asked for the LIS's answer, but no app_ack_address is configured for it ({ $detail }): add one to its [[hl7.peer]]
+why-ack-no-connection = this sender asked for the LIS's answer but has no connection open to the box now ({ $detail }); it is sent when the sender connects again, or configure its app_ack_address in [[hl7.peer]]
 why-ack-unreachable = the sender does not take the LIS's answer now ({ $detail }); it is sent again
 why-ack-refused = the sender refused the LIS's answer ({ $detail })
 

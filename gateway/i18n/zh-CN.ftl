@@ -217,6 +217,7 @@ echo-why-status = 它返回了错误状态（{ $detail }）
 
 ## 回给诊所 HL7 发送方的应用确认
 why-ack-no-address = 该发送方要求收到检验系统的应答，但没有为它配置 app_ack_address（{ $detail }）：请在它的 [[hl7.peer]] 中添加
+why-ack-no-connection = 该发送方要求收到检验系统的应答，但现在没有连到本机（{ $detail }）；它再次连接时会发出，或在它的 [[hl7.peer]] 中配置 app_ack_address
 why-ack-unreachable = 发送方暂时不能接收检验系统的应答（{ $detail }）；会自动重发
 why-ack-refused = 发送方拒收了检验系统的应答（{ $detail }）
 

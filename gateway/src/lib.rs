@@ -167,6 +167,7 @@ pub async fn start(mut config: GatewayConfig) -> anyhow::Result<Running> {
         spool_dir: config.spool.dir.clone(),
         settled: settled.clone(),
         board: board.clone(),
+        open_senders: Arc::default(),
     };
     for source in intake::sources(&config, &shared) {
         // Every configured device has its series from the start, so a
@@ -191,6 +192,7 @@ pub async fn start(mut config: GatewayConfig) -> anyhow::Result<Running> {
     reports::sinks::spawn_all(
         &config.report_sink,
         &config.hl7,
+        &shared.open_senders,
         &reports,
         &metrics,
         &arrived,

@@ -1458,3 +1458,98 @@ async fn a_his_that_reads_gbk_gets_the_report_rebuilt_for_it() {
     .await;
     hub.shutdown().await;
 }
+
+/// The hospital LIS's answer on the connection the clinic's sender keeps
+/// open (HL7 enhanced mode), with no `app_ack_address` configured: python
+/// `hl7`'s asyncio client sends two results asking for application ACKs,
+/// gets CA for each at once, stays connected, and receives AA for one and
+/// AE with the LIS's reason for the other on that same connection; its own
+/// CA to each is taken as an answer, never stored as a result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lis_answer_comes_back_on_the_senders_open_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lis = His::start(&dir.path().join("lis"), &["CLINBAD2"]);
+    let lab = free_tcp_port().expect("port");
+    let hub = Hub::start_with(
+        dir.path(),
+        HubSpec {
+            central_extra: format!(
+                "[lis]\naddress = \"{}\"\nack_timeout = \"5s\"\nretry_base = \"1s\"\n",
+                lis.addr
+            ),
+            gateway_extra: format!("\n[[hl7]]\nname = \"clinic-lis\"\nlisten = \"{lab}\"\n"),
+            ..HubSpec::default()
+        },
+    )
+    .await
+    .expect("hub");
+    let mut args: Vec<String> = Vec::new();
+    for control in ["CLINOK2", "CLINBAD2"] {
+        let path = dir.path().join(format!("{control}.hl7"));
+        std::fs::write(
+            &path,
+            format!(
+                "MSH|^~\\&|CLINLIS|XIACUN|LIS|COUNTY|20261203101500||ORU^R01^ORU_R01|{control}|P|2.5.1|||AL|AL\r\
+                 PID|1||P{control}||Wang^Fang\r\
+                 OBR|1||S{control}|GLU^Glucose^L\r\
+                 OBX|1|NM|GLU^Glucose^L||5.4|mmol/L|3.9-6.1|N|||F\r"
+            ),
+        )
+        .expect("write");
+        args.push("--message".into());
+        args.push(path.display().to_string());
+    }
+    let log = dir.path().join("answers.jsonl");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/hl7_keepalive_sender.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .args([
+            "--port",
+            &lab.port().to_string(),
+            "--expect",
+            "2",
+            "--timeout",
+            "60",
+            "--log",
+        ])
+        .arg(&log)
+        .args(&args)
+        .output()
+        .await
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("MSA|CA|CLINOK2") && stdout.contains("MSA|CA|CLINBAD2"),
+        "accepted at once: {stdout}"
+    );
+    let answers: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let of = |id: &str| {
+        answers
+            .iter()
+            .find(|a| a["answers"] == id)
+            .unwrap_or_else(|| panic!("no answer for {id}: {answers:?}"))
+    };
+    assert_eq!(of("CLINOK2")["code"], "AA");
+    assert_eq!(of("CLINBAD2")["code"], "AE");
+    assert!(
+        of("CLINBAD2")["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ERR")
+    );
+    // The sender's CA to each answer is not a result: two items, not four.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let items = hub.gateway.spool.stats().expect("stats");
+    let held: u64 = items.lanes.iter().map(|l| l.items).sum::<u64>() + items.delivered_kept;
+    assert_eq!(held, 2, "{items:?}");
+    hub.shutdown().await;
+}

@@ -31,6 +31,8 @@ pub struct MllpListener {
     intake: Intake,
     /// Keeps a garbage-streaming sender from flooding the log.
     warn_limit: crate::intake::warn_limit::WarnLimit,
+    /// Where this listener's connections register for application ACKs.
+    open_senders: Arc<crate::intake::open_senders::OpenSenders>,
 }
 
 /// What happened to one message, for its acknowledgement.
@@ -77,6 +79,7 @@ impl MllpListener {
             config,
             intake,
             warn_limit: Default::default(),
+            open_senders: shared.open_senders.clone(),
         }
     }
 
@@ -143,8 +146,20 @@ impl MllpListener {
         let mut buf = vec![0u8; 64 * 1024];
         let kicked = ticket.kicked();
         tokio::pin!(kicked);
+        // Application ACKs for this sender come back on this connection
+        // while it is open.
+        let mut registration = self.open_senders.register(&self.config.name, peer.ip());
         let ended = loop {
             let n = tokio::select! {
+                Some(out) = registration.outgoing.recv() => {
+                    let written = stream.write_all(&out.bytes).await;
+                    let failed = written.as_ref().err().map(std::io::Error::kind);
+                    let _ = out.written.send(written);
+                    match failed {
+                        Some(kind) => break Err(kind.into()),
+                        None => continue,
+                    }
+                }
                 r = tokio::time::timeout(self.config.idle_timeout, stream.read(&mut buf)) => match r {
                     Ok(Ok(n)) => n,
                     Ok(Err(e)) => break Err(e),
@@ -215,6 +230,13 @@ impl MllpListener {
                 return Some(mllp::encode(&encode(&ack, decoded.charset)));
             }
         };
+        // An answer to an application ACK we sent on this connection: the
+        // sender's acknowledgement, not a result to store or answer.
+        if message.message_type().0 == "ACK" {
+            tracing::debug!(listener = %self.config.name, %peer, answered = message.get("MSA", 2, 1),
+                "the sender acknowledged an application ACK");
+            return None;
+        }
         let mode = AckMode::of(&message);
         let outcome = match message.require_header() {
             Err(e) => Outcome::Malformed(ErrorInfo {

@@ -11,6 +11,7 @@ pub mod dicom;
 pub mod ecg_serial;
 pub mod folder;
 pub mod mllp;
+pub mod open_senders;
 pub mod serial;
 pub mod source;
 pub mod warn_limit;

@@ -51,6 +51,8 @@ pub struct Shared {
     pub settled: crate::settled::Settled,
     /// What each device did lately, for the box's page.
     pub board: crate::board::DeviceBoard,
+    /// HL7 senders' open connections, for their application ACKs.
+    pub open_senders: Arc<crate::intake::open_senders::OpenSenders>,
 }
 
 /// Why an item was not stored. The adapter answers its device with the

@@ -97,6 +97,7 @@ fn read(bytes: &[u8]) -> Result<Report, String> {
 pub fn spawn_all(
     sinks: &[ReportSinkSection],
     hl7: &[yilian_gateway_config::schema::Hl7Section],
+    open_senders: &Arc<crate::intake::open_senders::OpenSenders>,
     store: &ReportStore,
     metrics: &GatewayMetrics,
     arrived: &Arc<Notify>,
@@ -104,11 +105,13 @@ pub fn spawn_all(
     stop: &watch::Receiver<bool>,
     tasks: &mut tokio::task::JoinSet<()>,
 ) {
-    // Always running: an answer for a sender with no address configured
-    // is recorded as refused (with what to configure), not left waiting.
+    // Always running: an answer goes on the sender's open connection or
+    // to its address; for a sender with neither it is recorded as refused
+    // (with what to configure) after a few minutes, not left waiting.
     tasks.spawn(
         app_ack::AppAcks {
             hl7: hl7.to_vec(),
+            open: open_senders.clone(),
             store: store.clone(),
             metrics: metrics.clone(),
             arrived: arrived.clone(),
