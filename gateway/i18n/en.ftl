@@ -170,6 +170,7 @@ report-urgent-word = CRITICAL/STAT
 
 ## Why a report did not reach a sink (what to do)
 why-folder-unwritable = cannot write into the report folder ({ $detail }): is the share mounted and writable by the box?
+why-folder-read-only = the report folder is read-only to the box ({ $detail }): the service may write only under /srv/yilian; put the folder there, or add ReadWritePaths= for it in a drop-in for yilian-gateway.service
 why-box-disk = cannot read the report on the box's disk ({ $detail }); if it repeats, call the county admin
 why-report-unreadable = the report from the hospital cannot be read ({ $detail }); tell the hospital's reading department
 why-his-unreachable = cannot reach the HIS ({ $detail }): is the HIS running and listening at this address?

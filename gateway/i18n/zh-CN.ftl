@@ -170,6 +170,7 @@ report-urgent-word = 危急值/急诊
 
 ## 报告未能送达的原因（以及怎么办）
 why-folder-unwritable = 无法写入报告文件夹（{ $detail }）：请确认共享文件夹已挂载且本机可写
+why-folder-read-only = 报告文件夹对本机是只读的（{ $detail }）：服务只能写入 /srv/yilian 下的目录；请把文件夹放到那里，或在 yilian-gateway.service 的 drop-in 中为它添加 ReadWritePaths=
 why-box-disk = 无法读取本机磁盘上的报告（{ $detail }）；如反复出现，请联系县里的管理员
 why-report-unreadable = 上级医院发来的报告无法读取（{ $detail }）；请告知上级医院的诊断科室
 why-his-unreachable = 连不上 HIS（{ $detail }）：请确认 HIS 已开启并在该地址监听

@@ -46,6 +46,8 @@ pub struct Bench {
     /// The name in central's certificate, and the host of the address
     /// written into tokens.
     pub host: String,
+    /// Where central takes reports (ORU^R01, MDM^T02) over MLLP.
+    pub reports: SocketAddr,
     pub central: Proc,
 }
 
@@ -99,6 +101,7 @@ impl Bench {
         ));
         let quic = free_udp_port().expect("port");
         let metrics = free_tcp_port().expect("port");
+        let reports = free_tcp_port().expect("port");
         let setup = CentralSetup {
             listen: quic,
             metrics,
@@ -115,7 +118,7 @@ impl Bench {
             format!("{host}:{}", quic.port())
         };
         let toml = format!(
-            "{}\n[enrollment]\nissuing_cert = \"{}\"\nissuing_key = \"{}\"\ncertificate_lifetime = \"{lifetime}\"\ngrace = \"1h\"\npublic_address = \"{public}\"\n",
+            "{}\n[reports]\nhl7_listen = \"{reports}\"\n\n[enrollment]\nissuing_cert = \"{}\"\nissuing_key = \"{}\"\ncertificate_lifetime = \"{lifetime}\"\ngrace = \"1h\"\npublic_address = \"{public}\"\n",
             setup.toml(),
             s(&dir.join("issuing/issuing.pem")),
             s(&dir.join("issuing/issuing.key")),
@@ -133,6 +136,7 @@ impl Bench {
             quic,
             metrics,
             host: host.to_owned(),
+            reports,
             central,
         }
     }

@@ -181,7 +181,9 @@ fn debian_packages_under_a_real_systemd() {
         f,
         "\n[metrics]\nlisten = \"{metrics}\"\n\n[[hl7]]\nname = \"lab\"\nlisten = \"{hl7}\"\n\n\
          [[folder]]\nname = \"ecg-share\"\npath = \"/srv/yilian/drop/ecg\"\nsettle = \"500ms\"\npoll_interval = \"200ms\"\n\n\
-         [[ecg_serial]]\nname = \"cart-1\"\nport = \"/dev/ttyUSB0\"\nprotocol = \"raw\"\nquiet_time = \"1s\"\n"
+         [[ecg_serial]]\nname = \"cart-1\"\nport = \"/dev/ttyUSB0\"\nprotocol = \"raw\"\nquiet_time = \"1s\"\n\n\
+         [[report_sink]]\nname = \"clinic-pc\"\ntype = \"folder\"\ndir = \"/srv/yilian/reports\"\n\n\
+         [[report_sink]]\nname = \"outside\"\ntype = \"folder\"\ndir = \"/srv/clinic-share/reports\"\n"
     )
     .expect("append");
     drop(f);
@@ -252,6 +254,46 @@ fn debian_packages_under_a_real_systemd() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    // A report from the hospital comes back down: written under the
+    // sandbox into the packaged reports folder, readable by the clinic
+    // PC's user; a folder outside /srv/yilian is read-only to the service,
+    // and `status` says so and what to do, in the technician's words.
+    m.ok("mkdir -p /srv/clinic-share/reports && chmod 0777 /srv/clinic-share/reports")
+        .expect("a share outside /srv/yilian");
+    let report = "MSH|^~\\&|RIS|COUNTY|YILIAN|anxi/hutou|20261203101500||ORU^R01|DEBRPT01|P|2.5\r\
+                  PID|1||DEB0001||Test^Patient\r\
+                  OBR|1||ACC-DEB1|ECG^心电图|||20261203100000||||||||||||||||||F\r\
+                  OBX|1|TX|ECG^心电图||窦性心律，正常心电图。||||||F\r";
+    let ack = {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(bench.reports).expect("central's report listener");
+        s.write_all(&yilian_codecs::mllp::encode(report.as_bytes()))
+            .expect("send");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(&[0x1c, 0x0d]) {
+            let n = s.read(&mut buf).expect("ACK");
+            assert!(n > 0, "central closed without an ACK");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    assert!(ack.contains("MSA|AA|DEBRPT01"), "{ack}");
+    wait_for("the report in the clinic's folder", 60, || {
+        m.ok("ls /srv/yilian/reports/*.txt 2>/dev/null")
+            .is_ok_and(|l| !l.trim().is_empty())
+    });
+    let read = m
+        .ok("su clinicpc -s /bin/sh -c 'cat /srv/yilian/reports/*.txt'")
+        .expect("the clinic PC's user reads the report");
+    assert!(read.contains("窦性心律"), "{read}");
+    wait_for("the read-only folder explained", 60, || {
+        m.ok("LANG=en_US.UTF-8 yilian-gateway status --config /etc/yilian/gateway.toml 2>&1")
+            .is_ok_and(|s| s.contains("read-only to the box") && s.contains("ReadWritePaths"))
+    });
 
     // Five renewals of 15-second certificates under the sandbox.
     let cert = m.path("/var/lib/yilian/identity/gateway.pem");

@@ -159,6 +159,15 @@ impl Sink for FolderSink {
         .await;
         match r {
             Ok(Ok(())) => SinkVerdict::Delivered(file),
+            // Under the packaged unit the whole filesystem is read-only but
+            // for the state directory and /srv/yilian: say so, it is what
+            // an admin who put the folder elsewhere meets.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => {
+                SinkVerdict::Retry(Why::new(
+                    "why-folder-read-only",
+                    format!("{}: {e}", self.dir.display()),
+                ))
+            }
             Ok(Err(e)) => SinkVerdict::Retry(Why::new(
                 "why-folder-unwritable",
                 format!("{}: {e}", self.dir.display()),
