@@ -31,5 +31,5 @@ pub use tls::{
 };
 pub use transport::{
     Congestion, IDLE_TIMEOUT, KEEP_ALIVE, transport_config, transport_config_for,
-    transport_config_with_idle,
+    transport_config_sending, transport_config_with_idle,
 };

@@ -88,6 +88,18 @@ pub enum UplinkError {
 }
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
+/// While central does not answer, a new try every second: each is one
+/// QUIC Initial (about 1.2 kB), and the link is found within a second or
+/// two of its return instead of after a doubling retransmission timer or
+/// backoff. After ten minutes of silence, every five seconds, so a long
+/// outage on a metered line costs about 1 kB/s at most.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_EVERY_LONG_DOWN: Duration = Duration::from_secs(5);
+const LONG_DOWN: Duration = Duration::from_secs(600);
+/// A try not answered within this is dropped; newer ones are on the way.
+const TRY_LIFE: Duration = Duration::from_secs(4);
+/// Silence this long is reported as the link being down (status, log).
+const REPORT_SILENCE: Duration = Duration::from_secs(30);
 /// Extra upload slots only urgent items may use, so that a STAT ECG never
 /// waits behind bulk uploads for a free slot.
 const URGENT_EXTRA_SLOTS: usize = 2;
@@ -184,6 +196,7 @@ impl Running {
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(500), self.config.reconnect_max);
         let mut endpoint: Option<quinn::Endpoint> = None;
+        let mut down_since = tokio::time::Instant::now();
         loop {
             if *stop.borrow() {
                 return;
@@ -211,13 +224,22 @@ impl Running {
                 continue;
             }
             self.metrics.revoked.set(0);
-            let result = self.session(&mut endpoint, &mut stop, &mut backoff).await;
+            let result = self
+                .session(&mut endpoint, &mut stop, &mut backoff, down_since)
+                .await;
+            if self.metrics.link_up.get() == 1 {
+                down_since = tokio::time::Instant::now();
+            }
             self.metrics.link_up.set(0);
             let revoked = result
                 .as_ref()
                 .err()
                 .and_then(connection_error)
                 .and_then(crate::revocation::notice_of);
+            let silent = matches!(
+                result.as_ref().err().and_then(connection_error),
+                Some(quinn::ConnectionError::TimedOut)
+            );
             if let Some(notice) = revoked {
                 if let Err(e) = crate::revocation::record(&self.tls.cert, &notice) {
                     tracing::warn!(error = %e, "cannot keep central's revocation notice");
@@ -240,6 +262,12 @@ impl Running {
                         s.rtt_ms = None;
                     });
                 }
+            }
+            // Silence (a cut link, or one that just died) is probed at a
+            // fixed pace inside the next session; only an answer that
+            // refused is backed off from.
+            if silent {
+                continue;
             }
             let wait = backoff.next();
             tokio::select! {
@@ -295,23 +323,30 @@ impl Running {
         endpoint: &mut Option<quinn::Endpoint>,
         stop: &mut watch::Receiver<bool>,
         backoff: &mut Backoff,
+        down_since: tokio::time::Instant,
     ) -> Result<(), UplinkError> {
         self.renew_if_expired().await;
         let mut client = yilian_link::client_config(&self.tls)?;
-        client.transport_config(yilian_link::transport_config_for(
+        // What a cut loses (and the reconnect sends again) is what is
+        // unacknowledged at that moment: a few chunks per upload slot, not
+        // quinn's default of everything the streams will buffer. Below
+        // about 4 MiB, goodput suffers on links whose queues inflate the
+        // round trip (measured: 4G 92 % → 89 %, satellite 80 % → 72 % at
+        // 1.5 MiB).
+        let send_window = (self.config.chunk_size
+            * (self.config.max_in_flight + URGENT_EXTRA_SLOTS))
+            .max(4 << 20) as u64;
+        client.transport_config(yilian_link::transport_config_sending(
             self.config
                 .idle_timeout
                 .unwrap_or(yilian_link::IDLE_TIMEOUT),
             crate::config::congestion(self.config.congestion),
+            send_window,
         ));
         let addr = self.resolve().await?;
         let ep = self.endpoint_for(endpoint, addr)?;
-        let connecting = ep
-            .connect_with(client, addr, &self.server_name)
-            .map_err(LinkError::from)?;
-        let conn = tokio::select! {
-            c = connecting => c?,
-            _ = stop.changed() => return Ok(()),
+        let Some(conn) = self.reach(&ep, client, addr, stop, down_since).await? else {
+            return Ok(());
         };
         let identity = self.hello(&conn).await?;
         backoff.reset();
@@ -330,6 +365,69 @@ impl Running {
         let result = self.serve(&conn, stop).await;
         conn.close(0u32.into(), b"gateway closing");
         result
+    }
+
+    /// Tries central every [`PROBE_EVERY`] (several tries in flight, each
+    /// dropped after [`TRY_LIFE`]) until one connects. An answer that
+    /// refuses ends it with that error; silence for [`REPORT_SILENCE`]
+    /// ends it as timed out, to be reported and probed again at once.
+    /// `None` when stopped.
+    async fn reach(
+        &self,
+        ep: &quinn::Endpoint,
+        client: quinn::ClientConfig,
+        addr: SocketAddr,
+        stop: &mut watch::Receiver<bool>,
+        down_since: tokio::time::Instant,
+    ) -> Result<Option<quinn::Connection>, UplinkError> {
+        use quinn::ConnectionError;
+        let started = tokio::time::Instant::now();
+        let mut tries: JoinSet<Result<quinn::Connection, ConnectionError>> = JoinSet::new();
+        let mut next = started;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= next {
+                let connecting = ep
+                    .connect_with(client.clone(), addr, &self.server_name)
+                    .map_err(LinkError::from)?;
+                tries.spawn(async move {
+                    tokio::time::timeout(TRY_LIFE, connecting)
+                        .await
+                        .unwrap_or(Err(ConnectionError::TimedOut))
+                });
+                let every = if now.duration_since(down_since) > LONG_DOWN {
+                    PROBE_EVERY_LONG_DOWN
+                } else {
+                    PROBE_EVERY
+                };
+                next = now + every;
+            }
+            tokio::select! {
+                Some(done) = tries.join_next() => match done {
+                    Ok(Ok(conn)) => {
+                        // Tries still under way may connect too: closed
+                        // at once, so central does not hold them until its
+                        // idle timeout.
+                        tokio::spawn(async move {
+                            while let Some(other) = tries.join_next().await {
+                                if let Ok(Ok(c)) = other {
+                                    c.close(0u32.into(), b"superseded by another try");
+                                }
+                            }
+                        });
+                        return Ok(Some(conn));
+                    }
+                    Ok(Err(ConnectionError::TimedOut)) | Err(_) => {
+                        if started.elapsed() >= REPORT_SILENCE {
+                            return Err(UplinkError::Lost(ConnectionError::TimedOut));
+                        }
+                    }
+                    Ok(Err(e)) => return Err(e.into()),
+                },
+                _ = tokio::time::sleep_until(next) => {}
+                _ = stop.changed() => return Ok(None),
+            }
+        }
     }
 
     /// A certificate that expired (while the box was offline, or because
