@@ -126,6 +126,24 @@ fn oru(
     )
 }
 
+/// A clinic LIS's result asking for application ACKs (MSH-15/16 AL/AL).
+fn clinic_result(control: &str) -> String {
+    format!(
+        "MSH|^~\\&|CLINLIS|XIACUN|LIS|COUNTY|20261203101500||ORU^R01^ORU_R01|{control}|P|2.5.1|||AL|AL\r\
+         PID|1||P{control}||Wang^Fang\r\
+         OBR|1||S{control}|GLU^Glucose^L\r\
+         OBX|1|NM|GLU^Glucose^L||5.4|mmol/L|3.9-6.1|N|||F\r"
+    )
+}
+
+/// Until the box has connected to central once.
+async fn box_known(store: &yilian_central::store::Store) {
+    wait_for("the box known at central", Duration::from_secs(30), || {
+        (!store.gateways().ok()?.is_empty()).then_some(())
+    })
+    .await;
+}
+
 fn text_obx(text: &str) -> String {
     format!("OBX|1|TX|IMP^印象||{text}||||||F")
 }
@@ -681,10 +699,7 @@ async fn reports_are_printed_through_cups() {
     .await
     .expect("hub");
     let store = hub.central.store.clone();
-    wait_for("the box known at central", Duration::from_secs(30), || {
-        (!store.gateways().ok()?.is_empty()).then_some(())
-    })
-    .await;
+    box_known(&store).await;
 
     // Control ids of this run only: the virtual printer's output folder
     // outlives the test, and report ids derive from them.
@@ -860,14 +875,7 @@ async fn the_hospital_lis_answer_reaches_the_clinic_sender() {
     )
     .await
     .expect("hub");
-    let result = |control: &str| {
-        format!(
-            "MSH|^~\\&|CLINLIS|XIACUN|LIS|COUNTY|20261203101500||ORU^R01^ORU_R01|{control}|P|2.5.1|||AL|AL\r\
-             PID|1||P{control}||Wang^Fang\r\
-             OBR|1||S{control}|GLU^Glucose^L\r\
-             OBX|1|NM|GLU^Glucose^L||5.4|mmol/L|3.9-6.1|N|||F\r"
-        )
-    };
+    let result = clinic_result;
     for control in ["CLINOK1", "CLINBAD1"] {
         let ack = mllp_send(dir.path(), lab, &result(control));
         assert!(
@@ -945,10 +953,7 @@ async fn reports_reach_the_clinic_viewer_as_dicom() {
     .await
     .expect("hub");
     let store = hub.central.store.clone();
-    wait_for("the box known at central", Duration::from_secs(30), || {
-        (!store.gateways().ok()?.is_empty()).then_some(())
-    })
-    .await;
+    box_known(&store).await;
     // Large and of odd length: many PDUs at storescp's 16 KiB, and the
     // pad byte DICOM adds.
     let mut pdf = simple_pdf(&["CT chest report", "No abnormality."]);
@@ -1303,10 +1308,7 @@ async fn a_critical_value_overtakes_routine_reports() {
     .await
     .expect("hub");
     let store = hub.central.store.clone();
-    wait_for("the box known at central", Duration::from_secs(30), || {
-        (!store.gateways().ok()?.is_empty()).then_some(())
-    })
-    .await;
+    box_known(&store).await;
     let to_clinic = |m: String| m.replace("|YILIAN|HUB|", "|YILIAN|bench/clinic|");
     let mut committed = std::collections::HashMap::new();
     for i in 0..6u32 {
@@ -1399,10 +1401,7 @@ async fn a_his_that_reads_gbk_gets_the_report_rebuilt_for_it() {
     .await
     .expect("hub");
     let store = hub.central.store.clone();
-    wait_for("the box known at central", Duration::from_secs(30), || {
-        (!store.gateways().ok()?.is_empty()).then_some(())
-    })
-    .await;
+    box_known(&store).await;
     let b64 = {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(b"%PDF-1.4 report")
@@ -1486,16 +1485,7 @@ async fn the_lis_answer_comes_back_on_the_senders_open_connection() {
     let mut args: Vec<String> = Vec::new();
     for control in ["CLINOK2", "CLINBAD2"] {
         let path = dir.path().join(format!("{control}.hl7"));
-        std::fs::write(
-            &path,
-            format!(
-                "MSH|^~\\&|CLINLIS|XIACUN|LIS|COUNTY|20261203101500||ORU^R01^ORU_R01|{control}|P|2.5.1|||AL|AL\r\
-                 PID|1||P{control}||Wang^Fang\r\
-                 OBR|1||S{control}|GLU^Glucose^L\r\
-                 OBX|1|NM|GLU^Glucose^L||5.4|mmol/L|3.9-6.1|N|||F\r"
-            ),
-        )
-        .expect("write");
+        std::fs::write(&path, clinic_result(control)).expect("write");
         args.push("--message".into());
         args.push(path.display().to_string());
     }
