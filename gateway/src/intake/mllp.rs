@@ -147,11 +147,13 @@ impl MllpListener {
         let kicked = ticket.kicked();
         tokio::pin!(kicked);
         // Application ACKs for this sender come back on this connection
-        // while it is open.
+        // while it is open, and only while no message of its is half
+        // read: a sender is then not waiting for an accept ACK we owe it.
         let mut registration = self.open_senders.register(&self.config.name, peer.ip());
         let ended = loop {
+            let between_messages = decoder.pending() == 0;
             let n = tokio::select! {
-                Some(out) = registration.outgoing.recv() => {
+                Some(out) = registration.outgoing.recv(), if between_messages => {
                     let written = stream.write_all(&out.bytes).await;
                     let failed = written.as_ref().err().map(std::io::Error::kind);
                     let _ = out.written.send(written);
