@@ -51,9 +51,17 @@ in
       "force group" = "yilian-gateway";
       "create mask" = "0660";
     };
+    # Reports back from the hospital, for the clinic's PCs to open.
+    settings.reports = {
+      path = "/srv/yilian/reports";
+      "read only" = "yes";
+      "guest ok" = "no";
+    };
   };
   systemd.tmpfiles.rules = [
     "d /srv/yilian/drop/ecg 2770 root yilian-gateway -"
+    # The service may write only under /srv/yilian (ProtectSystem=strict).
+    "d /srv/yilian/reports 2750 yilian-gateway yilian-gateway -"
   ];
 
   services.yilian-gateway = {
@@ -61,6 +69,9 @@ in
     # Central's address comes from the bundle's token at first boot.
     settings.folder = [
       { name = "ecg-share"; path = "/srv/yilian/drop/ecg"; lane = "clinical"; }
+    ];
+    settings.report_sink = [
+      { name = "reports-folder"; type = "folder"; dir = "/srv/yilian/reports"; }
     ];
   };
 
