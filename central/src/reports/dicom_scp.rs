@@ -59,6 +59,9 @@ pub struct ScpSettings {
 pub struct ReportScp {
     settings: ScpSettings,
     intake: ReportIntake,
+    /// A flood of refused associations is logged once per ten seconds,
+    /// with how many were held back.
+    refused_log: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
 }
 
 struct AllowList(Vec<String>);
@@ -98,7 +101,11 @@ enum Outcome {
 
 impl ReportScp {
     pub fn new(settings: ScpSettings, intake: ReportIntake) -> Self {
-        Self { settings, intake }
+        Self {
+            settings,
+            intake,
+            refused_log: std::sync::Mutex::new((None, 0)),
+        }
     }
 
     /// Binds the listener (before readiness); the future serves until
@@ -179,8 +186,24 @@ impl ReportScp {
         let mut assoc = match self.options().establish_async(socket).await {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(%peer, error = %e,
-                    "DICOM association refused (a calling AE title not in [reports] dicom_allowed is refused)");
+                let held_back = {
+                    let mut l = self.refused_log.lock().unwrap_or_else(|p| p.into_inner());
+                    let now = std::time::Instant::now();
+                    if l.0
+                        .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
+                    {
+                        l.1 += 1;
+                        None
+                    } else {
+                        let held = l.1;
+                        *l = (Some(now), 0);
+                        Some(held)
+                    }
+                };
+                if let Some(held_back) = held_back {
+                    tracing::warn!(%peer, error = %e, held_back,
+                        "DICOM association refused (a calling AE title not in [reports] dicom_allowed is refused)");
+                }
                 return;
             }
         };

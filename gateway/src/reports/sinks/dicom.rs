@@ -236,6 +236,11 @@ impl Sink for ViewerSink {
                 Some(0x0000) | Some(0xB000) | Some(0xB006) | Some(0xB007) => {
                     SinkVerdict::Delivered(format!("stored as {instance}"))
                 }
+                // Out of resources (A7xx) is the viewer's "send again later".
+                Some(s) if (0xA700..0xA800).contains(&s) => SinkVerdict::Retry(Why::new(
+                    "why-viewer-refused",
+                    format!("{s:#06x} {}", rsp.error_comment.unwrap_or_default()),
+                )),
                 Some(s) if (0xA000..0xB000).contains(&s) || (0xC000..0xD000).contains(&s) => {
                     SinkVerdict::Failed(Why::new(
                         "why-viewer-refused",
