@@ -44,13 +44,15 @@ pub enum Profile {
     Ecg,
 }
 
-/// Congestion control for uploads: `bbr` for lossy radio links where the
-/// backlog must drain (default), `cubic` for metered links where every
-/// byte is paid for.
+/// Congestion control for uploads: `bounded` (default) keeps about one
+/// bandwidth-delay product in flight, so random radio loss does not slow
+/// it and the router's queue neither overflows nor delays urgent items;
+/// quinn's `bbr` and `cubic` remain for comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Congestion {
     #[default]
+    Bounded,
     Bbr,
     Cubic,
 }

@@ -17,6 +17,7 @@ pub fn tls_files(config: &GatewayConfig) -> yilian_link::TlsFiles {
 /// The configured congestion controller, as the link names it.
 pub fn congestion(c: Congestion) -> yilian_link::Congestion {
     match c {
+        Congestion::Bounded => yilian_link::Congestion::Bounded,
         Congestion::Bbr => yilian_link::Congestion::Bbr,
         Congestion::Cubic => yilian_link::Congestion::Cubic,
     }

@@ -192,81 +192,124 @@ fn cpu_seconds(pid: u32) -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
+/// The uplink's congestion controllers the link rows compare: ours (the
+/// default) and quinn's BBR, the previous default, in the same run.
+const CONTROLLERS: [(&str, &str); 2] = [("bounded", ""), ("quinn BBR", "congestion = \"bbr\"\n")];
+
 fn goodput(dir: &Path, name: &str, secs: u64, report: &mut Report) -> anyhow::Result<()> {
     let profile = Profile::load(name)?;
     let rate = profile.up.rate_kbit.unwrap_or(1_000_000) as f64 * 1000.0;
     let size = (rate / 8.0 * secs as f64) as u64;
-    let dir = dir.join(format!("goodput-{name}"));
-    std::fs::create_dir_all(&dir)?;
-    let clinic = Clinic::start(&dir, profile.clone(), "")?;
-    let nginx = Nginx::start(&clinic, &dir)?;
+    let mut theirs = None;
+    for (controller, uplink) in CONTROLLERS {
+        let dir = dir.join(format!("goodput-{name}-{}", controller.replace(' ', "-")));
+        std::fs::create_dir_all(&dir)?;
+        let clinic = Clinic::start(&dir, profile.clone(), uplink)?;
 
-    let cpu0 = cpu_seconds(clinic.gateway.id());
-    let wire0 = clinic
-        .wan
-        .up()
-        .bytes_in
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let file = format!("BULK-{name}.BIN");
-    clinic.drop_file(&clinic.bulk, &file, size)?;
-    let row = clinic.wait_committed(&file, Duration::from_secs(secs * 20 + 120))?;
-    let ours = size as f64 * 8.0 / (row.end_to_end_ms as f64 / 1000.0);
-    let cpu = cpu_seconds(clinic.gateway.id()) - cpu0;
-    let wire = clinic
-        .wan
-        .up()
-        .bytes_in
-        .load(std::sync::atomic::Ordering::Relaxed)
-        - wire0;
+        let cpu0 = cpu_seconds(clinic.gateway.id());
+        let wire0 = clinic
+            .wan
+            .up()
+            .bytes_in
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let file = format!("BULK-{name}.BIN");
+        clinic.drop_file(&clinic.bulk, &file, size)?;
+        let row = clinic.wait_committed(&file, Duration::from_secs(secs * 20 + 120))?;
+        let ours = size as f64 * 8.0 / (row.end_to_end_ms as f64 / 1000.0);
+        let cpu = cpu_seconds(clinic.gateway.id()) - cpu0;
+        let wire = clinic
+            .wan
+            .up()
+            .bytes_in
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - wire0;
 
-    let source = dir.join(format!("curl-{name}.bin"));
-    std::fs::File::create(&source)?.set_len(size)?;
-    let t = nginx.upload(&clinic, &source)?;
-    let theirs = size as f64 * 8.0 / t;
-    report.row(
-        &format!(
-            "bulk goodput, {name} ({}, {:.0} ms RTT), {} MB",
-            mbit(rate),
-            profile.base_rtt_ms(),
-            size / 1_000_000
-        ),
-        format!(
-            "{} ({:.0} % of link; wire +{:.0} %)",
-            mbit(ours),
-            ours / rate * 100.0,
-            (wire as f64 / size as f64 - 1.0) * 100.0
-        ),
-        format!(
-            "curl → nginx HTTPS {} ({:.0} %)",
-            mbit(theirs),
-            theirs / rate * 100.0
-        ),
-    );
-    report.row(
-        &format!("gateway CPU while sending, {name}"),
-        format!(
-            "{:.1} % of one core",
-            cpu / (row.end_to_end_ms as f64 / 1000.0) * 100.0
-        ),
-        "-".into(),
-    );
+        if theirs.is_none() {
+            let nginx = Nginx::start(&clinic, &dir)?;
+            let source = dir.join(format!("curl-{name}.bin"));
+            std::fs::File::create(&source)?.set_len(size)?;
+            let t = nginx.upload(&clinic, &source)?;
+            theirs = Some(size as f64 * 8.0 / t);
+        }
+        let theirs = theirs.unwrap_or_default();
+        report.row(
+            &format!(
+                "bulk goodput, {name} ({}, {:.0} ms RTT), {} MB, {controller}",
+                mbit(rate),
+                profile.base_rtt_ms(),
+                size / 1_000_000
+            ),
+            format!(
+                "{} ({:.0} % of link; on the wire {:.2}× the payload)",
+                mbit(ours),
+                ours / rate * 100.0,
+                wire as f64 / size as f64
+            ),
+            format!(
+                "curl → nginx HTTPS {} ({:.0} %)",
+                mbit(theirs),
+                theirs / rate * 100.0
+            ),
+        );
+        report.row(
+            &format!("gateway CPU while sending, {name}, {controller}"),
+            format!(
+                "{:.1} % of one core",
+                cpu / (row.end_to_end_ms as f64 / 1000.0) * 100.0
+            ),
+            "-".into(),
+        );
+    }
     Ok(())
 }
 
 fn urgent_under_load(dir: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let mut series = Vec::new();
+    for (controller, uplink) in CONTROLLERS {
+        series.push(urgent_with(dir, controller, uplink, report)?);
+    }
     let profile = Profile::load("4g")?;
     let rate = profile.up.rate_kbit.unwrap_or(20_000) as f64 * 1000.0;
     let rtt = profile.base_rtt_ms();
-    let dir = dir.join("urgent");
+    let own = URGENT_ECG as f64 * 8.0 / rate * 1000.0;
+    report.chart(
+        "urgent-latency.svg",
+        Chart {
+            title: "STAT ECG (100 kB) to COMMITTED while a 1 GB study saturates 4G".into(),
+            x_label: "seconds into the study's upload".into(),
+            y_label: "ms, gateway took it → central committed".into(),
+            series,
+            bands: vec![],
+            levels: vec![
+                (own + rtt, "own transfer + RTT".into()),
+                (rtt, "RTT".into()),
+            ],
+        },
+    );
+    Ok(())
+}
+
+const URGENT_ECG: usize = 100_000;
+
+fn urgent_with(
+    dir: &Path,
+    controller: &str,
+    uplink: &str,
+    report: &mut Report,
+) -> anyhow::Result<Series> {
+    let profile = Profile::load("4g")?;
+    let rate = profile.up.rate_kbit.unwrap_or(20_000) as f64 * 1000.0;
+    let rtt = profile.base_rtt_ms();
+    let dir = dir.join(format!("urgent-{}", controller.replace(' ', "-")));
     std::fs::create_dir_all(&dir)?;
-    let clinic = Clinic::start(&dir, profile, "")?;
+    let clinic = Clinic::start(&dir, profile, uplink)?;
     clinic.drop_file(&clinic.bulk, "CT-STUDY-1GB.BIN", 1 << 30)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while clinic.central_received() < 5e6 {
         anyhow::ensure!(Instant::now() < deadline, "the study did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    const ECG: usize = 100_000;
+    const ECG: usize = URGENT_ECG;
     let started = Instant::now();
     let mut points = Vec::new();
     for i in 0..10u32 {
@@ -284,7 +327,7 @@ fn urgent_under_load(dir: &Path, report: &mut Report) -> anyhow::Result<()> {
     ms.sort_by(f64::total_cmp);
     let own = ECG as f64 * 8.0 / rate * 1000.0;
     report.row(
-        "STAT ECG 100 kB during a 1 GB study, 4g (10 ECGs)",
+        &format!("STAT ECG 100 kB during a 1 GB study, 4g (10 ECGs), {controller}"),
         format!(
             "median {:.0} ms, max {:.0} ms to COMMITTED",
             ms[ms.len() / 2],
@@ -292,25 +335,11 @@ fn urgent_under_load(dir: &Path, report: &mut Report) -> anyhow::Result<()> {
         ),
         format!("own transfer {own:.0} ms + RTT {rtt:.0} ms"),
     );
-    report.chart(
-        "urgent-latency.svg",
-        Chart {
-            title: "STAT ECG (100 kB) to COMMITTED while a 1 GB study saturates 4G".into(),
-            x_label: "seconds into the study's upload".into(),
-            y_label: "ms, gateway took it → central committed".into(),
-            series: vec![Series {
-                name: "STAT ECG".into(),
-                points,
-                markers: true,
-            }],
-            bands: vec![],
-            levels: vec![
-                (own + rtt, "own transfer + RTT".into()),
-                (rtt, "RTT".into()),
-            ],
-        },
-    );
-    Ok(())
+    Ok(Series {
+        name: format!("STAT ECG, {controller}"),
+        points,
+        markers: true,
+    })
 }
 
 /// The clinic's HIS inside the clinic namespace: python `hl7`'s MLLP

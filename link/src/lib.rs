@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod congestion;
 mod error;
 mod framed;
 mod identity;
@@ -17,6 +18,7 @@ mod socket;
 mod tls;
 mod transport;
 
+pub use congestion::{Bounded, BoundedConfig, Model as CongestionModel};
 pub use error::LinkError;
 pub use framed::{MessageReader, write_message};
 pub use identity::{

@@ -7,11 +7,14 @@
 //!   `fibre`, `lan`) as small TOML files.
 //! - [`emulator`] — namespaces, TUN devices and the forwarding threads.
 //! - [`probe`] — plain TCP and UDP flows that measure the emulator itself.
+//! - [`sim`] — a bulk transfer under the uplink's congestion model through
+//!   a profile's link model, on a virtual clock.
 
 pub mod emulator;
 pub mod model;
 pub mod probe;
 pub mod profile;
+pub mod sim;
 
 pub use emulator::{CLINIC_ADDR, HUB_ADDR, Namespace, Wan};
 pub use profile::Profile;

@@ -154,6 +154,11 @@ impl Direction {
         &self.spec
     }
 
+    /// How long a packet arriving at `now` would wait in the queue.
+    pub fn queue_delay(&self, now: Duration) -> Duration {
+        self.busy_until.saturating_sub(now)
+    }
+
     /// Decides the fate of a packet of `len` bytes arriving at `now`.
     pub fn admit(&mut self, now: Duration, len: usize, outage: bool) -> Verdict {
         if outage {
