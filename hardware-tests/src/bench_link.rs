@@ -61,6 +61,7 @@ impl LinkOptions {
             scenarios: vec![
                 "goodput".into(),
                 "urgent".into(),
+                "sharing".into(),
                 "reports".into(),
                 "outage".into(),
             ],
@@ -78,6 +79,9 @@ pub fn run(dir: &Path, opts: &LinkOptions, report: &mut Report) -> anyhow::Resul
     }
     if on("urgent") {
         urgent_under_load(dir, report).context("STAT ECGs under load")?;
+    }
+    if on("sharing") {
+        sharing_the_line(dir, report).context("sharing the clinic's line")?;
     }
     if on("reports") {
         reports_under_load(dir, report).context("reports down under load")?;
@@ -340,6 +344,138 @@ fn urgent_with(
         points,
         markers: true,
     })
+}
+
+/// The clinic's other traffic on its 4G line while a backlog drains: a
+/// TCP bulk flow (the HIS syncing, a video consultation's upload) and a
+/// 20-per-second UDP ping beside it, first alone, then beside a 1 GB
+/// study uploading with the line shared (the default) and with
+/// `share_line = false`.
+fn sharing_the_line(dir: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let profile = Profile::load("4g")?;
+    let rate = profile.up.rate_kbit.unwrap_or(20_000) as f64 * 1000.0;
+    // TCP's payload share of a 1,500-byte packet with timestamps.
+    let tcp_ceiling = rate * 1448.0 / 1500.0;
+    let secs = 20.0;
+    let bytes = (tcp_ceiling / 8.0 * secs) as u64;
+    let mut alone: Option<(f64, f64)> = None;
+    for (case, uplink) in [
+        ("alone", None),
+        ("beside a backlog, line shared", Some("")),
+        (
+            "beside a backlog, share_line = false",
+            Some("share_line = false\n"),
+        ),
+    ] {
+        let dir = dir.join(format!("sharing-{}", case.replace([' ', ',', '='], "-")));
+        std::fs::create_dir_all(&dir)?;
+        let clinic = Clinic::start(&dir, profile.clone(), uplink.unwrap_or(""))?;
+        if uplink.is_some() {
+            clinic.drop_file(&clinic.bulk, "CT-STUDY-1GB.BIN", 1 << 30)?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while clinic.central_received() < 10e6 {
+                anyhow::ensure!(Instant::now() < deadline, "the study did not start");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let received0 = clinic.central_received();
+        let (tcp, ping) = other_traffic(&clinic, bytes, secs)?;
+        let ours = (clinic.central_received() - received0) * 8.0 / tcp.seconds;
+        let share = tcp.kbit_per_s * 1000.0 / tcp_ceiling;
+        let (anchor, figure) = match alone {
+            None => {
+                alone = Some((share, ping.rtt_ms_p50));
+                (
+                    format!("the link: {} for TCP's payload", mbit(tcp_ceiling)),
+                    format!(
+                        "TCP {} ({:.0} % of what it can carry), ping RTT p50 {:.0} ms, p99 {:.0} ms",
+                        mbit(tcp.kbit_per_s * 1000.0),
+                        share * 100.0,
+                        ping.rtt_ms_p50,
+                        ping.rtt_ms_p99
+                    ),
+                )
+            }
+            Some((alone_share, alone_rtt)) => (
+                format!(
+                    "TCP alone: {:.0} %, ping RTT p50 {alone_rtt:.0} ms",
+                    alone_share * 100.0
+                ),
+                format!(
+                    "TCP {} ({:.0} %), ping RTT p50 {:.0} ms (+{:.0} ms), p99 {:.0} ms; the backlog {}",
+                    mbit(tcp.kbit_per_s * 1000.0),
+                    share * 100.0,
+                    ping.rtt_ms_p50,
+                    ping.rtt_ms_p50 - alone_rtt,
+                    ping.rtt_ms_p99,
+                    mbit(ours)
+                ),
+            ),
+        };
+        report.row(
+            &format!("the clinic's TCP flow on 4g, {case}"),
+            figure,
+            anchor,
+        );
+    }
+    Ok(())
+}
+
+/// A TCP flow of `bytes` and a ping for `secs` from the clinic to the hub.
+fn other_traffic(
+    clinic: &Clinic,
+    bytes: u64,
+    secs: f64,
+) -> anyhow::Result<(crate::wan::probe::TcpResult, crate::wan::probe::UdpResult)> {
+    let rig = std::env::current_exe()?;
+    let hub = crate::wan::HUB_ADDR;
+    let mut sinks = Vec::new();
+    for (kind, port) in [("tcp-sink", 9101u16), ("udp-sink", 9102)] {
+        sinks.push(KillOnDrop(
+            clinic
+                .wan
+                .hub
+                .command(&rig)
+                .args(["probe", kind, "--listen", &format!("0.0.0.0:{port}")])
+                .stdout(std::process::Stdio::null())
+                .spawn()?,
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pings = (secs * 20.0) as u64;
+    let ping = clinic
+        .wan
+        .clinic
+        .command(&rig)
+        .args(["probe", "udp-send", "--to", &format!("{hub}:9102")])
+        .args(["--count", &pings.to_string(), "--size", "64", "--pps", "20"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let tcp = clinic
+        .wan
+        .clinic
+        .command(&rig)
+        .args(["probe", "tcp-send", "--to", &format!("{hub}:9101")])
+        .args(["--bytes", &bytes.to_string()])
+        .output()?;
+    let ping = ping.wait_with_output()?;
+    anyhow::ensure!(
+        tcp.status.success() && ping.status.success(),
+        "a probe failed"
+    );
+    Ok((
+        serde_json::from_slice(&tcp.stdout)?,
+        serde_json::from_slice(&ping.stdout)?,
+    ))
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The clinic's HIS inside the clinic namespace: python `hl7`'s MLLP

@@ -50,7 +50,7 @@ enum Command {
         /// Link profiles for the goodput comparison (named or TOML files).
         #[arg(long, value_delimiter = ',')]
         profiles: Vec<String>,
-        /// Link scenarios to run: goodput, urgent, outage.
+        /// Link scenarios to run: goodput, urgent, sharing, reports, outage.
         #[arg(long, value_delimiter = ',')]
         scenarios: Vec<String>,
     },

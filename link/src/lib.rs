@@ -18,7 +18,9 @@ mod socket;
 mod tls;
 mod transport;
 
-pub use congestion::{Bounded, BoundedConfig, Model as CongestionModel};
+pub use congestion::{
+    Bounded, BoundedConfig, LineSharing, Model as CongestionModel, PriorityUpload,
+};
 pub use error::LinkError;
 pub use framed::{MessageReader, write_message};
 pub use identity::{

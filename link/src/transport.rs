@@ -48,7 +48,7 @@ pub fn transport_config_with_idle(idle: Duration) -> Arc<TransportConfig> {
 
 /// As [`transport_config_with_idle`], with the congestion controller named.
 pub fn transport_config_for(idle: Duration, congestion: Congestion) -> Arc<TransportConfig> {
-    transport_config_sending(idle, congestion, 64 * 1024 * 1024)
+    transport_config_sending(idle, congestion, 64 * 1024 * 1024, None)
 }
 
 /// As [`transport_config_for`], holding at most `send_window` bytes sent
@@ -56,11 +56,13 @@ pub fn transport_config_for(idle: Duration, congestion: Congestion) -> Arc<Trans
 /// cut is lost and sent again after the reconnect, so an uploader keeps it
 /// to about what its uploads in flight need (a chunk each), well above
 /// any clinic link's bandwidth-delay product (375 kB on 5 Mbit/s
-/// satellite at 600 ms).
+/// satellite at 600 ms). With `sharing`, our controller yields the line
+/// to the clinic's other traffic while only bulk data is sent.
 pub fn transport_config_sending(
     idle: Duration,
     congestion: Congestion,
     send_window: u64,
+    sharing: Option<Arc<crate::LineSharing>>,
 ) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.keep_alive_interval(Some(KEEP_ALIVE.min(idle / 3)));
@@ -74,7 +76,7 @@ pub fn transport_config_sending(
     t.max_concurrent_uni_streams(VarInt::from_u32(16));
     match congestion {
         Congestion::Bounded => {
-            t.congestion_controller_factory(Arc::new(crate::BoundedConfig::default()))
+            t.congestion_controller_factory(Arc::new(crate::BoundedConfig { sharing }))
         }
         Congestion::Bbr => {
             t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))

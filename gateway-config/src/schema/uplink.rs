@@ -38,9 +38,17 @@ pub struct UplinkSection {
     /// Longest wait between reconnect attempts.
     #[serde(default = "default_backoff_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
-    /// Congestion controller for uploads: `bbr` (default) or `cubic`.
+    /// Congestion controller for uploads: `bounded` (default), `bbr` or
+    /// `cubic`.
     #[serde(default)]
     pub congestion: crate::Congestion,
+    /// While only bulk items upload, give way to the clinic's other
+    /// traffic on the line (HIS, video consultations): back off when the
+    /// line's queue grows beyond what the upload itself puts there.
+    /// `false`: the backlog takes the whole line. Urgent and clinical
+    /// items never yield. Only with the `bounded` controller.
+    #[serde(default = "yes")]
+    pub share_line: bool,
     /// Cap outside every schedule window (see the gateway's bandwidth schedules).
     #[serde(default = "unlimited")]
     pub rate_limit: Rate,
@@ -68,12 +76,17 @@ impl Default for UplinkSection {
             idle_timeout: None,
             reconnect_max: default_backoff_max(),
             congestion: crate::Congestion::default(),
+            share_line: true,
             rate_limit: unlimited(),
             schedule: Vec::new(),
             utc_offset: Offset::default(),
             urgent_allowance: default_urgent_allowance(),
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn unlimited() -> Rate {

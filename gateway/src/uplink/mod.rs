@@ -171,9 +171,11 @@ impl Uplink {
             self.metrics.clone(),
             stop.clone(),
         ));
+        let sharing = yilian_link::LineSharing::new(self.config.share_line);
         let this = Running {
             uplink: self,
             limiter,
+            sharing,
         };
         this.run(stop).await
     }
@@ -183,6 +185,9 @@ impl Uplink {
 struct Running {
     uplink: Uplink,
     limiter: Arc<Limiter>,
+    /// Whether only bulk data is in flight, for the congestion
+    /// controller's yielding (`[uplink] share_line`).
+    sharing: Arc<yilian_link::LineSharing>,
 }
 
 impl std::ops::Deref for Running {
@@ -342,6 +347,7 @@ impl Running {
                 .unwrap_or(yilian_link::IDLE_TIMEOUT),
             crate::config::congestion(self.config.congestion),
             send_window,
+            Some(self.sharing.clone()),
         ));
         let addr = self.resolve().await?;
         let ep = self.endpoint_for(endpoint, addr)?;
@@ -563,7 +569,9 @@ impl Running {
                     })??;
                 let Some(lease) = lease else { break };
                 in_flight += 1;
-                tasks.spawn(upload_task(
+                // Urgent and clinical items take the line as they need it.
+                let priority = (lease.lane != Lane::Bulk).then(|| self.sharing.priority_upload());
+                let upload = upload_task(
                     conn.clone(),
                     self.spool.clone(),
                     lease,
@@ -571,7 +579,11 @@ impl Running {
                     self.metrics.clone(),
                     self.limiter.clone(),
                     self.settled.clone(),
-                ));
+                );
+                tasks.spawn(async move {
+                    let _priority = priority;
+                    upload.await
+                });
             }
             tokio::select! {
                 _ = self.wake.notified() => {}

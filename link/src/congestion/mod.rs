@@ -17,20 +17,65 @@ mod model;
 
 use std::any::Any;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use quinn::congestion::{Controller, ControllerFactory};
 use quinn_proto::RttEstimator;
 
 pub use model::Model;
 
+/// Whether the box's uploads yield the clinic's line to its other traffic,
+/// shared between the uplink (which knows what it is sending) and the
+/// connection's controller.
+#[derive(Debug, Default)]
+pub struct LineSharing {
+    share: AtomicBool,
+    priority_uploads: AtomicUsize,
+}
+
+impl LineSharing {
+    pub fn new(share: bool) -> Arc<Self> {
+        Arc::new(Self {
+            share: AtomicBool::new(share),
+            priority_uploads: AtomicUsize::new(0),
+        })
+    }
+
+    /// Marks an urgent or clinical upload in flight until the guard is
+    /// dropped: the link does not yield while one is.
+    pub fn priority_upload(self: &Arc<Self>) -> PriorityUpload {
+        self.priority_uploads.fetch_add(1, Ordering::Relaxed);
+        PriorityUpload(self.clone())
+    }
+
+    /// Bulk data only, and the box shares its line.
+    pub fn yielding(&self) -> bool {
+        self.share.load(Ordering::Relaxed) && self.priority_uploads.load(Ordering::Relaxed) == 0
+    }
+}
+
+/// See [`LineSharing::priority_upload`].
+#[derive(Debug)]
+pub struct PriorityUpload(Arc<LineSharing>);
+
+impl Drop for PriorityUpload {
+    fn drop(&mut self) {
+        self.0.priority_uploads.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Builds a [`Bounded`] controller per connection.
 #[derive(Debug, Clone, Default)]
-pub struct BoundedConfig {}
+pub struct BoundedConfig {
+    /// Without it the controller never yields (central's downlink).
+    pub sharing: Option<Arc<LineSharing>>,
+}
 
 impl ControllerFactory for BoundedConfig {
     fn build(self: Arc<Self>, now: std::time::Instant, current_mtu: u16) -> Box<dyn Controller> {
         Box::new(Bounded {
             model: Model::new(now, current_mtu),
+            sharing: self.sharing.clone(),
         })
     }
 }
@@ -39,10 +84,14 @@ impl ControllerFactory for BoundedConfig {
 #[derive(Debug, Clone)]
 pub struct Bounded {
     model: Model,
+    sharing: Option<Arc<LineSharing>>,
 }
 
 impl Controller for Bounded {
     fn on_sent(&mut self, now: std::time::Instant, bytes: u64, _last_packet_number: u64) {
+        if let Some(s) = &self.sharing {
+            self.model.set_yielding(s.yielding());
+        }
         self.model.on_sent(now, bytes);
     }
 

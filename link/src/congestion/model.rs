@@ -9,6 +9,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+/// While yielding, the path's own delay is the smallest RTT of this long
+/// (LEDBAT's ten minutes): another flow that keeps the router's queue
+/// full for minutes must not become the baseline.
+const BASE_PERIODS: usize = 120;
+
 /// Rounds the bandwidth filter remembers: long enough to ride out a few
 /// rounds of radio fading, short enough to follow a rate that dropped.
 const BW_ROUNDS: usize = 10;
@@ -106,6 +111,12 @@ pub struct Model {
     /// one before.
     min_rtt_now: Option<(Duration, Instant)>,
     min_rtt_before: Option<Duration>,
+    /// Smallest RTT of each recent period, oldest first (see
+    /// [`BASE_PERIODS`]).
+    base_periods: VecDeque<Duration>,
+    /// Bulk data only: back off when someone else's data queues.
+    yielding: bool,
+    yield_cap: Option<u64>,
     /// The round in progress: it ends with the ack of a packet sent after
     /// it began.
     round_start: Instant,
@@ -144,6 +155,9 @@ impl Model {
             round_bw: 0.0,
             min_rtt_now: None,
             min_rtt_before: None,
+            base_periods: VecDeque::new(),
+            yielding: false,
+            yield_cap: None,
             round_start: now,
             round_delivered: 0,
             round_lost: 0,
@@ -186,6 +200,52 @@ impl Model {
 
     pub fn in_startup(&self) -> bool {
         self.mode == Mode::Startup
+    }
+
+    /// Whether only bulk data is being sent and the box shares its line:
+    /// then the window also backs off when the RTT shows a queue that
+    /// our own headroom does not explain — the clinic's HIS or a video
+    /// consultation on the same line — and grows back when it drains.
+    pub fn set_yielding(&mut self, yielding: bool) {
+        if yielding != self.yielding {
+            self.yielding = yielding;
+            if !yielding {
+                self.yield_cap = None;
+                self.set_model_window();
+            }
+        }
+    }
+
+    pub fn is_yielding(&self) -> bool {
+        self.yield_cap.is_some()
+    }
+
+    /// The path's delay with nobody's queue, over the long window.
+    fn base_rtt(&self) -> Option<Duration> {
+        let longest = self.base_periods.iter().copied().min();
+        match (longest, self.min_rtt()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn adjust_yield(&mut self) {
+        if !self.yielding {
+            return;
+        }
+        let (Some(round), Some(base)) = (self.round_min_rtt, self.base_rtt()) else {
+            return;
+        };
+        // Our own headroom queues up to its time; beyond that (and the
+        // jitter the round's minimum leaves), the queue is someone else's.
+        let ours = self.headroom_time() + Duration::from_millis(10);
+        if round > base + ours {
+            let cap = (self.window as f64 * 0.75) as u64;
+            self.yield_cap = Some(cap.max(self.min_window()));
+        } else if let Some(cap) = self.yield_cap {
+            let step = ((self.bdp() / 8.0) as u64).max(self.mtu);
+            self.yield_cap = Some(cap + step);
+        }
     }
 
     pub fn set_mtu(&mut self, mtu: u16) {
@@ -290,6 +350,10 @@ impl Model {
         self.min_rtt_now = match self.min_rtt_now {
             Some((min, since)) if now.saturating_duration_since(since) > MIN_RTT_PERIOD => {
                 self.min_rtt_before = Some(min);
+                if self.base_periods.len() >= BASE_PERIODS {
+                    self.base_periods.pop_front();
+                }
+                self.base_periods.push_back(min);
                 Some((rtt, now))
             }
             Some((min, since)) => Some((min.min(rtt), since)),
@@ -386,6 +450,7 @@ impl Model {
                     (i + 1) % CYCLE.len()
                 };
                 self.mode = Mode::Steady(next);
+                self.adjust_yield();
                 self.set_model_window();
             }
         }
@@ -430,6 +495,14 @@ impl Model {
         let mut window = (window as u64).max(self.min_window());
         if let Some(hi) = self.inflight_hi {
             window = window.min(hi.max(self.min_window()));
+        }
+        if let Some(cap) = self.yield_cap {
+            if cap >= window {
+                // Grown back to what the model allows: nobody else queues.
+                self.yield_cap = None;
+            } else {
+                window = cap;
+            }
         }
         self.window = window;
     }
