@@ -402,7 +402,7 @@ fn sharing_the_line(dir: &Path, report: &mut Report) -> anyhow::Result<()> {
                     alone_share * 100.0
                 ),
                 format!(
-                    "TCP {} ({:.0} %), ping RTT p50 {:.0} ms (+{:.0} ms), p99 {:.0} ms; the backlog {}",
+                    "TCP {} ({:.0} %), ping RTT p50 {:.0} ms ({:+.0} ms), p99 {:.0} ms; the backlog {}",
                     mbit(tcp.kbit_per_s * 1000.0),
                     share * 100.0,
                     ping.rtt_ms_p50,

@@ -7,7 +7,12 @@
 use std::ops::RangeInclusive;
 
 /// The newest version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// - 1: the first.
+/// - 2: an upload's bytes may follow its offer before central's Accept;
+///   central skips any it already holds (see
+///   [`crate::upload::UploadSender::send_eagerly`]).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Every version this build can speak.
 pub const SUPPORTED_VERSIONS: RangeInclusive<u32> = 1..=PROTOCOL_VERSION;

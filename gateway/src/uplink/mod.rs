@@ -354,7 +354,7 @@ impl Running {
         let Some(conn) = self.reach(&ep, client, addr, stop, down_since).await? else {
             return Ok(());
         };
-        let identity = self.hello(&conn).await?;
+        let (identity, version) = self.hello(&conn).await?;
         backoff.reset();
         self.metrics.link_up.set(1);
         self.metrics.link_connects.inc();
@@ -368,7 +368,7 @@ impl Running {
         });
         spawn_renewal(conn.clone(), self.tls.clone(), self.metrics.clone());
         tokio::spawn(self.downlink.clone().serve(conn.clone()));
-        let result = self.serve(&conn, stop).await;
+        let result = self.serve(&conn, stop, version).await;
         conn.close(0u32.into(), b"gateway closing");
         result
     }
@@ -467,7 +467,8 @@ impl Running {
     /// The hello exchange. With TLS 1.3, a client whose certificate central
     /// refuses still sees the handshake complete; this first exchange is the
     /// proof that central accepted us.
-    async fn hello(&self, conn: &quinn::Connection) -> Result<String, UplinkError> {
+    /// The identity central read and the protocol version it chose.
+    async fn hello(&self, conn: &quinn::Connection) -> Result<(String, u32), UplinkError> {
         let exchange = async {
             let (mut send, recv) = conn.open_bi().await.map_err(LinkError::from)?;
             let hello = Envelope::new(Body::Hello(Hello {
@@ -508,7 +509,7 @@ impl Running {
                             }
                         });
                         spawn_rtt_probe(conn.clone(), self.metrics.clone(), self.status.clone());
-                        return Ok(id);
+                        return Ok((id, ack.protocol_version));
                     }
                     Some(Envelope {
                         body: Some(Body::Goodbye(bye)),
@@ -545,7 +546,14 @@ impl Running {
         &self,
         conn: &quinn::Connection,
         stop: &mut watch::Receiver<bool>,
+        version: u32,
     ) -> Result<(), UplinkError> {
+        let plan = upload::ChunkPlan {
+            chunk_size: self.config.chunk_size,
+            // Version 2 centrals take an item's bytes right behind its
+            // offer, a round trip sooner.
+            send_ahead: version >= 2,
+        };
         let mut tasks: JoinSet<Lane> = JoinSet::new();
         let mut in_flight = 0usize;
         let max = self.config.max_in_flight;
@@ -575,7 +583,7 @@ impl Running {
                     conn.clone(),
                     self.spool.clone(),
                     lease,
-                    self.config.chunk_size,
+                    plan,
                     self.metrics.clone(),
                     self.limiter.clone(),
                     self.settled.clone(),

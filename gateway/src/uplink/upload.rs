@@ -77,12 +77,23 @@ enum AttemptError {
     Payload(String),
 }
 
+/// How an upload's bytes go out.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ChunkPlan {
+    pub chunk_size: usize,
+    /// Central speaks protocol version 2: an item that fits in one chunk
+    /// is sent right behind its offer, without waiting for the Accept.
+    /// Larger items wait, so a resumed one never sends its first chunk
+    /// twice.
+    pub send_ahead: bool,
+}
+
 /// Uploads one leased item and settles the lease.
 pub(super) async fn upload_task(
     conn: quinn::Connection,
     spool: Spool,
     lease: Lease,
-    chunk_size: usize,
+    plan: ChunkPlan,
     metrics: GatewayMetrics,
     limiter: Arc<Limiter>,
     settled: crate::settled::Settled,
@@ -90,7 +101,7 @@ pub(super) async fn upload_task(
     let lane = lease.lane;
     let upload_id = lease.upload_id.clone();
     let started = Instant::now();
-    let result = attempt(&conn, &spool, &lease, chunk_size, &metrics, &limiter).await;
+    let result = attempt(&conn, &spool, &lease, plan, &metrics, &limiter).await;
     // Whether the item reached its end (delivered or set aside), which
     // whoever waits on a delivery is told.
     let settle = move || -> Result<bool, SpoolError> {
@@ -176,7 +187,7 @@ async fn attempt(
     conn: &quinn::Connection,
     spool: &Spool,
     lease: &Lease,
-    chunk_size: usize,
+    plan: ChunkPlan,
     metrics: &GatewayMetrics,
     limiter: &Limiter,
 ) -> Result<UploadOutcome, AttemptError> {
@@ -199,7 +210,10 @@ async fn attempt(
         received_unix_ms: lease.received_ms,
         source: lease.source.clone(),
     };
-    let mut tx = UploadSender::new(offer, chunk_size, DEFAULT_IDLE_TIMEOUT, Instant::now())?;
+    let mut tx = UploadSender::new(offer, plan.chunk_size, DEFAULT_IDLE_TIMEOUT, Instant::now())?;
+    if plan.send_ahead && lease.size <= plan.chunk_size as u64 {
+        tx.send_eagerly(lease.size);
+    }
     let (mut send, recv) = conn.open_bi().await.map_err(LinkError::from)?;
     let _ = send.set_priority(lane_priority(lease.lane));
     let mut reader = MessageReader::new(recv);

@@ -122,9 +122,9 @@ impl UploadReceiver {
                 self.events.push_back(ReceiverEvent::Offered(offer));
                 Ok(())
             }
-            (Some(Body::Chunk(chunk)), State::Receiving { expected }) => {
+            (Some(Body::Chunk(mut chunk)), State::Receiving { expected }) => {
                 let size = self.offer.as_ref().map_or(0, |o| o.size);
-                if chunk.offset != *expected {
+                if chunk.offset > *expected {
                     return Err(UploadError::OutOfOrder {
                         got: chunk.offset,
                         expected: *expected,
@@ -134,11 +134,20 @@ impl UploadReceiver {
                 if end > size {
                     return Err(UploadError::PastEnd { end, size });
                 }
+                if end <= *expected {
+                    // Sent ahead of our Accept (version 2) and already
+                    // held from an earlier attempt: the final hash covers
+                    // what we kept.
+                    return Ok(());
+                }
+                // Partly held: keep the part beyond.
+                let skip = (*expected - chunk.offset) as usize;
+                let data = chunk.data.split_off(skip);
                 *expected = end;
-                if !chunk.data.is_empty() {
+                if !data.is_empty() {
                     self.events.push_back(ReceiverEvent::Data {
-                        offset: chunk.offset,
-                        data: chunk.data,
+                        offset: end - data.len() as u64,
+                        data,
                     });
                 }
                 if end == size {
@@ -147,6 +156,9 @@ impl UploadReceiver {
                 }
                 Ok(())
             }
+            // Sent ahead of our Accept (version 2) when we held the whole
+            // item already, or had answered: nothing more to take.
+            (Some(Body::Chunk(_)), State::Verifying | State::Done) => Ok(()),
             (body, _) => Err(UploadError::Unexpected {
                 got: body_name(&body),
                 state: self.state_name(),

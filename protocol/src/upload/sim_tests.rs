@@ -51,6 +51,12 @@ struct Stats {
 }
 
 fn run_scenario(seed: u64, size: usize, cut_probability: f64) -> Stats {
+    run_eager_scenario(seed, size, cut_probability, 0)
+}
+
+/// As [`run_scenario`], each attempt sending up to `eager` bytes ahead of
+/// central's Accept (protocol version 2).
+fn run_eager_scenario(seed: u64, size: usize, cut_probability: f64, eager: u64) -> Stats {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut payload = vec![0u8; size];
     rng.fill(&mut payload[..]);
@@ -70,6 +76,7 @@ fn run_scenario(seed: u64, size: usize, cut_probability: f64) -> Stats {
         assert!(stats.attempts < 500, "seed {seed}: no progress");
         let mut tx =
             UploadSender::new(offer.clone(), CHUNK, Duration::from_secs(30), now).expect("valid");
+        tx.send_eagerly(eager);
         let mut rx = UploadReceiver::new(u64::MAX, Duration::from_secs(30), now);
         // In-order, reliable queues per direction: (deliver_at, message).
         let mut up: VecDeque<(Instant, Envelope)> = VecDeque::new();
@@ -192,8 +199,11 @@ fn run_scenario(seed: u64, size: usize, cut_probability: f64) -> Stats {
     // A cut costs what was in flight. A power loss at central additionally
     // costs the torn tail (at most the whole payload) and, once the final hash
     // check fails, one full restart.
-    let bound =
-        u64::from(stats.cuts) * in_flight_bound + u64::from(stats.power_losses) * 2 * size as u64;
+    // Sending ahead of the Accept costs up to `eager` per attempt that
+    // resumed.
+    let bound = u64::from(stats.cuts) * in_flight_bound
+        + u64::from(stats.power_losses) * 2 * size as u64
+        + u64::from(stats.attempts) * eager;
     assert!(
         resent <= bound,
         "seed {seed}: resent {resent} bytes over {} cuts ({} power losses), bound {bound}",
@@ -219,6 +229,24 @@ fn lossy_link_commits_exactly_once_and_resends_little() {
         total_cuts += s.cuts;
     }
     assert!(total_cuts > 50, "the simulation must actually cut links");
+}
+
+#[test]
+fn sending_ahead_of_the_accept_commits_exactly_once_whatever_central_holds() {
+    // Eager spans below, across and beyond a chunk, over payloads that
+    // fit in them or not, with cuts and power losses leaving central with
+    // prefixes shorter and longer than what is sent ahead.
+    let mut total_cuts = 0;
+    for seed in 0..300u64 {
+        let size = (seed as usize * 7919) % 150_000;
+        let eager = [1, CHUNK as u64 - 1, CHUNK as u64, 3 * CHUNK as u64 + 17][seed as usize % 4];
+        let s = run_eager_scenario(seed, size, 0.05, eager);
+        total_cuts += s.cuts;
+    }
+    assert!(total_cuts > 50, "the simulation must actually cut links");
+    // On a clean link, an item that fits is sent once, in one attempt.
+    let s = run_eager_scenario(3, 40_000, 0.0, 64 * 1024);
+    assert_eq!((s.attempts, s.bytes_sent), (1, 40_000));
 }
 
 #[test]
@@ -261,15 +289,27 @@ fn receiver_rejects_out_of_order_and_oversized() {
         }))
     };
     assert_eq!(
-        rx.handle_message(chunk(0), now),
+        rx.handle_message(chunk(20), now),
         Err(UploadError::OutOfOrder {
-            got: 0,
+            got: 20,
             expected: 10
         })
     );
-    rx.handle_message(chunk(10), now).expect("in order");
+    // Sent ahead of the Accept from 0: the held prefix is skipped.
+    rx.handle_message(chunk(0), now)
+        .expect("overlap is trimmed");
+    let Some(ReceiverEvent::Data { offset, data }) = rx.poll_event() else {
+        panic!("the part beyond the held prefix is data")
+    };
+    assert_eq!((offset, data.len()), (10, 40));
+    rx.handle_message(chunk(0), now).expect("all held: ignored");
+    assert!(rx.poll_event().is_none());
+    let long = Envelope::new(Body::Chunk(Chunk {
+        offset: 50,
+        data: Bytes::from_static(&[0; 60]),
+    }));
     assert_eq!(
-        rx.handle_message(chunk(60), now),
+        rx.handle_message(long, now),
         Err(UploadError::PastEnd {
             end: 110,
             size: 100
