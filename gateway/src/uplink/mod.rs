@@ -333,14 +333,18 @@ impl Running {
         self.renew_if_expired().await;
         let mut client = yilian_link::client_config(&self.tls)?;
         // What a cut loses (and the reconnect sends again) is what is
-        // unacknowledged at that moment: a few chunks per upload slot, not
-        // quinn's default of everything the streams will buffer. Below
-        // about 4 MiB, goodput suffers on links whose queues inflate the
-        // round trip (measured: 4G 92 % → 89 %, satellite 80 % → 72 % at
-        // 1.5 MiB).
-        let send_window = (self.config.chunk_size
-            * (self.config.max_in_flight + URGENT_EXTRA_SLOTS))
-            .max(4 << 20) as u64;
+        // unacknowledged at that moment: one chunk per upload slot, not
+        // quinn's default of everything the streams will buffer. Our
+        // controller keeps about one bandwidth-delay product in flight
+        // (at most ~0.4 MB on the clinic links), so that is enough; quinn's
+        // BBR inflates the round trip with its own queue and needs about
+        // 4 MiB for its goodput (measured: 4G 92 % → 89 %, satellite
+        // 80 % → 72 % at 1.5 MiB).
+        let per_slot = self.config.chunk_size * (self.config.max_in_flight + URGENT_EXTRA_SLOTS);
+        let send_window = match self.config.congestion {
+            crate::config::Congestion::Bounded => per_slot,
+            _ => per_slot.max(4 << 20),
+        } as u64;
         client.transport_config(yilian_link::transport_config_sending(
             self.config
                 .idle_timeout
