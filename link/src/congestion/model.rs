@@ -38,11 +38,11 @@ const CYCLE: [Phase; 8] = [
 /// shows a full queue, means the queue overflowed, not radio noise (the
 /// `4g` profile loses 1 % at random, in bursts).
 const LOSS_THRESHOLD: f64 = 0.05;
-/// ...and beyond this share, whatever the RTT says (a router queue
-/// shorter than the model's headroom).
+/// Beyond this share, whatever the RTT says (a router queue shorter than
+/// the model's headroom).
 const LOSS_THRESHOLD_ALONE: f64 = 0.20;
-/// ...and at least this many packets, so one burst on a thin round is not
-/// read as a full queue.
+/// Either way at least this many packets, so one burst on a thin round is
+/// not read as a full queue.
 const LOSS_MIN_PACKETS: u64 = 3;
 /// Startup ends when the bandwidth grew less than this over three rounds.
 const STARTUP_GROWTH: f64 = 1.25;
