@@ -88,7 +88,8 @@ impl UploadSender {
     /// that fits is committed one round trip sooner, which on a 600 ms
     /// satellite path is most of an urgent ECG's wait. If central already
     /// holds a prefix, it skips what it has; the cost is at most `bytes`
-    /// sent twice, so the driver does this only for a first attempt.
+    /// sent twice, so the driver does this only for items that fit in one
+    /// chunk.
     pub fn send_eagerly(&mut self, bytes: u64) {
         self.eager = bytes;
     }
