@@ -64,7 +64,15 @@ pub const RETRY_REASONS: &[&str] = &[
 ];
 
 /// Why the spool refused an item (`SpoolError::reason`).
-pub const REFUSAL_REASONS: &[&str] = &["full", "disk_full", "io", "index", "damaged", "closed"];
+pub const REFUSAL_REASONS: &[&str] = &[
+    "full",
+    "disk_full",
+    "io",
+    "index",
+    "damaged",
+    "busy",
+    "closed",
+];
 
 #[derive(Clone)]
 pub struct GatewayMetrics {

@@ -40,6 +40,11 @@ pub enum SpoolError {
     NotFound(i64),
     #[error("payload of item {upload_id} is damaged: {detail}")]
     Damaged { upload_id: String, detail: String },
+    /// The same item (same dedup key) arrived on another connection and its
+    /// payload is not yet on the disk: this sender is asked to retry rather
+    /// than be answered on the strength of bytes that are not yet durable.
+    #[error("item {upload_id} is still being stored for another sender; retry")]
+    InFlight { upload_id: String },
     #[error("the spool writer has stopped")]
     Closed,
 }
@@ -64,6 +69,7 @@ impl SpoolError {
             SpoolError::Config(_) => "config",
             SpoolError::NotFound(_) => "not_found",
             SpoolError::Damaged { .. } => "damaged",
+            SpoolError::InFlight { .. } => "busy",
             SpoolError::Closed => "closed",
         }
     }

@@ -231,7 +231,8 @@ pub(crate) struct InsertRow {
     pub size: u64,
     pub sha256: [u8; 32],
     pub inline: Option<Vec<u8>>,
-    /// The payload file already synced in place, removed again if the
-    /// insert is refused or turns out to be a duplicate.
+    /// The payload file, written in place and being synced while the row
+    /// commits (the row is marked `unsynced`); removed again if the insert
+    /// is refused or turns out to be a duplicate.
     pub payload_path: Option<PathBuf>,
 }

@@ -5,12 +5,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 
 use crate::SpoolError;
 use crate::capacity::Capacity;
 use crate::config::SpoolConfig;
-use crate::item::{Committed, InsertRow};
+use crate::item::Committed;
 use crate::writer::{Op, Reply, Request, Usage};
 
 /// Payload files created ahead per directory fsync.
@@ -66,11 +66,17 @@ impl Shared {
     }
 
     pub(crate) fn call(&self, op: Op) -> Result<Reply, SpoolError> {
+        self.submit(op)?.wait()
+    }
+
+    /// Hands `op` to the writer thread without waiting for its answer, so
+    /// the caller can do other work (a payload's data sync) meanwhile.
+    pub(crate) fn submit(&self, op: Op) -> Result<Pending, SpoolError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.tx
             .send(Request { op, reply: tx })
             .map_err(|_| SpoolError::Closed)?;
-        rx.recv().map_err(|_| SpoolError::Closed)?
+        Ok(Pending(rx))
     }
 
     /// Refuses early when adding `extra` bytes would pass the high mark and
@@ -110,8 +116,28 @@ impl Shared {
         self.capacity.release_reserve(what);
     }
 
-    pub(crate) fn insert(&self, row: InsertRow) -> Result<Committed, SpoolError> {
-        match self.call(Op::Insert(row))? {
+    /// Records that a payload's data sync returned: its row's `unsynced`
+    /// mark goes with the next transaction.
+    pub(crate) fn synced(&self, id: i64) {
+        self.usage
+            .synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id);
+    }
+}
+
+/// A request handed to the writer thread, its answer still to come.
+pub(crate) struct Pending(Receiver<Result<Reply, SpoolError>>);
+
+impl Pending {
+    pub(crate) fn wait(self) -> Result<Reply, SpoolError> {
+        self.0.recv().map_err(|_| SpoolError::Closed)?
+    }
+
+    /// The answer to an [`Op::Insert`].
+    pub(crate) fn committed(self) -> Result<Committed, SpoolError> {
+        match self.wait()? {
             Reply::Committed(c) => Ok(c),
             Reply::Refused(e) => Err(e),
             _ => Err(SpoolError::Closed),

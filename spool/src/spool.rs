@@ -36,10 +36,11 @@ impl std::fmt::Debug for Spool {
 
 impl Spool {
     /// Opens (creating if needed) and recovers a spool: returns leased items
-    /// to ready, removes payload files no index row refers to (those being
-    /// written when the process stopped), and dead-letters rows whose payload
-    /// file is gone (which fsync ordering makes impossible short of disk
-    /// damage).
+    /// to ready, checks the items whose payload was still syncing when the
+    /// process stopped (removing those torn, never acknowledged), removes
+    /// payload files no index row refers to (those being written when the
+    /// process stopped), and dead-letters rows whose payload file is gone
+    /// (which the commit's ordering makes impossible short of disk damage).
     pub fn open(config: SpoolConfig) -> Result<Spool, SpoolError> {
         config.validate().map_err(SpoolError::Config)?;
         let dir = config.dir.clone();
@@ -89,10 +90,12 @@ impl Spool {
         };
         crate::disk::make_private(&dir)?;
         let released = conn.execute("UPDATE items SET state = 0 WHERE state = 1", [])?;
+        let torn = check_unsynced(&conn, &payload_dir)?;
         let (orphans, missing) = reconcile_payloads(&conn, &payload_dir)?;
-        if removed_partial + released + orphans + missing > 0 {
+        if removed_partial + released + torn + orphans + missing > 0 {
             tracing::info!(
                 partial_payloads_removed = removed_partial,
+                unacknowledged_torn_payloads_removed = torn,
                 leases_returned = released,
                 orphan_payloads_removed = orphans,
                 missing_payloads = missing,
@@ -365,6 +368,73 @@ fn clear_dir(dir: &Path) -> Result<usize, SpoolError> {
         n += 1;
     }
     Ok(n)
+}
+
+/// Rows committed while their payload's data sync was still running when
+/// the process or the power stopped. A payload that matches its size and
+/// hash stays, synced again (the process may have died with only the page
+/// cache holding it). One that does not was never acknowledged (the answer
+/// waits for both), so it goes with its row, and the device's resend is
+/// stored anew rather than answered as a duplicate of torn bytes.
+fn check_unsynced(conn: &rusqlite::Connection, payload_dir: &Path) -> Result<usize, SpoolError> {
+    let rows: Vec<(i64, String, i64, Vec<u8>)> = {
+        let mut stmt = conn.prepare(
+            "SELECT i.id, i.upload_id, i.size, i.sha256 FROM unsynced u JOIN items i ON i.id = u.id
+             WHERE i.inline_payload IS NULL",
+        )?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?
+    };
+    let marks: i64 = conn.query_row("SELECT COUNT(*) FROM unsynced", [], |r| r.get(0))?;
+    let mut torn = 0;
+    for (id, upload_id, size, sha256) in rows {
+        let path = payload_dir.join(&upload_id);
+        match payload_matches(&path, size as u64, &sha256) {
+            Ok(true) => {}
+            outcome => {
+                let why = match outcome {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "its size or hash does not match".to_owned(),
+                };
+                tracing::warn!(item = id, upload_id = %upload_id, why = %why,
+                    "an item whose payload was still being written when the gateway stopped is incomplete and was removed; it was never acknowledged, so its device sends it again");
+                // The file goes with the orphans, once this is committed.
+                conn.execute("DELETE FROM items WHERE id = ?1", params![id])?;
+                torn += 1;
+            }
+        }
+    }
+    // Nothing written when nothing is marked: on a full disk the spool
+    // must still open.
+    if marks > 0 {
+        conn.execute("DELETE FROM unsynced", [])?;
+    }
+    Ok(torn)
+}
+
+/// Whether the file at `path` holds `size` bytes hashing to `sha256`; if
+/// so it is synced before the answer.
+fn payload_matches(path: &Path, size: u64, sha256: &[u8]) -> std::io::Result<bool> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = fs::File::open(path)?;
+    if f.metadata()?.len() != size {
+        return Ok(false);
+    }
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    if hasher.finalize().as_slice() != sha256 {
+        return Ok(false);
+    }
+    f.sync_data()?;
+    Ok(true)
 }
 
 fn reconcile_payloads(

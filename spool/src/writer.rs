@@ -40,6 +40,11 @@ pub(crate) enum Op {
     Requeue {
         id: i64,
     },
+    /// The payload of a row committed while its sync ran failed to sync:
+    /// the item was never acknowledged, so it goes.
+    Discard {
+        id: i64,
+    },
     Defer {
         id: i64,
         until_ms: i64,
@@ -89,6 +94,10 @@ pub(crate) struct Usage {
     /// disk, not yet in `used`.
     pub writing: AtomicU64,
     pub refusing: AtomicBool,
+    /// Rows whose payload sync has returned since the last transaction:
+    /// their `unsynced` marks are cleared by the next one, whatever else
+    /// it does, so clearing them costs no flush of its own.
+    pub synced: std::sync::Mutex<Vec<i64>>,
 }
 
 pub(crate) struct Writer {
@@ -137,6 +146,7 @@ impl Writer {
             }
             return;
         }
+        let cleared = self.clear_synced();
         let used_before = self.usage.used.load(Ordering::SeqCst);
         let mut replies = Vec::with_capacity(batch.len());
         for req in batch {
@@ -182,6 +192,13 @@ impl Writer {
             Err(e) => {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 self.usage.used.store(used_before, Ordering::SeqCst);
+                // The marks are still in the index: the next transaction
+                // clears them (or a resend would be told "busy" for ever).
+                self.usage
+                    .synced
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(cleared);
                 if is_sqlite_full(&e) {
                     // Deliveries must still be recordable: without that the
                     // box can never free the space it is out of.
@@ -210,7 +227,9 @@ impl Writer {
         match op {
             Op::Insert(row) => match self.insert(row, unlink) {
                 Ok(c) => Ok(Reply::Committed(c)),
-                Err(e @ SpoolError::Full { .. }) => Ok(Reply::Refused(e)),
+                Err(e @ (SpoolError::Full { .. } | SpoolError::InFlight { .. })) => {
+                    Ok(Reply::Refused(e))
+                }
                 Err(e) => Err(e),
             },
             Op::Lease { lane, now_ms } => {
@@ -241,6 +260,27 @@ impl Writer {
                 )?;
                 if n == 0 {
                     self.must_exist(id)?;
+                }
+                Ok(Reply::Done)
+            }
+            Op::Discard { id } => {
+                let row: Option<(String, i64, bool)> = self
+                    .conn
+                    .query_row(
+                        "SELECT upload_id, size, inline_payload IS NULL FROM items WHERE id = ?1",
+                        params![id],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                if let Some((upload_id, size, is_file)) = row {
+                    self.conn
+                        .execute("DELETE FROM items WHERE id = ?1", params![id])?;
+                    self.conn
+                        .execute("DELETE FROM unsynced WHERE id = ?1", params![id])?;
+                    if is_file {
+                        unlink.push(self.config.dir.join("payload").join(&upload_id));
+                    }
+                    self.usage.used.fetch_sub(size as u64, Ordering::SeqCst);
                 }
                 Ok(Reply::Done)
             }
@@ -303,6 +343,63 @@ impl Writer {
         }
     }
 
+    /// Clears the `unsynced` marks of rows whose payload sync has returned,
+    /// inside the transaction just begun; returns the ids it cleared, to be
+    /// given back if the transaction does not commit. A mark that cannot
+    /// be cleared stays listed for the next transaction.
+    fn clear_synced(&mut self) -> Vec<i64> {
+        let ids = std::mem::take(
+            &mut *self
+                .usage
+                .synced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let mut cleared = Vec::with_capacity(ids.len());
+        let mut kept = Vec::new();
+        for id in ids {
+            match self
+                .conn
+                .execute("DELETE FROM unsynced WHERE id = ?1", params![id])
+            {
+                Ok(_) => cleared.push(id),
+                Err(e) => {
+                    tracing::debug!(item = id, error = %e, "spool could not clear a sync mark yet");
+                    kept.push(id);
+                }
+            }
+        }
+        if !kept.is_empty() {
+            self.usage
+                .synced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(kept);
+        }
+        cleared
+    }
+
+    fn is_unsynced(&self, id: i64) -> Result<bool, SpoolError> {
+        // A sync that returned but whose mark is not yet cleared counts as
+        // done: the list is drained at the start of every transaction.
+        if self
+            .usage
+            .synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+        {
+            return Ok(false);
+        }
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM unsynced WHERE id = ?1", params![id], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
+    }
+
     fn must_exist(&self, id: i64) -> Result<(), SpoolError> {
         let found: Option<i64> = self
             .conn
@@ -336,6 +433,12 @@ impl Writer {
                 .optional()?;
             if let Some((id, upload_id, sha, size)) = existing {
                 unlink.extend(row.payload_path);
+                if self.is_unsynced(id)? {
+                    // The first copy's bytes may not be on the disk yet:
+                    // answering this sender on their strength could
+                    // acknowledge what a power cut then takes.
+                    return Err(SpoolError::InFlight { upload_id });
+                }
                 let mut sha256 = [0u8; 32];
                 if sha.len() == 32 {
                     sha256.copy_from_slice(&sha);
@@ -372,6 +475,10 @@ impl Writer {
             ],
         )?;
         let id = self.conn.last_insert_rowid();
+        if row.payload_path.is_some() {
+            self.conn
+                .execute("INSERT INTO unsynced(id) VALUES (?1)", params![id])?;
+        }
         self.usage.used.fetch_add(row.size, Ordering::SeqCst);
         Ok(Committed {
             id,
@@ -444,6 +551,8 @@ impl Writer {
             }
             self.conn
                 .execute("DELETE FROM items WHERE id = ?1", params![id])?;
+            self.conn
+                .execute("DELETE FROM unsynced WHERE id = ?1", params![id])?;
             if is_file {
                 unlink.push(self.config.dir.join("payload").join(&upload_id));
             }

@@ -174,6 +174,13 @@ impl Intake {
     /// a writer, writing to it).
     pub fn refused(&self, e: &Refusal) {
         self.metrics.refused(e.reason());
+        if e.reason() == "busy" {
+            // Two senders with the same item at once; nothing is wrong
+            // with the box, so nothing for the technician's page.
+            tracing::warn!(adapter = self.family, device = %self.device, error = %e,
+                "the same item arrived twice at once; the second sender was asked to retry");
+            return;
+        }
         let key = match e.reason() {
             "disk_full" | "full" => "problem-spool-full",
             _ => "problem-spool-failing",

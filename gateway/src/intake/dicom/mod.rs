@@ -30,9 +30,9 @@ use tokio::sync::watch;
 use yilian_spool::{Lane, SpoolWriter};
 
 use crate::config::DicomSection;
-use crate::content::{Profile, describe_dicom_head};
+use crate::content::{Description, Profile, describe_dicom_head};
 use crate::governor::{AcceptErrors, Governor, Ticket};
-use crate::intake::source::{Intake, Refusal, Shared, Source, Starting};
+use crate::intake::source::{Intake, Shared, Source, Starting};
 use dimse::status;
 use yilian_codecs::dicom::{self, Command, command};
 
@@ -196,10 +196,23 @@ enum Sink {
         /// What went wrong, for the operator.
         why: String,
     },
-    /// Between a hand-over to the blocking writer and its return; never
-    /// seen by the commit.
+    /// A batch being written (and hashed) on a blocking thread while the
+    /// next one arrives from the network.
+    Pending(tokio::task::JoinHandle<BatchWritten>),
+    /// Between two of the states above, for a moment; never seen by the
+    /// commit.
     InFlight,
 }
+
+/// What a batch write gives back: the writer, the emptied buffer for reuse,
+/// how the write went, and the instance's description when this batch was
+/// its head.
+type BatchWritten = (
+    Box<SpoolWriter>,
+    Vec<u8>,
+    Result<(), yilian_spool::SpoolError>,
+    Option<(Description, bool)>,
+);
 
 /// One instance being received.
 struct Instance {
@@ -207,11 +220,37 @@ struct Instance {
     context_id: u8,
     /// Where the data set goes, or why it goes nowhere.
     sink: Sink,
+    /// The bytes gathered for the next write; the first batch starts with
+    /// the Part 10 header, so that it is also the head the metadata is read
+    /// from (no copy of it kept aside).
     batch: Vec<u8>,
-    prefix: Vec<u8>,
-    /// Data went past the prefix: metadata is read from a cut data set.
-    cut: bool,
+    /// The buffer of the batch being written, back for reuse.
+    spare: Vec<u8>,
+    /// What the head says, once the first batch went to the writer, and
+    /// whether the head was the whole data set.
+    described: Option<(Description, bool)>,
     received: u64,
+}
+
+/// Batch buffers an association keeps between its instances, so that each
+/// image does not allocate (and fault in) half a megabyte afresh.
+#[derive(Default)]
+struct Buffers(Vec<Vec<u8>>);
+
+impl Buffers {
+    fn take(&mut self) -> Vec<u8> {
+        self.0
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(WRITE_BATCH))
+    }
+
+    fn give(&mut self, mut buffer: Vec<u8>) {
+        // Two per association: the batch gathering and the one being written.
+        if self.0.len() < 2 && buffer.capacity() <= 2 * WRITE_BATCH {
+            buffer.clear();
+            self.0.push(buffer);
+        }
+    }
 }
 
 impl DicomAdapter {
@@ -333,6 +372,7 @@ impl DicomAdapter {
             .to_owned();
         tracing::info!(device = %self.config.name, %peer, calling_ae = %calling, "DICOM association accepted");
         let mut command: Vec<u8> = Vec::new();
+        let mut buffers = Buffers::default();
         let mut current: Option<Instance> = None;
         let mut action: Option<Action> = None;
         let mut stored = 0u64;
@@ -383,6 +423,7 @@ impl DicomAdapter {
                                     &mut action,
                                     &assoc,
                                     &calling,
+                                    &mut buffers,
                                 )
                             }
                             PDataValueType::Data if action.is_some() => {
@@ -432,7 +473,7 @@ impl DicomAdapter {
                                     continue;
                                 }
                                 let Some(inst) = current.take() else { continue };
-                                let (reply, ok) = self.finish(inst, &calling).await;
+                                let (reply, ok) = self.finish(inst, &calling, &mut buffers).await;
                                 stored += u64::from(ok);
                                 Some(reply)
                             }
@@ -480,6 +521,7 @@ impl DicomAdapter {
         action: &mut Option<Action>,
         assoc: &dicom_ul::association::AsyncServerAssociation<TcpStream>,
         calling: &str,
+        buffers: &mut Buffers,
     ) -> Option<(u8, Vec<u8>)> {
         let transfer_syntax = |id: u8| {
             assoc
@@ -502,7 +544,7 @@ impl DicomAdapter {
             }
             command::C_STORE_RQ => {
                 let ts = transfer_syntax(context_id);
-                *current = Some(self.begin(request, context_id, &ts, calling));
+                *current = Some(self.begin(request, context_id, &ts, calling, buffers));
                 None
             }
             // Matches are all sent at once; a cancel arriving after them has
@@ -621,13 +663,20 @@ impl DicomAdapter {
         (a.context_id, a.request.response(status, None).encode())
     }
 
-    fn begin(&self, request: Command, context_id: u8, ts: &str, calling: &str) -> Instance {
+    fn begin(
+        &self,
+        request: Command,
+        context_id: u8,
+        ts: &str,
+        calling: &str,
+        buffers: &mut Buffers,
+    ) -> Instance {
         let mut item = self
             .intake
             .item(self.lane_for(calling), yilian_protocol::ItemKind::Dicom);
         item.metadata
             .insert("calling_ae".into(), calling.to_owned());
-        let mut prefix = Vec::new();
+        let mut batch = buffers.take();
         let sink = match dimse::part10_header(
             &request.affected_sop_class,
             &request.affected_sop_instance,
@@ -641,14 +690,9 @@ impl DicomAdapter {
                     why: format!("cannot build the Part 10 header: {e}"),
                 }
             }
-            Ok(header) => match self
-                .intake
-                .spool
-                .writer(item)
-                .and_then(|mut w| w.write_bytes(&header).map(|()| w))
-            {
+            Ok(header) => match self.intake.spool.writer(item) {
                 Ok(w) => {
-                    prefix = header;
+                    batch.extend_from_slice(&header);
                     Sink::Writing(Box::new(w))
                 }
                 Err(e) => Sink::Refused {
@@ -661,56 +705,78 @@ impl DicomAdapter {
             request,
             context_id,
             sink,
-            batch: Vec::with_capacity(WRITE_BATCH),
-            prefix,
-            cut: false,
+            batch,
+            spare: buffers.take(),
+            described: None,
             received: 0,
         }
     }
 
     async fn on_data(&self, inst: &mut Instance, data: Vec<u8>) {
         inst.received += data.len() as u64;
-        if !matches!(inst.sink, Sink::Writing(_)) {
+        if matches!(inst.sink, Sink::Refused { .. }) {
             return;
         }
-        let room = METADATA_PREFIX.saturating_sub(inst.prefix.len());
-        let take = room.min(data.len());
-        inst.prefix.extend_from_slice(&data[..take]);
-        inst.cut |= take < data.len();
         inst.batch.extend_from_slice(&data);
         if inst.batch.len() >= WRITE_BATCH {
-            self.flush(inst).await;
+            self.flush(inst, false).await;
         }
     }
 
-    /// Hands the gathered bytes to the spool writer on a blocking thread.
-    async fn flush(&self, inst: &mut Instance) {
+    /// Hands the gathered bytes to the spool writer on a blocking thread and
+    /// returns without waiting, so the next batch is received while this
+    /// one is written and hashed; at most one batch is in the writer's
+    /// hands at a time (memory per instance stays two batches). The first
+    /// batch is also the instance's head: the same thread reads its
+    /// metadata, off the path to the answer unless the data set is that
+    /// short. `last` when the data set is complete.
+    async fn flush(&self, inst: &mut Instance, last: bool) {
+        self.settle(inst).await;
+        let head = inst.described.is_none();
         // Nothing gathered (the data set ended exactly on a batch boundary):
-        // the writer must stay where it is, or the commit finds none and
-        // refuses an instance nothing was wrong with.
-        if inst.batch.is_empty() {
+        // the writer stays where it is.
+        if inst.batch.is_empty() && !head {
             return;
         }
-        let mut w = match std::mem::replace(&mut inst.sink, Sink::InFlight) {
+        let w = match std::mem::replace(&mut inst.sink, Sink::InFlight) {
             Sink::Writing(w) => w,
             other => {
                 inst.sink = other;
                 return;
             }
         };
-        let batch = std::mem::take(&mut inst.batch);
-        match tokio::task::spawn_blocking(move || {
+        let batch = std::mem::replace(&mut inst.batch, std::mem::take(&mut inst.spare));
+        // A head that ends before the prefix does is the whole data set, so
+        // an element running past its end is malformed, not cut.
+        let whole = last && batch.len() <= METADATA_PREFIX;
+        inst.sink = Sink::Pending(tokio::task::spawn_blocking(move || {
+            let described = head.then(|| {
+                let head = &batch[..batch.len().min(METADATA_PREFIX)];
+                (describe_dicom_head(head, whole, Profile::Files), whole)
+            });
+            let mut w = w;
             let r = w.write_bytes(&batch);
-            (w, batch, r)
-        })
-        .await
-        {
-            Ok((w, mut batch, Ok(()))) => {
+            (w, batch, r, described)
+        }));
+    }
+
+    /// Waits for the batch being written, if any.
+    async fn settle(&self, inst: &mut Instance) {
+        let handle = match std::mem::replace(&mut inst.sink, Sink::InFlight) {
+            Sink::Pending(handle) => handle,
+            other => {
+                inst.sink = other;
+                return;
+            }
+        };
+        match handle.await {
+            Ok((w, mut batch, Ok(()), described)) => {
                 batch.clear();
-                inst.batch = batch;
+                inst.spare = batch;
+                inst.described = inst.described.take().or(described);
                 inst.sink = Sink::Writing(w);
             }
-            Ok((_, _, Err(e))) => {
+            Ok((_, _, Err(e), _)) => {
                 inst.sink = Sink::Refused {
                     reason: e.reason(),
                     why: e.to_string(),
@@ -726,8 +792,16 @@ impl DicomAdapter {
     }
 
     /// The data set is complete: commit and answer.
-    async fn finish(&self, mut inst: Instance, calling: &str) -> ((u8, Vec<u8>), bool) {
-        self.flush(&mut inst).await;
+    async fn finish(
+        &self,
+        mut inst: Instance,
+        calling: &str,
+        buffers: &mut Buffers,
+    ) -> ((u8, Vec<u8>), bool) {
+        self.flush(&mut inst, true).await;
+        self.settle(&mut inst).await;
+        buffers.give(std::mem::take(&mut inst.batch));
+        buffers.give(std::mem::take(&mut inst.spare));
         let writer = match std::mem::replace(&mut inst.sink, Sink::InFlight) {
             Sink::Writing(w) => *w,
             Sink::Refused { reason, why } => {
@@ -741,7 +815,7 @@ impl DicomAdapter {
                 );
                 return ((inst.context_id, rsp.encode()), false);
             }
-            Sink::InFlight => {
+            Sink::InFlight | Sink::Pending(_) => {
                 // Unreachable by construction (every hand-over puts the
                 // writer or a refusal back), but if it ever happens the
                 // modality must hear "retry", and the log must say why.
@@ -770,44 +844,17 @@ impl DicomAdapter {
                 false,
             );
         }
-        // The disk syncs the payload while its metadata is read: the two
-        // longest steps before the answer, overlapped.
-        let (prefix, whole) = (std::mem::take(&mut inst.prefix), !inst.cut);
-        let (synced, described) = tokio::join!(
-            tokio::task::spawn_blocking(move || {
-                let mut writer = writer;
-                let r = writer.sync();
-                (writer, r)
-            }),
-            tokio::task::spawn_blocking(move || describe_dicom_head(
-                &prefix,
-                whole,
-                Profile::Files
-            )),
-        );
-        let (d, mut writer) = match (described, synced) {
-            (Ok(d), Ok((writer, Ok(())))) => (d, writer),
-            (_, Ok((_, Err(e)))) => {
-                self.intake.refused(&Refusal::Spool(e));
-                return (
-                    answer(
-                        status::OUT_OF_RESOURCES,
-                        Some("gateway storage full or failing"),
-                    ),
-                    false,
-                );
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                self.intake.refused(&Refusal::Task(e.to_string()));
-                return (
-                    answer(
-                        status::OUT_OF_RESOURCES,
-                        Some("gateway storage full or failing"),
-                    ),
-                    false,
-                );
-            }
+        let Some((d, whole)) = inst.described.take() else {
+            // Every first hand-over describes the head; as above.
+            self.intake.metrics.refused("io");
+            tracing::error!(device = %self.config.name, calling_ae = %calling, sop_instance = %r.affected_sop_instance,
+                "a DICOM instance's head was not read (a bug: please report it); answered 0xA700");
+            return (
+                answer(status::OUT_OF_RESOURCES, Some("gateway storage failing")),
+                false,
+            );
         };
+        let mut writer = writer;
         // Whole data sets that do not parse are refused; a prefix that does
         // not parse is only noted (the rest may be fine).
         if whole && d.metadata.contains_key("parse_error") {
