@@ -242,7 +242,12 @@ impl SpoolWriter {
         }
     }
 
-    fn row(&mut self, sha256: [u8; 32], inline: Option<Vec<u8>>, payload_path: Option<PathBuf>) -> InsertRow {
+    fn row(
+        &mut self,
+        sha256: [u8; 32],
+        inline: Option<Vec<u8>>,
+        payload_path: Option<PathBuf>,
+    ) -> InsertRow {
         InsertRow {
             upload_id: std::mem::take(&mut self.upload_id),
             item: self.item.clone(),

@@ -3,7 +3,11 @@
 //! An item is appended by a device adapter and acknowledged to the device
 //! only with the [`Committed`] proof in hand: that value exists only once the
 //! payload file's data is synced (in a file created ahead, its name made
-//! durable then) and the index row committed with `synchronous=FULL`. The uplink then [`Spool::lease`]s
+//! durable then) and the index row committed with `synchronous=FULL`. The
+//! two flushes run at once, the row marked `unsynced` until the payload's
+//! sync returned; a power cut between them leaves a marked row that the
+//! next open checks against its hash, removing it if torn (its device was
+//! never answered). The uplink then [`Spool::lease`]s
 //! items by lane, and [`Spool::ack`]s them when central answered COMMITTED;
 //! nothing undelivered is ever evicted.
 //!

@@ -122,6 +122,17 @@ impl Writer {
             }
             self.run_batch(batch);
         }
+        // Closing: the sync marks still listed go now, so a clean stop
+        // leaves nothing for the next open to check.
+        if !self
+            .usage
+            .synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            self.run_batch(Vec::new());
+        }
     }
 
     fn run_batch(&mut self, batch: Vec<Request>) {
@@ -348,13 +359,7 @@ impl Writer {
     /// given back if the transaction does not commit. A mark that cannot
     /// be cleared stays listed for the next transaction.
     fn clear_synced(&mut self) -> Vec<i64> {
-        let ids = std::mem::take(
-            &mut *self
-                .usage
-                .synced
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let ids = std::mem::take(&mut *self.usage.synced.lock().unwrap_or_else(|p| p.into_inner()));
         let mut cleared = Vec::with_capacity(ids.len());
         let mut kept = Vec::new();
         for id in ids {

@@ -422,3 +422,176 @@ fn inspect_reads_while_open() {
     assert_eq!(items[0].lane, "urgent");
     assert_eq!(items[0].state, "ready");
 }
+
+/// The index as a power cut could leave it: rows committed while their
+/// payload's data sync was still running carry an `unsynced` mark.
+fn mark_unsynced(dir: &std::path::Path, ids: &[i64]) {
+    let conn = rusqlite::Connection::open(dir.join("index.sqlite")).expect("index");
+    for id in ids {
+        conn.execute("INSERT OR IGNORE INTO unsynced(id) VALUES (?1)", [id])
+            .expect("mark");
+    }
+}
+
+fn unsynced_marks(dir: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join("index.sqlite")).expect("index");
+    conn.query_row("SELECT COUNT(*) FROM unsynced", [], |r| r.get(0))
+        .expect("count")
+}
+
+/// The commit overlaps the payload's data sync with the index commit, so a
+/// power cut can leave an indexed row whose payload is torn. Its commit had
+/// not returned, so its device was never answered: the next open removes
+/// it, keeps every payload that is whole, and the device's resend is
+/// stored anew.
+#[test]
+fn a_power_cut_during_the_payload_sync_removes_only_what_was_never_acknowledged() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let with_key = |key: &str| {
+        let mut it = item(Lane::Bulk);
+        it.dedup_key = Some(key.into());
+        it
+    };
+    let (whole, cut_short, scrambled, small) = {
+        let spool = Spool::open(config(dir.path())).expect("open");
+        let whole = spool
+            .append(with_key("whole"), &vec![1u8; 300_000])
+            .expect("append");
+        let cut_short = spool
+            .append(with_key("cut"), &vec![2u8; 300_000])
+            .expect("append");
+        let scrambled = spool
+            .append(with_key("scrambled"), &vec![3u8; 300_000])
+            .expect("append");
+        let small = spool.append(item(Lane::Clinical), b"ORU").expect("append");
+        (whole, cut_short, scrambled, small)
+    };
+    // A clean stop leaves no marks (the writer thread clears them as it
+    // ends, just after the last handle is dropped).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while unsynced_marks(dir.path()) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(unsynced_marks(dir.path()), 0);
+    mark_unsynced(dir.path(), &[whole.id(), cut_short.id(), scrambled.id()]);
+    let payload = |c: &yilian_spool::Committed| dir.path().join("payload").join(c.upload_id());
+    // What reached the disk before the cut: half of one file, and the
+    // other's length with stale blocks in it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(payload(&cut_short))
+        .and_then(|f| f.set_len(150_000))
+        .expect("tear");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(payload(&scrambled))
+            .expect("open");
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(200_000)).expect("seek");
+        f.write_all(&[0u8; 4096]).expect("scramble");
+    }
+
+    let spool = Spool::open(config(dir.path())).expect("reopen");
+    assert_eq!(unsynced_marks(dir.path()), 0, "every mark settled at open");
+    assert!(!payload(&cut_short).exists() && !payload(&scrambled).exists());
+    let mut held = Vec::new();
+    while let Some(l) = spool.lease(&Lane::ALL).expect("lease") {
+        held.push((l.upload_id.clone(), read_all(&spool, &l)));
+        spool.ack(l).expect("ack");
+    }
+    held.sort();
+    let mut expected = vec![
+        (whole.upload_id().to_owned(), vec![1u8; 300_000]),
+        (small.upload_id().to_owned(), b"ORU".to_vec()),
+    ];
+    expected.sort();
+    assert_eq!(held, expected, "the whole payload and the inline item stay");
+    // The device was never answered for the torn ones and sends again.
+    let again = spool
+        .append(with_key("cut"), &vec![2u8; 300_000])
+        .expect("resend");
+    assert!(
+        !again.is_duplicate(),
+        "stored anew, not answered by torn bytes"
+    );
+    let resent = spool
+        .append(with_key("whole"), &vec![1u8; 300_000])
+        .expect("resend");
+    assert!(
+        resent.is_duplicate(),
+        "the whole one still answers its resend"
+    );
+}
+
+/// Two senders with the same item at once: while the first copy's payload
+/// may not yet be on the disk, the second is asked to retry rather than be
+/// answered on the strength of the first.
+#[test]
+fn a_resend_while_the_first_copy_syncs_is_asked_to_retry() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let spool = Spool::open(config(dir.path())).expect("open");
+    let mut it = item(Lane::Bulk);
+    it.dedup_key = Some("dicom:ct:1.2.3:abc".into());
+    let first = spool
+        .append(it.clone(), &vec![5u8; 200_000])
+        .expect("append");
+    // Its own mark goes with the next transaction; then another connection
+    // marks it as a commit still syncing would have.
+    spool.stats().expect("a transaction");
+    assert_eq!(unsynced_marks(dir.path()), 0);
+    mark_unsynced(dir.path(), &[first.id()]);
+    match spool.append(it.clone(), &vec![5u8; 200_000]) {
+        Err(e @ SpoolError::InFlight { .. }) => assert_eq!(e.reason(), "busy"),
+        other => panic!("expected a retry, got {other:?}"),
+    }
+    assert_eq!(payload_files(dir.path()), 1, "the second copy is not kept");
+    let conn = rusqlite::Connection::open(dir.path().join("index.sqlite")).expect("index");
+    conn.execute("DELETE FROM unsynced", []).expect("synced");
+    let again = spool.append(it, &vec![5u8; 200_000]).expect("append");
+    assert!(again.is_duplicate());
+    assert_eq!(again.upload_id(), first.upload_id());
+}
+
+/// Payloads of every size around the buffer and writeback boundaries come
+/// back byte for byte, streamed in pieces of several sizes.
+#[test]
+fn streamed_payloads_of_every_size_around_the_buffers_come_back_whole() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let spool = Spool::open(config(dir.path())).expect("open");
+    let k = 1024;
+    let sizes = [
+        0,
+        1,
+        8 * k - 1,
+        8 * k,
+        64 * k - 1,
+        64 * k,
+        64 * k + 1,
+        256 * k - 1,
+        256 * k,
+        256 * k + 1,
+        512 * k + 13,
+        1024 * k + 7,
+        3 * 1024 * k + 5,
+    ];
+    let pieces = [1_000, 64 * k, 131_066, 256 * k, 1024 * k];
+    let mut sent = std::collections::HashMap::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let piece = pieces[i % pieces.len()];
+        let body: Vec<u8> = (0..*size).map(|b| (b * 7 + i) as u8).collect();
+        let mut w = spool.writer(item(Lane::Bulk)).expect("writer");
+        for chunk in body.chunks(piece) {
+            w.write_bytes(chunk).expect("write");
+        }
+        let c = w.commit().expect("commit");
+        sent.insert(c.upload_id().to_owned(), body);
+    }
+    let mut seen = 0;
+    while let Some(l) = spool.lease(&Lane::ALL).expect("lease") {
+        let body = sent.get(&l.upload_id).expect("known");
+        assert_eq!(&read_all(&spool, &l), body, "size {}", body.len());
+        spool.ack(l).expect("ack");
+        seen += 1;
+    }
+    assert_eq!(seen, sizes.len());
+}

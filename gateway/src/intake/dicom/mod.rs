@@ -232,6 +232,14 @@ struct Instance {
     received: u64,
 }
 
+/// The instance an association is receiving, if any, and the buffers its
+/// instances reuse.
+#[derive(Default)]
+struct Storing {
+    current: Option<Instance>,
+    buffers: Buffers,
+}
+
 /// Batch buffers an association keeps between its instances, so that each
 /// image does not allocate (and fault in) half a megabyte afresh.
 #[derive(Default)]
@@ -372,8 +380,7 @@ impl DicomAdapter {
             .to_owned();
         tracing::info!(device = %self.config.name, %peer, calling_ae = %calling, "DICOM association accepted");
         let mut command: Vec<u8> = Vec::new();
-        let mut buffers = Buffers::default();
-        let mut current: Option<Instance> = None;
+        let mut storing = Storing::default();
         let mut action: Option<Action> = None;
         let mut stored = 0u64;
         loop {
@@ -390,7 +397,7 @@ impl DicomAdapter {
                             "the modality sent a PDU larger than it negotiated; association ended. If this modality does it always, raise max_pdu in its [[dicom]] section");
                         return;
                     }
-                    if current.is_some() {
+                    if storing.current.is_some() {
                         tracing::warn!(device = %self.config.name, calling_ae = %calling, error = %e,
                             "association lost mid-instance; that instance was not acknowledged and the modality will resend it");
                     } else {
@@ -419,11 +426,10 @@ impl DicomAdapter {
                                 self.on_command(
                                     &bytes,
                                     value.presentation_context_id,
-                                    &mut current,
+                                    &mut storing,
                                     &mut action,
                                     &assoc,
                                     &calling,
-                                    &mut buffers,
                                 )
                             }
                             PDataValueType::Data if action.is_some() => {
@@ -463,7 +469,7 @@ impl DicomAdapter {
                                 }
                             }
                             PDataValueType::Data => {
-                                let Some(inst) = current.as_mut() else {
+                                let Some(inst) = storing.current.as_mut() else {
                                     tracing::warn!(device = %self.config.name, calling_ae = %calling,
                                         "data without a C-STORE request; ignored");
                                     continue;
@@ -472,8 +478,11 @@ impl DicomAdapter {
                                 if !value.is_last {
                                     continue;
                                 }
-                                let Some(inst) = current.take() else { continue };
-                                let (reply, ok) = self.finish(inst, &calling, &mut buffers).await;
+                                let Some(inst) = storing.current.take() else {
+                                    continue;
+                                };
+                                let (reply, ok) =
+                                    self.finish(inst, &calling, &mut storing.buffers).await;
                                 stored += u64::from(ok);
                                 Some(reply)
                             }
@@ -517,11 +526,10 @@ impl DicomAdapter {
         &self,
         bytes: &[u8],
         context_id: u8,
-        current: &mut Option<Instance>,
+        storing: &mut Storing,
         action: &mut Option<Action>,
         assoc: &dicom_ul::association::AsyncServerAssociation<TcpStream>,
         calling: &str,
-        buffers: &mut Buffers,
     ) -> Option<(u8, Vec<u8>)> {
         let transfer_syntax = |id: u8| {
             assoc
@@ -544,7 +552,8 @@ impl DicomAdapter {
             }
             command::C_STORE_RQ => {
                 let ts = transfer_syntax(context_id);
-                *current = Some(self.begin(request, context_id, &ts, calling, buffers));
+                storing.current =
+                    Some(self.begin(request, context_id, &ts, calling, &mut storing.buffers));
                 None
             }
             // Matches are all sent at once; a cancel arriving after them has
