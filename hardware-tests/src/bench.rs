@@ -453,7 +453,10 @@ async fn hl7_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Resu
         idle_timeout_ms: None,
         reconnect_max_ms: 2000,
         quota_bytes: None,
-        extra: format!("\n[[hl7]]\nname = \"bench\"\nlisten = \"{listen}\"\n"),
+        // Sixteen clients from one address: a LIS feeding several queues.
+        extra: format!(
+            "\n[[hl7]]\nname = \"bench\"\nlisten = \"{listen}\"\nmax_connections_per_peer = 16\n"
+        ),
     };
     let gt = dir.join("hl7-gateway.toml");
     std::fs::write(&gt, gw_setup.toml())?;
@@ -472,15 +475,28 @@ async fn hl7_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Resu
         latencies.sort();
         let pct =
             |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
+        let rate = latencies.len() as f64 / secs;
+        // The limits: one connection's ACK can wait for no less than the
+        // commit's flush (two at worst: a request arriving just after a
+        // group began waits for that group and its own); many connections
+        // share each flush.
+        let limit = if connections == 1 {
+            format!(
+                "; p99 limit, two flushes + 1 ms: {:.1} ms",
+                2000.0 / fsyncs + 1.0
+            )
+        } else {
+            String::new()
+        };
         report.row(
             &format!("HL7 ORU^R01 over MLLP, {connections} connection(s), durable ACK"),
             format!(
-                "{:.0} msg/s, ACK p50 {:.1} ms, p99 {:.1} ms",
-                latencies.len() as f64 / secs,
+                "{rate:.0} msg/s ({:.1}× the fsync rate), ACK p50 {:.1} ms, p99 {:.1} ms",
+                rate / fsyncs,
                 pct(0.50),
                 pct(0.99)
             ),
-            format!("raw write+fdatasync: {fsyncs:.0}/s"),
+            format!("raw write+fdatasync: {fsyncs:.0}/s{limit}"),
         );
     }
     gateway.shutdown().await;

@@ -6,6 +6,18 @@ use std::collections::BTreeMap;
 use crate::SpoolError;
 use crate::item::{ItemState, ItemSummary, Lane, LaneStats, Lease, SpoolStats};
 
+/// Statements the writer runs for every request, prepared once and reused:
+/// parsing the SQL cost about as much as running it.
+pub(crate) trait Cached {
+    fn run(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize>;
+}
+
+impl Cached for Connection {
+    fn run(&self, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+}
+
 fn sha_array(v: &[u8]) -> [u8; 32] {
     let mut a = [0u8; 32];
     if v.len() == 32 {
@@ -21,9 +33,11 @@ pub(crate) fn lease(
     now_ms: i64,
 ) -> Result<Option<Lease>, SpoolError> {
     let row = conn
-        .query_row(
+        .prepare_cached(
             "SELECT id, upload_id, kind, source, metadata, size, sha256, received_ms, attempts, inline_payload IS NOT NULL
              FROM items WHERE state = 0 AND lane = ?1 AND next_attempt_ms <= ?2 ORDER BY id LIMIT 1",
+        )?
+        .query_row(
             params![lane as i64, now_ms],
             |r| {
                 Ok(Lease {
@@ -43,7 +57,7 @@ pub(crate) fn lease(
         )
         .optional()?;
     if let Some(l) = &row {
-        conn.execute("UPDATE items SET state = 1 WHERE id = ?1", params![l.id])?;
+        conn.run("UPDATE items SET state = 1 WHERE id = ?1", params![l.id])?;
     }
     Ok(row)
 }

@@ -15,6 +15,7 @@ use crate::capacity::{Capacity, is_sqlite_full};
 use crate::config::SpoolConfig;
 use crate::item::{Committed, InsertRow, ItemSummary, Lane, Lease, NackOutcome, SpoolStats};
 use crate::queries;
+use crate::queries::Cached;
 
 /// Most requests committed in one transaction.
 const MAX_GROUP: usize = 512;
@@ -138,7 +139,7 @@ impl Writer {
     fn run_batch(&mut self, batch: Vec<Request>) {
         let mut results = Vec::with_capacity(batch.len());
         let mut unlink_after_commit: Vec<PathBuf> = Vec::new();
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = self.conn.run("BEGIN IMMEDIATE", []) {
             tracing::error!(error = %e, "spool index: cannot begin a transaction");
             if is_sqlite_full(&e) {
                 self.capacity
@@ -168,16 +169,18 @@ impl Writer {
             let used_mark = self.usage.used.load(Ordering::SeqCst);
             let r = self
                 .conn
-                .execute_batch("SAVEPOINT op")
+                .run("SAVEPOINT op", [])
                 .map_err(SpoolError::from)
                 .and_then(|_| self.apply(req.op, &mut unlink_after_commit));
             let end = if r.is_ok() {
-                "RELEASE op"
+                self.conn.run("RELEASE op", [])
             } else {
-                "ROLLBACK TO op; RELEASE op"
+                self.conn
+                    .run("ROLLBACK TO op", [])
+                    .and_then(|_| self.conn.run("RELEASE op", []))
             };
-            let r = match (r, self.conn.execute_batch(end)) {
-                (Ok(v), Ok(())) => Ok(v),
+            let r = match (r, end) {
+                (Ok(v), Ok(_)) => Ok(v),
                 (Err(e), _) => Err(e),
                 (Ok(_), Err(e)) => Err(SpoolError::Db(e)),
             };
@@ -188,8 +191,8 @@ impl Writer {
             results.push(r);
             replies.push(req.reply);
         }
-        match self.conn.execute_batch("COMMIT") {
-            Ok(()) => {
+        match self.conn.run("COMMIT", []) {
+            Ok(_) => {
                 if !self.index_files_private {
                     self.index_files_private = crate::disk::make_private(&self.config.dir).is_ok();
                 }
@@ -247,7 +250,7 @@ impl Writer {
                 queries::lease(&self.conn, lane, now_ms).map(Reply::Lease)
             }
             Op::Ack { id, now_ms } => {
-                let n = self.conn.execute(
+                let n = self.conn.run(
                     "UPDATE items SET state = 2, delivered_ms = ?2, last_error = NULL WHERE id = ?1 AND state IN (0, 1)",
                     params![id, now_ms],
                 )?;
@@ -257,7 +260,7 @@ impl Writer {
                 Ok(Reply::Done)
             }
             Op::Release { id } => {
-                self.conn.execute(
+                self.conn.run(
                     "UPDATE items SET state = 0 WHERE id = ?1 AND state = 1",
                     params![id],
                 )?;
@@ -265,7 +268,7 @@ impl Writer {
             }
             Op::Nack { id, error, now_ms } => self.nack(id, &error, now_ms).map(Reply::Nack),
             Op::Requeue { id } => {
-                let n = self.conn.execute(
+                let n = self.conn.run(
                     "UPDATE items SET state = 0, attempts = 0, next_attempt_ms = 0 WHERE id = ?1 AND state = 3",
                     params![id],
                 )?;
@@ -285,9 +288,9 @@ impl Writer {
                     .optional()?;
                 if let Some((upload_id, size, is_file)) = row {
                     self.conn
-                        .execute("DELETE FROM items WHERE id = ?1", params![id])?;
+                        .run("DELETE FROM items WHERE id = ?1", params![id])?;
                     self.conn
-                        .execute("DELETE FROM unsynced WHERE id = ?1", params![id])?;
+                        .run("DELETE FROM unsynced WHERE id = ?1", params![id])?;
                     if is_file {
                         unlink.push(self.config.dir.join("payload").join(&upload_id));
                     }
@@ -300,14 +303,14 @@ impl Writer {
                 until_ms,
                 error,
             } => {
-                self.conn.execute(
+                self.conn.run(
                     "UPDATE items SET state = 0, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?1 AND state = 1",
                     params![id, until_ms, error],
                 )?;
                 Ok(Reply::Done)
             }
             Op::Kill { id, error } => {
-                let n = self.conn.execute(
+                let n = self.conn.run(
                     "UPDATE items SET state = 3, last_error = ?2 WHERE id = ?1 AND state IN (0, 1)",
                     params![id, error],
                 )?;
@@ -423,18 +426,17 @@ impl Writer {
         if let Some(key) = &row.item.dedup_key {
             let existing = self
                 .conn
-                .query_row(
+                .prepare_cached(
                     "SELECT id, upload_id, sha256, size FROM items WHERE dedup_key = ?1",
-                    params![key],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, Vec<u8>>(2)?,
-                            r.get::<_, i64>(3)?,
-                        ))
-                    },
-                )
+                )?
+                .query_row(params![key], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
                 .optional()?;
             if let Some((id, upload_id, sha, size)) = existing {
                 unlink.extend(row.payload_path);
@@ -463,7 +465,7 @@ impl Writer {
         }
         let metadata = serde_json::to_string(&row.item.metadata).unwrap_or_else(|_| "{}".into());
         let now_ms = crate::disk::now_ms();
-        self.conn.execute(
+        self.conn.run(
             "INSERT INTO items(upload_id, lane, kind, source, metadata, size, sha256, inline_payload, dedup_key, state, received_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10)",
             params![
@@ -482,7 +484,7 @@ impl Writer {
         let id = self.conn.last_insert_rowid();
         if row.payload_path.is_some() {
             self.conn
-                .execute("INSERT INTO unsynced(id) VALUES (?1)", params![id])?;
+                .run("INSERT INTO unsynced(id) VALUES (?1)", params![id])?;
         }
         self.usage.used.fetch_add(row.size, Ordering::SeqCst);
         Ok(Committed {
@@ -555,9 +557,9 @@ impl Writer {
                 break;
             }
             self.conn
-                .execute("DELETE FROM items WHERE id = ?1", params![id])?;
+                .run("DELETE FROM items WHERE id = ?1", params![id])?;
             self.conn
-                .execute("DELETE FROM unsynced WHERE id = ?1", params![id])?;
+                .run("DELETE FROM unsynced WHERE id = ?1", params![id])?;
             if is_file {
                 unlink.push(self.config.dir.join("payload").join(&upload_id));
             }
@@ -581,7 +583,7 @@ impl Writer {
             .optional()?;
         let attempts = attempts.ok_or(SpoolError::NotFound(id))? as u32 + 1;
         if attempts >= self.config.max_attempts {
-            self.conn.execute(
+            self.conn.run(
                 "UPDATE items SET state = 3, attempts = ?2, last_error = ?3 WHERE id = ?1",
                 params![id, attempts, error],
             )?;
@@ -591,7 +593,7 @@ impl Writer {
         let delay = base
             .saturating_mul(1u64 << (attempts - 1).min(30))
             .min(self.config.retry_max.as_millis() as u64);
-        self.conn.execute(
+        self.conn.run(
             "UPDATE items SET state = 0, attempts = ?2, last_error = ?3, next_attempt_ms = ?4 WHERE id = ?1",
             params![id, attempts, error, now_ms + delay as i64],
         )?;
