@@ -144,36 +144,24 @@ impl SpoolWriter {
         Ok(())
     }
 
-    /// Starts writing the payload's bytes already in the file to the disk,
-    /// a buffer's worth at a time, while the rest still arrives: the data
+    /// Starts the writeback of the payload's bytes already in the file, a
+    /// buffer's worth at a time, while the rest still arrives: the data
     /// sync at the commit then waits for the tail, not for the whole
-    /// payload (measured: half the final sync's time for a 0.5 MB image),
-    /// and a 2 GB instance never holds gigabytes of dirty pages. Linux's
-    /// POSIX_FADV_DONTNEED starts the writeback of the range's dirty pages
-    /// before it drops the clean ones (pages being written stay cached):
-    /// the effect of `sync_file_range(SYNC_FILE_RANGE_WRITE)`, which has no
-    /// safe binding. Only a hint: a failure changes nothing the commit's
-    /// sync does not check.
+    /// payload (measured: half the final sync's time for a 0.5 MB image).
     fn start_writeback(&mut self) {
         let Some((_, w)) = &self.file else {
             return;
         };
         let in_file = self.written - w.buffer().len() as u64;
-        let Some(len) = std::num::NonZeroU64::new(in_file - self.kicked) else {
-            return;
-        };
-        if len.get() < WRITE_BUFFER as u64 {
+        if in_file - self.kicked < WRITE_BUFFER as u64 {
             return;
         }
-        let _ = rustix::fs::fadvise(
-            w.get_ref(),
-            self.kicked,
-            Some(len),
-            rustix::fs::Advice::DontNeed,
-        );
+        yilian_proof::disk::start_writeback(w.get_ref(), self.kicked, in_file - self.kicked);
         self.kicked = in_file;
     }
+}
 
+impl SpoolWriter {
     /// Makes the payload durable and indexes it, with the two flushes
     /// overlapped: the index row goes to the writer thread, marked
     /// `unsynced`, while this thread syncs the payload file's data, and

@@ -86,6 +86,7 @@ impl Store {
             file,
             hasher,
             len: offset,
+            kicked: offset,
         })
     }
 
@@ -103,6 +104,7 @@ impl Store {
             file,
             hasher,
             len,
+            ..
         } = partial;
         let got = hex::encode(hasher.finalize());
         let expected = hex::encode(&offer.sha256);
@@ -194,6 +196,9 @@ impl Store {
     }
 }
 
+/// Bytes received between two starts of writeback (see `append`).
+const WRITEBACK_STEP: u64 = 4 * 1024 * 1024;
+
 /// An upload being received.
 #[derive(Debug)]
 pub struct PartialUpload {
@@ -201,6 +206,8 @@ pub struct PartialUpload {
     file: File,
     hasher: Sha256,
     len: u64,
+    /// Bytes before this offset have had their writeback started.
+    kicked: u64,
 }
 
 impl PartialUpload {
@@ -219,6 +226,12 @@ impl PartialUpload {
             .map_err(io("write partial upload", &self.path))?;
         self.hasher.update(data);
         self.len += data.len() as u64;
+        // The commit's sync then waits for the last few megabytes, not for
+        // a whole study's worth of dirty pages.
+        if self.len - self.kicked >= WRITEBACK_STEP {
+            yilian_proof::disk::start_writeback(&self.file, self.kicked, self.len - self.kicked);
+            self.kicked = self.len;
+        }
         Ok(())
     }
 }
