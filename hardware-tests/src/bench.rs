@@ -465,7 +465,8 @@ async fn memory_bench(dir: &std::path::Path, report: &mut Report) -> anyhow::Res
                     std::thread::spawn(move || -> Result<(), yilian_spool::SpoolError> {
                         let mut body = vec![0x42u8; 96 * 1024];
                         for i in 0..QUEUED_ITEMS / 16 {
-                            body[..16].copy_from_slice(&[t.to_le_bytes(), i.to_le_bytes()].concat());
+                            body[..16]
+                                .copy_from_slice(&[t.to_le_bytes(), i.to_le_bytes()].concat());
                             spool.append(NewItem::new(Lane::Bulk, "bench", "bench"), &body)?;
                         }
                         Ok(())
@@ -496,7 +497,10 @@ async fn memory_bench(dir: &std::path::Path, report: &mut Report) -> anyhow::Res
     };
     let gt = dir.join("memory-gateway.toml");
     // 960 MB at 200 Mbit/s: still uploading when the instance is in.
-    std::fs::write(&gt, gw_setup.toml_with_uplink("rate_limit = \"200 Mbit/s\"\n"))?;
+    std::fs::write(
+        &gt,
+        gw_setup.toml_with_uplink("rate_limit = \"200 Mbit/s\"\n"),
+    )?;
     let gt_arg = gt.to_string_lossy().into_owned();
     let gateway = crate::procs::Proc::spawn(
         "yilian-gateway",

@@ -22,6 +22,10 @@ use crate::writer::Op;
 /// the page cache as they arrive rather than all at the commit.
 const WRITE_BUFFER: usize = 256 * 1024;
 
+/// The largest step between two starts of writeback (see
+/// [`SpoolWriter::start_writeback`]).
+const MAX_WRITEBACK_STEP: u64 = 16 * 1024 * 1024;
+
 /// Streams one payload into the spool. Nothing is visible to the uplink
 /// until [`SpoolWriter::commit`] returns; dropping the writer discards it.
 pub struct SpoolWriter {
@@ -153,7 +157,12 @@ impl SpoolWriter {
             return;
         };
         let in_file = self.written - w.buffer().len() as u64;
-        if in_file - self.kicked < WRITE_BUFFER as u64 {
+        // A buffer at a time for an image; for a long stream larger steps,
+        // because writeback in small pieces costs the kernel far more than
+        // the sync it shortens (a 2 GiB instance in 256 KiB steps streamed
+        // in at a third of the speed).
+        let step = (in_file / 4).clamp(WRITE_BUFFER as u64, MAX_WRITEBACK_STEP);
+        if in_file - self.kicked < step {
             return;
         }
         yilian_proof::disk::start_writeback(w.get_ref(), self.kicked, in_file - self.kicked);

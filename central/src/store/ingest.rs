@@ -197,7 +197,7 @@ impl Store {
 }
 
 /// Bytes received between two starts of writeback (see `append`).
-const WRITEBACK_STEP: u64 = 4 * 1024 * 1024;
+const WRITEBACK_STEP: u64 = 16 * 1024 * 1024;
 
 /// An upload being received.
 #[derive(Debug)]
