@@ -87,19 +87,26 @@ fn bench_dir() -> std::path::PathBuf {
     if target.is_dir() { target } else { ".".into() }
 }
 
+/// The disk's single-fsync rate: one over the median time of `n` 4 KiB
+/// appends each followed by `fdatasync` (the median, because this shared
+/// VM's disk stalls now and then, and a mean moved the anchor twofold from
+/// one run to the next).
 fn fsync_rate(dir: &std::path::Path, n: u32) -> anyhow::Result<f64> {
     let path = dir.join("fsync-probe");
     let mut f = std::fs::File::create(&path)?;
     let block = [0x5au8; 4096];
-    let t = Instant::now();
+    let mut times = Vec::with_capacity(n as usize);
     for _ in 0..n {
+        let t = Instant::now();
         f.write_all(&block)?;
         f.sync_data()?;
+        times.push(t.elapsed());
     }
-    let rate = f64::from(n) / t.elapsed().as_secs_f64();
+    times.sort();
+    let median = times.get(times.len() / 2).copied().unwrap_or_default();
     drop(f);
     std::fs::remove_file(path)?;
-    Ok(rate)
+    Ok(1.0 / median.as_secs_f64().max(1e-6))
 }
 
 /// Seconds one `write` + `fdatasync` of a new file of `size` bytes takes in

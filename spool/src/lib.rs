@@ -43,6 +43,7 @@ pub use item::{
     Committed, ItemState, ItemSummary, Lane, LaneStats, Lease, NackOutcome, NewItem, PayloadRef,
     SpoolStats,
 };
+pub use shared::Committing;
 pub use spool::{Spool, requeue_in};
 
 /// Creates a directory, and its missing parents, readable by its owner

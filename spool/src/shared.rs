@@ -11,7 +11,7 @@ use crate::SpoolError;
 use crate::capacity::Capacity;
 use crate::config::SpoolConfig;
 use crate::item::Committed;
-use crate::writer::{Op, Reply, Request, Usage};
+use crate::writer::{Op, Reply, ReplyTo, Request, Usage};
 
 /// Payload files created ahead per directory fsync.
 const BLANKS_PER_BATCH: usize = 16;
@@ -74,9 +74,26 @@ impl Shared {
     pub(crate) fn submit(&self, op: Op) -> Result<Pending, SpoolError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.tx
-            .send(Request { op, reply: tx })
+            .send(Request {
+                op,
+                reply: ReplyTo::Blocked(tx),
+            })
             .map_err(|_| SpoolError::Closed)?;
         Ok(Pending(rx))
+    }
+
+    /// Hands `op` to the writer thread for a task that awaits the answer.
+    /// Sending waits only if the writer is a full channel (1,024 requests)
+    /// behind, when every device is waiting on the disk anyway.
+    pub(crate) fn submit_awaited(&self, op: Op) -> Result<Committing, SpoolError> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.tx
+            .send(Request {
+                op,
+                reply: ReplyTo::Awaited(tx),
+            })
+            .map_err(|_| SpoolError::Closed)?;
+        Ok(Committing(rx))
     }
 
     /// Refuses early when adding `extra` bytes would pass the high mark and
@@ -142,5 +159,30 @@ impl Pending {
             Reply::Refused(e) => Err(e),
             _ => Err(SpoolError::Closed),
         }
+    }
+}
+
+/// An insert handed to the writer thread by async code: resolves to the
+/// proof once the index committed it.
+pub struct Committing(futures_channel::oneshot::Receiver<Result<Reply, SpoolError>>);
+
+impl std::fmt::Debug for Committing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Committing")
+    }
+}
+
+impl std::future::Future for Committing {
+    type Output = Result<Committed, SpoolError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(Ok(Reply::Committed(c))) => Ok(c),
+            Ok(Ok(Reply::Refused(e)) | Err(e)) => Err(e),
+            Ok(Ok(_)) | Err(_) => Err(SpoolError::Closed),
+        })
     }
 }

@@ -13,9 +13,9 @@ use crate::capacity::{Capacity, fs_space};
 use crate::config::SpoolConfig;
 use crate::files::{Payload, SpoolWriter};
 use crate::item::{
-    Committed, ItemSummary, Lane, Lease, NackOutcome, NewItem, PayloadRef, SpoolStats,
+    Committed, InsertRow, ItemSummary, Lane, Lease, NackOutcome, NewItem, PayloadRef, SpoolStats,
 };
-use crate::shared::Shared;
+use crate::shared::{Committing, Shared};
 use crate::writer::{Op, Reply, Request, Usage, Writer};
 use crate::{SpoolError, queries, schema};
 
@@ -154,6 +154,34 @@ impl Spool {
         let mut w = self.writer(item)?;
         w.write_bytes(payload)?;
         w.commit()
+    }
+
+    /// Appends a payload small enough to live in the index (at most the
+    /// inline threshold; larger ones are refused with a configuration
+    /// error, for [`Spool::append`]) from async code, without a blocking
+    /// thread: the returned future resolves to the proof once the writer
+    /// thread committed it, sharing that flush with whatever else its
+    /// transaction holds. Nothing is written before it is handed over, so
+    /// a caller that drops the future leaves at most a committed item
+    /// whose device was not answered, as a cut connection does.
+    pub fn append_small(&self, item: NewItem, payload: Vec<u8>) -> Result<Committing, SpoolError> {
+        use sha2::Digest;
+        if payload.len() > self.inner.config.inline_threshold {
+            return Err(SpoolError::Config(format!(
+                "a payload of {} bytes is larger than the inline threshold ({} bytes)",
+                payload.len(),
+                self.inner.config.inline_threshold
+            )));
+        }
+        let row = InsertRow {
+            upload_id: crate::disk::new_upload_id(),
+            item,
+            size: payload.len() as u64,
+            sha256: sha2::Sha256::digest(&payload).into(),
+            inline: Some(payload),
+            payload_path: None,
+        };
+        self.inner.submit_awaited(Op::Insert(row))
     }
 
     /// Starts a streaming append for a payload too large for memory.

@@ -84,7 +84,30 @@ pub(crate) enum Reply {
 
 pub(crate) struct Request {
     pub op: Op,
-    pub reply: SyncSender<Result<Reply, SpoolError>>,
+    pub reply: ReplyTo,
+}
+
+/// Where a request's answer goes: a thread blocked on it, or a task
+/// awaiting it (woken straight from this thread, no blocking thread
+/// between).
+pub(crate) enum ReplyTo {
+    Blocked(SyncSender<Result<Reply, SpoolError>>),
+    Awaited(futures_channel::oneshot::Sender<Result<Reply, SpoolError>>),
+}
+
+impl ReplyTo {
+    fn send(self, r: Result<Reply, SpoolError>) {
+        // A caller that stopped waiting (its connection closed) needs no
+        // answer; what it asked for stands or not by the commit alone.
+        match self {
+            ReplyTo::Blocked(tx) => {
+                let _ = tx.send(r);
+            }
+            ReplyTo::Awaited(tx) => {
+                let _ = tx.send(r);
+            }
+        }
+    }
 }
 
 /// Accounting shared with appenders for early refusal.
@@ -154,7 +177,7 @@ impl Writer {
                     )),
                     None => SpoolError::Closed,
                 };
-                let _ = req.reply.send(Err(err));
+                req.reply.send(Err(err));
             }
             return;
         }
@@ -200,7 +223,7 @@ impl Writer {
                     let _ = fs::remove_file(&path);
                 }
                 for (reply, r) in replies.into_iter().zip(results) {
-                    let _ = reply.send(r);
+                    reply.send(r);
                 }
             }
             Err(e) => {
@@ -231,7 +254,7 @@ impl Writer {
                         ))),
                         Err(e) => Err(e),
                     };
-                    let _ = reply.send(r);
+                    reply.send(r);
                 }
             }
         }

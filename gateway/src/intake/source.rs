@@ -146,6 +146,15 @@ impl Intake {
     pub async fn spool_item(&self, item: NewItem, data: Vec<u8>) -> Result<Committed, Refusal> {
         let spool = self.spool.clone();
         let (kind, lane) = (item.kind.clone(), item.lane);
+        // A message or a result fits in the index: handed to its writer
+        // thread straight from here, one thread hop fewer per message.
+        if data.len() <= spool.config().inline_threshold {
+            let r = match spool.append_small(item, data) {
+                Ok(committing) => committing.await.map_err(Refusal::from),
+                Err(e) => Err(Refusal::from(e)),
+            };
+            return self.settle(&kind, lane, r);
+        }
         let r = tokio::task::spawn_blocking(move || spool.append(item, &data))
             .await
             .map_err(|e| Refusal::Task(e.to_string()))
