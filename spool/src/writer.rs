@@ -310,14 +310,7 @@ impl Writer {
                     )
                     .optional()?;
                 if let Some((upload_id, size, is_file)) = row {
-                    self.conn
-                        .run("DELETE FROM items WHERE id = ?1", params![id])?;
-                    self.conn
-                        .run("DELETE FROM unsynced WHERE id = ?1", params![id])?;
-                    if is_file {
-                        unlink.push(self.config.dir.join("payload").join(&upload_id));
-                    }
-                    self.usage.used.fetch_sub(size as u64, Ordering::SeqCst);
+                    self.remove_item(id, &upload_id, size, is_file, unlink)?;
                 }
                 Ok(Reply::Done)
             }
@@ -579,20 +572,34 @@ impl Writer {
             if target != u64::MAX && self.usage.used.load(Ordering::SeqCst) <= target {
                 break;
             }
-            self.conn
-                .run("DELETE FROM items WHERE id = ?1", params![id])?;
-            self.conn
-                .run("DELETE FROM unsynced WHERE id = ?1", params![id])?;
-            if is_file {
-                unlink.push(self.config.dir.join("payload").join(&upload_id));
-            }
-            self.usage.used.fetch_sub(size as u64, Ordering::SeqCst);
+            self.remove_item(id, &upload_id, size, is_file, unlink)?;
             evicted += 1;
         }
         if evicted > 0 {
             tracing::debug!(evicted, "spool evicted delivered items");
         }
         Ok(evicted)
+    }
+
+    /// Deletes an item's row (and its sync mark), gives back its bytes,
+    /// and lists its payload file for removal once the deletion commits.
+    fn remove_item(
+        &mut self,
+        id: i64,
+        upload_id: &str,
+        size: i64,
+        is_file: bool,
+        unlink: &mut Vec<PathBuf>,
+    ) -> Result<(), SpoolError> {
+        self.conn
+            .run("DELETE FROM items WHERE id = ?1", params![id])?;
+        self.conn
+            .run("DELETE FROM unsynced WHERE id = ?1", params![id])?;
+        if is_file {
+            unlink.push(self.config.dir.join("payload").join(upload_id));
+        }
+        self.usage.used.fetch_sub(size as u64, Ordering::SeqCst);
+        Ok(())
     }
 
     fn nack(&mut self, id: i64, error: &str, now_ms: i64) -> Result<NackOutcome, SpoolError> {
