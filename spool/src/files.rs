@@ -168,9 +168,7 @@ impl SpoolWriter {
         yilian_proof::disk::start_writeback(w.get_ref(), self.kicked, in_file - self.kicked);
         self.kicked = in_file;
     }
-}
 
-impl SpoolWriter {
     /// Makes the payload durable and indexes it, with the two flushes
     /// overlapped: the index row goes to the writer thread, marked
     /// `unsynced`, while this thread syncs the payload file's data, and
