@@ -98,6 +98,9 @@ pub struct GatewayMetrics {
     pub revoked: Gauge,
     pub link_connects: Counter,
     pub link_rtt: GaugeF,
+    pub link_bandwidth: GaugeF,
+    pub link_window: Gauge,
+    pub link_giving_way: Gauge,
     /// The box's clock minus central's, from the last heartbeat.
     pub clock_offset: GaugeF,
     pub rate_cap: GaugeF,
@@ -157,6 +160,9 @@ impl GatewayMetrics {
             revoked: Gauge::default(),
             link_connects: Counter::default(),
             link_rtt: GaugeF::default(),
+            link_bandwidth: GaugeF::default(),
+            link_window: Gauge::default(),
+            link_giving_way: Gauge::default(),
             clock_offset: GaugeF::default(),
             rate_cap: GaugeF::default(),
             urgent_allowance: Gauge::default(),
@@ -292,6 +298,22 @@ impl GatewayMetrics {
             "Round-trip time to central as QUIC estimates it",
             Unit::Seconds,
             m.link_rtt.clone(),
+        );
+        r.register(
+            "yilian_uplink_bandwidth_estimate_bytes_per_second",
+            "The line's bandwidth toward central as the box's congestion controller estimates it (congestion = \"bounded\")",
+            m.link_bandwidth.clone(),
+        );
+        r.register_with_unit(
+            "yilian_uplink_window",
+            "Bytes the congestion controller lets be in flight",
+            Unit::Bytes,
+            m.link_window.clone(),
+        );
+        r.register(
+            "yilian_uplink_giving_way",
+            "1 while bulk uploads have slowed down for the clinic's other traffic on the line (share_line = true)",
+            m.link_giving_way.clone(),
         );
         r.register_with_unit(
             "yilian_gateway_clock_offset",

@@ -96,6 +96,14 @@ async fn link_cut_mid_upload_resumes_from_centrals_offset() -> anyhow::Result<()
         m.bytes_received.get() > 400_000_000
     })
     .await;
+    // The controller's own view of the line is exported while it runs: a
+    // bandwidth estimate in bytes per second (the relay on loopback carries
+    // far more than 10 MB/s) and a window of at least a few packets.
+    let gm = gateway.metrics.clone();
+    wait_for("the controller's gauges", Duration::from_secs(10), || {
+        gm.link_bandwidth.get() > 10e6 && gm.link_window.get() >= 4 * 1200
+    })
+    .await;
     relay.cut();
     let at_cut = central.metrics.bytes_received.get();
     let gw_link = gateway.link.clone();

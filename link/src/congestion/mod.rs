@@ -87,6 +87,14 @@ pub struct Bounded {
     sharing: Option<Arc<LineSharing>>,
 }
 
+impl Bounded {
+    /// The model's state, for the box's metrics (read from a copy quinn
+    /// hands out: `Connection::congestion_state`).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+}
+
 impl Controller for Bounded {
     fn on_sent(&mut self, now: std::time::Instant, bytes: u64, _last_packet_number: u64) {
         if let Some(s) = &self.sharing {
