@@ -547,3 +547,88 @@ fn push_bounded<T>(q: &mut VecDeque<T>, v: T) {
     }
     q.push_back(v);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A line of `rate` bytes per second and `base` round trip, with
+    /// `extra(round)` of someone else's queue on top: each round sends one
+    /// window paced at the line's rate and takes its acknowledgements one
+    /// round trip later. Returns the window at the end of each round.
+    fn drive(
+        model: &mut Model,
+        rounds: std::ops::Range<usize>,
+        clock: &mut Instant,
+        extra: impl Fn(usize) -> Duration,
+    ) -> Vec<u64> {
+        let (rate, base, mtu) = (2_500_000.0, Duration::from_millis(80), 1_200u64);
+        let spacing = Duration::from_secs_f64(mtu as f64 / rate);
+        let mut windows = Vec::new();
+        for round in rounds {
+            let rtt = base + extra(round);
+            let packets = (model.window() / mtu).max(1) as u32;
+            let t0 = *clock;
+            for i in 0..packets {
+                model.on_sent(t0 + spacing * i, mtu);
+            }
+            for i in 0..packets {
+                model.on_ack(t0 + spacing * i + rtt, t0 + spacing * i, mtu, false);
+            }
+            *clock = t0 + rtt.max(spacing * packets);
+            windows.push(model.window());
+        }
+        windows
+    }
+
+    /// The most common window over the last cycle of eight rounds.
+    fn cruising(windows: &[u64]) -> u64 {
+        let mut last: Vec<u64> = windows[windows.len() - 8..].to_vec();
+        last.sort();
+        last[4]
+    }
+
+    /// The yielding rule on its own: a queue that is not ours (the RTT
+    /// 60 ms above the line's) makes a yielding bulk flow back off a
+    /// quarter per round, a flow carrying urgent data keeps its window,
+    /// and the window grows back once the queue is gone.
+    #[test]
+    fn a_queue_that_is_not_ours_makes_bulk_give_way_and_urgent_keep_going() {
+        let queue = |r: usize| {
+            if (40..55).contains(&r) {
+                Duration::from_millis(60)
+            } else {
+                Duration::ZERO
+            }
+        };
+        let mut outcomes = Vec::new();
+        for yielding in [true, false] {
+            let mut clock = Instant::now();
+            let mut model = Model::new(clock, 1200);
+            model.set_yielding(yielding);
+            let before = drive(&mut model, 0..40, &mut clock, queue);
+            let during = drive(&mut model, 40..55, &mut clock, queue);
+            let after = drive(&mut model, 55..120, &mut clock, queue);
+            // The cycle's cruising window (probe and drain rounds vary it).
+            let settled = cruising(&before);
+            assert!(!model.in_startup());
+            outcomes.push((yielding, settled, during, after));
+        }
+        let (_, settled, during, after) = &outcomes[0];
+        // Within the bandwidth filter's ten rounds, only the rule can have
+        // shrunk the window.
+        assert!(
+            during[5] * 3 < *settled,
+            "yielding: {settled} before, {during:?} with the queue"
+        );
+        assert!(
+            cruising(after) * 10 >= settled * 9,
+            "grows back: {settled} before, {after:?} after"
+        );
+        let (_, settled, during, _) = &outcomes[1];
+        assert!(
+            cruising(&during[..8]) * 10 >= settled * 9,
+            "not yielding: {settled} before, {during:?} with the queue"
+        );
+    }
+}
