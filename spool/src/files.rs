@@ -190,18 +190,37 @@ impl SpoolWriter {
             let row = self.row(sha256, Some(inline), None);
             return self.shared.submit(Op::Insert(row))?.committed();
         };
+        // Every byte is in the file before the row can be seen: the uplink
+        // may lease the item the moment its row commits and read it from
+        // the page cache, while this thread is still syncing. (Flushing
+        // after handing the row over let an upload read a short file and
+        // set the item aside as damaged.)
+        let f = match w.into_inner() {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                let e = e.into_error();
+                if crate::capacity::is_no_space(&e) {
+                    self.shared
+                        .out_of_space("a payload write found the filesystem full");
+                }
+                return Err(SpoolError::io("flush payload file", &path, e));
+            }
+        };
         let row = self.row(sha256, None, Some(path.clone()));
-        let insert = self.shared.submit(Op::Insert(row))?;
-        let synced = w
-            .into_inner()
-            .map_err(|e| SpoolError::io("flush payload file", &path, e.into_error()))
-            .and_then(|f| {
-                // The size and extents are data for fdatasync: a new file's
-                // length reaches the disk with its bytes; its name was made
-                // durable when it was created.
-                f.sync_data()
-                    .map_err(|e| SpoolError::io("fsync payload file", &path, e))
-            });
+        let insert = match self.shared.submit(Op::Insert(row)) {
+            Ok(insert) => insert,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        // The size and extents are data for fdatasync: a new file's length
+        // reaches the disk with its bytes; its name was made durable when it
+        // was created.
+        let synced = f
+            .sync_data()
+            .map_err(|e| SpoolError::io("fsync payload file", &path, e));
         let committed = insert.committed();
         match (synced, committed) {
             (Ok(()), Ok(c)) => {
@@ -309,5 +328,70 @@ impl Payload {
             }
             Payload::File(f) => f.read_exact_at(buf, offset),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used, clippy::unwrap_used)]
+    use super::*;
+    use crate::capacity::Capacity;
+    use crate::config::SpoolConfig;
+    use crate::item::Lane;
+    use crate::writer::{Reply, Usage};
+
+    /// The row may be leased the moment it commits, while the appender
+    /// still syncs: when the writer thread receives it, every byte must
+    /// already be in the file (the write buffer flushed), or an upload
+    /// could read a short payload.
+    #[test]
+    fn the_payload_is_whole_in_its_file_before_its_row_is_handed_over() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let payload_dir = dir.path().join("payload");
+        fs::create_dir_all(&payload_dir).expect("mkdir");
+        let config = SpoolConfig::new(dir.path());
+        let (tx, rx) = std::sync::mpsc::sync_channel::<crate::writer::Request>(4);
+        let shared = Arc::new(Shared {
+            capacity: Arc::new(Capacity::new(
+                dir.path(),
+                config.quota_bytes,
+                config.reserve_bytes,
+            )),
+            config,
+            payload_dir,
+            blanks: std::sync::Mutex::new(Vec::new()),
+            tx,
+            usage: Arc::new(Usage::default()),
+        });
+        // The writer thread's part, checking what it is handed.
+        let index = std::thread::spawn(move || {
+            let req = rx.recv().expect("a request");
+            let Op::Insert(row) = req.op else {
+                panic!("expected an insert")
+            };
+            let path = row.payload_path.clone().expect("a payload file");
+            let in_file = fs::metadata(&path).expect("payload").len();
+            req.reply.send(Ok(Reply::Committed(Committed {
+                id: 1,
+                upload_id: row.upload_id.clone(),
+                sha256: row.sha256,
+                size: row.size,
+                duplicate: false,
+            })));
+            (in_file, row.size)
+        });
+        let mut w =
+            SpoolWriter::new(shared, NewItem::new(Lane::Bulk, "file", "test")).expect("writer");
+        // Pieces the write buffer holds back: the last one is still in it
+        // when the commit begins.
+        for piece in vec![7u8; 300_000].chunks(100_000) {
+            w.write_bytes(piece).expect("write");
+        }
+        w.commit().expect("commit");
+        let (in_file, size) = index.join().expect("index");
+        assert_eq!(
+            in_file, size,
+            "the row was handed over before its bytes were in the file"
+        );
     }
 }

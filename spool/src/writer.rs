@@ -96,7 +96,7 @@ pub(crate) enum ReplyTo {
 }
 
 impl ReplyTo {
-    fn send(self, r: Result<Reply, SpoolError>) {
+    pub(crate) fn send(self, r: Result<Reply, SpoolError>) {
         // A caller that stopped waiting (its connection closed) needs no
         // answer; what it asked for stands or not by the commit alone.
         match self {

@@ -595,3 +595,51 @@ fn streamed_payloads_of_every_size_around_the_buffers_come_back_whole() {
     }
     assert_eq!(seen, sizes.len());
 }
+
+/// The uplink may lease an item the moment its row commits, while the
+/// appender is still syncing: every payload it reads must already be
+/// whole. Appenders write in pieces the write buffer holds back, so a
+/// row committed before the buffer's flush would show a short file.
+#[test]
+fn an_item_leased_while_its_payload_syncs_reads_whole() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().expect("tmp");
+    let spool = Spool::open(config(dir.path())).expect("open");
+    let appenders: Vec<_> = (0..4u8)
+        .map(|t| {
+            let spool = spool.clone();
+            std::thread::spawn(move || {
+                for i in 0..50u32 {
+                    let size = 200_000 + (i as usize * 7_919) % 300_000;
+                    let body: Vec<u8> = (0..size).map(|b| (b as u32 ^ i) as u8 ^ t).collect();
+                    let mut w = spool.writer(item(Lane::Bulk)).expect("writer");
+                    for piece in body.chunks(100_000) {
+                        w.write_bytes(piece).expect("write");
+                    }
+                    w.commit().expect("commit");
+                }
+            })
+        })
+        .collect();
+    let mut read = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while read < 200 && std::time::Instant::now() < deadline {
+        let Some(l) = spool.lease(&Lane::ALL).expect("lease") else {
+            std::thread::yield_now();
+            continue;
+        };
+        let body = read_all(&spool, &l);
+        assert_eq!(
+            sha2::Sha256::digest(&body).as_slice(),
+            l.sha256.as_slice(),
+            "item {} read before its payload was whole",
+            l.id
+        );
+        spool.ack(l).expect("ack");
+        read += 1;
+    }
+    for a in appenders {
+        a.join().expect("appender");
+    }
+    assert_eq!(read, 200);
+}
