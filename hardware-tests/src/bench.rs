@@ -246,16 +246,28 @@ async fn timed_storescu(
 /// How many associations send at once in the ingest benchmarks.
 const INGEST_ASSOCIATIONS: [usize; 2] = [1, 4];
 
+/// Rounds of each ingest benchmark; the figures are their medians.
+const INGEST_ROUNDS: usize = 3;
+
 async fn dicom_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<()> {
     // A study per round: a receiver given the same instances again may
     // take a shortcut (the gateway and Orthanc both recognise a resend).
-    let mut rounds = Vec::new();
-    for (i, _) in INGEST_ASSOCIATIONS.iter().enumerate() {
-        let study = crate::modality::CtStudy::new(42 + i as u32, 400);
-        let d = dir.join(format!("ct-study-{i}"));
-        rounds.push(tokio::task::spawn_blocking(move || study.write(&d)).await??);
+    // The gateway and storescp take turns, round after round, and each
+    // figure is the median of its rounds: this VM's disk and CPU change
+    // from one minute to the next, and one pass of each compared moments,
+    // not receivers.
+    let mut rounds: Vec<Vec<Vec<std::path::PathBuf>>> = Vec::new();
+    for round in 0..INGEST_ROUNDS {
+        let mut studies = Vec::new();
+        for (i, _) in INGEST_ASSOCIATIONS.iter().enumerate() {
+            let seed = 42 + (round * INGEST_ASSOCIATIONS.len() + i) as u32;
+            let study = crate::modality::CtStudy::new(seed, 400);
+            let d = dir.join(format!("ct-study-{round}-{i}"));
+            studies.push(tokio::task::spawn_blocking(move || study.write(&d)).await??);
+        }
+        rounds.push(studies);
     }
-    let files = rounds[0].clone();
+    let files = rounds[0][0].clone();
     let bytes: u64 = files
         .iter()
         .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
@@ -274,16 +286,12 @@ async fn dicom_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Re
     let spool_dir = dir.join("dicom-spool");
     std::fs::create_dir_all(&spool_dir)?;
     let image_size = (bytes / files.len().max(1) as u64) as usize;
-    let fsync = {
-        let d = spool_dir.clone();
-        tokio::task::spawn_blocking(move || image_fsync_secs(&d, image_size, 200)).await??
-    };
     let listen = crate::configs::free_tcp_port()?;
     let nowhere = crate::configs::free_udp_port()?;
     let gw_setup = GatewaySetup {
         central: nowhere.to_string(),
         server_name: "localhost".into(),
-        spool_dir,
+        spool_dir: spool_dir.clone(),
         metrics: "127.0.0.1:0".parse()?,
         tls: fleet.gateway("bench/bench/box-1")?,
         folders: vec![],
@@ -297,11 +305,6 @@ async fn dicom_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Re
     let gt = dir.join("dicom-gateway.toml");
     std::fs::write(&gt, gw_setup.toml())?;
     let gateway = yilian_gateway::start(GatewayConfig::load(&gt)?).await?;
-    let mut ours = Vec::new();
-    for (i, n) in INGEST_ASSOCIATIONS.into_iter().enumerate() {
-        ours.push(timed_storescu(listen, "YILIAN_GW", rounds[i].clone(), n).await?);
-    }
-    gateway.shutdown().await;
 
     // dcmtk storescp: files written, never fsynced; a process per
     // association (`--fork`) so that it too takes several at once.
@@ -320,22 +323,50 @@ async fn dicom_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Re
     while std::net::TcpStream::connect(scp_addr).is_err() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut theirs = Vec::new();
-    for (i, n) in INGEST_ASSOCIATIONS.into_iter().enumerate() {
-        theirs.push(timed_storescu(scp_addr, "STORESCP", rounds[i].clone(), n).await);
+
+    let modes = INGEST_ASSOCIATIONS.len();
+    let (mut ours, mut theirs, mut fsyncs) =
+        (vec![Vec::new(); modes], vec![Vec::new(); modes], Vec::new());
+    let mut failed = None;
+    for studies in &rounds {
+        let d = spool_dir.clone();
+        fsyncs.push(
+            tokio::task::spawn_blocking(move || image_fsync_secs(&d, image_size, 100)).await??,
+        );
+        for (i, n) in INGEST_ASSOCIATIONS.into_iter().enumerate() {
+            ours[i].push(timed_storescu(listen, "YILIAN_GW", studies[i].clone(), n).await?);
+            match timed_storescu(scp_addr, "STORESCP", studies[i].clone(), n).await {
+                Ok(t) => theirs[i].push(t),
+                Err(e) => failed = Some(e),
+            }
+            // What storescp wrote is not needed again: keep the disk free.
+            let _ = std::fs::remove_dir_all(&scp_dir);
+            std::fs::create_dir_all(&scp_dir)?;
+        }
     }
+    gateway.shutdown().await;
     let _ = scp.kill();
     let _ = scp.wait();
-    let theirs = theirs.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let ours: Vec<Duration> = ours.iter_mut().map(median).collect();
+    let theirs: Vec<Duration> = theirs.iter_mut().map(median).collect();
+    fsyncs.sort_by(f64::total_cmp);
+    let fsync = fsyncs[fsyncs.len() / 2];
 
-    // Orthanc, as a PACS would be installed.
+    // Orthanc, as a PACS would be installed: one round, a far anchor.
     let orthanc = {
         let d = dir.join("orthanc");
         tokio::task::spawn_blocking(move || crate::orthanc::Orthanc::start(&d)).await??
     };
     let mut pacs = Vec::new();
     for (i, n) in INGEST_ASSOCIATIONS.into_iter().enumerate() {
-        pacs.push(timed_storescu(orthanc.dicom, "ORTHANC", rounds[i].clone(), n).await?);
+        pacs.push(timed_storescu(orthanc.dicom, "ORTHANC", rounds[0][i].clone(), n).await?);
     }
     drop(orthanc);
 
