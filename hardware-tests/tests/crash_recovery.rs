@@ -117,15 +117,31 @@ fn check_nothing_removed_before_commit(s: &Setup, written: &Mutex<HashMap<String
         .map(|(sha, _)| sha)
         .collect();
     let written = written.lock().expect("lock");
-    for (name, sha) in written.iter() {
-        if !present.contains(name) {
-            assert!(
-                spooled.contains(sha) || at_central.contains(sha),
-                "{name} left the drop folder but is neither in the spool ({} items) nor at central ({} items)",
-                spooled.len(),
-                at_central.len()
-            );
+    let mut missing: Vec<&String> = written
+        .iter()
+        .filter(|(name, sha)| {
+            !present.contains(*name) && !spooled.contains(*sha) && !at_central.contains(*sha)
+        })
+        .map(|(name, _)| name)
+        .collect();
+    if !missing.is_empty() {
+        missing.sort();
+        // The temporary directory goes with the panic: keep what tells a
+        // lost row from a stale view of the index.
+        let kept = s.dir.with_extension("failed");
+        let _ = std::fs::create_dir_all(&kept);
+        for f in ["index.sqlite", "index.sqlite-wal", "index.sqlite-shm"] {
+            let _ = std::fs::copy(s.spool_dir.join(f), kept.join(f));
         }
+        let _ = std::fs::copy(s.dir.join("processes.log"), kept.join("processes.log"));
+        panic!(
+            "{} files left the drop folder but are neither in the spool ({} items) nor at central ({} items): {missing:?}; {} still in the folder; index and log kept in {}",
+            missing.len(),
+            spooled.len(),
+            at_central.len(),
+            present.len(),
+            kept.display()
+        );
     }
 }
 
