@@ -902,13 +902,14 @@ impl DicomAdapter {
                 ((inst.context_id, r.stored_response(&c).encode()), true)
             }
             // Counted and logged by the intake.
-            Err(_) => (
-                answer(
-                    status::OUT_OF_RESOURCES,
-                    Some("gateway storage full or failing"),
-                ),
-                false,
-            ),
+            Err(e) => {
+                let why = if e.reason() == "busy" {
+                    "the same image is being stored from another association; retry"
+                } else {
+                    "gateway storage full or failing"
+                };
+                (answer(status::OUT_OF_RESOURCES, Some(why)), false)
+            }
         }
     }
 }
