@@ -100,6 +100,10 @@ fn central_items(data: &Path) -> Vec<(String, u64)> {
 /// With the gateway dead: every finished file that is gone from the drop
 /// folder must be committed in the spool or at central.
 fn check_nothing_removed_before_commit(s: &Setup, written: &Mutex<HashMap<String, String>>) {
+    // The device keeps writing while the gateway is dead: take the list of
+    // finished files before looking at the folder, or a file finished after
+    // the look would count as gone.
+    let written = written.lock().expect("lock").clone();
     let present: HashSet<String> = std::fs::read_dir(&s.drop)
         .map(|d| {
             d.flatten()
@@ -116,7 +120,6 @@ fn check_nothing_removed_before_commit(s: &Setup, written: &Mutex<HashMap<String
         .into_iter()
         .map(|(sha, _)| sha)
         .collect();
-    let written = written.lock().expect("lock");
     let mut missing: Vec<&String> = written
         .iter()
         .filter(|(name, sha)| {
