@@ -2,7 +2,7 @@
 //! published configuration, each box's last reported state, and the audit
 //! log of every change to the fleet.
 
-use rusqlite::{OptionalExtension, params};
+use crate::store::sql::params;
 use serde::Serialize;
 
 use crate::store::{Store, StoreError, now_ms, rfc3339};
@@ -84,20 +84,20 @@ impl Store {
     }
 
     pub fn audit_log(&self, limit: u32) -> Result<Vec<AuditRow>, StoreError> {
-        let db = self.db();
-        let mut stmt = db.prepare(
+        let rows = self.db().query(
             "SELECT at_ms, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?1",
+            params![limit],
+            |r| {
+                Ok(AuditRow {
+                    at: rfc3339(r.get(0)?),
+                    actor: r.get(1)?,
+                    action: r.get(2)?,
+                    target: r.get(3)?,
+                    detail: r.get(4)?,
+                })
+            },
         )?;
-        let rows = stmt.query_map(params![limit], |r| {
-            Ok(AuditRow {
-                at: rfc3339(r.get(0)?),
-                actor: r.get(1)?,
-                action: r.get(2)?,
-                target: r.get(3)?,
-                detail: r.get(4)?,
-            })
-        })?;
-        let mut out: Vec<AuditRow> = rows.collect::<Result<_, _>>()?;
+        let mut out: Vec<AuditRow> = rows;
         out.reverse();
         Ok(out)
     }
@@ -111,7 +111,7 @@ impl Store {
         actor: &str,
     ) -> Result<(), StoreError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let mut tx = db.transaction()?;
         let now = now_ms();
         tx.execute(
             "INSERT INTO tokens(id, gateway, expires_ms, created_ms, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -129,14 +129,12 @@ impl Store {
     /// token, one wins.
     pub fn consume_token(&self, id: &str, from: &str) -> Result<TokenUse, StoreError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
-        let row: Option<(Option<i64>, Option<String>)> = tx
-            .query_row(
-                "SELECT used_ms, used_from FROM tokens WHERE id = ?1",
-                params![id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
+        let mut tx = db.transaction()?;
+        let row: Option<(Option<i64>, Option<String>)> = tx.query_row(
+            "SELECT used_ms, used_from FROM tokens WHERE id = ?1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let outcome = match row {
             None => TokenUse::Unknown,
             Some((Some(at_ms), used_from)) => TokenUse::AlreadyUsed {
@@ -157,10 +155,10 @@ impl Store {
 
     pub fn revoke(&self, identity: &str, actor: &str, reason: &str) -> Result<bool, StoreError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let mut tx = db.transaction()?;
         let now = now_ms();
         let added = tx.execute(
-            "INSERT OR IGNORE INTO revocations(identity, revoked_ms, revoked_by, reason) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO revocations(identity, revoked_ms, revoked_by, reason) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
             params![identity, now, actor, reason],
         )? == 1;
         tx.execute(
@@ -182,7 +180,7 @@ impl Store {
         undo: bool,
     ) -> Result<bool, StoreError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let mut tx = db.transaction()?;
         let now = now_ms();
         let changed = if undo {
             tx.execute(
@@ -191,7 +189,9 @@ impl Store {
             )?
         } else {
             tx.execute(
-                "INSERT OR REPLACE INTO retirements(identity, retired_ms, retired_by, reason) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO retirements(identity, retired_ms, retired_by, reason) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT(identity) DO UPDATE SET retired_ms = excluded.retired_ms, \
+                 retired_by = excluded.retired_by, reason = excluded.reason",
                 params![identity, now, actor, reason],
             )?
         } == 1;
@@ -211,66 +211,58 @@ impl Store {
 
     /// Boxes that are not watched: revoked or retired.
     pub fn unwatched_identities(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        let db = self.db();
-        let mut stmt =
-            db.prepare("SELECT identity FROM revocations UNION SELECT identity FROM retirements")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = self.db().query(
+            "SELECT identity FROM revocations UNION SELECT identity FROM retirements",
+            params![],
+            |r| r.get(0),
+        )?;
+        Ok(rows.into_iter().collect())
     }
 
     pub fn retirement(&self, identity: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .db()
-            .query_row(
-                "SELECT retired_ms, retired_by, reason FROM retirements WHERE identity = ?1",
-                params![identity],
-                |r| {
-                    let at: i64 = r.get(0)?;
-                    let by: String = r.get(1)?;
-                    let why: String = r.get(2)?;
-                    Ok(format!("{} by {by}: {why}", rfc3339(at)))
-                },
-            )
-            .optional()?)
+        Ok(self.db().query_row(
+            "SELECT retired_ms, retired_by, reason FROM retirements WHERE identity = ?1",
+            params![identity],
+            |r| {
+                let at: i64 = r.get(0)?;
+                let by: String = r.get(1)?;
+                let why: String = r.get(2)?;
+                Ok(format!("{} by {by}: {why}", rfc3339(at)))
+            },
+        )?)
     }
 
     /// Who revoked a box, when and why, as the box is told.
     pub fn revocation_notice(&self, identity: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .db()
-            .query_row(
-                "SELECT revoked_ms, revoked_by, reason FROM revocations WHERE identity = ?1",
-                params![identity],
-                |r| {
-                    let at: i64 = r.get(0)?;
-                    let by: String = r.get(1)?;
-                    let why: String = r.get(2)?;
-                    Ok(format!("revoked by {by} at {}: {why}", rfc3339(at)))
-                },
-            )
-            .optional()?)
+        Ok(self.db().query_row(
+            "SELECT revoked_ms, revoked_by, reason FROM revocations WHERE identity = ?1",
+            params![identity],
+            |r| {
+                let at: i64 = r.get(0)?;
+                let by: String = r.get(1)?;
+                let why: String = r.get(2)?;
+                Ok(format!("revoked by {by} at {}: {why}", rfc3339(at)))
+            },
+        )?)
     }
 
     pub fn revoked_identities(&self) -> Result<Vec<String>, StoreError> {
-        let db = self.db();
-        let mut stmt = db.prepare("SELECT identity FROM revocations")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = self
+            .db()
+            .query("SELECT identity FROM revocations", params![], |r| r.get(0))?;
+        Ok(rows)
     }
 
     pub fn revocation(&self, identity: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .db()
-            .query_row(
-                "SELECT revoked_ms, revoked_by FROM revocations WHERE identity = ?1",
-                params![identity],
-                |r| {
-                    let at: i64 = r.get(0)?;
-                    let by: String = r.get(1)?;
-                    Ok(format!("{} by {by}", rfc3339(at)))
-                },
-            )
-            .optional()?)
+        Ok(self.db().query_row(
+            "SELECT revoked_ms, revoked_by FROM revocations WHERE identity = ?1",
+            params![identity],
+            |r| {
+                let at: i64 = r.get(0)?;
+                let by: String = r.get(1)?;
+                Ok(format!("{} by {by}", rfc3339(at)))
+            },
+        )?)
     }
 
     pub fn publish_config(
@@ -281,7 +273,7 @@ impl Store {
         actor: &str,
     ) -> Result<(), StoreError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let mut tx = db.transaction()?;
         let now = now_ms();
         tx.execute(
             "INSERT INTO configs(scope, version, toml, set_ms, set_by) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -298,13 +290,11 @@ impl Store {
 
     /// Every published configuration, most general scope first.
     pub fn configs(&self) -> Result<Vec<PublishedConfig>, StoreError> {
-        let db = self.db();
-        let mut stmt = db.prepare(
+        let rows = self.db().query(
             "SELECT scope, version, toml, set_ms, set_by FROM configs
              ORDER BY length(scope) - length(replace(scope, '/', '')), scope",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
+            params![],
+            |r| {
                 Ok(PublishedConfig {
                     scope: r.get(0)?,
                     version: r.get(1)?,
@@ -312,8 +302,8 @@ impl Store {
                     set_at: rfc3339(r.get(3)?),
                     set_by: r.get(4)?,
                 })
-            })?
-            .collect::<Result<_, _>>()?;
+            },
+        )?;
         Ok(rows)
     }
 
@@ -322,14 +312,12 @@ impl Store {
     /// Returns the version withdrawn.
     pub fn unpublish_config(&self, scope: &str, actor: &str) -> Result<Option<String>, StoreError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
-        let version: Option<String> = tx
-            .query_row(
-                "SELECT version FROM configs WHERE scope = ?1",
-                params![scope],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let mut tx = db.transaction()?;
+        let version: Option<String> = tx.query_row(
+            "SELECT version FROM configs WHERE scope = ?1",
+            params![scope],
+            |r| r.get(0),
+        )?;
         if let Some(v) = &version {
             tx.execute("DELETE FROM configs WHERE scope = ?1", params![scope])?;
             tx.execute(
@@ -350,24 +338,21 @@ impl Store {
         identity: &str,
     ) -> Result<Option<PublishedConfig>, StoreError> {
         let clinic_scope = format!("{county}/{clinic}");
-        Ok(self
-            .db()
-            .query_row(
-                "SELECT scope, version, toml, set_ms, set_by FROM configs
+        Ok(self.db().query_row(
+            "SELECT scope, version, toml, set_ms, set_by FROM configs
                  WHERE scope IN (?1, ?2, ?3)
                  ORDER BY length(scope) - length(replace(scope, '/', '')) DESC LIMIT 1",
-                params![identity, clinic_scope, county],
-                |r| {
-                    Ok(PublishedConfig {
-                        scope: r.get(0)?,
-                        version: r.get(1)?,
-                        toml: r.get(2)?,
-                        set_at: rfc3339(r.get(3)?),
-                        set_by: r.get(4)?,
-                    })
-                },
-            )
-            .optional()?)
+            params![identity, clinic_scope, county],
+            |r| {
+                Ok(PublishedConfig {
+                    scope: r.get(0)?,
+                    version: r.get(1)?,
+                    toml: r.get(2)?,
+                    set_at: rfc3339(r.get(3)?),
+                    set_by: r.get(4)?,
+                })
+            },
+        )?)
     }
 
     pub fn record_state(&self, identity: &str, s: &ReportedState) -> Result<(), StoreError> {
@@ -391,8 +376,7 @@ impl Store {
     }
 
     pub fn fleet(&self) -> Result<Vec<FleetRow>, StoreError> {
-        let db = self.db();
-        let mut stmt = db.prepare(
+        let rows = self.db().query(
             "SELECT g.identity, g.software_version, g.first_seen_ms, g.last_seen_ms,
                     COALESCE(s.certificate_not_after, 0), COALESCE(s.config_version, ''),
                     COALESCE(s.pushed_config_version, ''), COALESCE(s.pushed_config_error, ''),
@@ -403,44 +387,45 @@ impl Store {
              LEFT JOIN revocations r ON r.identity = g.identity
              LEFT JOIN retirements t ON t.identity = g.identity
              ORDER BY g.identity",
+            params![],
+            |r| {
+                let backlog: String = r.get(8)?;
+                let revoked_ms: Option<i64> = r.get(9)?;
+                let revoked_by: Option<String> = r.get(10)?;
+                let revoked_why: Option<String> = r.get(11)?;
+                let retired_ms: Option<i64> = r.get(12)?;
+                let retired_by: Option<String> = r.get(13)?;
+                let retired_why: Option<String> = r.get(14)?;
+                Ok(FleetRow {
+                    identity: r.get(0)?,
+                    software_version: r.get(1)?,
+                    first_seen: rfc3339(r.get(2)?),
+                    last_seen: rfc3339(r.get(3)?),
+                    last_seen_ms: r.get(3)?,
+                    certificate_not_after: r.get(4)?,
+                    config_version: r.get(5)?,
+                    pushed_config_version: r.get(6)?,
+                    pushed_config_error: r.get(7)?,
+                    backlog: serde_json::from_str(&backlog).unwrap_or_default(),
+                    revoked: revoked_ms.map(|at| {
+                        format!(
+                            "{} by {}: {}",
+                            rfc3339(at),
+                            revoked_by.unwrap_or_default(),
+                            revoked_why.unwrap_or_default()
+                        )
+                    }),
+                    retired: retired_ms.map(|at| {
+                        format!(
+                            "{} by {}: {}",
+                            rfc3339(at),
+                            retired_by.unwrap_or_default(),
+                            retired_why.unwrap_or_default()
+                        )
+                    }),
+                })
+            },
         )?;
-        let rows = stmt.query_map([], |r| {
-            let backlog: String = r.get(8)?;
-            let revoked_ms: Option<i64> = r.get(9)?;
-            let revoked_by: Option<String> = r.get(10)?;
-            let revoked_why: Option<String> = r.get(11)?;
-            let retired_ms: Option<i64> = r.get(12)?;
-            let retired_by: Option<String> = r.get(13)?;
-            let retired_why: Option<String> = r.get(14)?;
-            Ok(FleetRow {
-                identity: r.get(0)?,
-                software_version: r.get(1)?,
-                first_seen: rfc3339(r.get(2)?),
-                last_seen: rfc3339(r.get(3)?),
-                last_seen_ms: r.get(3)?,
-                certificate_not_after: r.get(4)?,
-                config_version: r.get(5)?,
-                pushed_config_version: r.get(6)?,
-                pushed_config_error: r.get(7)?,
-                backlog: serde_json::from_str(&backlog).unwrap_or_default(),
-                revoked: revoked_ms.map(|at| {
-                    format!(
-                        "{} by {}: {}",
-                        rfc3339(at),
-                        revoked_by.unwrap_or_default(),
-                        revoked_why.unwrap_or_default()
-                    )
-                }),
-                retired: retired_ms.map(|at| {
-                    format!(
-                        "{} by {}: {}",
-                        rfc3339(at),
-                        retired_by.unwrap_or_default(),
-                        retired_why.unwrap_or_default()
-                    )
-                }),
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(rows)
     }
 }

@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
-use rusqlite::{OptionalExtension, params};
+use crate::store::sql::params;
 use sha2::{Digest, Sha256};
 use yilian_protocol::messages::Offer;
 use yilian_protocol::{BoxIdentity, Lane};
@@ -28,14 +28,11 @@ impl Store {
 
     /// What central holds of an offered upload.
     pub fn held(&self, gateway: &BoxIdentity, offer: &Offer) -> Result<Held, StoreError> {
-        let exists: Option<i64> = self
-            .db()
-            .query_row(
-                "SELECT id FROM items WHERE gateway = ?1 AND upload_id = ?2",
-                params![gateway.to_string(), offer.upload_id],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let exists: Option<i64> = self.db().query_row(
+            "SELECT id FROM items WHERE gateway = ?1 AND upload_id = ?2",
+            params![gateway.to_string(), offer.upload_id],
+            |r| r.get(0),
+        )?;
         if exists.is_some() {
             return Ok(Held::Committed(Stored::new(offer.upload_id.clone(), ())));
         }
@@ -150,10 +147,10 @@ impl Store {
         let metadata = serde_json::to_string(&offer.metadata).unwrap_or_else(|_| "{}".into());
         let committed = now_ms();
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let mut tx = db.transaction()?;
         tx.execute(
-            "INSERT OR IGNORE INTO items(gateway, upload_id, kind, lane, source, metadata, size, sha256, received_ms, committed_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO items(gateway, upload_id, kind, lane, source, metadata, size, sha256, received_ms, committed_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
             params![
                 gateway.to_string(),
                 offer.upload_id,
@@ -169,9 +166,16 @@ impl Store {
         )?;
         for d in destinations {
             tx.execute(
-                "INSERT OR IGNORE INTO outbox(gateway, upload_id, destination, kind, sha256, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![gateway.to_string(), offer.upload_id, d, offer.kind, sha_hex, committed],
+                "INSERT INTO outbox(gateway, upload_id, destination, kind, sha256, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                params![
+                    gateway.to_string(),
+                    offer.upload_id,
+                    d,
+                    offer.kind,
+                    sha_hex,
+                    committed
+                ],
             )?;
         }
         tx.commit()?;

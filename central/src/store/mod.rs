@@ -22,12 +22,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rusqlite::Connection;
 use yilian_protocol::upload::HeldState;
 
 mod ingest;
 mod outbox;
 mod reports;
+pub mod sql;
 mod views;
 mod worklist;
 
@@ -46,7 +46,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error("index: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(#[from] sql::DbError),
     #[error("received bytes hash to {got}, the offer said {expected}")]
     HashMismatch { expected: String, got: String },
     #[error("received {got} bytes, the offer said {expected}")]
@@ -174,7 +174,7 @@ pub struct Store {
 }
 
 struct StoreInner {
-    db: Mutex<Connection>,
+    db: Mutex<sql::Db>,
     data_dir: PathBuf,
     blob_dir: PathBuf,
     partial_dir: PathBuf,
@@ -246,23 +246,11 @@ use yilian_proof::disk::create_private_dir;
 
 impl Store {
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let blob_dir = data_dir.join("blobs");
-        let partial_dir = data_dir.join("partial");
-        for d in [data_dir, &blob_dir, &partial_dir] {
-            create_private_dir(d).map_err(io("create", d))?;
-        }
-        // Make the directories' entries durable before COMMITTED is ever
-        // answered for a blob inside them.
-        sync_dir(data_dir)?;
-        if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            sync_dir(parent)?;
-        }
-        let conn = Connection::open(data_dir.join("central.sqlite"))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(reports::SCHEMA)?;
+        let (blob_dir, partial_dir) = Self::prepare_dirs(data_dir)?;
+        let conn = Self::sqlite(data_dir)?;
+        conn.execute_batch(SCHEMA).map_err(sql::DbError::from)?;
+        conn.execute_batch(reports::SCHEMA)
+            .map_err(sql::DbError::from)?;
         // SQLite makes its files with the process's umask (0644 from a
         // shell): patient data is for the service user only.
         for name in ["central.sqlite", "central.sqlite-wal", "central.sqlite-shm"] {
@@ -272,34 +260,77 @@ impl Store {
                     .map_err(io("restrict permissions of", &p))?;
             }
         }
-        Ok(Self {
+        Ok(Self::with(
+            sql::Db::sqlite(conn),
+            data_dir,
+            blob_dir,
+            partial_dir,
+        ))
+    }
+
+    /// The index on PostgreSQL (several central instances share it); the
+    /// payloads stay under `data_dir`.
+    pub fn open_postgres(
+        data_dir: &Path,
+        settings: &sql::PostgresSettings,
+    ) -> Result<Self, StoreError> {
+        let (blob_dir, partial_dir) = Self::prepare_dirs(data_dir)?;
+        let db = sql::Db::postgres(settings, &format!("{SCHEMA}{}", reports::SCHEMA))?;
+        Ok(Self::with(db, data_dir, blob_dir, partial_dir))
+    }
+
+    fn with(db: sql::Db, data_dir: &Path, blob_dir: PathBuf, partial_dir: PathBuf) -> Self {
+        Self {
             inner: Arc::new(StoreInner {
-                db: Mutex::new(conn),
+                db: Mutex::new(db),
                 data_dir: data_dir.to_owned(),
                 blob_dir,
                 partial_dir,
             }),
-        })
+        }
+    }
+
+    /// Makes the payload directories and their entries durable before
+    /// COMMITTED is ever answered for a blob inside them.
+    fn prepare_dirs(data_dir: &Path) -> Result<(PathBuf, PathBuf), StoreError> {
+        let blob_dir = data_dir.join("blobs");
+        let partial_dir = data_dir.join("partial");
+        for d in [data_dir, &blob_dir, &partial_dir] {
+            create_private_dir(d).map_err(io("create", d))?;
+        }
+        sync_dir(data_dir)?;
+        if let Some(parent) = data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+        Ok((blob_dir, partial_dir))
+    }
+
+    fn sqlite(data_dir: &Path) -> Result<rusqlite::Connection, sql::DbError> {
+        let conn = rusqlite::Connection::open(data_dir.join("central.sqlite"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(conn)
     }
 
     /// Opens the index read-only, for listings while `serve` runs.
     pub fn open_read_only(data_dir: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open_with_flags(
+        let conn = rusqlite::Connection::open_with_flags(
             data_dir.join("central.sqlite"),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        Ok(Self {
-            inner: Arc::new(StoreInner {
-                db: Mutex::new(conn),
-                data_dir: data_dir.to_owned(),
-                blob_dir: data_dir.join("blobs"),
-                partial_dir: data_dir.join("partial"),
-            }),
-        })
+        )
+        .map_err(sql::DbError::from)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sql::DbError::from)?;
+        Ok(Self::with(
+            sql::Db::sqlite(conn),
+            data_dir,
+            data_dir.join("blobs"),
+            data_dir.join("partial"),
+        ))
     }
 
-    pub(crate) fn db(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn db(&self) -> MutexGuard<'_, sql::Db> {
         // A panic while holding the lock leaves the connection usable
         // (SQLite rolls back the open transaction), so recover the guard.
         self.inner.db.lock().unwrap_or_else(|p| p.into_inner())

@@ -1,7 +1,7 @@
 //! Deliveries waiting for (or done by) the LIS, the PACS and the ECG
 //! reading system.
 
-use rusqlite::{OptionalExtension, params};
+use crate::store::sql::{self, params};
 
 use super::{Store, StoreError, now_ms};
 
@@ -42,7 +42,7 @@ const OUTBOX_SELECT: &str =
         o.last_error, o.created_ms, o.delivered_ms, COALESCE(i.metadata, '{}')
      FROM outbox o LEFT JOIN items i ON i.gateway = o.gateway AND i.upload_id = o.upload_id";
 
-fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
+fn outbox_row(r: &sql::Row) -> Result<OutboxRow, sql::DbError> {
     Ok(OutboxRow {
         id: r.get(0)?,
         gateway: r.get(1)?,
@@ -51,11 +51,11 @@ fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
         kind: r.get(4)?,
         sha256: r.get(5)?,
         state: outbox_state(r.get(6)?),
-        attempts: r.get::<_, i64>(7)? as u32,
+        attempts: r.get::<i64>(7)? as u32,
         last_error: r.get(8)?,
         created_ms: r.get(9)?,
         delivered_ms: r.get(10)?,
-        metadata: serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default(),
+        metadata: serde_json::from_str(&r.get::<String>(11)?).unwrap_or_default(),
     })
 }
 
@@ -80,8 +80,7 @@ impl Store {
         );
         Ok(self
             .db()
-            .query_row(&sql, params![destination, now_ms], outbox_row)
-            .optional()?)
+            .query_row(&sql, params![destination, now_ms], outbox_row)?)
     }
 
     pub fn outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
@@ -120,25 +119,19 @@ impl Store {
 
     pub fn outbox_list(&self, destination: Option<&str>) -> Result<Vec<OutboxRow>, StoreError> {
         let sql = format!("{OUTBOX_SELECT} WHERE (?1 IS NULL OR o.destination = ?1) ORDER BY o.id");
-        let db = self.db();
-        let mut stmt = db.prepare(&sql)?;
-        let rows = stmt.query_map(params![destination], outbox_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(self.db().query(&sql, params![destination], outbox_row)?)
     }
 
     pub fn outbox_stats(&self, destination: &str) -> Result<OutboxStats, StoreError> {
-        let db = self.db();
-        let mut stmt = db.prepare("SELECT state, COUNT(*), MIN(created_ms) FROM outbox WHERE destination = ?1 GROUP BY state")?;
         let mut s = OutboxStats::default();
-        let rows = stmt.query_map(params![destination], |r| {
+        let rows = self.db().query("SELECT state, COUNT(*), MIN(created_ms) FROM outbox WHERE destination = ?1 GROUP BY state", params![destination], |r| {
             Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Option<i64>>(2)?,
+                r.get::<i64>(0)?,
+                r.get::<i64>(1)?,
+                r.get::<Option<i64>>(2)?,
             ))
         })?;
-        for row in rows {
-            let (state, n, oldest) = row?;
+        for (state, n, oldest) in rows {
             match state {
                 OUTBOX_PENDING => {
                     s.pending = n as u64;

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{OptionalExtension, Transaction, params};
+use crate::store::sql::{self, params};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use yilian_codecs::hl7::report::{Report, ReportKeys};
@@ -179,7 +179,7 @@ const ROW_COLUMNS: &str = "r.id, r.source, r.control_id, r.message_type, r.kind,
      (SELECT group_concat(t.sink || ': ' || t.outcome, ', ') FROM report_receipts t WHERE t.report_id = r.id), \
      r.extra, r.study_uid";
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
+fn row(r: &sql::Row) -> Result<ReportRow, sql::DbError> {
     let received_ms: i64 = r.get(13)?;
     let receipts: Option<String> = r.get(20)?;
     Ok(ReportRow {
@@ -189,13 +189,13 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
         message_type: r.get(3)?,
         kind: r.get(4)?,
         status: r.get(5)?,
-        urgent: r.get::<_, i64>(6)? != 0,
+        urgent: r.get::<i64>(6)? != 0,
         accession: r.get(7)?,
         placer: r.get(8)?,
         patient_id: r.get(9)?,
         title: r.get(10)?,
         sha256: r.get(11)?,
-        size: r.get::<_, i64>(12)? as u64,
+        size: r.get::<i64>(12)? as u64,
         received_ms,
         received_at: rfc3339(received_ms),
         acquired_ms: r.get(14)?,
@@ -207,7 +207,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReportRow> {
         receipts: receipts
             .map(|s| s.split(", ").map(str::to_owned).collect())
             .unwrap_or_default(),
-        extra: serde_json::from_str(&r.get::<_, String>(21)?).unwrap_or_default(),
+        extra: serde_json::from_str(&r.get::<String>(21)?).unwrap_or_default(),
         study_uid: r.get(22)?,
     })
 }
@@ -219,7 +219,7 @@ type ItemHit = (String, i64, String, Option<String>);
 /// The columns of an [`ItemHit`].
 const HIT: &str = "gateway, received_ms, kind, json_extract(metadata, '$.acquired')";
 
-fn hit(r: &rusqlite::Row<'_>) -> rusqlite::Result<ItemHit> {
+fn hit(r: &sql::Row) -> Result<ItemHit, sql::DbError> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
 }
 
@@ -298,7 +298,7 @@ mod acquisition_tests {
     }
 }
 
-fn one_item(tx: &Transaction<'_>, key: &str, value: &str) -> rusqlite::Result<Option<ItemHit>> {
+fn one_item(tx: &mut sql::Db, key: &str, value: &str) -> Result<Option<ItemHit>, sql::DbError> {
     if value.is_empty() {
         return Ok(None);
     }
@@ -310,11 +310,10 @@ fn one_item(tx: &Transaction<'_>, key: &str, value: &str) -> rusqlite::Result<Op
         params![value],
         hit,
     )
-    .optional()
 }
 
 /// The box most recently seen in a clinic (`COUNTY/CLINIC`).
-fn clinic_gateway(tx: &Transaction<'_>, clinic: &str) -> rusqlite::Result<Option<String>> {
+fn clinic_gateway(tx: &mut sql::Db, clinic: &str) -> Result<Option<String>, sql::DbError> {
     let Some((county, name)) = clinic.split_once('/') else {
         return Ok(None);
     };
@@ -324,7 +323,6 @@ fn clinic_gateway(tx: &Transaction<'_>, clinic: &str) -> rusqlite::Result<Option
         params![county, name],
         |r| r.get(0),
     )
-    .optional()
 }
 
 fn clinic_of(gateway: &str) -> &str {
@@ -343,7 +341,7 @@ fn upload_prefix(value: &str) -> Option<&str> {
 }
 
 fn correlate(
-    tx: &Transaction<'_>,
+    tx: &mut sql::Db,
     keys: &ReportKeys,
     facilities: &BTreeMap<String, String>,
     clinic_offset: time::UtcOffset,
@@ -364,13 +362,11 @@ fn correlate(
         return Ok(Ok(item(i, "accession")));
     }
     if !keys.accession.is_empty() {
-        let clinic: Option<String> = tx
-            .query_row(
-                "SELECT clinic FROM order_clinics WHERE accession = ?1",
-                params![keys.accession],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let clinic: Option<String> = tx.query_row(
+            "SELECT clinic FROM order_clinics WHERE accession = ?1",
+            params![keys.accession],
+            |r| r.get(0),
+        )?;
         if let Some(gateway) = clinic.and_then(|c| clinic_gateway(tx, &c).transpose()) {
             return Ok(Ok(Correlation {
                 gateway: gateway?,
@@ -388,16 +384,14 @@ fn correlate(
     }
     for candidate in [&keys.filler, &keys.accession] {
         if let Some(prefix) = upload_prefix(candidate) {
-            let found = tx
-                .query_row(
-                    &format!(
-                        "SELECT {HIT} FROM items WHERE substr(upload_id, 1, 12) = ?1 \
+            let found = tx.query_row(
+                &format!(
+                    "SELECT {HIT} FROM items WHERE substr(upload_id, 1, 12) = ?1 \
                          ORDER BY id DESC LIMIT 1"
-                    ),
-                    params![prefix],
-                    hit,
-                )
-                .optional()?;
+                ),
+                params![prefix],
+                hit,
+            )?;
             if let Some(i) = found {
                 return Ok(Ok(item(i, "upload_id")));
             }
@@ -419,13 +413,14 @@ fn correlate(
     if keys.patient_id.is_empty() {
         return Ok(Err("no key to correlate on".into()));
     }
-    let mut stmt = tx.prepare(&format!(
-        "SELECT {HIT} FROM items WHERE json_extract(metadata, '$.patient_id') = ?1 \
-         ORDER BY id DESC"
-    ))?;
-    let seen: Vec<ItemHit> = stmt
-        .query_map(params![keys.patient_id], hit)?
-        .collect::<Result<_, _>>()?;
+    let seen: Vec<ItemHit> = tx.query(
+        &format!(
+            "SELECT {HIT} FROM items WHERE json_extract(metadata, '$.patient_id') = ?1 \
+             ORDER BY id DESC"
+        ),
+        params![keys.patient_id],
+        hit,
+    )?;
     let mut clinics: Vec<String> = seen.iter().map(|s| clinic_of(&s.0).to_owned()).collect();
     clinics.sort_unstable();
     clinics.dedup();
@@ -474,15 +469,14 @@ impl Store {
         let now = now_ms();
         {
             let mut db = self.db();
-            let tx = db.transaction()?;
+            let mut tx = db.transaction()?;
             let held: bool = tx
                 .query_row("SELECT 1 FROM reports WHERE id = ?1", params![id], |_| {
                     Ok(())
-                })
-                .optional()?
+                })?
                 .is_some();
             if !held {
-                let found = correlate(&tx, &report.keys, facilities, clinic_offset)?;
+                let found = correlate(&mut tx, &report.keys, facilities, clinic_offset)?;
                 let (gateway, by, reason, acquired, kind) = match &found {
                     Ok(c) => (
                         Some(c.gateway.as_str()),
@@ -502,8 +496,7 @@ impl Store {
                              ORDER BY received_ms DESC LIMIT 1",
                             params![g, report.keys.accession, report.keys.filler, report.keys.placer],
                             |r| r.get(0),
-                        )
-                        .optional()?,
+                        )?,
                     None => None,
                 };
                 tx.execute(
@@ -519,7 +512,7 @@ impl Store {
                 )?;
                 if let Some(g) = gateway {
                     tx.execute(
-                        "INSERT OR IGNORE INTO report_downlink(report_id, gateway, urgent, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                        "INSERT INTO report_downlink(report_id, gateway, urgent, created_ms) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                         params![id, g, report.urgent as i64, now],
                     )?;
                 }
@@ -528,7 +521,7 @@ impl Store {
         }
         let row = self
             .report(&id)?
-            .ok_or_else(|| StoreError::Db(rusqlite::Error::QueryReturnedNoRows))?;
+            .ok_or_else(|| StoreError::Db(sql::DbError::NoRow))?;
         Ok(Stored::new(format!("report:{id}"), row))
     }
 
@@ -551,16 +544,16 @@ impl Store {
         let now = now_ms();
         let extra = serde_json::to_string(extra).unwrap_or_else(|_| "{}".into());
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let mut tx = db.transaction()?;
         let inserted = tx.execute(
-            "INSERT OR IGNORE INTO reports(id, source, control_id, message_type, kind, status, urgent, accession, placer, filler, \
+            "INSERT INTO reports(id, source, control_id, message_type, kind, status, urgent, accession, placer, filler, \
                study_uid, patient_id, title, sha256, size, received_ms, gateway, matched_by, extra) \
-             VALUES (?1, ?2, ?3, 'ACK', 'ack', 'F', 0, '', '', '', '', '', 'application ACK', ?4, ?5, ?6, ?7, 'item', ?8)",
+             VALUES (?1, ?2, ?3, 'ACK', 'ack', 'F', 0, '', '', '', '', '', 'application ACK', ?4, ?5, ?6, ?7, 'item', ?8) ON CONFLICT DO NOTHING",
             params![id, source, control, sha, message.len() as i64, now, gateway, extra],
         )?;
         if inserted > 0 {
             tx.execute(
-                "INSERT OR IGNORE INTO report_downlink(report_id, gateway, urgent, created_ms) VALUES (?1, ?2, 0, ?3)",
+                "INSERT INTO report_downlink(report_id, gateway, urgent, created_ms) VALUES (?1, ?2, 0, ?3) ON CONFLICT DO NOTHING",
                 params![id, gateway, now],
             )?;
         }
@@ -582,43 +575,40 @@ impl Store {
     }
 
     pub fn report(&self, id: &str) -> Result<Option<ReportRow>, StoreError> {
-        let db = self.db();
-        Ok(db
-            .query_row(
-                &format!("SELECT {ROW_COLUMNS} FROM reports r WHERE r.id = ?1"),
-                params![id],
-                row,
-            )
-            .optional()?)
+        let mut db = self.db();
+        Ok(db.query_row(
+            &format!("SELECT {ROW_COLUMNS} FROM reports r WHERE r.id = ?1"),
+            params![id],
+            row,
+        )?)
     }
 
     /// Reports, newest first: all, or only those parked unmatched.
     pub fn reports(&self, unmatched: bool, limit: u64) -> Result<Vec<ReportRow>, StoreError> {
-        let db = self.db();
         let filter = if unmatched {
             "WHERE r.gateway IS NULL"
         } else {
             ""
         };
-        let mut stmt = db.prepare(&format!(
-            "SELECT {ROW_COLUMNS} FROM reports r {filter} ORDER BY r.received_ms DESC, r.id LIMIT ?1"
-        ))?;
-        let rows = stmt.query_map(params![limit as i64], row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(self.db().query(
+            &format!(
+                "SELECT {ROW_COLUMNS} FROM reports r {filter} ORDER BY r.received_ms DESC, r.id LIMIT ?1"
+            ),
+            params![limit as i64],
+            row,
+        )?)
     }
 
     /// Assigns a parked report (or sends one again) to a box by hand.
     pub fn report_assign(&self, id: &str, gateway: &str, actor: &str) -> Result<bool, StoreError> {
         let now = now_ms();
         let mut db = self.db();
-        let tx = db.transaction()?;
-        let urgent: Option<i64> = tx
-            .query_row(
-                "SELECT urgent FROM reports WHERE id = ?1",
-                params![id],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let mut tx = db.transaction()?;
+        let urgent: Option<i64> = tx.query_row(
+            "SELECT urgent FROM reports WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )?;
         let Some(urgent) = urgent else {
             return Ok(false);
         };
@@ -645,19 +635,20 @@ impl Store {
         gateway: &str,
         limit: usize,
     ) -> Result<Vec<DownlinkRow>, StoreError> {
-        let db = self.db();
-        let mut stmt = db.prepare(&format!(
+        let rows = self.db().query(
+            &format!(
             "SELECT {ROW_COLUMNS}, d.attempts FROM report_downlink d JOIN reports r ON r.id = d.report_id \
              WHERE d.gateway = ?1 AND d.state = {WAITING} AND d.next_attempt_ms <= ?2 \
              ORDER BY d.urgent DESC, d.created_ms, d.report_id LIMIT ?3"
-        ))?;
-        let rows = stmt.query_map(params![gateway, now_ms(), limit as i64], |r| {
+        ),
+            params![gateway, now_ms(), limit as i64],
+            |r| {
             Ok(DownlinkRow {
                 report: row(r)?,
-                attempts: r.get::<_, i64>(23)? as u32,
+                attempts: r.get::<i64>(23)? as u32,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(rows)
     }
 
     /// The box holds the report durably: central's part is done.
@@ -695,14 +686,12 @@ impl Store {
         receipt: &yilian_protocol::messages::ReportReceipt,
     ) -> Result<Option<Turnaround>, StoreError> {
         let mut db = self.db();
-        let tx = db.transaction()?;
-        let known: Option<(String, i64, i64, Option<i64>)> = tx
-            .query_row(
-                "SELECT kind, urgent, received_ms, acquired_ms FROM reports WHERE id = ?1",
-                params![receipt.report_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
+        let mut tx = db.transaction()?;
+        let known: Option<(String, i64, i64, Option<i64>)> = tx.query_row(
+            "SELECT kind, urgent, received_ms, acquired_ms FROM reports WHERE id = ?1",
+            params![receipt.report_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
         let Some((kind, urgent, received_ms, acquired_ms)) = known else {
             // Not ours (a box restored from another hub's backup): recorded
             // as done so the box stops sending it.
@@ -713,12 +702,11 @@ impl Store {
                 "SELECT 1 FROM report_receipts WHERE report_id = ?1 AND outcome = 'delivered' LIMIT 1",
                 params![receipt.report_id],
                 |_| Ok(()),
-            )
-            .optional()?
+            )?
             .is_some();
         let inserted = tx.execute(
-            "INSERT OR IGNORE INTO report_receipts(report_id, gateway, sink, outcome, detail, at_ms, recorded_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO report_receipts(report_id, gateway, sink, outcome, detail, at_ms, recorded_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
             params![
                 receipt.report_id, gateway, receipt.sink, receipt.outcome, receipt.detail,
                 receipt.at_unix_ms, now_ms()
@@ -740,17 +728,17 @@ impl Store {
 
     /// Reports not yet at their box, and parked ones.
     pub fn report_stats(&self) -> Result<DownlinkStats, StoreError> {
-        let db = self.db();
-        let (waiting, oldest): (i64, Option<i64>) = db.query_row(
+        let mut db = self.db();
+        let (waiting, oldest): (i64, Option<i64>) = db.query_one(
             &format!(
                 "SELECT COUNT(*), MIN(created_ms) FROM report_downlink WHERE state = {WAITING}"
             ),
-            [],
+            params![],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let unmatched: i64 = db.query_row(
+        let unmatched: i64 = db.query_one(
             "SELECT COUNT(*) FROM reports WHERE gateway IS NULL",
-            [],
+            params![],
             |r| r.get(0),
         )?;
         Ok(DownlinkStats {
@@ -763,7 +751,7 @@ impl Store {
     /// Remembers which clinic an accession number was ordered for, so a
     /// report finds its clinic after the order left the worklist.
     pub(super) fn remember_order(
-        tx: &Transaction<'_>,
+        tx: &mut sql::Db,
         clinic: &str,
         accession: &str,
     ) -> Result<(), StoreError> {

@@ -1,7 +1,7 @@
 //! The gateway registry, and what the CLI and the admin API list: items,
 //! studies, gateways.
 
-use rusqlite::params;
+use crate::store::sql::params;
 use yilian_protocol::BoxIdentity;
 
 use super::{Store, StoreError, now_ms, rfc3339};
@@ -69,50 +69,49 @@ impl Store {
         gateway: Option<&str>,
         quiet_ms: i64,
     ) -> Result<Vec<StudyRow>, StoreError> {
-        let db = self.db();
-        let mut stmt = db.prepare(
+        let now = now_ms();
+        let rows = self.db().query(
             "SELECT i.gateway,
                     json_extract(i.metadata, '$.study_uid') AS study,
                     MAX(json_extract(i.metadata, '$.patient_id')),
                     MAX(json_extract(i.metadata, '$.patient_name')),
                     GROUP_CONCAT(DISTINCT json_extract(i.metadata, '$.modality')),
                     COUNT(DISTINCT json_extract(i.metadata, '$.series_uid')),
-                    COUNT(*), SUM(i.size), MIN(i.committed_ms), MAX(i.committed_ms),
-                    SUM(CASE WHEN o.state = 1 THEN 1 ELSE 0 END),
-                    SUM(CASE WHEN o.state = 2 THEN 1 ELSE 0 END),
+                    COUNT(*), CAST(SUM(i.size) AS BIGINT), MIN(i.committed_ms), MAX(i.committed_ms),
+                    CAST(SUM(CASE WHEN o.state = 1 THEN 1 ELSE 0 END) AS BIGINT),
+                    CAST(SUM(CASE WHEN o.state = 2 THEN 1 ELSE 0 END) AS BIGINT),
                     MAX(json_extract(i.metadata, '$.accession'))
              FROM items i
              LEFT JOIN outbox o ON o.gateway = i.gateway AND o.upload_id = i.upload_id AND o.destination = 'pacs'
-             WHERE i.kind = 'dicom' AND study IS NOT NULL AND (?1 IS NULL OR i.gateway = ?1)
+             WHERE i.kind = 'dicom' AND json_extract(i.metadata, '$.study_uid') IS NOT NULL AND (?1 IS NULL OR i.gateway = ?1)
              GROUP BY i.gateway, study
              ORDER BY MAX(i.committed_ms) DESC",
-        )?;
-        let now = now_ms();
-        let rows = stmt.query_map(params![gateway], |r| {
+            params![gateway],
+            |r| {
             let last: i64 = r.get(9)?;
             Ok(StudyRow {
                 gateway: r.get(0)?,
                 study_uid: r.get(1)?,
-                patient_id: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                patient_name: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
-                modalities: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                series: r.get::<_, i64>(5)? as u64,
-                instances: r.get::<_, i64>(6)? as u64,
-                bytes: r.get::<_, i64>(7)? as u64,
+                patient_id: r.get::<Option<String>>(2)?.unwrap_or_default(),
+                patient_name: r.get::<Option<String>>(3)?.unwrap_or_default(),
+                modalities: r.get::<Option<String>>(4)?.unwrap_or_default(),
+                series: r.get::<i64>(5)? as u64,
+                instances: r.get::<i64>(6)? as u64,
+                bytes: r.get::<i64>(7)? as u64,
                 first_at: rfc3339(r.get(8)?),
                 last_at: rfc3339(last),
-                forwarded: r.get::<_, i64>(10)? as u64,
-                refused_by_pacs: r.get::<_, i64>(11)? as u64,
-                accession: r.get::<_, Option<String>>(12)?.unwrap_or_default(),
+                forwarded: r.get::<i64>(10)? as u64,
+                refused_by_pacs: r.get::<i64>(11)? as u64,
+                accession: r.get::<Option<String>>(12)?.unwrap_or_default(),
                 complete: now - last >= quiet_ms,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(rows)
     }
 
     /// Whether the index takes a write transaction (the watchdog's check).
     pub fn health(&self) -> Result<(), StoreError> {
-        self.db().execute_batch("BEGIN IMMEDIATE; COMMIT")?;
+        self.db().health()?;
         Ok(())
     }
 
@@ -141,11 +140,10 @@ impl Store {
     }
 
     pub fn gateways(&self) -> Result<Vec<GatewayRow>, StoreError> {
-        let db = self.db();
-        let mut stmt = db.prepare(
+        let rows = self.db().query(
             "SELECT identity, county, clinic, box, first_seen_ms, last_seen_ms, software_version FROM gateways ORDER BY identity",
-        )?;
-        let rows = stmt.query_map([], |r| {
+            params![],
+            |r| {
             Ok(GatewayRow {
                 identity: r.get(0)?,
                 county: r.get(1)?,
@@ -156,7 +154,7 @@ impl Store {
                 software_version: r.get(6)?,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(rows)
     }
 
     /// Committed items, oldest first, optionally of one gateway.
@@ -165,13 +163,13 @@ impl Store {
         gateway: Option<&str>,
         limit: Option<u64>,
     ) -> Result<Vec<ItemRow>, StoreError> {
-        let db = self.db();
-        let mut stmt = db.prepare(
+        // No limit is the largest one: PostgreSQL refuses SQLite's -1.
+        let limit = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let rows = self.db().query(
             "SELECT gateway, upload_id, kind, lane, source, metadata, size, sha256, received_ms, committed_ms
              FROM items WHERE (?1 IS NULL OR gateway = ?1) ORDER BY id LIMIT ?2",
-        )?;
-        let limit = limit.map(|l| l as i64).unwrap_or(-1);
-        let rows = stmt.query_map(params![gateway, limit], |r| {
+            params![gateway, limit],
+            |r| {
             let sha: String = r.get(7)?;
             Ok(ItemRow {
                 gateway: r.get(0)?,
@@ -179,15 +177,15 @@ impl Store {
                 kind: r.get(2)?,
                 lane: r.get(3)?,
                 source: r.get(4)?,
-                metadata: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
-                size: r.get::<_, i64>(6)? as u64,
+                metadata: serde_json::from_str(&r.get::<String>(5)?).unwrap_or_default(),
+                size: r.get::<i64>(6)? as u64,
                 path: self.blob_path(&sha).display().to_string(),
                 sha256: sha,
                 received_at: rfc3339(r.get(8)?),
                 committed_at: rfc3339(r.get(9)?),
-                end_to_end_ms: r.get::<_, i64>(9)? - r.get::<_, i64>(8)?,
+                end_to_end_ms: r.get::<i64>(9)? - r.get::<i64>(8)?,
             })
         })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(rows)
     }
 }

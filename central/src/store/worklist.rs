@@ -1,7 +1,7 @@
 //! The clinics' scheduled procedures, as RIS orders set them and the
 //! boxes' modality worklists serve them.
 
-use rusqlite::params;
+use crate::store::sql::params;
 
 use super::{Store, StoreError, Stored, now_ms};
 
@@ -16,7 +16,7 @@ impl Store {
     ) -> Result<Stored<()>, StoreError> {
         let now = now_ms();
         let mut db = self.db();
-        let tx = db.transaction()?;
+        let mut tx = db.transaction()?;
         for e in upserts {
             let json = serde_json::to_string(e).unwrap_or_else(|_| "{}".into());
             tx.execute(
@@ -24,7 +24,7 @@ impl Store {
                  ON CONFLICT(clinic, accession) DO UPDATE SET entry = ?3, updated_ms = ?4",
                 params![clinic, e.accession_number, json, now],
             )?;
-            Store::remember_order(&tx, clinic, &e.accession_number)?;
+            Store::remember_order(&mut tx, clinic, &e.accession_number)?;
         }
         for a in removals {
             tx.execute(
@@ -43,12 +43,11 @@ impl Store {
         clinic: &str,
     ) -> Result<(String, Vec<yilian_protocol::messages::WorklistEntry>), StoreError> {
         use sha2::Digest;
-        let db = self.db();
-        let mut stmt =
-            db.prepare("SELECT entry FROM worklist WHERE clinic = ?1 ORDER BY accession")?;
-        let rows: Vec<String> = stmt
-            .query_map(params![clinic], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let rows: Vec<String> = self.db().query(
+            "SELECT entry FROM worklist WHERE clinic = ?1 ORDER BY accession",
+            params![clinic],
+            |r| r.get(0),
+        )?;
         let mut h = sha2::Sha256::new();
         for r in &rows {
             h.update(r.as_bytes());
