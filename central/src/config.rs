@@ -12,6 +12,9 @@ use serde::Deserialize;
 pub struct CentralConfig {
     pub server: ServerSection,
     pub tls: TlsSection,
+    /// Where the index lives (SQLite in `data_dir` unless told otherwise).
+    #[serde(default)]
+    pub store: crate::store::Backend,
     #[serde(default)]
     pub metrics: MetricsSection<9465>,
     /// The hospital LIS that lab results (HL7 and ASTM items) go to.

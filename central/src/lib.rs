@@ -66,7 +66,8 @@ impl Running {
 /// serving. Returns once everything is bound (the readiness point).
 pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
     let data_dir = config.server.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+    let backend = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open_backend(&data_dir, &backend))
         .await?
         .with_context(|| format!("opening the store in {}", config.server.data_dir.display()))?;
     let metrics = CentralMetrics::new();

@@ -181,10 +181,36 @@ fn raise_descriptor_limit() {
     }
 }
 
-fn data_dir(config: &std::path::Path, data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+/// Where the store is: `--data-dir` names an embedded (SQLite) hub's
+/// directory; otherwise the configuration says, with its `[store]`.
+struct Place {
+    dir: PathBuf,
+    backend: yilian_central::store::Backend,
+}
+
+impl Place {
+    fn open(&self) -> anyhow::Result<Store> {
+        Ok(Store::open_backend(&self.dir, &self.backend)?)
+    }
+
+    fn open_read_only(&self) -> anyhow::Result<Store> {
+        Ok(Store::open_read_only_backend(&self.dir, &self.backend)?)
+    }
+}
+
+fn data_dir(config: &std::path::Path, data_dir: Option<PathBuf>) -> anyhow::Result<Place> {
     match data_dir {
-        Some(d) => Ok(d),
-        None => Ok(CentralConfig::load(config)?.server.data_dir),
+        Some(dir) => Ok(Place {
+            dir,
+            backend: Default::default(),
+        }),
+        None => {
+            let c = CentralConfig::load(config)?;
+            Ok(Place {
+                dir: c.server.data_dir,
+                backend: c.store,
+            })
+        }
     }
 }
 
@@ -258,8 +284,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let site = Site::of(&config);
             let dir = data_dir(&config, dir)?;
-            let store = Store::open_read_only(&dir)
-                .with_context(|| format!("opening {}", dir.display()))?;
+            let store = dir
+                .open_read_only()
+                .with_context(|| format!("opening {}", dir.dir.display()))?;
             let mut items = store.items(gateway.as_deref(), limit)?;
             if ecg {
                 items.retain(|i| i.metadata.get(yilian_protocol::kind::keys::ECG).is_some());
@@ -340,12 +367,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let dir = data_dir(&config, dir)?;
             if let Some(id) = requeue {
-                let store = Store::open(&dir)?;
+                let store = dir.open()?;
                 anyhow::ensure!(store.outbox_requeue(id)?, "delivery {id} is not parked");
                 println!("delivery {id} is back in line");
                 return Ok(());
             }
-            let store = Store::open_read_only(&dir)?;
+            let store = dir.open_read_only()?;
             let mut out = std::io::stdout().lock();
             let rows = store.outbox_list(None)?;
             if !json && rows.is_empty() {
@@ -426,7 +453,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         _ => upserts.push(entry),
                     }
                 }
-                let store = Store::open(&dir)?;
+                let store = dir.open()?;
                 store.worklist_update(&clinic, &upserts, &removals)?;
                 writeln!(
                     out,
@@ -435,7 +462,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     removals.len()
                 )?;
             }
-            let store = Store::open_read_only(&dir)?;
+            let store = dir.open_read_only()?;
             let (version, entries) = store.worklist(&clinic)?;
             writeln!(
                 out,
@@ -467,7 +494,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let site = Site::of(&config);
             let dir = data_dir(&config, dir)?;
-            let store = Store::open_read_only(&dir)?;
+            let store = dir.open_read_only()?;
             let studies = store.studies(gateway.as_deref(), quiet.as_millis() as i64)?;
             let pacs = site.has_pacs().unwrap_or(true);
             let mut out = std::io::stdout().lock();
@@ -539,7 +566,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 yilian_protocol::BoxIdentity::parse(&gateway)
                     .map_err(|e| anyhow::anyhow!("{gateway:?} is not a box identity: {e}"))?;
-                let store = Store::open(&dir)?;
+                let store = dir.open()?;
                 let actor = std::env::var("SUDO_USER")
                     .or_else(|_| std::env::var("USER"))
                     .unwrap_or_else(|_| "operator".into());
@@ -550,7 +577,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("report {id} goes to {gateway} with its next connection");
                 return Ok(());
             }
-            let store = Store::open_read_only(&dir)?;
+            let store = dir.open_read_only()?;
             let rows = store.reports(unmatched, limit)?;
             let mut out = std::io::stdout().lock();
             if json {
@@ -618,7 +645,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let site = Site::of(&config);
             let dir = data_dir(&config, dir)?;
-            let store = Store::open_read_only(&dir)?;
+            let store = dir.open_read_only()?;
             let mut out = std::io::stdout().lock();
             for g in store.gateways()? {
                 if json {

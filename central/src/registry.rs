@@ -142,11 +142,25 @@ impl Store {
                 from: used_from.unwrap_or_default(),
             },
             Some((None, _)) => {
-                tx.execute(
+                let won = tx.execute(
                     "UPDATE tokens SET used_ms = ?2, used_from = ?3 WHERE id = ?1 AND used_ms IS NULL",
                     params![id, now_ms(), from],
-                )?;
-                TokenUse::Consumed
+                )? == 1;
+                if won {
+                    TokenUse::Consumed
+                } else {
+                    // Another central instance (sharing a PostgreSQL index)
+                    // used it between our read and our update.
+                    let (at_ms, used_from): (Option<i64>, Option<String>) = tx.query_one(
+                        "SELECT used_ms, used_from FROM tokens WHERE id = ?1",
+                        params![id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                    TokenUse::AlreadyUsed {
+                        at_ms: at_ms.unwrap_or_default(),
+                        from: used_from.unwrap_or_default(),
+                    }
+                }
             }
         };
         tx.commit()?;

@@ -10,6 +10,8 @@
 //! - [`files`] — deterministic test payloads.
 //! - [`cable`] — serial cables (socat pty pairs) that can be pulled.
 //! - [`orthanc`] — Orthanc as the hospital PACS, with its own config.
+//! - [`postgres`] — a PostgreSQL server of the test's own, for central's
+//!   index at alliance scale.
 //! - [`printer`] — a CUPS scheduler of the test's own with a virtual PDF
 //!   printer, and `pdftoppm` to look at what it printed.
 //! - [`modality`] — CT studies as Part 10 files, dcmtk's storescu/echoscu.
@@ -43,6 +45,7 @@ pub mod modality;
 pub mod nspawn;
 pub mod orthanc;
 pub mod plot;
+pub mod postgres;
 pub mod printer;
 pub mod procs;
 pub mod relay;

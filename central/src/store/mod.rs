@@ -191,7 +191,10 @@ impl std::fmt::Debug for Store {
 pub use yilian_proof::disk::now_ms;
 
 pub fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    // The format stops at the year 9999; "never" is often stored as the
+    // largest number.
+    const LAST: i64 = 253_402_300_799_999;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.clamp(0, LAST) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
 
@@ -244,7 +247,35 @@ impl Held {
 
 use yilian_proof::disk::create_private_dir;
 
+/// `[store]`: which engine holds the index. SQLite in the data directory
+/// is the embedded default (a county hub); PostgreSQL lets several
+/// central instances share one index.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Sqlite,
+    Postgres(sql::PostgresSettings),
+}
+
 impl Store {
+    /// Opens the index where `[store]` says, the payloads under `data_dir`.
+    pub fn open_backend(data_dir: &Path, backend: &Backend) -> Result<Self, StoreError> {
+        match backend {
+            Backend::Sqlite => Self::open(data_dir),
+            Backend::Postgres(settings) => Self::open_postgres(data_dir, settings),
+        }
+    }
+
+    /// For listings while `serve` runs: SQLite's file opened read-only; a
+    /// PostgreSQL server serves both anyway.
+    pub fn open_read_only_backend(data_dir: &Path, backend: &Backend) -> Result<Self, StoreError> {
+        match backend {
+            Backend::Sqlite => Self::open_read_only(data_dir),
+            Backend::Postgres(settings) => Self::open_postgres(data_dir, settings),
+        }
+    }
+
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let (blob_dir, partial_dir) = Self::prepare_dirs(data_dir)?;
         let conn = Self::sqlite(data_dir)?;

@@ -499,18 +499,21 @@ impl Store {
                         )?,
                     None => None,
                 };
-                tx.execute(
+                // Another central instance may have kept the same message a
+                // moment ago (the sender retried on it): one row either way.
+                let inserted = tx.execute(
                     "INSERT INTO reports(id, source, control_id, message_type, kind, status, urgent, accession, placer, filler, \
                        study_uid, patient_id, title, sha256, size, received_ms, acquired_ms, gateway, matched_by, unmatched_reason, replaces) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
+                     ON CONFLICT DO NOTHING",
                     params![
                         id, source, report.control_id, report.message_type, kind, report.status.code(),
                         report.urgent as i64, report.keys.accession, report.keys.placer, report.keys.filler,
                         report.keys.study_uid, report.keys.patient_id, report.title, sha, message.len() as i64,
                         now, acquired, gateway, by, reason, replaces
                     ],
-                )?;
-                if let Some(g) = gateway {
+                )? == 1;
+                if let Some(g) = gateway.filter(|_| inserted) {
                     tx.execute(
                         "INSERT INTO report_downlink(report_id, gateway, urgent, created_ms) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                         params![id, g, report.urgent as i64, now],

@@ -233,8 +233,10 @@ impl Db {
             engine: Engine::Postgres(session),
             dialect: HashMap::new(),
         };
+        // The lock is released at COMMIT, once the tables are visible to
+        // the instance waiting for it (whose statements then see them).
         db.batch(&format!(
-            "SELECT pg_advisory_lock({MIGRATION_LOCK}); {} SELECT pg_advisory_unlock({MIGRATION_LOCK});",
+            "BEGIN; SELECT pg_advisory_xact_lock({MIGRATION_LOCK}); {} COMMIT;",
             postgres_schema(schema)
         ))?;
         Ok(db)
@@ -421,6 +423,12 @@ impl rusqlite::ToSql for Value {
 /// The schema as PostgreSQL spells it: 64-bit integers throughout (SQLite's
 /// INTEGER is 64-bit) and identity columns for AUTOINCREMENT.
 pub fn postgres_schema(schema: &str) -> String {
+    // Comments go first: an apostrophe in one would read as a quote.
+    let schema: String = schema
+        .lines()
+        .map(|l| l.split_once("--").map_or(l, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n");
     postgres_dialect(
         &schema
             .replace(

@@ -83,7 +83,7 @@ impl Store {
                     MAX(json_extract(i.metadata, '$.accession'))
              FROM items i
              LEFT JOIN outbox o ON o.gateway = i.gateway AND o.upload_id = i.upload_id AND o.destination = 'pacs'
-             WHERE i.kind = 'dicom' AND json_extract(i.metadata, '$.study_uid') IS NOT NULL AND (?1 IS NULL OR i.gateway = ?1)
+             WHERE i.kind = 'dicom' AND json_extract(i.metadata, '$.study_uid') IS NOT NULL AND (CAST(?1 AS TEXT) IS NULL OR i.gateway = ?1)
              GROUP BY i.gateway, study
              ORDER BY MAX(i.committed_ms) DESC",
             params![gateway],
@@ -126,7 +126,7 @@ impl Store {
             "INSERT INTO gateways(identity, county, clinic, box, first_seen_ms, last_seen_ms, software_version)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5, COALESCE(?6, ''))
              ON CONFLICT(identity) DO UPDATE SET last_seen_ms = ?5,
-                software_version = COALESCE(?6, software_version)",
+                software_version = COALESCE(?6, gateways.software_version)",
             params![
                 gateway.to_string(),
                 gateway.county(),
@@ -167,7 +167,7 @@ impl Store {
         let limit = limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX));
         let rows = self.db().query(
             "SELECT gateway, upload_id, kind, lane, source, metadata, size, sha256, received_ms, committed_ms
-             FROM items WHERE (?1 IS NULL OR gateway = ?1) ORDER BY id LIMIT ?2",
+             FROM items WHERE (CAST(?1 AS TEXT) IS NULL OR gateway = ?1) ORDER BY id LIMIT ?2",
             params![gateway, limit],
             |r| {
             let sha: String = r.get(7)?;

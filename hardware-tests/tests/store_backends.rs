@@ -1,0 +1,432 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers may panic on setup failure
+//! Central's store answers the same on its two engines: the embedded
+//! SQLite and a real PostgreSQL server (Debian's, started by the test).
+//! One scenario — items committed and resent, deliveries retried, parked
+//! and requeued, a worklist, studies, a report correlated and taken down,
+//! tokens, revocations, published configurations — runs on each. Then two
+//! stores on one PostgreSQL database stand for two central instances:
+//! racing commits of the same uploads, the same report and the same
+//! enrollment token each end with exactly one winner.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Barrier};
+
+use sha2::{Digest, Sha256};
+use yilian_central::registry::TokenUse;
+use yilian_central::store::{Held, Store};
+use yilian_codecs::hl7::message::Message;
+use yilian_codecs::hl7::report::read_report;
+use yilian_protocol::BoxIdentity;
+use yilian_protocol::messages::{Offer, WorklistEntry};
+use yilian_rig::postgres::Postgres;
+
+const ORU: &str = "MSH|^~\\&|RIS|COUNTY|YILIAN|lingshan/xiacun|20261203101500||ORU^R01|R100|P|2.5\r\
+PID|1||P2001^^^H||Chen^Jing||19800202|F\r\
+ORC|RE|PL1|ACC2001\r\
+OBR|1|PL1|ACC2001|CHEST^胸部正位|||20261203100000|||||||||||ACC2001||||20261203101400|||F\r\
+OBX|1|TX|REPORT^Impression||两肺纹理清晰。||||||F\r";
+
+fn offer(n: u32, payload: &[u8], kind: &str, metadata: &[(&str, &str)]) -> Offer {
+    Offer {
+        upload_id: format!("0193a1b2c3d4-{n:04}"),
+        sha256: Sha256::digest(payload).to_vec(),
+        size: payload.len() as u64,
+        kind: kind.into(),
+        lane: 1,
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        received_unix_ms: 1_796_000_000_000,
+        source: "test".into(),
+    }
+}
+
+/// Uploads and commits one item as the upload path does: partial file,
+/// bytes, verify, commit.
+fn upload(store: &Store, gw: &BoxIdentity, o: &Offer, payload: &[u8], dest: &[&str]) -> bool {
+    match store.held(gw, o).expect("held") {
+        Held::Committed(_) => false,
+        Held::Partial(at) => {
+            let mut p = store.open_partial(gw, o, at).expect("open partial");
+            p.append(&payload[at as usize..]).expect("append");
+            store.commit(gw, o, p, dest).expect("commit");
+            true
+        }
+    }
+}
+
+fn scenario(engine: &str, store: &Store) {
+    let gw = BoxIdentity::parse("lingshan/xiacun/box-1").expect("identity");
+    store.touch_gateway(&gw, Some("1.2.3")).expect("touch");
+    store.touch_gateway(&gw, None).expect("touch again");
+    let gws = store.gateways().expect("gateways");
+    assert_eq!(gws.len(), 1, "{engine}");
+    assert_eq!(gws[0].software_version, "1.2.3", "{engine}");
+
+    // Items, one of them resent after its COMMITTED was lost.
+    let lab = b"MSH|^~\\&|LAB|X|||20261203||ORU^R01|L1|P|2.5\r".to_vec();
+    let img = vec![7u8; 300_000];
+    let o1 = offer(1, &lab, "hl7", &[("message_type", "ORU^R01")]);
+    let o2 = offer(
+        2,
+        &img,
+        "dicom",
+        &[
+            ("study_uid", "1.2.3.4"),
+            ("series_uid", "1.2.3.4.1"),
+            ("patient_id", "P2001"),
+            ("patient_name", "Chen^Jing"),
+            ("modality", "CT"),
+            ("accession", "ACC2001"),
+        ],
+    );
+    assert!(upload(store, &gw, &o1, &lab, &["lis"]), "{engine}");
+    assert!(upload(store, &gw, &o2, &img, &["pacs"]), "{engine}");
+    assert!(
+        !upload(store, &gw, &o2, &img, &["pacs"]),
+        "{engine}: a resend is held"
+    );
+    let items = store.items(None, None).expect("items");
+    assert_eq!(items.len(), 2, "{engine}");
+    assert_eq!(items[1].size, 300_000, "{engine}");
+    assert_eq!(items[1].metadata["study_uid"], "1.2.3.4", "{engine}");
+    assert_eq!(
+        store
+            .items(Some("other/clinic/box"), Some(5))
+            .expect("items")
+            .len(),
+        0
+    );
+    assert_eq!(
+        store.items(None, Some(1)).expect("items").len(),
+        1,
+        "{engine}"
+    );
+
+    // The LIS outbox: retried, parked, requeued, delivered.
+    let next = store
+        .outbox_next("lis", i64::MAX)
+        .expect("next")
+        .expect("a delivery");
+    assert_eq!(next.upload_id, o1.upload_id, "{engine}");
+    assert_eq!(next.metadata["message_type"], "ORU^R01", "{engine}");
+    store
+        .outbox_retry(next.id, 60_000, "LIS down")
+        .expect("retry");
+    assert!(
+        store
+            .outbox_next("lis", yilian_central::store::now_ms())
+            .expect("next")
+            .is_none(),
+        "{engine}"
+    );
+    store
+        .outbox_park(next.id, "AR: unknown patient")
+        .expect("park");
+    let stats = store.outbox_stats("lis").expect("stats");
+    assert_eq!((stats.pending, stats.parked), (0, 1), "{engine}");
+    assert!(store.outbox_requeue(next.id).expect("requeue"), "{engine}");
+    assert!(
+        !store.outbox_requeue(next.id).expect("requeue"),
+        "{engine}: not parked any more"
+    );
+    let again = store
+        .outbox_next("lis", i64::MAX)
+        .expect("next")
+        .expect("back in line");
+    assert_eq!(again.attempts, 2, "{engine}");
+    store.outbox_delivered(again.id).expect("delivered");
+    let stats = store.outbox_stats("lis").expect("stats");
+    assert_eq!(
+        (stats.pending, stats.delivered, stats.parked),
+        (0, 1, 0),
+        "{engine}"
+    );
+    assert_eq!(
+        store.outbox_list(Some("pacs")).expect("list").len(),
+        1,
+        "{engine}"
+    );
+    assert_eq!(store.outbox_list(None).expect("list").len(), 2, "{engine}");
+
+    // Studies, from the DICOM item's metadata.
+    let studies = store.studies(None, 0).expect("studies");
+    assert_eq!(studies.len(), 1, "{engine}");
+    let s = &studies[0];
+    assert_eq!(
+        (
+            s.study_uid.as_str(),
+            s.patient_id.as_str(),
+            s.modalities.as_str(),
+            s.accession.as_str()
+        ),
+        ("1.2.3.4", "P2001", "CT", "ACC2001"),
+        "{engine}"
+    );
+    assert_eq!(
+        (s.series, s.instances, s.bytes),
+        (1, 1, 300_000),
+        "{engine}"
+    );
+
+    // A worklist, changed and versioned.
+    let entry = |acc: &str| WorklistEntry {
+        accession_number: acc.into(),
+        patient_id: "P2001".into(),
+        patient_name: "Chen^Jing=陈^静".into(),
+        ..Default::default()
+    };
+    store
+        .worklist_update(
+            "lingshan/xiacun",
+            &[entry("ACC2001"), entry("ACC2002")],
+            &[],
+        )
+        .expect("worklist");
+    let (v1, list) = store.worklist("lingshan/xiacun").expect("worklist");
+    assert_eq!(list.len(), 2, "{engine}");
+    assert_eq!(list[0].patient_name, "Chen^Jing=陈^静", "{engine}");
+    store
+        .worklist_update("lingshan/xiacun", &[], &["ACC2002".into()])
+        .expect("worklist");
+    let (v2, list) = store.worklist("lingshan/xiacun").expect("worklist");
+    assert_eq!(list.len(), 1, "{engine}");
+    assert_ne!(v1, v2, "{engine}");
+
+    // A report finds its clinic by accession and goes down to the box.
+    let report = read_report(&Message::parse(ORU).expect("ORU")).expect("report");
+    let offset = time::UtcOffset::from_hms(8, 0, 0).expect("offset");
+    let kept = store
+        .report_commit(&report, "RIS", ORU.as_bytes(), &BTreeMap::new(), offset)
+        .expect("report");
+    assert_eq!(
+        kept.value.gateway.as_deref(),
+        Some("lingshan/xiacun/box-1"),
+        "{engine}"
+    );
+    assert_eq!(
+        kept.value.matched_by.as_deref(),
+        Some("accession"),
+        "{engine}"
+    );
+    let again = store
+        .report_commit(&report, "RIS", ORU.as_bytes(), &BTreeMap::new(), offset)
+        .expect("report again");
+    assert_eq!(again.value.id, kept.value.id, "{engine}");
+    let down = store
+        .report_downlink_next("lingshan/xiacun/box-1", 10)
+        .expect("downlink");
+    assert_eq!(down.len(), 1, "{engine}");
+    store
+        .report_at_box(&kept.value.id, "lingshan/xiacun/box-1")
+        .expect("at box");
+    assert!(
+        store
+            .report_downlink_next("lingshan/xiacun/box-1", 10)
+            .expect("downlink")
+            .is_empty()
+    );
+    let stats = store.report_stats().expect("stats");
+    assert_eq!((stats.waiting, stats.unmatched), (0, 0), "{engine}");
+    assert_eq!(
+        store.reports(false, 10).expect("reports").len(),
+        1,
+        "{engine}"
+    );
+
+    // The registry: tokens, revocations, retirements, configurations.
+    store
+        .token_created("tok-1", "lingshan/xiacun/box-2", i64::MAX, "admin")
+        .expect("token");
+    assert!(matches!(
+        store.consume_token("tok-1", "10.0.0.2").expect("use"),
+        TokenUse::Consumed
+    ));
+    assert!(matches!(
+        store.consume_token("tok-1", "10.0.0.3").expect("use"),
+        TokenUse::AlreadyUsed { .. }
+    ));
+    assert!(matches!(
+        store.consume_token("tok-x", "10.0.0.3").expect("use"),
+        TokenUse::Unknown
+    ));
+    assert!(
+        store
+            .revoke("lingshan/xiacun/box-9", "admin", "stolen")
+            .expect("revoke")
+    );
+    assert!(
+        !store
+            .revoke("lingshan/xiacun/box-9", "admin", "stolen")
+            .expect("revoke")
+    );
+    assert!(
+        store
+            .retire("lingshan/xiacun/box-1", "admin", "closed", false)
+            .expect("retire")
+    );
+    assert!(
+        store
+            .retire("lingshan/xiacun/box-1", "admin", "closed again", false)
+            .expect("retire")
+    );
+    let unwatched = store.unwatched_identities().expect("unwatched");
+    assert_eq!(unwatched.len(), 2, "{engine}");
+    store
+        .publish_config("lingshan", "v1", "[uplink]\n", "admin")
+        .expect("publish");
+    store
+        .publish_config("lingshan/xiacun", "v2", "[uplink]\n", "admin")
+        .expect("publish");
+    store
+        .publish_config("lingshan/xiacun", "v3", "[uplink]\n", "admin")
+        .expect("publish");
+    let configs = store.configs().expect("configs");
+    assert_eq!(
+        configs
+            .iter()
+            .map(|c| c.version.as_str())
+            .collect::<Vec<_>>(),
+        ["v1", "v3"],
+        "{engine}: the broadest scope first"
+    );
+    let mine = store
+        .config_for("lingshan", "xiacun", "lingshan/xiacun/box-1")
+        .expect("config")
+        .expect("one applies");
+    assert_eq!(mine.version, "v3", "{engine}");
+    assert!(store.audit_log(100).expect("audit").len() >= 7, "{engine}");
+    assert_eq!(store.fleet().expect("fleet").len(), 1, "{engine}");
+    store.health().expect("health");
+}
+
+#[test]
+fn the_store_answers_the_same_on_sqlite_and_postgresql() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sqlite = Store::open(&tmp.path().join("sqlite")).expect("sqlite store");
+    scenario("sqlite", &sqlite);
+
+    let pg = Postgres::start("scenario").expect("PostgreSQL");
+    let store = Store::open_postgres(&tmp.path().join("pg"), &pg.settings("yilian"))
+        .expect("postgres store");
+    scenario("postgres", &store);
+    // Opening again (a restart, a second instance) finds the schema made.
+    let again =
+        Store::open_postgres(&tmp.path().join("pg"), &pg.settings("yilian")).expect("reopen");
+    assert_eq!(again.items(None, None).expect("items").len(), 2);
+}
+
+#[test]
+fn two_instances_on_one_postgresql_commit_each_upload_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pg = Postgres::start("instances").expect("PostgreSQL");
+    // Two instances migrating at the same moment: the advisory lock
+    // serialises the schema.
+    let open = |name: &str| {
+        let dir = tmp.path().join(name);
+        let settings = pg.settings("yilian");
+        std::thread::spawn(move || Store::open_postgres(&dir, &settings).expect("open"))
+    };
+    let (a, b) = (open("a"), open("b"));
+    let stores = [a.join().expect("a"), b.join().expect("b")];
+
+    // Every upload offered to both at once (a box that failed over while
+    // its first COMMITTED was in flight).
+    let gw = BoxIdentity::parse("lingshan/xiacun/box-1").expect("identity");
+    let uploads = 40;
+    let barrier = Arc::new(Barrier::new(2));
+    let handles: Vec<_> = stores
+        .iter()
+        .cloned()
+        .map(|store| {
+            let (gw, barrier) = (gw.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut won = 0;
+                for n in 0..uploads {
+                    let payload = format!("payload {n}").repeat(100 + n as usize);
+                    let o = offer(n, payload.as_bytes(), "file", &[]);
+                    barrier.wait();
+                    if upload(&store, &gw, &o, payload.as_bytes(), &["lis"]) {
+                        won += 1;
+                    }
+                }
+                won
+            })
+        })
+        .collect();
+    let committed: u32 = handles
+        .into_iter()
+        .map(|h| h.join().expect("instance"))
+        .sum();
+    assert!(
+        committed >= uploads,
+        "every upload committed by at least one instance"
+    );
+    let items = stores[0].items(None, None).expect("items");
+    assert_eq!(items.len() as u32, uploads, "each upload once in the index");
+    let stats = stores[1].outbox_stats("lis").expect("stats");
+    assert_eq!(
+        stats.pending,
+        u64::from(uploads),
+        "each delivery queued once"
+    );
+
+    // The same report from the hospital reaching both instances.
+    let report = read_report(&Message::parse(ORU).expect("ORU")).expect("report");
+    let offset = time::UtcOffset::from_hms(8, 0, 0).expect("offset");
+    let barrier = Arc::new(Barrier::new(2));
+    let handles: Vec<_> = stores
+        .iter()
+        .cloned()
+        .map(|store| {
+            let (report, barrier) = (report.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                store
+                    .report_commit(&report, "RIS", ORU.as_bytes(), &BTreeMap::new(), offset)
+                    .expect("report")
+                    .value
+                    .id
+            })
+        })
+        .collect();
+    let ids: Vec<String> = handles
+        .into_iter()
+        .map(|h| h.join().expect("report"))
+        .collect();
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(stores[0].reports(false, 10).expect("reports").len(), 1);
+
+    // One enrollment token, two boxes racing through two instances.
+    stores[0]
+        .token_created("tok-race", "lingshan/xiacun/box-2", i64::MAX, "admin")
+        .expect("token");
+    let barrier = Arc::new(Barrier::new(2));
+    let handles: Vec<_> = stores
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, store)| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                store
+                    .consume_token("tok-race", &format!("10.0.0.{i}"))
+                    .expect("use")
+            })
+        })
+        .collect();
+    let outcomes: Vec<TokenUse> = handles
+        .into_iter()
+        .map(|h| h.join().expect("use"))
+        .collect();
+    let consumed = outcomes
+        .iter()
+        .filter(|o| matches!(o, TokenUse::Consumed))
+        .count();
+    assert_eq!(
+        consumed, 1,
+        "exactly one box enrolls with one token: {outcomes:?}"
+    );
+}
