@@ -427,7 +427,15 @@ fn debian_packages_under_a_real_systemd() {
     .expect("a second machine");
     let said = fresh
         .ok("sh /media/usb/yilian-bundle/install.sh 2>&1")
-        .expect("install from the stick");
+        .unwrap_or_else(|e| {
+            // What the service said is what tells a slow start from a
+            // refusal.
+            let journal = fresh.sh("journalctl -u yilian-gateway --no-pager -n 40 2>&1");
+            panic!(
+                "install from the stick: {e:#}\njournal:\n{}",
+                String::from_utf8_lossy(&journal.stdout)
+            )
+        });
     // In the technician's language: Chinese by default, English with LANG=en.
     assert!(
         said.contains("enrolled as anxi/hutou/box-2") || said.contains("已注册为 anxi/hutou/box-2"),
