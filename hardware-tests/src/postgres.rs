@@ -86,23 +86,7 @@ impl Postgres {
             )));
         }
         let addr = free_tcp_port()?;
-        let log = std::fs::File::create(dir.join("server.log"))?;
-        let _ = Command::new("chown")
-            .arg("postgres:postgres")
-            .arg(dir.join("server.log"))
-            .status();
-        let child = as_postgres(&bin("postgres")?)
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(&dir)
-            .args(["-p", &addr.port().to_string()])
-            .args(["-c", "listen_addresses=127.0.0.1"])
-            .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
-            .args(["-c", "max_connections=200"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
+        let child = launch(&dir, addr)?;
         let mut pg = Postgres {
             child,
             addr,
@@ -112,6 +96,22 @@ impl Postgres {
         pg.wait_ready()?;
         pg.psql("postgres", "CREATE DATABASE yilian")?;
         Ok(pg)
+    }
+
+    /// Starts the server again after [`Postgres::kill9`]: crash recovery
+    /// from its WAL, same port, same data.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        // Killed processes leave the shared memory a moment later; a
+        // server started before that refuses and exits at once.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            self.child = launch(&self.dir, self.addr)?;
+            match self.wait_ready() {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(300)),
+            }
+        }
     }
 
     fn wait_ready(&mut self) -> std::io::Result<()> {
@@ -194,6 +194,9 @@ impl Postgres {
     /// and every backend.
     pub fn kill9(&mut self) {
         if let Some(pid) = self.postmaster() {
+            // Stopped first: a postmaster that saw its backends die would
+            // fork new ones, which would outlive it and hold its memory.
+            signal("STOP", &pid);
             let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).status();
             signal("KILL", &pid);
         }
@@ -225,6 +228,29 @@ impl Drop for Postgres {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn launch(dir: &Path, addr: SocketAddr) -> std::io::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))?;
+    let _ = Command::new("chown")
+        .arg("postgres:postgres")
+        .arg(dir.join("server.log"))
+        .status();
+    as_postgres(&bin("postgres")?)
+        .arg("-D")
+        .arg(dir.join("data"))
+        .arg("-k")
+        .arg(dir)
+        .args(["-p", &addr.port().to_string()])
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .args(["-c", "fsync=on", "-c", "synchronous_commit=on"])
+        .args(["-c", "max_connections=200"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
 }
 
 fn signal(name: &str, pid: &str) {

@@ -4,7 +4,8 @@
 //! moments and central twice. Afterwards every file is at central exactly
 //! once with the right SHA-256, the spool holds nothing undelivered, and at
 //! every kill no file had left the drop folder without being committed in
-//! the spool (or at central).
+//! the spool (or at central). The same with central's index on a real
+//! PostgreSQL server, which is itself SIGKILLed once mid-run.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -14,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use yilian_central::store::{Backend, Store};
 use yilian_rig::configs::{CentralSetup, FolderSetup, GatewaySetup, free_tcp_port, free_udp_port};
 use yilian_rig::files::write_seeded;
 use yilian_rig::fleet::Fleet;
+use yilian_rig::postgres::Postgres;
 use yilian_rig::procs::Proc;
 use yilian_spool::Spool;
 
@@ -41,10 +44,11 @@ struct Setup {
     central_toml: PathBuf,
     gateway_toml: PathBuf,
     central_data: PathBuf,
+    backend: Backend,
     spool_dir: PathBuf,
 }
 
-fn setup(dir: &Path) -> anyhow::Result<Setup> {
+fn setup(dir: &Path, pg: Option<&Postgres>) -> anyhow::Result<Setup> {
     let fleet = Fleet::create(dir)?;
     let central_data = dir.join("central-data");
     let central = CentralSetup {
@@ -75,7 +79,8 @@ fn setup(dir: &Path) -> anyhow::Result<Setup> {
     };
     let central_toml = dir.join("central.toml");
     let gateway_toml = dir.join("gateway.toml");
-    std::fs::write(&central_toml, central.toml())?;
+    let store_toml = pg.map(|p| p.store_toml("yilian")).unwrap_or_default();
+    std::fs::write(&central_toml, format!("{}\n{store_toml}", central.toml()))?;
     std::fs::write(&gateway_toml, gateway.toml())?;
     Ok(Setup {
         dir: dir.to_owned(),
@@ -83,12 +88,17 @@ fn setup(dir: &Path) -> anyhow::Result<Setup> {
         central_toml,
         gateway_toml,
         central_data,
+        backend: pg.map_or(Backend::Sqlite, |p| Backend::Postgres(p.settings("yilian"))),
         spool_dir,
     })
 }
 
-fn central_items(data: &Path) -> Vec<(String, u64)> {
-    let Ok(store) = yilian_central::store::Store::open_read_only(data) else {
+fn central_store(s: &Setup) -> anyhow::Result<Store> {
+    Ok(Store::open_read_only_backend(&s.central_data, &s.backend)?)
+}
+
+fn central_items(s: &Setup) -> Vec<(String, u64)> {
+    let Ok(store) = central_store(s) else {
         return Vec::new();
     };
     store
@@ -116,10 +126,7 @@ fn check_nothing_removed_before_commit(s: &Setup, written: &Mutex<HashMap<String
     let spooled: HashSet<String> = Spool::inspect(&s.spool_dir, u32::MAX)
         .map(|(_, items)| items.into_iter().map(|i| i.sha256).collect())
         .expect("reading the spool's index after the kill");
-    let at_central: HashSet<String> = central_items(&s.central_data)
-        .into_iter()
-        .map(|(sha, _)| sha)
-        .collect();
+    let at_central: HashSet<String> = central_items(s).into_iter().map(|(sha, _)| sha).collect();
     let mut missing: Vec<&String> = written
         .iter()
         .filter(|(name, sha)| {
@@ -150,10 +157,20 @@ fn check_nothing_removed_before_commit(s: &Setup, written: &Mutex<HashMap<String
 
 #[test]
 fn sigkill_gateway_and_central_loses_nothing() -> anyhow::Result<()> {
+    run(None)
+}
+
+#[test]
+fn sigkill_gateway_central_and_postgresql_loses_nothing() -> anyhow::Result<()> {
+    let pg = Postgres::start("crash")?;
+    run(Some(pg))
+}
+
+fn run(mut pg: Option<Postgres>) -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new()
         .prefix("yilian-crash-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
-    let s = setup(tmp.path())?;
+    let s = setup(tmp.path(), pg.as_ref())?;
     let log = s.dir.join("processes.log");
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let sizes = sizes(&mut rng);
@@ -211,6 +228,16 @@ fn sigkill_gateway_and_central_loses_nothing() -> anyhow::Result<()> {
                 &log,
             )?;
         }
+        if gateway_kills == 2
+            && let Some(pg) = pg.as_mut()
+        {
+            // The index's server dies under central: commits fail (nothing
+            // is answered COMMITTED), central reconnects once it is back.
+            pg.kill9();
+            eprintln!("killed PostgreSQL");
+            std::thread::sleep(Duration::from_millis(rng.random_range(200..1500)));
+            pg.restart()?;
+        }
         gateway.kill9();
         gateway_kills += 1;
         eprintln!(
@@ -233,7 +260,7 @@ fn sigkill_gateway_and_central_loses_nothing() -> anyhow::Result<()> {
     // Let everything drain.
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let items = central_items(&s.central_data);
+        let items = central_items(&s);
         let left = std::fs::read_dir(&s.drop)?.count();
         if items.len() as u64 >= FILES && left == 0 {
             break;
@@ -263,8 +290,16 @@ fn sigkill_gateway_and_central_loses_nothing() -> anyhow::Result<()> {
     }
     gateway.kill9();
     central.kill9();
+    if pg.is_some() {
+        let said = std::fs::read_to_string(&log)?;
+        assert!(
+            said.contains("reconnected to PostgreSQL"),
+            "central went on after its index's server was killed, so it must have reconnected; see {}",
+            log.display()
+        );
+    }
 
-    let items = central_items(&s.central_data);
+    let items = central_items(&s);
     let mut by_sha: HashMap<String, u32> = HashMap::new();
     for (sha, _) in &items {
         *by_sha.entry(sha.clone()).or_default() += 1;
@@ -279,7 +314,7 @@ fn sigkill_gateway_and_central_loses_nothing() -> anyhow::Result<()> {
     }
     assert_eq!(items.len() as u64, FILES, "no extra items at central");
     // The stored blobs really hold the bytes.
-    let store = yilian_central::store::Store::open_read_only(&s.central_data)?;
+    let store = central_store(&s)?;
     for item in store.items(None, None)? {
         let got = yilian_rig::files::sha256_file(Path::new(&item.path))?;
         assert_eq!(got, item.sha256, "blob content of {}", item.upload_id);

@@ -118,7 +118,9 @@ impl Store {
     }
 
     pub fn outbox_list(&self, destination: Option<&str>) -> Result<Vec<OutboxRow>, StoreError> {
-        let sql = format!("{OUTBOX_SELECT} WHERE (CAST(?1 AS TEXT) IS NULL OR o.destination = ?1) ORDER BY o.id");
+        let sql = format!(
+            "{OUTBOX_SELECT} WHERE (CAST(?1 AS TEXT) IS NULL OR o.destination = ?1) ORDER BY o.id"
+        );
         Ok(self.db().query(&sql, params![destination], outbox_row)?)
     }
 

@@ -500,18 +500,17 @@ fn rewrite_calls(sql: &str, name: &str, f: impl Fn(&[&str]) -> Option<String>) -
             quoted = !quoted;
         }
         let starts_word = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
-        if !quoted && starts_word && lower[i..].starts_with(name) {
+        if !quoted && starts_word && lower.as_bytes()[i..].starts_with(name.as_bytes()) {
             let open = i + name.len();
-            if bytes.get(open) == Some(&b'(') {
-                if let Some((args, close)) = split_args(sql, open + 1) {
-                    if let Some(replacement) = f(&args) {
-                        out.push_str(&sql[at..i]);
-                        out.push_str(&replacement);
-                        at = close + 1;
-                        i = close + 1;
-                        continue;
-                    }
-                }
+            if bytes.get(open) == Some(&b'(')
+                && let Some((args, close)) = split_args(sql, open + 1)
+                && let Some(replacement) = f(&args)
+            {
+                out.push_str(&sql[at..i]);
+                out.push_str(&replacement);
+                at = close + 1;
+                i = close + 1;
+                continue;
             }
         }
         i += 1;
