@@ -5,15 +5,17 @@
 //! and requeued, a worklist, studies, a report correlated and taken down,
 //! tokens, revocations, published configurations — runs on each. Then two
 //! stores on one PostgreSQL database stand for two central instances:
-//! racing commits of the same uploads, the same report and the same
-//! enrollment token each end with exactly one winner.
+//! racing commits of the same uploads, deliveries to the LIS, the same
+//! report and the same enrollment token each end with exactly one winner,
+//! and a delivery held by an instance that died is taken over once its
+//! lease runs out.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 
 use sha2::{Digest, Sha256};
 use yilian_central::registry::TokenUse;
-use yilian_central::store::{Held, Store};
+use yilian_central::store::{Held, LEASE_MS, Store, now_ms};
 use yilian_codecs::hl7::message::Message;
 use yilian_codecs::hl7::report::read_report;
 use yilian_protocol::BoxIdentity;
@@ -115,10 +117,7 @@ fn scenario(engine: &str, store: &Store) {
         .outbox_retry(next.id, 60_000, "LIS down")
         .expect("retry");
     assert!(
-        store
-            .outbox_next("lis", yilian_central::store::now_ms())
-            .expect("next")
-            .is_none(),
+        store.outbox_next("lis", now_ms()).expect("next").is_none(),
         "{engine}"
     );
     store
@@ -371,6 +370,72 @@ fn two_instances_on_one_postgresql_commit_each_upload_once() {
         u64::from(uploads),
         "each delivery queued once"
     );
+
+    // Both instances deliver to the LIS at once: each delivery is taken by
+    // one of them.
+    let handles: Vec<_> = stores
+        .iter()
+        .cloned()
+        .map(|store| {
+            std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                let mut idle = 0;
+                while idle < 20 {
+                    match store.outbox_next("lis", now_ms()).expect("next") {
+                        Some(row) => {
+                            idle = 0;
+                            mine.push(row.id);
+                            store.outbox_delivered(row.id).expect("delivered");
+                        }
+                        None => {
+                            idle += 1;
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                        }
+                    }
+                }
+                mine
+            })
+        })
+        .collect();
+    let taken: Vec<Vec<i64>> = handles
+        .into_iter()
+        .map(|h| h.join().expect("worker"))
+        .collect();
+    let mut all: Vec<i64> = taken.concat();
+    all.sort_unstable();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "no delivery taken twice: {taken:?}");
+    assert_eq!(all.len() as u32, uploads, "every delivery taken");
+    eprintln!(
+        "deliveries taken: {} by one instance, {} by the other",
+        taken[0].len(),
+        taken[1].len()
+    );
+
+    // An instance dies holding a delivery: the other passes it by until
+    // the lease runs out, then takes it.
+    let gw2 = BoxIdentity::parse("lingshan/xiacun/box-2").expect("identity");
+    let payload = b"one more".to_vec();
+    upload(
+        &stores[0],
+        &gw2,
+        &offer(999, &payload, "file", &[]),
+        &payload,
+        &["lis"],
+    );
+    let now = now_ms();
+    let held = stores[0]
+        .outbox_next("lis", now)
+        .expect("next")
+        .expect("claimed");
+    assert!(stores[1].outbox_next("lis", now).expect("next").is_none());
+    let later = now + LEASE_MS + 1;
+    let taken_over = stores[1]
+        .outbox_next("lis", later)
+        .expect("next")
+        .expect("taken over");
+    assert_eq!(taken_over.id, held.id);
 
     // The same report from the hospital reaching both instances.
     let report = read_report(&Message::parse(ORU).expect("ORU")).expect("report");

@@ -32,7 +32,7 @@ mod views;
 mod worklist;
 
 pub use ingest::PartialUpload;
-pub use outbox::{OutboxRow, OutboxStats};
+pub use outbox::{LEASE_MS, OutboxRow, OutboxStats};
 pub use reports::{DownlinkRow, DownlinkStats, ReportRow, Turnaround};
 pub use views::{GatewayRow, ItemRow, StudyRow};
 
@@ -104,6 +104,14 @@ CREATE TABLE IF NOT EXISTS outbox(
     UNIQUE(gateway, upload_id, destination)
 );
 CREATE INDEX IF NOT EXISTS outbox_ready ON outbox(destination, state, next_attempt_ms, id);
+-- Which instance is delivering an outbox row, until when: several central
+-- instances on one PostgreSQL index never deliver the same row at once, and
+-- a dead instance's rows are taken over once its leases run out.
+CREATE TABLE IF NOT EXISTS outbox_leases(
+    id INTEGER PRIMARY KEY,
+    instance TEXT NOT NULL,
+    until_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS worklist(
     clinic TEXT NOT NULL,
     accession TEXT NOT NULL,
@@ -175,6 +183,8 @@ pub struct Store {
 
 struct StoreInner {
     db: Mutex<sql::Db>,
+    /// This process, as it signs outbox leases.
+    instance: String,
     data_dir: PathBuf,
     blob_dir: PathBuf,
     partial_dir: PathBuf,
@@ -280,6 +290,10 @@ impl Store {
         let (blob_dir, partial_dir) = Self::prepare_dirs(data_dir)?;
         let conn = Self::sqlite(data_dir)?;
         conn.execute_batch(SCHEMA).map_err(sql::DbError::from)?;
+        // An embedded index has one instance: leases left by its previous
+        // life would only delay deliveries after a restart.
+        conn.execute_batch("DELETE FROM outbox_leases")
+            .map_err(sql::DbError::from)?;
         conn.execute_batch(reports::SCHEMA)
             .map_err(sql::DbError::from)?;
         // SQLite makes its files with the process's umask (0644 from a
@@ -314,6 +328,7 @@ impl Store {
         Self {
             inner: Arc::new(StoreInner {
                 db: Mutex::new(db),
+                instance: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
                 data_dir: data_dir.to_owned(),
                 blob_dir,
                 partial_dir,

@@ -3,7 +3,13 @@
 
 use crate::store::sql::{self, params};
 
+use super::sql::ToValue;
 use super::{Store, StoreError, now_ms};
+
+/// How long an instance holds a delivery it took: longer than any one
+/// delivery (a LIS answer within its timeout, a large image to the PACS),
+/// short enough that a dead instance's deliveries resume soon.
+pub const LEASE_MS: i64 = 5 * 60 * 1000;
 
 /// A delivery waiting in (or done by) an outbox.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -69,22 +75,59 @@ pub struct OutboxStats {
 }
 
 impl Store {
-    /// The next delivery due for `destination`, oldest first.
+    /// The next delivery due for `destination`, oldest first, leased to
+    /// this instance for [`LEASE_MS`]: another instance sharing the index
+    /// passes it by until the outcome is recorded or the lease runs out
+    /// (this instance died mid-delivery).
     pub fn outbox_next(
         &self,
         destination: &str,
         now_ms: i64,
     ) -> Result<Option<OutboxRow>, StoreError> {
         let sql = format!(
-            "{OUTBOX_SELECT} WHERE o.destination = ?1 AND o.state = 0 AND o.next_attempt_ms <= ?2 ORDER BY o.id LIMIT 1"
+            "{OUTBOX_SELECT} WHERE o.destination = ?1 AND o.state = 0 AND o.next_attempt_ms <= ?2 \
+             AND NOT EXISTS (SELECT 1 FROM outbox_leases l WHERE l.id = o.id AND l.until_ms > ?2) \
+             ORDER BY o.id LIMIT 1"
         );
-        Ok(self
-            .db()
-            .query_row(&sql, params![destination, now_ms], outbox_row)?)
+        // Another instance may take the row between our look and our
+        // claim; a few tries, then the caller's next round.
+        for _ in 0..3 {
+            let mut db = self.db();
+            let Some(row) = db.query_row(&sql, params![destination, now_ms], outbox_row)? else {
+                return Ok(None);
+            };
+            let claimed = db.execute(
+                "INSERT INTO outbox_leases(id, instance, until_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(id) DO UPDATE SET instance = excluded.instance, until_ms = excluded.until_ms \
+                 WHERE outbox_leases.until_ms <= ?4",
+                params![row.id, self.inner.instance, now_ms.saturating_add(LEASE_MS), now_ms],
+            )? == 1;
+            if claimed {
+                return Ok(Some(row));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records a delivery's outcome and lets go of its lease, in one
+    /// transaction.
+    fn outbox_outcome(
+        &self,
+        id: i64,
+        sql: &str,
+        params: &[&dyn ToValue],
+    ) -> Result<usize, StoreError> {
+        let mut db = self.db();
+        let mut tx = db.transaction()?;
+        let n = tx.execute(sql, params)?;
+        tx.execute("DELETE FROM outbox_leases WHERE id = ?1", params![id])?;
+        tx.commit()?;
+        Ok(n)
     }
 
     pub fn outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
-        self.db().execute(
+        self.outbox_outcome(
+            id,
             "UPDATE outbox SET state = 1, delivered_ms = ?2, last_error = NULL WHERE id = ?1",
             params![id, now_ms()],
         )?;
@@ -92,7 +135,8 @@ impl Store {
     }
 
     pub fn outbox_retry(&self, id: i64, delay_ms: i64, error: &str) -> Result<(), StoreError> {
-        self.db().execute(
+        self.outbox_outcome(
+            id,
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?1",
             params![id, now_ms() + delay_ms, error],
         )?;
@@ -101,7 +145,8 @@ impl Store {
 
     /// Set aside for an operator: the destination refused the content.
     pub fn outbox_park(&self, id: i64, error: &str) -> Result<(), StoreError> {
-        self.db().execute(
+        self.outbox_outcome(
+            id,
             "UPDATE outbox SET state = 2, attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
             params![id, error],
         )?;
