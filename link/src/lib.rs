@@ -12,6 +12,7 @@ mod congestion;
 mod error;
 mod framed;
 mod identity;
+pub mod instances;
 mod pem;
 pub mod request;
 mod socket;

@@ -35,13 +35,16 @@ pub enum RequestError {
 /// The host part of `HOST:PORT`, brackets removed: the name to verify in
 /// central's certificate.
 pub fn host_of(central: &str) -> String {
+    let central = crate::instances::first_entry(central);
     let host = central.rsplit_once(':').map_or(central, |(h, _)| h);
     host.trim_start_matches('[')
         .trim_end_matches(']')
         .to_owned()
 }
 
+/// One-off requests go to the first of several instances.
 async fn resolve(central: &str) -> Result<SocketAddr, RequestError> {
+    let central = crate::instances::first_entry(central);
     tokio::net::lookup_host(central)
         .await
         .map_err(|e| RequestError::Resolve(central.to_owned(), e.to_string()))?

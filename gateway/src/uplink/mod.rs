@@ -282,14 +282,39 @@ impl Running {
         }
     }
 
-    async fn resolve(&self) -> Result<SocketAddr, UplinkError> {
+    /// Central's addresses, this box's preferred instance first (see
+    /// `yilian_link::instances`): every entry of `uplink.central`, every
+    /// address each name has.
+    async fn candidates(&self) -> Result<Vec<SocketAddr>, UplinkError> {
+        use yilian_link::instances::{by_preference, central_entries};
         let central = &self.config.central;
-        let mut addrs = tokio::net::lookup_host(central.as_str())
-            .await
-            .map_err(|e| UplinkError::Resolve(central.clone(), e.to_string()))?;
-        addrs
-            .next()
-            .ok_or_else(|| UplinkError::Resolve(central.clone(), "no address".into()))
+        let mut addrs = Vec::new();
+        let mut last_error = None;
+        for entry in central_entries(central) {
+            match tokio::net::lookup_host(entry).await {
+                Ok(found) => addrs.extend(found),
+                Err(e) => last_error = Some(format!("{entry}: {e}")),
+            }
+        }
+        if addrs.is_empty() {
+            return Err(UplinkError::Resolve(
+                central.clone(),
+                last_error.unwrap_or_else(|| "no address".into()),
+            ));
+        }
+        // The box's identity from its certificate; the server name if the
+        // certificate cannot be read (the connection will say why).
+        let key = yilian_link::load_cert_chain(&self.tls.cert)
+            .ok()
+            .and_then(|chain| chain.into_iter().next())
+            .and_then(|der| yilian_pki::identity::identity_from_certificate(&der).ok())
+            .map_or_else(|| self.server_name.clone(), |id| id.to_string());
+        let mut addrs = by_preference(&key, addrs);
+        // One socket per session: the addresses of the preferred one's
+        // family.
+        let v6 = addrs[0].is_ipv6();
+        addrs.retain(|a| a.is_ipv6() == v6);
+        Ok(addrs)
     }
 
     fn endpoint_for(
@@ -353,11 +378,12 @@ impl Running {
             send_window,
             Some(self.sharing.clone()),
         ));
-        let addr = self.resolve().await?;
-        let ep = self.endpoint_for(endpoint, addr)?;
-        let Some(conn) = self.reach(&ep, client, addr, stop, down_since).await? else {
+        let addrs = self.candidates().await?;
+        let ep = self.endpoint_for(endpoint, addrs[0])?;
+        let Some(conn) = self.reach(&ep, client, &addrs, stop, down_since).await? else {
             return Ok(());
         };
+        let addr = conn.remote_address();
         let (identity, version) = self.hello(&conn).await?;
         backoff.reset();
         self.metrics.link_up.set(1);
@@ -378,7 +404,10 @@ impl Running {
     }
 
     /// Tries central every [`PROBE_EVERY`] (several tries in flight, each
-    /// dropped after [`TRY_LIFE`]) until one connects. An answer that
+    /// dropped after [`TRY_LIFE`]) until one connects. With several
+    /// instances the tries go round them, preferred first: a live
+    /// preferred instance answers within a round trip, long before the
+    /// next try; a dead one is passed over a second later. An answer that
     /// refuses ends it with that error; silence for [`REPORT_SILENCE`]
     /// ends it as timed out, to be reported and probed again at once.
     /// `None` when stopped.
@@ -386,7 +415,7 @@ impl Running {
         &self,
         ep: &quinn::Endpoint,
         client: quinn::ClientConfig,
-        addr: SocketAddr,
+        addrs: &[SocketAddr],
         stop: &mut watch::Receiver<bool>,
         down_since: tokio::time::Instant,
     ) -> Result<Option<quinn::Connection>, UplinkError> {
@@ -394,9 +423,12 @@ impl Running {
         let started = tokio::time::Instant::now();
         let mut tries: JoinSet<Result<quinn::Connection, ConnectionError>> = JoinSet::new();
         let mut next = started;
+        let mut round = addrs.iter().cycle();
         loop {
             let now = tokio::time::Instant::now();
-            if now >= next {
+            if now >= next
+                && let Some(&addr) = round.next()
+            {
                 let connecting = ep
                     .connect_with(client.clone(), addr, &self.server_name)
                     .map_err(LinkError::from)?;
@@ -456,8 +488,12 @@ impl Running {
             expired = na,
             "the box certificate has expired; asking central to renew it with proof of the old key"
         );
-        match crate::certificate::renew_expired(&self.tls, &self.config.central, &self.server_name)
-            .await
+        match crate::certificate::renew_expired(
+            &self.tls,
+            yilian_link::instances::first_entry(&self.config.central),
+            &self.server_name,
+        )
+        .await
         {
             Ok(i) => {
                 self.metrics.certificate_expiry.set(i.not_after);

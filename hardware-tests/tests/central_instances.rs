@@ -1,0 +1,196 @@
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers may panic on setup failure
+//! Two central instances on one PostgreSQL index (a real server) and one
+//! payload directory; the box lists both in `uplink.central`. The instance
+//! the box chose is SIGKILLed in the middle of an upload: the box moves to
+//! the other within its idle timeout and a second, the half-sent upload
+//! resumes there from the bytes already held, and every file ends at
+//! central exactly once with the right SHA-256.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use yilian_central::store::{Backend, Store};
+use yilian_rig::configs::{CentralSetup, FolderSetup, GatewaySetup, free_tcp_port, free_udp_port};
+use yilian_rig::files::write_seeded;
+use yilian_rig::fleet::Fleet;
+use yilian_rig::postgres::Postgres;
+use yilian_rig::procs::Proc;
+
+const FILES: u64 = 6;
+const SIZE: u64 = 30_000_000;
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The bytes of uploads under way in the shared partial directory.
+fn partial_bytes(data: &Path) -> u64 {
+    fn walk(p: &Path, total: &mut u64) {
+        let Ok(dir) = std::fs::read_dir(p) else {
+            return;
+        };
+        for e in dir.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => walk(&e.path(), total),
+                Ok(_) => *total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                Err(_) => {}
+            }
+        }
+    }
+    let mut total = 0;
+    walk(&data.join("partial"), &mut total);
+    total
+}
+
+#[test]
+fn a_box_fails_over_to_the_other_instance_and_resumes_its_upload() -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("yilian-instances-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let dir = tmp.path();
+    let pg = Postgres::start("instances-e2e")?;
+    let fleet = Fleet::create(dir)?;
+    let data = dir.join("central-data");
+    let tls = fleet.central("localhost")?;
+    let instances: Vec<CentralSetup> = (0..2)
+        .map(|_| -> anyhow::Result<CentralSetup> {
+            Ok(CentralSetup {
+                listen: free_udp_port()?,
+                metrics: free_tcp_port()?,
+                data_dir: data.clone(),
+                tls: tls.clone(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut centrals = Vec::new();
+    for (i, c) in instances.iter().enumerate() {
+        let toml = dir.join(format!("central-{i}.toml"));
+        std::fs::write(&toml, format!("{}\n{}", c.toml(), pg.store_toml("yilian")))?;
+        centrals.push(Some(Proc::spawn(
+            "yilian-central",
+            &["serve", "--config", toml.to_str().unwrap()],
+            &dir.join(format!("central-{i}.log")),
+        )?));
+    }
+
+    let drop = dir.join("drop");
+    std::fs::create_dir_all(&drop)?;
+    let gateway = GatewaySetup {
+        central: format!("{}, {}", instances[0].listen, instances[1].listen),
+        server_name: "localhost".into(),
+        spool_dir: dir.join("spool"),
+        metrics: free_tcp_port()?,
+        tls: fleet.gateway("test/clinic/box-1")?,
+        folders: vec![FolderSetup {
+            name: "share".into(),
+            path: drop.clone(),
+            lane: "bulk",
+            settle_ms: 300,
+        }],
+        idle_timeout_ms: Some(3000),
+        reconnect_max_ms: 1000,
+        quota_bytes: None,
+        extra: String::new(),
+    };
+    let gateway_toml = dir.join("gateway.toml");
+    // 80 Mbit/s: each 30 MB file takes about three seconds, so the kill
+    // lands in the middle of one.
+    std::fs::write(
+        &gateway_toml,
+        gateway.toml_with_uplink("rate_limit = \"80 Mbit/s\"\n"),
+    )?;
+    let gateway_log = dir.join("gateway.log");
+    let mut gw = Proc::spawn(
+        "yilian-gateway",
+        &["run", "--config", gateway_toml.to_str().unwrap()],
+        &gateway_log,
+    )?;
+
+    // Which instance did the box choose?
+    wait_for("the link up", 60, || {
+        read(&gateway_log).contains("link to central up")
+    });
+    let said = read(&gateway_log);
+    let chosen = instances
+        .iter()
+        .position(|c| said.contains(&format!("addr={}", c.listen)))
+        .expect("the box names the instance it connected to");
+    let other = 1 - chosen;
+    eprintln!(
+        "the box chose instance {chosen} ({})",
+        instances[chosen].listen
+    );
+
+    let mut written = HashMap::new();
+    for i in 0..FILES {
+        let name = format!("STUDY{i:02}.DAT");
+        let sha = write_seeded(&drop.join(&name), 7000 + i, SIZE, || {})?;
+        written.insert(name, sha);
+    }
+
+    // Kill the chosen instance with an upload half-way.
+    wait_for("an upload under way", 60, || {
+        partial_bytes(&data) > SIZE / 3
+    });
+    let held_at_kill = partial_bytes(&data);
+    centrals[chosen].take().expect("running").kill9();
+    let killed = Instant::now();
+    eprintln!(
+        "killed instance {chosen} with {:.1} MB of an upload held",
+        held_at_kill as f64 / 1e6
+    );
+
+    let other_log = dir.join(format!("central-{other}.log"));
+    let before = read(&other_log).len();
+    wait_for("the box at the other instance", 60, || {
+        read(&other_log)
+            .get(before..)
+            .is_some_and(|new| new.contains("gateway said hello"))
+    });
+    eprintln!(
+        "the box reached instance {other} {:.1} s after the kill (idle timeout 3 s)",
+        killed.elapsed().as_secs_f64()
+    );
+
+    let backend = Backend::Postgres(pg.settings("yilian"));
+    let items = || -> Vec<(String, u64)> {
+        Store::open_read_only_backend(&data, &backend)
+            .and_then(|s| s.items(None, None))
+            .map(|v| v.into_iter().map(|i| (i.sha256, i.size)).collect())
+            .unwrap_or_default()
+    };
+    wait_for("every file at central", 180, || {
+        items().len() as u64 >= FILES
+    });
+    let resumed = read(&other_log);
+    assert!(
+        resumed.contains("resuming upload"),
+        "the upload cut by the kill resumes from the bytes held, not from zero: see {}",
+        other_log.display()
+    );
+    let items = items();
+    assert_eq!(items.len() as u64, FILES, "no item twice");
+    for (name, sha) in &written {
+        assert_eq!(
+            items.iter().filter(|(s, _)| s == sha).count(),
+            1,
+            "{name} at central exactly once"
+        );
+    }
+    let store = Store::open_read_only_backend(&data, &backend)?;
+    for item in store.items(None, None)? {
+        let got = yilian_rig::files::sha256_file(Path::new(&item.path))?;
+        assert_eq!(got, item.sha256, "blob content of {}", item.upload_id);
+    }
+    gw.kill9();
+    Ok(())
+}
