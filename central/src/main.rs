@@ -44,6 +44,19 @@ enum Command {
         #[arg(long, default_value = "/etc/yilian/central.toml")]
         config: PathBuf,
     },
+    /// Move this hub's index from its SQLite file to the PostgreSQL
+    /// server `[store]` names in the configuration, and verify it (row
+    /// counts and digests per table, every payload present). Run it again
+    /// to finish a run that was cut short; a second run changes nothing.
+    /// Stop `serve` first for a final pass.
+    Migrate {
+        #[arg(long, default_value = "/etc/yilian/central.toml")]
+        config: PathBuf,
+        /// The data directory whose `central.sqlite` to move (the
+        /// configuration's by default).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Check a configuration file and exit.
     CheckConfig {
         #[arg(long, default_value = "/etc/yilian/central.toml")]
@@ -251,6 +264,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 running.shutdown().await;
                 anyhow::Ok(())
             })
+        }
+        Command::Migrate { config, data_dir } => {
+            let c = CentralConfig::load(&config)?;
+            let yilian_central::store::Backend::Postgres(target) = &c.store else {
+                anyhow::bail!(
+                    "{} keeps the index in SQLite: set [store] backend = \"postgres\" with the server's url first",
+                    config.display()
+                );
+            };
+            let dir = data_dir.unwrap_or_else(|| c.server.data_dir.clone());
+            let mut shown = String::new();
+            let done =
+                yilian_central::store::migrate::to_postgres(&dir, target, |table, n, total| {
+                    if table != shown || n == total {
+                        eprintln!("{table}: {n} of {total} rows");
+                        shown = table.to_owned();
+                    }
+                })
+                .with_context(|| format!("migrating {}", dir.join("central.sqlite").display()))?;
+            let rows: u64 = done.tables.iter().map(|(_, n)| n).sum();
+            println!(
+                "moved {rows} rows in {} tables ({} new this run) to PostgreSQL; every table verified; {} payloads present in {}",
+                done.tables.len(),
+                done.inserted,
+                done.blobs,
+                dir.join("blobs").display()
+            );
+            println!("next: keep [store] backend = \"postgres\" and start serve");
+            Ok(())
         }
         Command::CheckConfig { config, file_only } => {
             let c = CentralConfig::load(&config)?;

@@ -495,3 +495,83 @@ fn two_instances_on_one_postgresql_commit_each_upload_once() {
         "exactly one box enrolls with one token: {outcomes:?}"
     );
 }
+
+#[test]
+fn a_county_hub_moves_to_postgresql_with_nothing_lost() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let hub = tmp.path().join("hub");
+    let sqlite = Store::open(&hub).expect("sqlite store");
+    scenario("sqlite", &sqlite);
+    let pg = Postgres::start("migrate").expect("PostgreSQL");
+    let settings = pg.settings("yilian");
+
+    let mut tables_seen = std::collections::BTreeSet::new();
+    let first = yilian_central::store::migrate::to_postgres(&hub, &settings, |t, _, _| {
+        tables_seen.insert(t.to_owned());
+    })
+    .expect("migrate");
+    let rows: u64 = first.tables.iter().map(|(_, n)| n).sum();
+    assert_eq!(first.inserted, rows, "every row copied");
+    assert_eq!(first.blobs, 3, "two items and one report message");
+    assert!(tables_seen.contains("items") && tables_seen.contains("report_downlink"));
+    // A second run (finishing one cut short) changes nothing.
+    let second = yilian_central::store::migrate::to_postgres(&hub, &settings, |_, _, _| {})
+        .expect("migrate again");
+    assert_eq!(second.inserted, 0);
+    assert_eq!(second.tables, first.tables);
+
+    let moved = Store::open_postgres(&hub, &settings).expect("postgres store");
+    let items = |s: &Store| -> Vec<(String, String, u64)> {
+        s.items(None, None)
+            .expect("items")
+            .into_iter()
+            .map(|i| (i.upload_id, i.sha256, i.size))
+            .collect()
+    };
+    assert_eq!(items(&moved), items(&sqlite));
+    let outbox = |s: &Store| -> Vec<(i64, &'static str, u32)> {
+        s.outbox_list(None)
+            .expect("outbox")
+            .into_iter()
+            .map(|o| (o.id, o.state, o.attempts))
+            .collect()
+    };
+    assert_eq!(outbox(&moved), outbox(&sqlite));
+    assert_eq!(
+        moved.worklist("lingshan/xiacun").expect("worklist").0,
+        sqlite.worklist("lingshan/xiacun").expect("worklist").0
+    );
+    let reports = |s: &Store| -> Vec<(String, Option<String>)> {
+        s.reports(false, 10)
+            .expect("reports")
+            .into_iter()
+            .map(|r| (r.id, r.gateway))
+            .collect()
+    };
+    assert_eq!(reports(&moved), reports(&sqlite));
+    assert_eq!(
+        moved.audit_log(100).expect("audit").len(),
+        sqlite.audit_log(100).expect("audit").len()
+    );
+    assert_eq!(
+        moved.unwatched_identities().expect("unwatched"),
+        sqlite.unwatched_identities().expect("unwatched")
+    );
+
+    // The hub goes on at PostgreSQL: new rows take new ids (an id the
+    // hub had used would collide and the item would not be kept).
+    let gw = BoxIdentity::parse("lingshan/xiacun/box-1").expect("identity");
+    let payload = b"after the move".to_vec();
+    assert!(upload(
+        &moved,
+        &gw,
+        &offer(77, &payload, "hl7", &[]),
+        &payload,
+        &["lis"]
+    ));
+    assert_eq!(items(&moved).len(), 3, "the new item is kept");
+    assert_eq!(moved.outbox_list(Some("lis")).expect("outbox").len(), 2);
+    moved
+        .audit("admin", "test", "after", "")
+        .expect("audit after the move");
+}

@@ -150,7 +150,7 @@ impl Store {
         let mut tx = db.transaction()?;
         tx.execute(
             "INSERT INTO items(gateway, upload_id, kind, lane, source, metadata, size, sha256, received_ms, committed_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT(gateway, upload_id) DO NOTHING",
             params![
                 gateway.to_string(),
                 offer.upload_id,
@@ -167,7 +167,7 @@ impl Store {
         for d in destinations {
             tx.execute(
                 "INSERT INTO outbox(gateway, upload_id, destination, kind, sha256, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(gateway, upload_id, destination) DO NOTHING",
                 params![
                     gateway.to_string(),
                     offer.upload_id,

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use yilian_protocol::upload::HeldState;
 
 mod ingest;
+pub mod migrate;
 mod outbox;
 mod reports;
 pub mod sql;
@@ -55,6 +56,8 @@ pub enum StoreError {
     /// stopping, or the task failed): nothing is wrong with the item.
     #[error("the writer of this upload stopped before its commit")]
     WriterStopped,
+    #[error("migration: {0}")]
+    Migration(String),
 }
 
 pub(crate) fn io<'a>(

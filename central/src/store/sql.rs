@@ -104,6 +104,11 @@ impl ToValue for Vec<u8> {
         Value::Blob(self.clone())
     }
 }
+impl ToValue for Value {
+    fn to_value(&self) -> Value {
+        self.clone()
+    }
+}
 impl<T: ToValue + ?Sized> ToValue for &T {
     fn to_value(&self) -> Value {
         (**self).to_value()
@@ -195,6 +200,11 @@ impl<T: FromValue> FromValue for Option<T> {
 pub struct Row(Vec<Value>);
 
 impl Row {
+    /// A column's value as the engine gave it.
+    pub fn value(&self, column: usize) -> Value {
+        self.0.get(column).cloned().unwrap_or(Value::Null)
+    }
+
     pub fn get<T: FromValue>(&self, column: usize) -> Result<T, DbError> {
         let v = self.0.get(column).unwrap_or(&Value::Null);
         T::from_value(v).ok_or(DbError::Type {
