@@ -36,6 +36,10 @@ impl Destination for LisDelivery {
         DESTINATION
     }
 
+    fn ordered(&self) -> bool {
+        true
+    }
+
     async fn deliver(&mut self, row: &OutboxRow) -> Verdict {
         let mut conn = self.conn.take();
         let v = self.send(row, &mut conn).await;

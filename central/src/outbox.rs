@@ -24,6 +24,11 @@ pub enum Verdict {
 pub trait Destination: Send {
     /// The outbox's destination name.
     fn name(&self) -> &'static str;
+    /// Whether the destination takes its deliveries over one connection in
+    /// order (a LIS port): then one instance delivers to it fleet-wide.
+    fn ordered(&self) -> bool {
+        false
+    }
     fn deliver(&mut self, row: &OutboxRow) -> impl Future<Output = Verdict> + Send;
 }
 
@@ -37,10 +42,39 @@ pub async fn drive<D: Destination>(
     mut stop: watch::Receiver<bool>,
 ) {
     let name = destination.name();
+    let ordered = destination.ordered();
     let mut failures: u32 = 0;
+    let mut worker = None;
     loop {
         if *stop.borrow() {
             return;
+        }
+        if ordered {
+            // Asked every round: the claim goes with the connection to the
+            // index, and a reconnect may find another instance holding it.
+            let s = store.clone();
+            let mine = matches!(
+                tokio::task::spawn_blocking(move || s.claim_destination(name)).await,
+                Ok(Ok(true))
+            );
+            if worker != Some(mine) {
+                if mine {
+                    tracing::info!(destination = name, "this instance delivers to {name}");
+                } else {
+                    tracing::info!(
+                        destination = name,
+                        "another instance delivers to {name}; standing by"
+                    );
+                }
+                worker = Some(mine);
+            }
+            if !mine {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
         }
         let s = store.clone();
         if let Ok(Ok(stats)) = tokio::task::spawn_blocking(move || s.outbox_stats(name)).await {

@@ -305,6 +305,25 @@ fn the_store_answers_the_same_on_sqlite_and_postgresql() {
     let tmp = tempfile::tempdir().expect("tmp");
     let sqlite = Store::open(&tmp.path().join("sqlite")).expect("sqlite store");
     scenario("sqlite", &sqlite);
+    // An embedded hub killed mid-delivery: after the restart the delivery
+    // is due at once, not when its lease would have run out.
+    let held = sqlite
+        .outbox_next("pacs", now_ms())
+        .expect("next")
+        .expect("the PACS delivery");
+    assert!(
+        sqlite
+            .outbox_next("pacs", now_ms())
+            .expect("next")
+            .is_none()
+    );
+    drop(sqlite);
+    let sqlite = Store::open(&tmp.path().join("sqlite")).expect("reopen");
+    let again = sqlite
+        .outbox_next("pacs", now_ms())
+        .expect("next")
+        .expect("due again after the restart");
+    assert_eq!(again.id, held.id);
 
     let pg = Postgres::start("scenario").expect("PostgreSQL");
     let store = Store::open_postgres(&tmp.path().join("pg"), &pg.settings("yilian"))
@@ -436,6 +455,22 @@ fn two_instances_on_one_postgresql_commit_each_upload_once() {
         .expect("next")
         .expect("taken over");
     assert_eq!(taken_over.id, held.id);
+
+    // The LIS takes one ordered connection: one instance delivers to it
+    // fleet-wide, the other stands by until the first is gone.
+    assert!(stores[0].claim_destination("lis").expect("claim"));
+    assert!(stores[0].claim_destination("lis").expect("claim again"));
+    assert!(!stores[1].claim_destination("lis").expect("claim"));
+    assert!(
+        stores[1]
+            .claim_destination("pacs")
+            .expect("another destination")
+    );
+    {
+        let third =
+            Store::open_postgres(&tmp.path().join("c"), &pg.settings("yilian")).expect("open");
+        assert!(!third.claim_destination("lis").expect("claim"));
+    }
 
     // The same report from the hospital reaching both instances.
     let report = read_report(&Message::parse(ORU).expect("ORU")).expect("report");

@@ -107,9 +107,11 @@ CREATE TABLE IF NOT EXISTS outbox(
     UNIQUE(gateway, upload_id, destination)
 );
 CREATE INDEX IF NOT EXISTS outbox_ready ON outbox(destination, state, next_attempt_ms, id);
--- Which instance is delivering an outbox row, until when: several central
--- instances on one PostgreSQL index never deliver the same row at once, and
--- a dead instance's rows are taken over once its leases run out.
+-- Outbox rows being delivered, by which instance, until when. The lease
+-- itself is the row's next_attempt_ms (moved to the lease's end, so other
+-- instances on one PostgreSQL index pass the row by and take it over when
+-- a dead instance's lease runs out); this table says that next_attempt_ms
+-- is a lease, not a back-off, so an embedded hub clears it at restart.
 CREATE TABLE IF NOT EXISTS outbox_leases(
     id INTEGER PRIMARY KEY,
     instance TEXT NOT NULL,
@@ -295,8 +297,11 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(sql::DbError::from)?;
         // An embedded index has one instance: leases left by its previous
         // life would only delay deliveries after a restart.
-        conn.execute_batch("DELETE FROM outbox_leases")
-            .map_err(sql::DbError::from)?;
+        conn.execute_batch(
+            "BEGIN; UPDATE outbox SET next_attempt_ms = 0 WHERE state = 0 AND id IN (SELECT id FROM outbox_leases); \
+             DELETE FROM outbox_leases; COMMIT;",
+        )
+        .map_err(sql::DbError::from)?;
         conn.execute_batch(reports::SCHEMA)
             .map_err(sql::DbError::from)?;
         // SQLite makes its files with the process's umask (0644 from a

@@ -76,9 +76,12 @@ pub struct OutboxStats {
 
 impl Store {
     /// The next delivery due for `destination`, oldest first, leased to
-    /// this instance for [`LEASE_MS`]: another instance sharing the index
-    /// passes it by until the outcome is recorded or the lease runs out
-    /// (this instance died mid-delivery).
+    /// this instance for [`LEASE_MS`]: its next attempt is moved to the
+    /// lease's end, so another instance sharing the index passes it by
+    /// until the outcome is recorded or the lease runs out (this instance
+    /// died mid-delivery). The claim is an UPDATE that re-checks the row as
+    /// it is when the claim runs: a row another instance delivered or
+    /// claimed between our look and our claim is not taken.
     pub fn outbox_next(
         &self,
         destination: &str,
@@ -86,27 +89,51 @@ impl Store {
     ) -> Result<Option<OutboxRow>, StoreError> {
         let sql = format!(
             "{OUTBOX_SELECT} WHERE o.destination = ?1 AND o.state = 0 AND o.next_attempt_ms <= ?2 \
-             AND NOT EXISTS (SELECT 1 FROM outbox_leases l WHERE l.id = o.id AND l.until_ms > ?2) \
              ORDER BY o.id LIMIT 1"
         );
-        // Another instance may take the row between our look and our
-        // claim; a few tries, then the caller's next round.
+        // A few tries, then the caller's next round.
         for _ in 0..3 {
             let mut db = self.db();
             let Some(row) = db.query_row(&sql, params![destination, now_ms], outbox_row)? else {
                 return Ok(None);
             };
-            let claimed = db.execute(
-                "INSERT INTO outbox_leases(id, instance, until_ms) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT(id) DO UPDATE SET instance = excluded.instance, until_ms = excluded.until_ms \
-                 WHERE outbox_leases.until_ms <= ?4",
-                params![row.id, self.inner.instance, now_ms.saturating_add(LEASE_MS), now_ms],
+            let until = now_ms.saturating_add(LEASE_MS);
+            let mut tx = db.transaction()?;
+            let claimed = tx.execute(
+                "UPDATE outbox SET next_attempt_ms = ?3 WHERE id = ?1 AND state = 0 AND next_attempt_ms <= ?2",
+                params![row.id, now_ms, until],
             )? == 1;
+            if claimed {
+                // Marks the new next attempt as a lease, not a back-off: an
+                // embedded hub clears its own at restart.
+                tx.execute(
+                    "INSERT INTO outbox_leases(id, instance, until_ms) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(id) DO UPDATE SET instance = excluded.instance, until_ms = excluded.until_ms",
+                    params![row.id, self.inner.instance, until],
+                )?;
+            }
+            tx.commit()?;
             if claimed {
                 return Ok(Some(row));
             }
         }
         Ok(None)
+    }
+
+    /// Whether this instance is the one that delivers to `destination`
+    /// fleet-wide. An embedded index has one instance; at PostgreSQL it is
+    /// a session advisory lock, held while this instance's connection
+    /// lives (taken again at no cost when held).
+    pub fn claim_destination(&self, destination: &str) -> Result<bool, StoreError> {
+        let mut db = self.db();
+        if !db.is_postgres() {
+            return Ok(true);
+        }
+        Ok(db.query_one(
+            "SELECT pg_try_advisory_lock(hashtext('yilian-outbox:' || CAST(?1 AS TEXT)))",
+            params![destination],
+            |r| r.get(0),
+        )?)
     }
 
     /// Records a delivery's outcome and lets go of its lease, in one
