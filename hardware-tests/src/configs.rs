@@ -105,12 +105,40 @@ impl GatewaySetup {
 
 /// A free TCP port on loopback (for metrics listeners of child processes).
 pub fn free_tcp_port() -> std::io::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    l.local_addr()
+    free_port(|a| std::net::TcpListener::bind(a).map(drop))
 }
 
 /// A free UDP port on loopback (for central's QUIC listener).
 pub fn free_udp_port() -> std::io::Result<SocketAddr> {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    s.local_addr()
+    free_port(|a| std::net::UdpSocket::bind(a).map(drop))
+}
+
+/// Ports below the kernel's ephemeral range (32768 and up): a port handed
+/// out here stays free until the process it is meant for binds it, since
+/// no socket bound to port 0 (every client endpoint of the tests) can be
+/// given it meanwhile. Handed out in turn from a random start, so the
+/// tests of one process never share one.
+fn free_port(try_bind: impl Fn(SocketAddr) -> std::io::Result<()>) -> std::io::Result<SocketAddr> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        1 + (std::process::id().wrapping_mul(2_654_435_761) ^ rand::random::<u32>()) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = u16::try_from(FIRST + n % SPAN).unwrap_or(20_000);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        if try_bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free port between 20000 and 32000",
+    ))
 }
