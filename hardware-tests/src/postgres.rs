@@ -13,6 +13,8 @@ use crate::configs::free_tcp_port;
 
 pub struct Postgres {
     child: Child,
+    /// Serving TLS with the certificate given at start.
+    ssl: bool,
     pub addr: SocketAddr,
     pub dir: PathBuf,
     /// A file holding the password of the `yilian` role.
@@ -45,6 +47,15 @@ impl Postgres {
     /// Makes a cluster with a `yilian` superuser and a `yilian` database,
     /// and starts it with durable settings (fsync on, as in production).
     pub fn start(name: &str) -> std::io::Result<Postgres> {
+        Self::start_with(name, None)
+    }
+
+    /// The same, serving TLS with this certificate chain and key (PEM).
+    pub fn start_tls(name: &str, cert: &Path, key: &Path) -> std::io::Result<Postgres> {
+        Self::start_with(name, Some((cert, key)))
+    }
+
+    fn start_with(name: &str, tls: Option<(&Path, &Path)>) -> std::io::Result<Postgres> {
         // Under /tmp: the server's user must reach its directory, which a
         // private build tree does not let it.
         let dir = std::env::temp_dir().join(format!(
@@ -58,6 +69,15 @@ impl Postgres {
         std::fs::create_dir_all(&dir)?;
         let password_file = dir.join("password");
         std::fs::write(&password_file, "pg-test-secret\n")?;
+        if let Some((cert, key)) = tls {
+            // The server wants its key private to its own user.
+            std::fs::copy(cert, dir.join("server.crt"))?;
+            std::fs::copy(key, dir.join("server.key"))?;
+            std::fs::set_permissions(
+                dir.join("server.key"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )?;
+        }
         let status = Command::new("chown")
             .args(["-R", "postgres:postgres"])
             .arg(&dir)
@@ -86,9 +106,11 @@ impl Postgres {
             )));
         }
         let addr = free_tcp_port()?;
-        let child = launch(&dir, addr)?;
+        let ssl = tls.is_some();
+        let child = launch(&dir, addr, ssl)?;
         let mut pg = Postgres {
             child,
+            ssl,
             addr,
             dir,
             password_file,
@@ -105,7 +127,7 @@ impl Postgres {
         // server started before that refuses and exits at once.
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            self.child = launch(&self.dir, self.addr)?;
+            self.child = launch(&self.dir, self.addr, self.ssl)?;
             match self.wait_ready() {
                 Ok(()) => return Ok(()),
                 Err(e) if Instant::now() > deadline => return Err(e),
@@ -171,6 +193,13 @@ impl Postgres {
         )
     }
 
+    /// Connections that are TLS right now, as the server sees them.
+    pub fn tls_connections(&self) -> std::io::Result<u64> {
+        let n = self.psql("postgres", "SELECT count(*) FROM pg_stat_ssl WHERE ssl")?;
+        n.parse()
+            .map_err(|_| std::io::Error::other(format!("not a count: {n}")))
+    }
+
     /// The same, as the store's type.
     pub fn settings(&self, database: &str) -> yilian_central::store::sql::PostgresSettings {
         yilian_central::store::sql::PostgresSettings {
@@ -230,7 +259,7 @@ impl Drop for Postgres {
     }
 }
 
-fn launch(dir: &Path, addr: SocketAddr) -> std::io::Result<Child> {
+fn launch(dir: &Path, addr: SocketAddr, ssl: bool) -> std::io::Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -239,7 +268,19 @@ fn launch(dir: &Path, addr: SocketAddr) -> std::io::Result<Child> {
         .arg("postgres:postgres")
         .arg(dir.join("server.log"))
         .status();
-    as_postgres(&bin("postgres")?)
+    let mut command = as_postgres(&bin("postgres")?);
+    if ssl {
+        command
+            .args(["-c", "ssl=on"])
+            .arg("-c")
+            .arg(format!(
+                "ssl_cert_file={}",
+                dir.join("server.crt").display()
+            ))
+            .arg("-c")
+            .arg(format!("ssl_key_file={}", dir.join("server.key").display()));
+    }
+    command
         .arg("-D")
         .arg(dir.join("data"))
         .arg("-k")

@@ -610,3 +610,30 @@ fn a_county_hub_moves_to_postgresql_with_nothing_lost() {
         .audit("admin", "test", "after", "")
         .expect("audit after the move");
 }
+
+#[test]
+fn the_index_over_tls_checks_the_servers_certificate() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fleet = yilian_rig::fleet::Fleet::create(&tmp.path().join("fleet")).expect("fleet");
+    let server = fleet.central("localhost").expect("server certificate");
+    let pg = Postgres::start_tls("tls", &server.cert, &server.key).expect("PostgreSQL with TLS");
+    let mut settings = pg.settings("yilian");
+    settings.url = settings.url.replace("host=127.0.0.1", "host=localhost");
+    settings.ca_file = Some(server.ca.clone());
+    let store = Store::open_postgres(&tmp.path().join("data"), &settings).expect("open over TLS");
+    scenario("postgres over TLS", &store);
+    assert!(
+        pg.tls_connections().expect("pg_stat_ssl") >= 1,
+        "the store's connection is TLS"
+    );
+
+    // A server whose certificate another CA signed is refused.
+    let other = yilian_rig::fleet::Fleet::create(&tmp.path().join("other")).expect("fleet");
+    let foreign = other.central("localhost").expect("certificate");
+    settings.ca_file = Some(foreign.ca.clone());
+    let refused = Store::open_postgres(&tmp.path().join("data2"), &settings)
+        .expect_err("a server the CA did not sign");
+    let said = refused.to_string();
+    assert!(said.contains("invalid peer certificate"), "{said}");
+    eprintln!("refused: {said}");
+}

@@ -265,7 +265,18 @@ fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
 fn pg(e: tokio_postgres::Error) -> DbError {
     match e.as_db_error() {
         Some(d) => DbError::Postgres(format!("{} ({})", d.message(), d.code().code())),
-        None => DbError::Postgres(e.to_string()),
+        None => {
+            // "error performing TLS handshake" alone does not say that the
+            // server's certificate was refused: add the causes.
+            let mut said = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                said.push_str(": ");
+                said.push_str(&c.to_string());
+                cause = c.source();
+            }
+            DbError::Postgres(said)
+        }
     }
 }
 
