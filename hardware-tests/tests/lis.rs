@@ -122,6 +122,18 @@ fn raw_send(port: u16, message: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn results_reach_the_lis_with_retries_same_control_ids_and_refusals_parked() {
+    lis_scenario(String::new()).await;
+}
+
+/// The same with central's index on a real PostgreSQL server: deliveries
+/// leased and the LIS claimed through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn results_reach_the_lis_with_the_index_on_postgresql() {
+    let pg = yilian_rig::postgres::Postgres::start("lis").expect("PostgreSQL");
+    lis_scenario(pg.store_toml("yilian")).await;
+}
+
+async fn lis_scenario(store_toml: String) {
     let tmp = tempfile::Builder::new()
         .prefix("yilian-lis-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -141,7 +153,7 @@ async fn results_reach_the_lis_with_retries_same_control_ids_and_refusals_parked
         HubSpec {
             gateway: "anxi/hutou/box-1",
             central_extra: format!(
-                "[lis]\naddress = \"{lis_addr}\"\nack_timeout = \"1s\"\nretry_base = \"100ms\"\nretry_max = \"1s\"\nreceiving_facility = \"COUNTY\"\n"
+                "[lis]\naddress = \"{lis_addr}\"\nack_timeout = \"1s\"\nretry_base = \"100ms\"\nretry_max = \"1s\"\nreceiving_facility = \"COUNTY\"\n\n{store_toml}"
             ),
             gateway_extra: format!(
                 "\n[[hl7]]\nname = \"lab-lis\"\nlisten = \"{hl7}\"\n\n[[astm]]\nname = \"chem\"\ntransport = \"tcp-server\"\nlisten = \"{astm}\"\n"

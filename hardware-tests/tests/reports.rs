@@ -174,6 +174,17 @@ fn files_in(dir: &Path, ext: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reports_come_back_down_to_the_clinic() {
+    reports_come_back(String::new()).await;
+}
+
+/// The same with central's index on a real PostgreSQL server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_come_back_down_with_the_index_on_postgresql() {
+    let pg = yilian_rig::postgres::Postgres::start("reports").expect("PostgreSQL");
+    reports_come_back(pg.store_toml("yilian")).await;
+}
+
+async fn reports_come_back(store_toml: String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let his = His::start(dir.path(), &["REFUSED1"]);
     let reports_port = free_tcp_port().expect("port");
@@ -183,7 +194,7 @@ async fn reports_come_back_down_to_the_clinic() {
     let hub = Hub::start_with(
         dir.path(),
         HubSpec {
-            central_extra: format!("[reports]\nhl7_listen = \"{reports_port}\"\n"),
+            central_extra: format!("[reports]\nhl7_listen = \"{reports_port}\"\n\n{store_toml}"),
             gateway_extra: format!(
                 "\n[[dicom]]\nname = \"ct\"\nlisten = \"{dicom}\"\nae_title = \"YILIAN_GW\"\n\
                  \n[[hl7]]\nname = \"clinic-his-orders\"\nlisten = \"{lab}\"\n\
