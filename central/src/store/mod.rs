@@ -107,16 +107,6 @@ CREATE TABLE IF NOT EXISTS outbox(
     UNIQUE(gateway, upload_id, destination)
 );
 CREATE INDEX IF NOT EXISTS outbox_ready ON outbox(destination, state, next_attempt_ms, id);
--- Outbox rows being delivered, by which instance, until when. The lease
--- itself is the row's next_attempt_ms (moved to the lease's end, so other
--- instances on one PostgreSQL index pass the row by and take it over when
--- a dead instance's lease runs out); this table says that next_attempt_ms
--- is a lease, not a back-off, so an embedded hub clears it at restart.
-CREATE TABLE IF NOT EXISTS outbox_leases(
-    id INTEGER PRIMARY KEY,
-    instance TEXT NOT NULL,
-    until_ms INTEGER NOT NULL
-);
 CREATE TABLE IF NOT EXISTS worklist(
     clinic TEXT NOT NULL,
     accession TEXT NOT NULL,
@@ -188,8 +178,6 @@ pub struct Store {
 
 struct StoreInner {
     db: Mutex<sql::Db>,
-    /// This process, as it signs outbox leases.
-    instance: String,
     data_dir: PathBuf,
     blob_dir: PathBuf,
     partial_dir: PathBuf,
@@ -295,13 +283,6 @@ impl Store {
         let (blob_dir, partial_dir) = Self::prepare_dirs(data_dir)?;
         let conn = Self::sqlite(data_dir)?;
         conn.execute_batch(SCHEMA).map_err(sql::DbError::from)?;
-        // An embedded index has one instance: leases left by its previous
-        // life would only delay deliveries after a restart.
-        conn.execute_batch(
-            "BEGIN; UPDATE outbox SET next_attempt_ms = 0 WHERE state = 0 AND id IN (SELECT id FROM outbox_leases); \
-             DELETE FROM outbox_leases; COMMIT;",
-        )
-        .map_err(sql::DbError::from)?;
         conn.execute_batch(reports::SCHEMA)
             .map_err(sql::DbError::from)?;
         // SQLite makes its files with the process's umask (0644 from a
@@ -336,7 +317,6 @@ impl Store {
         Self {
             inner: Arc::new(StoreInner {
                 db: Mutex::new(db),
-                instance: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
                 data_dir: data_dir.to_owned(),
                 blob_dir,
                 partial_dir,

@@ -3,7 +3,6 @@
 
 use crate::store::sql::{self, params};
 
-use super::sql::ToValue;
 use super::{Store, StoreError, now_ms};
 
 /// How long an instance holds a delivery it took: longer than any one
@@ -75,13 +74,15 @@ pub struct OutboxStats {
 }
 
 impl Store {
-    /// The next delivery due for `destination`, oldest first, leased to
-    /// this instance for [`LEASE_MS`]: its next attempt is moved to the
-    /// lease's end, so another instance sharing the index passes it by
-    /// until the outcome is recorded or the lease runs out (this instance
-    /// died mid-delivery). The claim is an UPDATE that re-checks the row as
-    /// it is when the claim runs: a row another instance delivered or
-    /// claimed between our look and our claim is not taken.
+    /// The next delivery due for `destination`, oldest first. With the
+    /// index on PostgreSQL it is leased to this instance for [`LEASE_MS`]:
+    /// its next attempt moves to the lease's end, so another instance
+    /// passes it by until the outcome is recorded or the lease runs out
+    /// (this instance died mid-delivery). The claim is an UPDATE that
+    /// re-checks the row as it is when the claim runs, so a row another
+    /// instance delivered or claimed since our look is not taken. An
+    /// embedded index has one instance, with one worker per destination:
+    /// nothing to claim, and no write (and flush) per delivery for it.
     pub fn outbox_next(
         &self,
         destination: &str,
@@ -97,22 +98,13 @@ impl Store {
             let Some(row) = db.query_row(&sql, params![destination, now_ms], outbox_row)? else {
                 return Ok(None);
             };
-            let until = now_ms.saturating_add(LEASE_MS);
-            let mut tx = db.transaction()?;
-            let claimed = tx.execute(
-                "UPDATE outbox SET next_attempt_ms = ?3 WHERE id = ?1 AND state = 0 AND next_attempt_ms <= ?2",
-                params![row.id, now_ms, until],
-            )? == 1;
-            if claimed {
-                // Marks the new next attempt as a lease, not a back-off: an
-                // embedded hub clears its own at restart.
-                tx.execute(
-                    "INSERT INTO outbox_leases(id, instance, until_ms) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT(id) DO UPDATE SET instance = excluded.instance, until_ms = excluded.until_ms",
-                    params![row.id, self.inner.instance, until],
-                )?;
+            if !db.is_postgres() {
+                return Ok(Some(row));
             }
-            tx.commit()?;
+            let claimed = db.execute(
+                "UPDATE outbox SET next_attempt_ms = ?3 WHERE id = ?1 AND state = 0 AND next_attempt_ms <= ?2",
+                params![row.id, now_ms, now_ms.saturating_add(LEASE_MS)],
+            )? == 1;
             if claimed {
                 return Ok(Some(row));
             }
@@ -136,25 +128,8 @@ impl Store {
         )?)
     }
 
-    /// Records a delivery's outcome and lets go of its lease, in one
-    /// transaction.
-    fn outbox_outcome(
-        &self,
-        id: i64,
-        sql: &str,
-        params: &[&dyn ToValue],
-    ) -> Result<usize, StoreError> {
-        let mut db = self.db();
-        let mut tx = db.transaction()?;
-        let n = tx.execute(sql, params)?;
-        tx.execute("DELETE FROM outbox_leases WHERE id = ?1", params![id])?;
-        tx.commit()?;
-        Ok(n)
-    }
-
     pub fn outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
-        self.outbox_outcome(
-            id,
+        self.db().execute(
             "UPDATE outbox SET state = 1, delivered_ms = ?2, last_error = NULL WHERE id = ?1",
             params![id, now_ms()],
         )?;
@@ -162,8 +137,7 @@ impl Store {
     }
 
     pub fn outbox_retry(&self, id: i64, delay_ms: i64, error: &str) -> Result<(), StoreError> {
-        self.outbox_outcome(
-            id,
+        self.db().execute(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?1",
             params![id, now_ms() + delay_ms, error],
         )?;
@@ -172,8 +146,7 @@ impl Store {
 
     /// Set aside for an operator: the destination refused the content.
     pub fn outbox_park(&self, id: i64, error: &str) -> Result<(), StoreError> {
-        self.outbox_outcome(
-            id,
+        self.db().execute(
             "UPDATE outbox SET state = 2, attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
             params![id, error],
         )?;
