@@ -57,6 +57,16 @@ impl Session {
             .parse()
             .map_err(|e| DbError::Postgres(format!("the connection string: {e}")))?;
         config.connect_timeout(settings.connect_timeout);
+        // A server that vanished without a reset (a cut cable, a crashed
+        // host) must fail the statement in seconds, not after the kernel's
+        // retransmissions give up (a quarter of an hour): every commit waits
+        // on this connection. Unless the connection string says otherwise.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(30));
+            config.keepalives_idle(Duration::from_secs(15));
+            config.keepalives_interval(Duration::from_secs(5));
+            config.keepalives_retries(3);
+        }
         if config.get_application_name().is_none() {
             config.application_name("yilian-central");
         }
