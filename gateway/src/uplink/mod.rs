@@ -309,12 +309,13 @@ impl Running {
             .and_then(|chain| chain.into_iter().next())
             .and_then(|der| yilian_pki::identity::identity_from_certificate(&der).ok())
             .map_or_else(|| self.server_name.clone(), |id| id.to_string());
-        let mut addrs = by_preference(&key, addrs);
-        // One socket per session: the addresses of the preferred one's
-        // family.
-        let v6 = addrs[0].is_ipv6();
+        // One socket per session, of the family the resolver put first (as
+        // with one address: a name with an AAAA record on a clinic line
+        // without IPv6 routing must not be tried over IPv6); among those,
+        // this box's preference.
+        let v6 = addrs.first().is_some_and(SocketAddr::is_ipv6);
         addrs.retain(|a| a.is_ipv6() == v6);
-        Ok(addrs)
+        Ok(by_preference(&key, addrs))
     }
 
     fn endpoint_for(
