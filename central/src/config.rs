@@ -15,6 +15,9 @@ pub struct CentralConfig {
     /// Where the index lives (SQLite in `data_dir` unless told otherwise).
     #[serde(default)]
     pub store: crate::store::Backend,
+    /// Where payloads live (`data_dir/blobs` unless told otherwise).
+    #[serde(default)]
+    pub blobs: crate::store::BlobBackend,
     #[serde(default)]
     pub metrics: MetricsSection<9465>,
     /// The hospital LIS that lab results (HL7 and ASTM items) go to.
@@ -180,6 +183,15 @@ pub struct ServerSection {
         deserialize_with = "yilian_gateway_config::units::de_size_u64"
     )]
     pub max_upload_bytes: u64,
+    /// An upload no box has added to for this long is dropped (a box
+    /// reinstalled or retired mid-upload); a box that comes back later
+    /// sends it again from the start.
+    #[serde(default = "default_abandon", with = "humantime_serde")]
+    pub abandon_partial_after: std::time::Duration,
+}
+
+fn default_abandon() -> std::time::Duration {
+    std::time::Duration::from_secs(7 * 24 * 3600)
 }
 
 fn default_max_upload() -> u64 {

@@ -59,8 +59,10 @@ impl Destination for EcgDelivery {
         let store = self.store.clone();
         let row = row.clone();
         let r = tokio::task::spawn_blocking(move || {
-            let blob = store.blob_path(&row.sha256);
-            write_ecg(&dir, &row, &blob).map(|name| (name, row))
+            let blob = store
+                .local_blob(&row.sha256)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            write_ecg(&dir, &row, blob.path()).map(|name| (name, row))
         })
         .await;
         match r {

@@ -62,12 +62,37 @@ impl Running {
     }
 }
 
+/// Drops abandoned partial uploads once an hour (and once at start).
+async fn sweep_abandoned(
+    store: Store,
+    idle: std::time::Duration,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.sweep_abandoned(idle)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(dropped = n, "abandoned partial uploads dropped"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot sweep abandoned partial uploads; will retry in an hour")
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Opens the store, binds the QUIC and metrics listeners, and starts
 /// serving. Returns once everything is bound (the readiness point).
 pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
     let data_dir = config.server.data_dir.clone();
     let backend = config.store.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open_backend(&data_dir, &backend))
+    let blobs = config.blobs.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, &backend, &blobs))
         .await?
         .with_context(|| format!("opening the store in {}", config.server.data_dir.display()))?;
     let metrics = CentralMetrics::new();
@@ -183,6 +208,11 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
     tokio::spawn(report_gauges(
         store.clone(),
         metrics.clone(),
+        stopped.clone(),
+    ));
+    tokio::spawn(sweep_abandoned(
+        store.clone(),
+        config.server.abandon_partial_after,
         stopped.clone(),
     ));
     if let Some(pacs) = &config.pacs {

@@ -199,15 +199,20 @@ fn raise_descriptor_limit() {
 struct Place {
     dir: PathBuf,
     backend: yilian_central::store::Backend,
+    blobs: yilian_central::store::BlobBackend,
 }
 
 impl Place {
     fn open(&self) -> anyhow::Result<Store> {
-        Ok(Store::open_backend(&self.dir, &self.backend)?)
+        Ok(Store::open_with(&self.dir, &self.backend, &self.blobs)?)
     }
 
     fn open_read_only(&self) -> anyhow::Result<Store> {
-        Ok(Store::open_read_only_backend(&self.dir, &self.backend)?)
+        Ok(Store::open_read_only_with(
+            &self.dir,
+            &self.backend,
+            &self.blobs,
+        )?)
     }
 }
 
@@ -216,12 +221,14 @@ fn data_dir(config: &std::path::Path, data_dir: Option<PathBuf>) -> anyhow::Resu
         Some(dir) => Ok(Place {
             dir,
             backend: Default::default(),
+            blobs: Default::default(),
         }),
         None => {
             let c = CentralConfig::load(config)?;
             Ok(Place {
                 dir: c.server.data_dir,
                 backend: c.store,
+                blobs: c.blobs,
             })
         }
     }
@@ -275,23 +282,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let dir = data_dir.unwrap_or_else(|| c.server.data_dir.clone());
             let mut shown = String::new();
-            let done =
-                yilian_central::store::migrate::to_postgres(&dir, target, |table, n, total| {
+            let done = yilian_central::store::migrate::to_postgres(
+                &dir,
+                target,
+                &c.blobs,
+                |table, n, total| {
                     if table != shown || n == total {
                         eprintln!("{table}: {n} of {total} rows");
                         shown = table.to_owned();
                     }
-                })
-                .with_context(|| format!("migrating {}", dir.join("central.sqlite").display()))?;
+                },
+            )
+            .with_context(|| format!("migrating {}", dir.join("central.sqlite").display()))?;
             let rows: u64 = done.tables.iter().map(|(_, n)| n).sum();
+            let place = match &c.blobs {
+                yilian_central::store::BlobBackend::Dir => dir.join("blobs").display().to_string(),
+                yilian_central::store::BlobBackend::S3(s3) => format!(
+                    "s3://{}/ ({} copied this run)",
+                    s3.bucket, done.blobs_copied
+                ),
+            };
             println!(
-                "moved {rows} rows in {} tables ({} new this run) to PostgreSQL; every table verified; {} payloads present in {}",
+                "moved {rows} rows in {} tables ({} new this run) to PostgreSQL; every table verified; {} payloads present in {place}",
                 done.tables.len(),
                 done.inserted,
                 done.blobs,
-                dir.join("blobs").display()
             );
-            println!("next: keep [store] backend = \"postgres\" and start serve");
+            println!("next: keep [store] backend = \"postgres\" (and [blobs]) and start serve");
             Ok(())
         }
         Command::CheckConfig { config, file_only } => {

@@ -260,8 +260,17 @@ impl Destination for PacsDelivery {
     }
 
     async fn deliver(&mut self, row: &OutboxRow) -> Verdict {
-        let path = self.store.blob_path(&row.sha256);
-        let head = match read_head(&path).await {
+        let store = self.store.clone();
+        let sha = row.sha256.clone();
+        // The stored file itself, or a copy fetched from the bucket (gone
+        // again when `blob` drops at the end of this delivery).
+        let blob = match tokio::task::spawn_blocking(move || store.local_blob(&sha)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => return Verdict::Retry(format!("cannot fetch the stored instance: {e}")),
+            Err(e) => return Verdict::Retry(format!("cannot fetch the stored instance: {e}")),
+        };
+        let path = blob.path();
+        let head = match read_head(path).await {
             Ok(h) => h,
             Err(e) => return Verdict::Retry(format!("cannot read the stored instance: {e}")),
         };
@@ -292,7 +301,7 @@ impl Destination for PacsDelivery {
             {
                 return v;
             }
-            match self.send(row, &path, meta.dataset_offset, &rq).await {
+            match self.send(row, path, meta.dataset_offset, &rq).await {
                 Attempt::Done(v) => return v,
                 Attempt::Stale(why) if !fresh => {
                     tracing::debug!(reason = %why, "PACS association went stale; opening a new one");

@@ -38,6 +38,7 @@ pub mod demo;
 pub mod files;
 pub mod fleet;
 pub mod fleet_admin;
+pub mod garage;
 pub mod hub;
 pub mod hw;
 pub mod logs;

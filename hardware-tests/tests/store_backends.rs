@@ -20,6 +20,7 @@ use yilian_codecs::hl7::message::Message;
 use yilian_codecs::hl7::report::read_report;
 use yilian_protocol::BoxIdentity;
 use yilian_protocol::messages::{Offer, WorklistEntry};
+use yilian_rig::garage::Garage;
 use yilian_rig::postgres::Postgres;
 
 const ORU: &str = "MSH|^~\\&|RIS|COUNTY|YILIAN|lingshan/xiacun|20261203101500||ORU^R01|R100|P|2.5\r\
@@ -47,7 +48,7 @@ fn offer(n: u32, payload: &[u8], kind: &str, metadata: &[(&str, &str)]) -> Offer
 /// Uploads and commits one item as the upload path does: partial file,
 /// bytes, verify, commit.
 fn upload(store: &Store, gw: &BoxIdentity, o: &Offer, payload: &[u8], dest: &[&str]) -> bool {
-    match store.held(gw, o).expect("held") {
+    match store.held(gw, o, dest).expect("held") {
         Held::Committed(_) => false,
         Held::Partial(at) => {
             let mut p = store.open_partial(gw, o, at).expect("open partial");
@@ -522,17 +523,27 @@ fn a_county_hub_moves_to_postgresql_with_nothing_lost() {
     let settings = pg.settings("yilian");
 
     let mut tables_seen = std::collections::BTreeSet::new();
-    let first = yilian_central::store::migrate::to_postgres(&hub, &settings, |t, _, _| {
-        tables_seen.insert(t.to_owned());
-    })
+    let first = yilian_central::store::migrate::to_postgres(
+        &hub,
+        &settings,
+        &Default::default(),
+        |t, _, _| {
+            tables_seen.insert(t.to_owned());
+        },
+    )
     .expect("migrate");
     let rows: u64 = first.tables.iter().map(|(_, n)| n).sum();
     assert_eq!(first.inserted, rows, "every row copied");
     assert_eq!(first.blobs, 3, "two items and one report message");
     assert!(tables_seen.contains("items") && tables_seen.contains("report_downlink"));
     // A second run (finishing one cut short) changes nothing.
-    let second = yilian_central::store::migrate::to_postgres(&hub, &settings, |_, _, _| {})
-        .expect("migrate again");
+    let second = yilian_central::store::migrate::to_postgres(
+        &hub,
+        &settings,
+        &Default::default(),
+        |_, _, _| {},
+    )
+    .expect("migrate again");
     assert_eq!(second.inserted, 0);
     assert_eq!(second.tables, first.tables);
 
@@ -617,4 +628,211 @@ fn the_index_over_tls_checks_the_servers_certificate() {
     let said = refused.to_string();
     assert!(said.contains("invalid peer certificate"), "{said}");
     eprintln!("refused: {said}");
+}
+
+/// A store on the PostgreSQL index with its payloads in the Garage bucket,
+/// its `data_dir` (which must hold nothing an instance needs) its own.
+fn bucket_store(dir: &std::path::Path, pg: &Postgres, garage: &Garage) -> Store {
+    Store::open_with(
+        dir,
+        &yilian_central::store::Backend::Postgres(pg.settings("yilian")),
+        &garage.settings(),
+    )
+    .expect("store with payloads in the bucket")
+}
+
+#[test]
+fn the_store_answers_the_same_with_payloads_in_a_real_s3_bucket() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pg = Postgres::start("bucket-scenario").expect("PostgreSQL");
+    let garage = Garage::start("scenario").expect("Garage");
+    let store = bucket_store(&tmp.path().join("a"), &pg, &garage);
+    scenario("postgres+garage", &store);
+    for item in store.items(None, None).expect("items") {
+        assert!(item.path.starts_with("s3://yilian/blobs/"), "{}", item.path);
+        let bytes = store.read_blob(&item.sha256).expect("read from the bucket");
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), item.sha256);
+    }
+    assert!(
+        !tmp.path()
+            .join("a/blobs")
+            .read_dir()
+            .expect("dir")
+            .any(|_| true),
+        "no payload on the instance's own disk"
+    );
+}
+
+#[test]
+fn a_large_upload_resumes_on_another_instance_from_its_last_part() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pg = Postgres::start("bucket-resume").expect("PostgreSQL");
+    let garage = Garage::start("resume").expect("Garage");
+    let a = bucket_store(&tmp.path().join("a"), &pg, &garage);
+    let b = bucket_store(&tmp.path().join("b"), &pg, &garage);
+    let gw = BoxIdentity::parse("lingshan/xiacun/box-1").expect("identity");
+    let part = 5 * 1024 * 1024;
+
+    // Sizes around the part boundary: below one part (one PUT), exactly
+    // one, one and a bit, and several with a short tail.
+    for (n, size) in [
+        (1u32, part - 1),
+        (2, part),
+        (3, part + 1),
+        (4, 4 * part + 777),
+    ] {
+        let payload: Vec<u8> = (0..size).map(|i| (i * 31 + n as usize) as u8).collect();
+        let o = offer(100 + n, &payload, "dicom", &[]);
+        // Instance a receives a little over half, in 64 KiB chunks as the
+        // link delivers them, then dies (the partial dropped, no commit).
+        let Held::Partial(0) = a.held(&gw, &o, &["pacs"]).expect("held") else {
+            panic!("size {size}: nothing held yet")
+        };
+        let mut p = a.open_partial(&gw, &o, 0).expect("open");
+        let cut = size / 2 + 1000;
+        for chunk in payload[..cut].chunks(64 * 1024) {
+            p.append(chunk).expect("append");
+        }
+        drop(p);
+        // Instance b resumes where the last stored part ended: whole parts
+        // only, so at most one part is sent again.
+        let Held::Partial(at) = b.held(&gw, &o, &["pacs"]).expect("held at b") else {
+            panic!("size {size}: not committed yet")
+        };
+        assert_eq!(at as usize, cut / part * part, "size {size}: resume offset");
+        let mut p = b.open_partial(&gw, &o, at).expect("open at b");
+        for chunk in payload[at as usize..].chunks(64 * 1024) {
+            p.append(chunk).expect("append at b");
+        }
+        let stored = b.commit(&gw, &o, p, &["pacs"]).expect("commit at b");
+        assert_eq!(stored.value.size, size as u64);
+        // Both instances read the same object, byte for byte.
+        let back = a.read_blob(&stored.value.sha256).expect("read at a");
+        assert_eq!(back.len(), size, "size {size}");
+        assert!(back == payload, "size {size}: the object is the payload");
+        // A resend after a lost COMMITTED, at either instance, is held.
+        assert!(matches!(
+            a.held(&gw, &o, &["pacs"]).expect("held"),
+            Held::Committed(_)
+        ));
+        eprintln!("{size} bytes: instance a died at {cut}, b resumed at {at}");
+    }
+    assert_eq!(a.items(None, None).expect("items").len(), 4);
+    assert_eq!(
+        garage.wait_multipart_uploads(0).expect("bucket info"),
+        0,
+        "no multipart upload left open"
+    );
+
+    // The same content from another box: already in the bucket under its
+    // hash (put there after its hash was checked), committed at once.
+    let other = BoxIdentity::parse("lingshan/dongcun/box-1").expect("identity");
+    let payload: Vec<u8> = (0..part + 1).map(|i| (i * 31 + 3) as u8).collect();
+    let o = offer(900, &payload, "dicom", &[]);
+    assert!(matches!(
+        b.held(&other, &o, &["pacs"]).expect("held"),
+        Held::Committed(_)
+    ));
+    assert_eq!(b.outbox_list(Some("pacs")).expect("outbox").len(), 5);
+
+    // Bytes that do not hash to the offer: refused, nothing kept, the next
+    // attempt starts from zero.
+    let good: Vec<u8> = (0..2 * part + 5).map(|i| (i * 7) as u8).collect();
+    let mut bad = good.clone();
+    bad[part + 3] ^= 1;
+    let o = offer(901, &good, "dicom", &[]);
+    let mut p = a.open_partial(&gw, &o, 0).expect("open");
+    p.append(&bad).expect("append");
+    assert!(matches!(
+        a.commit(&gw, &o, p, &["pacs"]),
+        Err(yilian_central::store::StoreError::HashMismatch { .. })
+    ));
+    assert!(matches!(
+        a.held(&gw, &o, &["pacs"]).expect("held"),
+        Held::Partial(0)
+    ));
+    assert_eq!(garage.wait_multipart_uploads(0).expect("bucket info"), 0);
+
+    // Abandoned: an upload begun (two parts stored) and never finished is
+    // dropped by the sweep of either instance, once.
+    let mut p = a.open_partial(&gw, &o, 0).expect("open");
+    p.append(&good[..2 * part + 1]).expect("append");
+    drop(p);
+    assert!(
+        matches!(a.held(&gw, &o, &["pacs"]).expect("held"), Held::Partial(n) if n == 2 * part as u64)
+    );
+    assert_eq!(garage.wait_multipart_uploads(1).expect("bucket info"), 1);
+    assert_eq!(
+        b.sweep_abandoned(std::time::Duration::from_secs(3600))
+            .expect("sweep"),
+        0,
+        "not idle yet"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let swept = [a.clone(), b.clone()].map(|s| {
+        std::thread::spawn(move || {
+            s.sweep_abandoned(std::time::Duration::from_millis(1))
+                .expect("sweep")
+        })
+    });
+    let swept: u64 = swept.into_iter().map(|h| h.join().expect("sweeper")).sum();
+    assert_eq!(swept, 1, "dropped once");
+    assert!(matches!(
+        a.held(&gw, &o, &["pacs"]).expect("held"),
+        Held::Partial(0)
+    ));
+    assert_eq!(garage.wait_multipart_uploads(0).expect("bucket info"), 0);
+}
+
+#[test]
+fn a_county_hub_moves_to_postgresql_and_a_bucket() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let hub = tmp.path().join("hub");
+    let sqlite = Store::open(&hub).expect("sqlite store");
+    scenario("sqlite", &sqlite);
+    let pg = Postgres::start("migrate-bucket").expect("PostgreSQL");
+    let garage = Garage::start("migrate").expect("Garage");
+    let settings = pg.settings("yilian");
+    let first = yilian_central::store::migrate::to_postgres(
+        &hub,
+        &settings,
+        &garage.settings(),
+        |_, _, _| {},
+    )
+    .expect("migrate");
+    assert_eq!((first.blobs, first.blobs_copied), (3, 3));
+    let second = yilian_central::store::migrate::to_postgres(
+        &hub,
+        &settings,
+        &garage.settings(),
+        |_, _, _| {},
+    )
+    .expect("migrate again");
+    assert_eq!(
+        (second.inserted, second.blobs_copied),
+        (0, 0),
+        "nothing twice"
+    );
+    // Served from the bucket by an instance with an empty data directory.
+    let moved = bucket_store(&tmp.path().join("new"), &pg, &garage);
+    for item in moved.items(None, None).expect("items") {
+        let bytes = moved.read_blob(&item.sha256).expect("read");
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), item.sha256);
+    }
+    // A payload damaged on the old disk is refused, not carried over.
+    let victim = sqlite.items(None, None).expect("items")[1].sha256.clone();
+    let file = hub.join("blobs").join(&victim[..2]).join(&victim);
+    let pg2 = Postgres::start("migrate-damaged").expect("PostgreSQL");
+    let garage2 = Garage::start("migrate-damaged").expect("Garage");
+    let mut bytes = std::fs::read(&file).expect("read");
+    bytes[10] ^= 0xff;
+    std::fs::write(&file, bytes).expect("damage");
+    let err = yilian_central::store::migrate::to_postgres(
+        &hub,
+        &pg2.settings("yilian"),
+        &garage2.settings(),
+        |_, _, _| {},
+    )
+    .expect_err("a damaged payload stops the migration");
+    assert!(err.to_string().contains("damaged"), "{err}");
 }

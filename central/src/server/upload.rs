@@ -86,8 +86,12 @@ pub(super) async fn upload_stream(
                     let store = shared.store.clone();
                     let id = identity.clone();
                     let o = offer.clone();
+                    let destinations = shared
+                        .routes
+                        .destinations(&offer.kind, offer.metadata.keys());
+                    let routed = destinations.clone();
                     let opened = tokio::task::spawn_blocking(move || {
-                        let held = store.held(&id, &o)?;
+                        let held = store.held(&id, &o, &routed)?;
                         let partial = match held {
                             crate::store::Held::Partial(offset) => {
                                 Some(store.open_partial(&id, &o, offset)?)
@@ -109,9 +113,7 @@ pub(super) async fn upload_stream(
                                     offer.clone(),
                                     p,
                                     guard,
-                                    shared
-                                        .routes
-                                        .destinations(&offer.kind, offer.metadata.keys()),
+                                    destinations,
                                 ));
                             }
                             rx.held(held.state())

@@ -7,14 +7,17 @@
 //! short (a lost connection, Ctrl-C) is finished by running it again, and
 //! a second run changes nothing. Then each table is verified: the same
 //! number of rows and the same order-independent digest of their values
-//! on both sides. Payloads stay in the data directory; each item's and
-//! report's blob is checked to be there with its size.
+//! on both sides. Payloads stay in the data directory, or, with `[blobs]`
+//! in a bucket, are copied there (each file re-hashed against its name
+//! first, skipped when the bucket has it already); either way each item's
+//! and report's payload is checked to be there with its size.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use super::blobs::{BlobBackend, Blobs};
 use super::sql::{self, Db, Value};
 use super::{SCHEMA, StoreError, reports};
 
@@ -27,6 +30,8 @@ pub struct Migrated {
     pub inserted: u64,
     /// Blobs referenced and found with their size.
     pub blobs: u64,
+    /// Blobs this run copied into the bucket.
+    pub blobs_copied: u64,
 }
 
 /// The tables that hold the hub's state, in an order where nothing
@@ -59,6 +64,7 @@ const BATCH: i64 = 1000;
 pub fn to_postgres(
     data_dir: &Path,
     target: &sql::PostgresSettings,
+    blobs: &BlobBackend,
     mut progress: impl FnMut(&str, u64, u64),
 ) -> Result<Migrated, StoreError> {
     let path = data_dir.join("central.sqlite");
@@ -94,7 +100,9 @@ pub fn to_postgres(
         done.tables.push(((*table).to_owned(), rows));
         done.inserted += inserted;
     }
-    done.blobs = check_blobs(&mut from, data_dir)?;
+    let target_blobs = Blobs::open(data_dir, blobs)?;
+    (done.blobs, done.blobs_copied) =
+        check_blobs(&mut from, data_dir, &target_blobs, &mut progress)?;
     Ok(done)
 }
 
@@ -223,8 +231,14 @@ fn digest(db: &mut Db, table: &str, columns: &[String]) -> Result<(u64, u128), S
     Ok((rows, sum))
 }
 
-/// Every blob the index refers to is in the data directory with its size.
-fn check_blobs(from: &mut Db, data_dir: &Path) -> Result<u64, StoreError> {
+/// Every blob the index refers to is where `[blobs]` says with its size,
+/// copied there from the data directory first when it is a bucket.
+fn check_blobs(
+    from: &mut Db,
+    data_dir: &Path,
+    target: &Blobs,
+    progress: &mut impl FnMut(&str, u64, u64),
+) -> Result<(u64, u64), StoreError> {
     let mut wanted: BTreeMap<String, i64> = BTreeMap::new();
     for table in ["items", "reports"] {
         for (sha, size) in from.query(
@@ -235,23 +249,66 @@ fn check_blobs(from: &mut Db, data_dir: &Path) -> Result<u64, StoreError> {
             wanted.insert(sha, size);
         }
     }
-    let blobs = data_dir.join("blobs");
+    let source = data_dir.join("blobs");
     let mut missing = Vec::new();
-    for (sha, size) in &wanted {
-        let path = blobs.join(&sha[..2.min(sha.len())]).join(sha);
-        match std::fs::metadata(&path) {
-            Ok(m) if m.len() == u64::try_from(*size).unwrap_or(u64::MAX) => {}
-            _ => missing.push(sha.clone()),
+    let mut copied = 0u64;
+    let total = wanted.len() as u64;
+    for (n, (sha, size)) in wanted.iter().enumerate() {
+        let size = u64::try_from(*size).unwrap_or(u64::MAX);
+        if target.size(sha)? == Some(size) {
+            continue;
         }
+        let file = Blobs::dir_path(&source, sha);
+        let here = std::fs::metadata(&file).map(|m| m.len()).ok();
+        if target.is_dir() || here != Some(size) {
+            missing.push(sha.clone());
+            continue;
+        }
+        // The bucket keeps what it is given: a file damaged on this disk
+        // must not become the hub's only copy under a hash it does not have.
+        let got = hash_file(&file)?;
+        if got != *sha {
+            return Err(StoreError::Migration(format!(
+                "{} hashes to {got}, not to its name: the payload is damaged on this disk",
+                file.display()
+            )));
+        }
+        target.copy_file(sha, &file)?;
+        if target.size(sha)? != Some(size) {
+            missing.push(sha.clone());
+            continue;
+        }
+        copied += 1;
+        progress("payloads", n as u64 + 1, total);
     }
     if !missing.is_empty() {
         return Err(StoreError::Migration(format!(
             "{} of {} payloads are missing or the wrong size under {} (first: {})",
             missing.len(),
             wanted.len(),
-            blobs.display(),
+            source.display(),
             missing[0]
         )));
     }
-    Ok(wanted.len() as u64)
+    Ok((total, copied))
+}
+
+fn hash_file(path: &Path) -> Result<String, StoreError> {
+    use std::io::Read;
+    let io = |e| StoreError::Io {
+        context: "read",
+        path: path.to_owned(),
+        source: e,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }

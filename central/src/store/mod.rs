@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use yilian_protocol::upload::HeldState;
 
+pub mod blobs;
 mod ingest;
 pub mod migrate;
 mod outbox;
@@ -32,6 +33,7 @@ pub mod sql;
 mod views;
 mod worklist;
 
+pub use blobs::{BlobBackend, BlobError, LocalBlob};
 pub use ingest::PartialUpload;
 pub use outbox::{LEASE_MS, OutboxRow, OutboxStats};
 pub use reports::{DownlinkRow, DownlinkStats, ReportRow, Turnaround};
@@ -56,6 +58,8 @@ pub enum StoreError {
     /// stopping, or the task failed): nothing is wrong with the item.
     #[error("the writer of this upload stopped before its commit")]
     WriterStopped,
+    #[error("payloads: {0}")]
+    Blob(#[from] BlobError),
     #[error("migration: {0}")]
     Migration(String),
 }
@@ -91,6 +95,29 @@ CREATE TABLE IF NOT EXISTS items(
     UNIQUE(gateway, upload_id)
 );
 CREATE INDEX IF NOT EXISTS items_by_sha ON items(sha256);
+-- Uploads in progress in a bucket: the multipart upload each lives in and
+-- the parts already stored, each with the SHA-256 state after it, so any
+-- instance resumes at the end of the last part.
+CREATE TABLE IF NOT EXISTS uploads_begun(
+    gateway TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    multipart_id TEXT NOT NULL,
+    object_key TEXT NOT NULL,
+    begun_ms INTEGER NOT NULL,
+    active_ms INTEGER NOT NULL,
+    PRIMARY KEY(gateway, upload_id)
+);
+CREATE TABLE IF NOT EXISTS upload_parts(
+    gateway TEXT NOT NULL,
+    upload_id TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    multipart_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    end_offset INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    hash_state TEXT NOT NULL,
+    PRIMARY KEY(gateway, upload_id, part)
+);
 CREATE TABLE IF NOT EXISTS outbox(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     gateway TEXT NOT NULL,
@@ -179,7 +206,7 @@ pub struct Store {
 struct StoreInner {
     db: Mutex<sql::Db>,
     data_dir: PathBuf,
-    blob_dir: PathBuf,
+    blobs: blobs::Blobs,
     partial_dir: PathBuf,
 }
 
@@ -264,19 +291,52 @@ pub enum Backend {
 impl Store {
     /// Opens the index where `[store]` says, the payloads under `data_dir`.
     pub fn open_backend(data_dir: &Path, backend: &Backend) -> Result<Self, StoreError> {
-        match backend {
+        Self::open_with(data_dir, backend, &BlobBackend::Dir)
+    }
+
+    /// Opens the index where `[store]` says and the payloads where
+    /// `[blobs]` says.
+    pub fn open_with(
+        data_dir: &Path,
+        backend: &Backend,
+        blobs: &BlobBackend,
+    ) -> Result<Self, StoreError> {
+        let store = match backend {
             Backend::Sqlite => Self::open(data_dir),
             Backend::Postgres(settings) => Self::open_postgres(data_dir, settings),
+        }?;
+        store.with_blobs(blobs)
+    }
+
+    /// The same index with its payloads elsewhere (an S3 bucket).
+    fn with_blobs(self, backend: &BlobBackend) -> Result<Self, StoreError> {
+        if matches!(backend, BlobBackend::Dir) {
+            return Ok(self);
         }
+        let blobs = blobs::Blobs::open(&self.inner.data_dir, backend)?;
+        let inner = Arc::try_unwrap(self.inner)
+            .map_err(|_| StoreError::Migration("the store is shared already".into()))?;
+        Ok(Self {
+            inner: Arc::new(StoreInner { blobs, ..inner }),
+        })
     }
 
     /// For listings while `serve` runs: SQLite's file opened read-only; a
     /// PostgreSQL server serves both anyway.
     pub fn open_read_only_backend(data_dir: &Path, backend: &Backend) -> Result<Self, StoreError> {
-        match backend {
+        Self::open_read_only_with(data_dir, backend, &BlobBackend::Dir)
+    }
+
+    pub fn open_read_only_with(
+        data_dir: &Path,
+        backend: &Backend,
+        blobs: &BlobBackend,
+    ) -> Result<Self, StoreError> {
+        let store = match backend {
             Backend::Sqlite => Self::open_read_only(data_dir),
             Backend::Postgres(settings) => Self::open_postgres(data_dir, settings),
-        }
+        }?;
+        store.with_blobs(blobs)
     }
 
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
@@ -318,7 +378,7 @@ impl Store {
             inner: Arc::new(StoreInner {
                 db: Mutex::new(db),
                 data_dir: data_dir.to_owned(),
-                blob_dir,
+                blobs: blobs::Blobs::Dir(blob_dir),
                 partial_dir,
             }),
         }
@@ -370,16 +430,28 @@ impl Store {
         self.inner.db.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn blob_path(&self, sha_hex: &str) -> PathBuf {
-        self.inner
-            .blob_dir
-            .join(&sha_hex[..2.min(sha_hex.len())])
-            .join(sha_hex)
+    /// Where a payload is, as listings show it (a path, or `s3://…`).
+    pub fn blob_location(&self, sha_hex: &str) -> String {
+        self.inner.blobs.location(sha_hex)
     }
 
     /// The stored bytes of a blob.
     pub fn read_blob(&self, sha_hex: &str) -> Result<Vec<u8>, StoreError> {
-        let path = self.blob_path(sha_hex);
-        fs::read(&path).map_err(io("read blob", &path))
+        Ok(self.inner.blobs.read(sha_hex)?)
+    }
+
+    /// The stored size of a blob, or None when it is missing.
+    pub fn blob_size(&self, sha_hex: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.inner.blobs.size(sha_hex)?)
+    }
+
+    /// A blob as a local file (fetched into `data_dir/fetched` from a
+    /// bucket, removed again when dropped). Blocks: call it from a
+    /// blocking thread.
+    pub fn local_blob(&self, sha_hex: &str) -> Result<LocalBlob, StoreError> {
+        Ok(self
+            .inner
+            .blobs
+            .local(sha_hex, &self.inner.data_dir.join("fetched"))?)
     }
 }

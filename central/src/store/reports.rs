@@ -20,7 +20,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use yilian_codecs::hl7::report::{Report, ReportKeys};
 
-use super::{Store, StoreError, Stored, create_private_dir, io, now_ms, rfc3339, sync_dir};
+use super::{Store, StoreError, Stored, now_ms, rfc3339};
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS reports(
@@ -566,15 +566,7 @@ impl Store {
 
     /// Writes a blob by its hash, durably, unless it is there already.
     fn put_blob(&self, sha: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let path = self.blob_path(sha);
-        if path.exists() {
-            return Ok(());
-        }
-        let dir = path.parent().unwrap_or(&self.inner.blob_dir).to_owned();
-        create_private_dir(&dir).map_err(io("create", &dir))?;
-        yilian_proof::disk::write_atomically(&path, bytes, 0o600)
-            .map_err(io("store blob", &path))?;
-        sync_dir(&self.inner.blob_dir)
+        Ok(self.inner.blobs.put(sha, bytes)?)
     }
 
     pub fn report(&self, id: &str) -> Result<Option<ReportRow>, StoreError> {

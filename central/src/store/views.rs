@@ -179,7 +179,7 @@ impl Store {
                 source: r.get(4)?,
                 metadata: serde_json::from_str(&r.get::<String>(5)?).unwrap_or_default(),
                 size: r.get::<i64>(6)? as u64,
-                path: self.blob_path(&sha).display().to_string(),
+                path: self.blob_location(&sha),
                 sha256: sha,
                 received_at: rfc3339(r.get(8)?),
                 committed_at: rfc3339(r.get(9)?),
