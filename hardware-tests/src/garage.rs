@@ -1,8 +1,8 @@
 //! A real S3-compatible server for the tests: Garage, single node, with its
 //! metadata and data fsynced (as a hub's bucket must be), on free loopback
 //! ports, with one bucket and one key made at start. Built once by
-//! `./scripts/test-all` (`cargo install garage --locked`); the binary is
-//! found through `YILIAN_GARAGE`, then `PATH`. Stopped (and its directory
+//! `./scripts/test-all` (`cargo install garage --locked`) into
+//! `target/tools`. Stopped (and its directory
 //! removed) when dropped.
 
 use std::net::{SocketAddr, TcpStream};
@@ -23,10 +23,15 @@ pub struct Garage {
     pub secret_file: PathBuf,
 }
 
-/// The garage binary: `YILIAN_GARAGE`, or `garage` on PATH.
+/// The garage binary: `YILIAN_GARAGE`, the one `./scripts/test-all`
+/// built into `target/tools`, or `garage` on PATH.
 pub fn binary() -> std::io::Result<PathBuf> {
     if let Some(p) = std::env::var_os("YILIAN_GARAGE") {
         return Ok(PathBuf::from(p));
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/bin/garage");
+    if built.exists() {
+        return Ok(built);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

@@ -1,19 +1,22 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test helpers may panic on setup failure
-//! Two central instances on one PostgreSQL index (a real server) and one
-//! payload directory; the box lists both in `uplink.central`. The instance
-//! the box chose is SIGKILLed in the middle of an upload: the box moves to
-//! the other within its idle timeout and a second, the half-sent upload
-//! resumes there from the bytes already held, and every file ends at
-//! central exactly once with the right SHA-256.
+//! Two central instances on one PostgreSQL index (a real server), their
+//! payloads either in one shared directory or in a real S3 bucket (Garage)
+//! with each instance's data directory its own; the box lists both in
+//! `uplink.central`. The instance the box chose is SIGKILLed in the middle
+//! of an upload: the box moves to the other within its idle timeout and a
+//! second, the half-sent upload resumes there from the bytes already held
+//! (in the bucket: from the last part the dead instance stored), and every
+//! file ends at central exactly once with the right SHA-256.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use yilian_central::store::{Backend, Store};
+use yilian_central::store::{Backend, BlobBackend, Store};
 use yilian_rig::configs::{CentralSetup, FolderSetup, GatewaySetup, free_tcp_port, free_udp_port};
 use yilian_rig::files::write_seeded;
 use yilian_rig::fleet::Fleet;
+use yilian_rig::garage::Garage;
 use yilian_rig::postgres::Postgres;
 use yilian_rig::procs::Proc;
 
@@ -53,20 +56,38 @@ fn partial_bytes(data: &Path) -> u64 {
 
 #[test]
 fn a_box_fails_over_to_the_other_instance_and_resumes_its_upload() -> anyhow::Result<()> {
+    failover(None)
+}
+
+#[test]
+fn with_payloads_in_a_bucket_the_upload_resumes_from_the_dead_instances_last_part()
+-> anyhow::Result<()> {
+    let garage = Garage::start("instances-e2e")?;
+    failover(Some(&garage))
+}
+
+fn failover(garage: Option<&Garage>) -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new()
         .prefix("yilian-instances-")
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
     let dir = tmp.path();
     let pg = Postgres::start("instances-e2e")?;
     let fleet = Fleet::create(dir)?;
-    let data = dir.join("central-data");
+    // One shared payload directory, or with a bucket none: each instance's
+    // data directory is its own and holds nothing the other needs.
+    let data_of = |i: usize| match garage {
+        Some(_) => dir.join(format!("central-data-{i}")),
+        None => dir.join("central-data"),
+    };
+    let blobs = garage.map(|g| g.settings()).unwrap_or(BlobBackend::Dir);
+    let blobs_toml = garage.map(|g| g.blobs_toml()).unwrap_or_default();
     let tls = fleet.central("localhost")?;
     let instances: Vec<CentralSetup> = (0..2)
-        .map(|_| -> anyhow::Result<CentralSetup> {
+        .map(|i| -> anyhow::Result<CentralSetup> {
             Ok(CentralSetup {
                 listen: free_udp_port()?,
                 metrics: free_tcp_port()?,
-                data_dir: data.clone(),
+                data_dir: data_of(i),
                 tls: tls.clone(),
             })
         })
@@ -74,7 +95,10 @@ fn a_box_fails_over_to_the_other_instance_and_resumes_its_upload() -> anyhow::Re
     let mut centrals = Vec::new();
     for (i, c) in instances.iter().enumerate() {
         let toml = dir.join(format!("central-{i}.toml"));
-        std::fs::write(&toml, format!("{}\n{}", c.toml(), pg.store_toml("yilian")))?;
+        std::fs::write(
+            &toml,
+            format!("{}\n{}\n{blobs_toml}", c.toml(), pg.store_toml("yilian")),
+        )?;
         centrals.push(Some(Proc::spawn(
             "yilian-central",
             &["serve", "--config", toml.to_str().unwrap()],
@@ -137,11 +161,18 @@ fn a_box_fails_over_to_the_other_instance_and_resumes_its_upload() -> anyhow::Re
         written.insert(name, sha);
     }
 
-    // Kill the chosen instance with an upload half-way.
-    wait_for("an upload under way", 60, || {
-        partial_bytes(&data) > SIZE / 3
-    });
-    let held_at_kill = partial_bytes(&data);
+    // Kill the chosen instance with an upload half-way: bytes in the
+    // partial file, or parts in the bucket.
+    let held = || match garage {
+        None => partial_bytes(&data_of(chosen)),
+        Some(_) => pg
+            .psql("yilian", "SELECT COALESCE(SUM(size), 0) FROM upload_parts")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0),
+    };
+    wait_for("an upload under way", 60, || held() > SIZE / 3);
+    let held_at_kill = held();
     centrals[chosen].take().expect("running").kill9();
     let killed = Instant::now();
     eprintln!(
@@ -162,6 +193,7 @@ fn a_box_fails_over_to_the_other_instance_and_resumes_its_upload() -> anyhow::Re
     );
 
     let backend = Backend::Postgres(pg.settings("yilian"));
+    let data = data_of(other);
     let items = || -> Vec<(String, u64)> {
         Store::open_read_only_backend(&data, &backend)
             .and_then(|s| s.items(None, None))
@@ -177,6 +209,9 @@ fn a_box_fails_over_to_the_other_instance_and_resumes_its_upload() -> anyhow::Re
         "the upload cut by the kill resumes from the bytes held, not from zero: see {}",
         other_log.display()
     );
+    if let Some(line) = resumed.lines().find(|l| l.contains("resuming upload")) {
+        eprintln!("instance {other}: {}", line.trim());
+    }
     let items = items();
     assert_eq!(items.len() as u64, FILES, "no item twice");
     for (name, sha) in &written {
@@ -186,10 +221,30 @@ fn a_box_fails_over_to_the_other_instance_and_resumes_its_upload() -> anyhow::Re
             "{name} at central exactly once"
         );
     }
-    let store = Store::open_read_only_backend(&data, &backend)?;
+    let store = Store::open_read_only_with(&data, &backend, &blobs)?;
     for item in store.items(None, None)? {
-        let got = yilian_rig::files::sha256_file(Path::new(&item.path))?;
+        let got = match garage {
+            None => yilian_rig::files::sha256_file(Path::new(&item.path))?,
+            Some(_) => {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(store.read_blob(&item.sha256)?))
+            }
+        };
         assert_eq!(got, item.sha256, "blob content of {}", item.upload_id);
+    }
+    if let Some(g) = garage {
+        assert_eq!(
+            g.wait_multipart_uploads(0)?,
+            0,
+            "no multipart upload left open in the bucket"
+        );
+        for i in 0..2 {
+            assert_eq!(
+                partial_bytes(&data_of(i)),
+                0,
+                "nothing of an upload on instance {i}'s disk"
+            );
+        }
     }
     gw.kill9();
     Ok(())
