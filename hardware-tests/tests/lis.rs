@@ -125,12 +125,19 @@ async fn results_reach_the_lis_with_retries_same_control_ids_and_refusals_parked
     lis_scenario(String::new()).await;
 }
 
-/// The same with central's index on a real PostgreSQL server: deliveries
-/// leased and the LIS claimed through it.
+/// The same with central's index on a real PostgreSQL server (deliveries
+/// leased and the LIS claimed through it) and the payloads in a real S3
+/// bucket (each message read back from it to be sent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn results_reach_the_lis_with_the_index_on_postgresql() {
     let pg = yilian_rig::postgres::Postgres::start("lis").expect("PostgreSQL");
-    lis_scenario(pg.store_toml("yilian")).await;
+    let garage = yilian_rig::garage::Garage::start("lis").expect("Garage");
+    lis_scenario(format!(
+        "{}\n{}",
+        pg.store_toml("yilian"),
+        garage.blobs_toml()
+    ))
+    .await;
 }
 
 async fn lis_scenario(store_toml: String) {

@@ -181,7 +181,14 @@ async fn reports_come_back_down_to_the_clinic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reports_come_back_down_with_the_index_on_postgresql() {
     let pg = yilian_rig::postgres::Postgres::start("reports").expect("PostgreSQL");
-    reports_come_back(pg.store_toml("yilian")).await;
+    // And the payloads (the reports' messages) in a real S3 bucket.
+    let garage = yilian_rig::garage::Garage::start("reports").expect("Garage");
+    reports_come_back(format!(
+        "{}\n{}",
+        pg.store_toml("yilian"),
+        garage.blobs_toml()
+    ))
+    .await;
 }
 
 async fn reports_come_back(store_toml: String) {

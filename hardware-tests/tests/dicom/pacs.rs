@@ -4,10 +4,28 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_400_image_ct_study_reaches_orthanc_unchanged() {
+    ct_study_to_orthanc(String::new()).await;
+}
+
+/// The same with central's index on PostgreSQL and its payloads in a real
+/// S3 bucket: each instance fetched from the bucket to be sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_400_image_ct_study_reaches_orthanc_from_a_bucket() {
+    let pg = yilian_rig::postgres::Postgres::start("pacs").expect("PostgreSQL");
+    let garage = yilian_rig::garage::Garage::start("pacs").expect("Garage");
+    ct_study_to_orthanc(format!(
+        "{}\n{}",
+        pg.store_toml("yilian"),
+        garage.blobs_toml()
+    ))
+    .await;
+}
+
+async fn ct_study_to_orthanc(store_toml: String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let orthanc = Orthanc::start(&dir.path().join("orthanc")).expect("Orthanc");
     let pacs = format!(
-        "\n[pacs]\naddress = \"{}\"\nae_title = \"{}\"\nretry_base = \"200ms\"\n",
+        "\n[pacs]\naddress = \"{}\"\nae_title = \"{}\"\nretry_base = \"200ms\"\n\n{store_toml}",
         orthanc.dicom, orthanc.ae_title
     );
     let hub = hub_with(dir.path(), "", None, &pacs).await;
