@@ -62,6 +62,39 @@ impl Running {
     }
 }
 
+/// With instances sharing the index: closes, every second, local
+/// connections of boxes that have a newer one at another instance.
+async fn close_superseded(shared: shared::Shared, mut stopped: watch::Receiver<bool>) {
+    // Claims are stamped by the claiming instance's clock: look back far
+    // enough to cover skew between instances (an epoch seen twice is
+    // harmless, one missed would leave an old connection to its timeout).
+    const OVERLAP_MS: i64 = 30_000;
+    let mut since = store::now_ms() - OVERLAP_MS;
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let started = store::now_ms();
+        let s = shared.store.clone();
+        let from = since - OVERLAP_MS;
+        match tokio::task::spawn_blocking(move || s.connections_since(from)).await {
+            Ok(Ok(claims)) => {
+                for claim in &claims {
+                    shared.superseded_elsewhere(claim);
+                }
+                since = started;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot read the boxes' connections from the shared index")
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// Drops abandoned partial uploads once an hour (and once at start).
 async fn sweep_abandoned(
     store: Store,
@@ -215,6 +248,9 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
         config.server.abandon_partial_after,
         stopped.clone(),
     ));
+    if store.shares_connections() {
+        tokio::spawn(close_superseded(shared.clone(), stopped.clone()));
+    }
     if let Some(pacs) = &config.pacs {
         shared.routes.pacs = true;
         metrics.register_destination(pacs::DESTINATION);

@@ -48,6 +48,10 @@ pub struct Shared {
     takeovers: Arc<Mutex<HashMap<BoxIdentity, Takeovers>>>,
     /// Told when a report was queued for a box (see [`crate::reports`]).
     pub reports_wake: Arc<tokio::sync::Notify>,
+    /// With instances sharing the index: the epoch each local connection
+    /// claimed, with the connection's stable id (see
+    /// [`Shared::superseded_elsewhere`]).
+    epochs: Arc<Mutex<HashMap<BoxIdentity, (i64, usize)>>>,
 }
 
 /// When a box's connection was taken over, and from where.
@@ -71,6 +75,7 @@ impl Shared {
             unwatched: Arc::default(),
             takeovers: Arc::default(),
             reports_wake: Arc::default(),
+            epochs: Arc::default(),
         }
     }
 
@@ -98,23 +103,98 @@ impl Shared {
         *self.unwatched.lock().unwrap_or_else(|p| p.into_inner()) = ids;
     }
 
-    /// Records that a connection from `remote` took over `identity`'s;
-    /// returns the addresses involved when that looks like two boxes with
-    /// one identity.
+    /// Records that a connection from `remote` took over `identity`'s
+    /// (from `previous`); counts and logs it as a conflict when that looks
+    /// like two boxes with one identity.
     pub(crate) fn takeover(
         &self,
         identity: &BoxIdentity,
         remote: SocketAddr,
-    ) -> Option<Vec<SocketAddr>> {
+        previous: SocketAddr,
+    ) {
         let now = Instant::now();
-        let mut map = self.takeovers.lock().unwrap_or_else(|p| p.into_inner());
-        let seen = map.entry(identity.clone()).or_default();
-        seen.retain(|(t, _)| now.duration_since(*t) < CLONE_WINDOW);
-        seen.push((now, remote));
-        let mut addrs: Vec<SocketAddr> = seen.iter().map(|(_, a)| *a).collect();
-        addrs.sort();
-        addrs.dedup();
-        (seen.len() >= CLONE_TAKEOVERS && addrs.len() > 1).then_some(addrs)
+        let addrs = {
+            let mut map = self.takeovers.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = map.entry(identity.clone()).or_default();
+            seen.retain(|(t, _)| now.duration_since(*t) < CLONE_WINDOW);
+            seen.push((now, remote));
+            let mut addrs: Vec<SocketAddr> = seen.iter().map(|(_, a)| *a).collect();
+            // The one taken over counts: at another instance, it is the only
+            // sign of the other box this instance gets.
+            addrs.push(previous);
+            addrs.sort();
+            addrs.dedup();
+            (seen.len() >= CLONE_TAKEOVERS && addrs.len() > 1).then_some(addrs)
+        };
+        if let Some(addrs) = addrs {
+            self.metrics
+                .identity_conflicts
+                .get_or_create(&crate::metrics::GatewayLabels::of(identity))
+                .inc();
+            tracing::error!(gateway = %identity, %remote, %previous, addresses = ?addrs,
+                "two boxes present the same identity and keep taking the connection from each other; \
+                 find the clone at these addresses (a copied disk or key), revoke the identity if it was stolen, and enroll each box under its own name");
+        }
+    }
+
+    /// Remembers the epoch a local connection claimed in the shared index.
+    pub(crate) fn set_epoch(&self, identity: &BoxIdentity, epoch: i64, conn: &quinn::Connection) {
+        self.epochs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(identity.clone(), (epoch, conn.stable_id()));
+    }
+
+    /// Forgets a local connection's epoch when it ends (unless a newer
+    /// local connection replaced it).
+    pub(crate) fn forget_epoch(&self, identity: &BoxIdentity, conn: &quinn::Connection) {
+        let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+        if epochs
+            .get(identity)
+            .is_some_and(|(_, id)| *id == conn.stable_id())
+        {
+            epochs.remove(identity);
+        }
+    }
+
+    /// A connection another instance claimed: if it is newer than the one
+    /// this instance holds for the box, the one here is closed (the box
+    /// moved, or a clone connected there). Returns whether one was closed.
+    pub(crate) fn superseded_elsewhere(&self, claimed: &crate::store::ClaimedConnection) -> bool {
+        let Ok(identity) = BoxIdentity::parse(&claimed.gateway) else {
+            return false;
+        };
+        let stable = {
+            let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
+            match epochs.get(&identity) {
+                Some(&(mine, stable)) if claimed.epoch > mine => {
+                    epochs.remove(&identity);
+                    stable
+                }
+                _ => return false,
+            }
+        };
+        let conn = {
+            let mut conns = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+            match conns.get(&identity) {
+                Some(c) if c.stable_id() == stable => conns.remove(&identity),
+                _ => None,
+            }
+        };
+        let Some(conn) = conn else {
+            return false;
+        };
+        let previous = conn.remote_address();
+        conn.close(
+            close::SUPERSEDED.into(),
+            b"superseded by a newer connection at another central instance",
+        );
+        tracing::info!(gateway = %identity, remote = %claimed.remote, %previous,
+            "the box has a newer connection at another central instance; its connection here is closed");
+        if let Ok(remote) = claimed.remote.parse::<SocketAddr>() {
+            self.takeover(&identity, remote, previous);
+        }
+        true
     }
 
     /// Closes a box's live connection, if it has one. Returns whether it had.

@@ -249,3 +249,105 @@ fn failover(garage: Option<&Garage>) -> anyhow::Result<()> {
     gw.kill9();
     Ok(())
 }
+
+/// A box's disk copied into a second box, each clone reaching a different
+/// instance: the newest connection wins across instances too (each
+/// instance closes its connection when the box has a newer one at the
+/// other), so the clones keep taking the connection from each other and
+/// the conflict is counted and logged, as on one hub. Without the epoch in
+/// the shared index each instance would keep its clone connected and
+/// nobody would notice.
+#[test]
+fn a_box_cloned_across_two_instances_is_caught() -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("yilian-instances-clone-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let dir = tmp.path();
+    let pg = Postgres::start("instances-clone")?;
+    let fleet = Fleet::create(dir)?;
+    let tls = fleet.central("localhost")?;
+    let mut instances = Vec::new();
+    let mut centrals = Vec::new();
+    for i in 0..2 {
+        let c = CentralSetup {
+            listen: free_udp_port()?,
+            metrics: free_tcp_port()?,
+            data_dir: dir.join("central-data"),
+            tls: tls.clone(),
+        };
+        let toml = dir.join(format!("central-{i}.toml"));
+        std::fs::write(&toml, format!("{}\n{}", c.toml(), pg.store_toml("yilian")))?;
+        centrals.push(Proc::spawn(
+            "yilian-central",
+            &["serve", "--config", toml.to_str().unwrap()],
+            &dir.join(format!("central-{i}.log")),
+        )?);
+        instances.push(c);
+    }
+    let identity = fleet.gateway("test/clinic/box-1")?;
+    let mut boxes = Vec::new();
+    for (i, c) in instances.iter().enumerate() {
+        let drop = dir.join(format!("drop-{i}"));
+        std::fs::create_dir_all(&drop)?;
+        let setup = GatewaySetup {
+            central: c.listen.to_string(),
+            server_name: "localhost".into(),
+            spool_dir: dir.join(format!("spool-{i}")),
+            metrics: free_tcp_port()?,
+            tls: identity.clone(),
+            folders: vec![FolderSetup {
+                name: "share".into(),
+                path: drop,
+                lane: "bulk",
+                settle_ms: 300,
+            }],
+            idle_timeout_ms: Some(3000),
+            reconnect_max_ms: 1000,
+            quota_bytes: None,
+            extra: String::new(),
+        };
+        let toml = dir.join(format!("gateway-{i}.toml"));
+        std::fs::write(&toml, setup.toml())?;
+        boxes.push(Proc::spawn(
+            "yilian-gateway",
+            &["run", "--config", toml.to_str().unwrap()],
+            &dir.join(format!("gateway-{i}.log")),
+        )?);
+    }
+    let conflicts = || -> f64 {
+        instances
+            .iter()
+            .map(|c| {
+                let m = yilian_rig::scrape::http_get(c.metrics, "/metrics").unwrap_or_default();
+                yilian_rig::scrape::sum(
+                    &m,
+                    "yilian_central_identity_conflicts_total",
+                    &["gateway=\"box-1\""],
+                )
+            })
+            .sum()
+    };
+    let started = Instant::now();
+    wait_for("the clone caught across the instances", 60, || {
+        conflicts() > 0.0
+    });
+    eprintln!(
+        "clones at two instances caught after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let logs: String = (0..2)
+        .map(|i| read(&dir.join(format!("central-{i}.log"))))
+        .collect();
+    assert!(
+        logs.contains("has a newer connection at another central instance"),
+        "an instance closed its connection for the other's newer one"
+    );
+    assert!(logs.contains("two boxes present the same identity"));
+    for mut b in boxes {
+        b.kill9();
+    }
+    for mut c in centrals {
+        c.kill9();
+    }
+    Ok(())
+}

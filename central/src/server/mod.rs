@@ -79,15 +79,22 @@ async fn handle_connection(conn: quinn::Connection, remote: SocketAddr, shared: 
     if let Some(old) = superseded {
         let old_remote = old.remote_address();
         old.close(close::SUPERSEDED.into(), b"superseded by a new connection");
-        if let Some(addrs) = shared.takeover(&identity, remote) {
-            shared
-                .metrics
-                .identity_conflicts
-                .get_or_create(&labels)
-                .inc();
-            tracing::error!(gateway = %identity, %remote, previous = %old_remote, addresses = ?addrs,
-                "two boxes present the same identity and keep taking the connection from each other; \
-                 find the clone at these addresses (a copied disk or key), revoke the identity if it was stolen, and enroll each box under its own name");
+        shared.takeover(&identity, remote, old_remote);
+    }
+    // With instances sharing the index, the newest connection of a box
+    // wins across them too: this one takes the box's next epoch, and the
+    // instance holding an older one closes it (`close_superseded`).
+    if shared.store.shares_connections() {
+        let store = shared.store.clone();
+        let (gw, from) = (identity.to_string(), remote.to_string());
+        match tokio::task::spawn_blocking(move || store.claim_connection(&gw, &from)).await {
+            Ok(Ok(Some((epoch, _)))) => shared.set_epoch(&identity, epoch, &conn),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(gateway = %identity, error = %e,
+                    "cannot record this connection in the shared index; another instance may hold an older one of this box until its idle timeout");
+            }
+            Err(_) => {}
         }
     }
     shared.metrics.connections.inc();
@@ -124,6 +131,7 @@ async fn handle_connection(conn: quinn::Connection, remote: SocketAddr, shared: 
         }
     }
     shared.metrics.connections.dec();
+    shared.forget_epoch(&identity, &conn);
     let mut conns = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
     // This connection is over unless a newer one took its place; one that
     // `disconnect` already removed (a revocation) is over too.

@@ -157,7 +157,7 @@ impl Store {
         };
         if resumable && let (Some((id, _)), Some((_, _, _, state))) = (&begun, parts.last()) {
             let hasher = restore_hash(state).ok_or_else(|| {
-                StoreError::Migration(format!(
+                StoreError::Inconsistent(format!(
                     "upload {}: its stored hash state is unreadable",
                     offer.upload_id
                 ))
@@ -440,7 +440,7 @@ impl S3Parts {
             .inner
             .blobs
             .s3()
-            .ok_or_else(|| StoreError::Migration("payloads are not in a bucket".into()))
+            .ok_or_else(|| StoreError::Inconsistent("payloads are not in a bucket".into()))
     }
 
     /// Sends the first `part_size` pending bytes as the next part and
@@ -461,9 +461,7 @@ impl S3Parts {
                 )?;
                 if inserted == 0 {
                     let _ = self.s3()?.abort_multipart(&self.key, &id);
-                    return Err(StoreError::Migration(
-                        "another central instance is receiving this upload".into(),
-                    ));
+                    return Err(StoreError::Contended);
                 }
                 self.multipart = Some(id.clone());
                 id
@@ -495,9 +493,7 @@ impl S3Parts {
         )?;
         tx.commit()?;
         if inserted == 0 {
-            return Err(StoreError::Migration(
-                "another central instance is receiving this upload".into(),
-            ));
+            return Err(StoreError::Contended);
         }
         self.etags.push(etag);
         self.flushed += size;

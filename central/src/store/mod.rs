@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use yilian_protocol::upload::HeldState;
 
 pub mod blobs;
+mod connections;
 mod ingest;
 pub mod migrate;
 mod outbox;
@@ -34,6 +35,7 @@ mod views;
 mod worklist;
 
 pub use blobs::{BlobBackend, BlobError, LocalBlob};
+pub use connections::ClaimedConnection;
 pub use ingest::PartialUpload;
 pub use outbox::{LEASE_MS, OutboxRow, OutboxStats};
 pub use reports::{DownlinkRow, DownlinkStats, ReportRow, Turnaround};
@@ -62,6 +64,14 @@ pub enum StoreError {
     Blob(#[from] BlobError),
     #[error("migration: {0}")]
     Migration(String),
+    /// Another central instance holds this upload (a box that reached two
+    /// instances at once); retryable.
+    #[error("another central instance is receiving this upload")]
+    Contended,
+    /// The index holds something this version cannot use (an unreadable
+    /// hash state, a bucket operation on a directory store).
+    #[error("the index is inconsistent: {0}")]
+    Inconsistent(String),
 }
 
 pub(crate) fn io<'a>(
@@ -107,6 +117,14 @@ CREATE TABLE IF NOT EXISTS uploads_begun(
     active_ms INTEGER NOT NULL,
     PRIMARY KEY(gateway, upload_id)
 );
+-- The newest connection of each box, when instances share the index.
+CREATE TABLE IF NOT EXISTS box_connections(
+    gateway TEXT PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    remote TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS box_connections_by_time ON box_connections(at_ms);
 CREATE TABLE IF NOT EXISTS upload_parts(
     gateway TEXT NOT NULL,
     upload_id TEXT NOT NULL,
@@ -315,7 +333,7 @@ impl Store {
         }
         let blobs = blobs::Blobs::open(&self.inner.data_dir, backend)?;
         let inner = Arc::try_unwrap(self.inner)
-            .map_err(|_| StoreError::Migration("the store is shared already".into()))?;
+            .map_err(|_| StoreError::Inconsistent("the store is shared already".into()))?;
         Ok(Self {
             inner: Arc::new(StoreInner { blobs, ..inner }),
         })

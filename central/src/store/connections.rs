@@ -1,0 +1,71 @@
+//! Which connection of a box is the newest, when several central instances
+//! share one index: each new connection takes its box's next epoch, and an
+//! instance holding an older one closes it (the box keeps one connection;
+//! an older one lingering at another instance is a dead path or a clone).
+//! An embedded hub is one instance: its connection map decides alone, and
+//! nothing is written here.
+
+use crate::store::sql::params;
+
+use super::{Store, StoreError, now_ms};
+
+/// A connection as the index records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedConnection {
+    pub gateway: String,
+    pub epoch: i64,
+    pub remote: String,
+}
+
+impl Store {
+    /// Whether connections are claimed in the index (several instances).
+    pub fn shares_connections(&self) -> bool {
+        self.db().is_postgres()
+    }
+
+    /// Records a new connection of `gateway` from `remote`: the epoch it
+    /// takes, and where the connection before it came from. None on an
+    /// embedded hub.
+    pub fn claim_connection(
+        &self,
+        gateway: &str,
+        remote: &str,
+    ) -> Result<Option<(i64, Option<String>)>, StoreError> {
+        let mut db = self.db();
+        if !db.is_postgres() {
+            return Ok(None);
+        }
+        let mut tx = db.transaction()?;
+        let previous: Option<String> = tx.query_row(
+            "SELECT remote FROM box_connections WHERE gateway = ?1",
+            params![gateway],
+            |r| r.get(0),
+        )?;
+        // One atomic upsert: two instances claiming at once get two epochs.
+        let epoch: i64 = tx.query_one(
+            "INSERT INTO box_connections(gateway, epoch, remote, at_ms) VALUES (?1, 1, ?2, ?3)
+             ON CONFLICT(gateway) DO UPDATE SET epoch = box_connections.epoch + 1,
+                 remote = excluded.remote, at_ms = excluded.at_ms
+             RETURNING epoch",
+            params![gateway, remote, now_ms()],
+            |r| r.get(0),
+        )?;
+        tx.commit()?;
+        Ok(Some((epoch, previous)))
+    }
+
+    /// Connections claimed (by any instance) at or after `since_ms`.
+    pub fn connections_since(&self, since_ms: i64) -> Result<Vec<ClaimedConnection>, StoreError> {
+        Ok(self.db().query(
+            "SELECT gateway, epoch, remote FROM box_connections WHERE at_ms >= ?1",
+            params![since_ms],
+            |r| {
+                Ok(ClaimedConnection {
+                    gateway: r.get(0)?,
+                    epoch: r.get(1)?,
+                    remote: r.get(2)?,
+                })
+            },
+        )?)
+    }
+}
