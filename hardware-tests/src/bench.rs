@@ -814,7 +814,10 @@ async fn upload_benches(
 
 /// CPU seconds per GB of SHA-256, and of writing a file and syncing it,
 /// each measured alone over 256 MiB.
-fn durable_costs(dir: &std::path::Path, cpu: impl Fn() -> f64) -> anyhow::Result<(f64, f64)> {
+pub(crate) fn durable_costs(
+    dir: &std::path::Path,
+    cpu: impl Fn() -> f64,
+) -> anyhow::Result<(f64, f64)> {
     use sha2::Digest;
     let block: Vec<u8> = (0..1024 * 1024u32).map(|i| (i >> 3) as u8).collect();
     let n = 256;
@@ -842,7 +845,7 @@ fn durable_costs(dir: &std::path::Path, cpu: impl Fn() -> f64) -> anyhow::Result
 
 /// Sends `total` bytes over one quinn stream and waits for the receiver to
 /// have read them all.
-async fn raw_quinn(
+pub(crate) async fn raw_quinn(
     ctls: &yilian_link::TlsFiles,
     gtls: &yilian_link::TlsFiles,
     total: u64,

@@ -184,6 +184,11 @@ impl Garage {
         }
     }
 
+    /// The server's process id (for its CPU time in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the server as a crash would.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

@@ -52,6 +52,7 @@ pub mod procs;
 pub mod relay;
 pub mod report;
 pub mod scrape;
+pub mod swarm;
 pub mod units;
 pub mod wan;
 pub mod webdriver;

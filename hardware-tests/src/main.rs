@@ -54,6 +54,27 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         scenarios: Vec<String>,
     },
+    /// Many simulated boxes (real QUIC, mutual TLS, the real upload
+    /// protocol) against real central processes: ingest on the embedded
+    /// backend and on PostgreSQL + Garage, and the failover of every box
+    /// of a SIGKILLed instance.
+    Swarm {
+        /// Boxes connected.
+        #[arg(long, default_value_t = 1000)]
+        boxes: usize,
+        /// Of them, how many upload at once.
+        #[arg(long, default_value_t = 100)]
+        uploading: usize,
+        /// Items each uploading box sends.
+        #[arg(long, default_value_t = 4)]
+        items: usize,
+        /// Size of each item in MiB.
+        #[arg(long, default_value_t = 4)]
+        item_mib: usize,
+        /// Also write the table as Markdown here.
+        #[arg(long)]
+        markdown: Option<PathBuf>,
+    },
     /// One end of a plain flow that measures an emulated link (run inside
     /// its namespaces by the bench; prints one JSON line).
     Probe {
@@ -189,6 +210,30 @@ fn main() -> ExitCode {
                 }
                 if let Some(dir) = report_dir {
                     yilian_rig::bench_link::write_report(&report, &dir)?;
+                }
+                Ok(())
+            }
+            Command::Swarm {
+                boxes,
+                uploading,
+                items,
+                item_mib,
+                markdown,
+            } => {
+                let dir = tempfile::Builder::new().prefix("yilian-swarm-").tempdir()?;
+                let report = yilian_rig::swarm::run(
+                    dir.path(),
+                    yilian_rig::swarm::SwarmOptions {
+                        boxes,
+                        uploading: uploading.min(boxes),
+                        items,
+                        item_bytes: item_mib * 1024 * 1024,
+                    },
+                )
+                .await?;
+                print!("{}", report.markdown());
+                if let Some(path) = markdown {
+                    std::fs::write(path, report.markdown())?;
                 }
                 Ok(())
             }

@@ -28,6 +28,13 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// The process id (for its CPU time in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Proc {
     pub fn spawn(bin: &str, args: &[&str], log: &Path) -> anyhow::Result<Self> {
         Self::spawn_in(None, bin, args, log)
     }
