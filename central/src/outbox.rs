@@ -59,7 +59,19 @@ pub async fn drive<D: Destination>(
             );
             if worker != Some(mine) {
                 if mine {
-                    tracing::info!(destination = name, "this instance delivers to {name}");
+                    // Taken over (or first start): what the previous holder
+                    // had leased is due now, not when its lease runs out.
+                    let s = store.clone();
+                    let due = tokio::task::spawn_blocking(move || s.take_over_destination(name))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .unwrap_or(0);
+                    tracing::info!(
+                        destination = name,
+                        pending_made_due = due,
+                        "this instance delivers to {name}"
+                    );
                 } else {
                     tracing::info!(
                         destination = name,

@@ -351,3 +351,168 @@ fn a_box_cloned_across_two_instances_is_caught() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A scripted LIS: reads MLLP frames, records each message's MSH-10 and
+/// answers AA after `delay` (a LIS that takes its time, so an instance is
+/// killed with deliveries in flight).
+fn scripted_lis(
+    delay: Duration,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+)> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut s = stream;
+                let mut dec = yilian_codecs::mllp::MllpDecoder::default();
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    for frame in dec.push(&buf[..n]).into_iter().flatten() {
+                        let text = String::from_utf8_lossy(&frame).into_owned();
+                        let id = text
+                            .split('\r')
+                            .next()
+                            .and_then(|msh| msh.split('|').nth(9))
+                            .unwrap_or_default()
+                            .to_owned();
+                        std::thread::sleep(delay);
+                        record.lock().unwrap().push(id.clone());
+                        let ack = format!(
+                            "MSH|^~\\&|LIS|H|YILIAN|C|20261204120000||ACK|A{id}|P|2.5\rMSA|AA|{id}\r"
+                        );
+                        if s.write_all(&yilian_codecs::mllp::encode(ack.as_bytes()))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, seen))
+}
+
+/// Two instances on one PostgreSQL, the LIS (one ordered connection)
+/// delivered to by one of them; that one is SIGKILLed with deliveries in
+/// flight. The other takes the LIS over within its claim round and sends
+/// what the dead one held at once (not after its lease): the LIS sees
+/// every MSH-10, and at most the one in flight at the kill twice.
+#[test]
+fn the_lis_is_taken_over_when_its_instance_dies() -> anyhow::Result<()> {
+    use yilian_protocol::BoxIdentity;
+    use yilian_protocol::messages::Offer;
+    let tmp = tempfile::Builder::new()
+        .prefix("yilian-instances-lis-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let dir = tmp.path();
+    let pg = Postgres::start("instances-lis")?;
+    let fleet = Fleet::create(dir)?;
+    let tls = fleet.central("localhost")?;
+    let (lis, seen) = scripted_lis(Duration::from_millis(100))?;
+    let data = dir.join("central-data");
+    let mut centrals = Vec::new();
+    for i in 0..2 {
+        let c = CentralSetup {
+            listen: free_udp_port()?,
+            metrics: free_tcp_port()?,
+            data_dir: data.clone(),
+            tls: tls.clone(),
+        };
+        let toml = dir.join(format!("central-{i}.toml"));
+        std::fs::write(
+            &toml,
+            format!(
+                "{}\n[lis]\naddress = \"{lis}\"\nack_timeout = \"5s\"\nretry_base = \"200ms\"\n\n{}",
+                c.toml(),
+                pg.store_toml("yilian")
+            ),
+        )?;
+        centrals.push(Some(Proc::spawn(
+            "yilian-central",
+            &["serve", "--config", toml.to_str().unwrap()],
+            &dir.join(format!("central-{i}.log")),
+        )?));
+    }
+    let log = |i: usize| read(&dir.join(format!("central-{i}.log")));
+    wait_for("one instance delivering to the LIS", 30, || {
+        (0..2).any(|i| log(i).contains("this instance delivers to lis"))
+    });
+    let holder = (0..2)
+        .find(|i| log(*i).contains("this instance delivers to lis"))
+        .unwrap_or(0);
+    let other = 1 - holder;
+
+    // Results committed at central (the index both instances share).
+    let store = Store::open_backend(&data, &Backend::Postgres(pg.settings("yilian")))?;
+    let gw = BoxIdentity::parse("lingshan/xiacun/box-1")?;
+    let n = 60;
+    for k in 0..n {
+        let msg =
+            format!("MSH|^~\\&|LAB|XIACUN|||20261204||ORU^R01|CTRL{k:03}|P|2.5\rPID|1||P{k}\r");
+        let sha = {
+            use sha2::Digest;
+            sha2::Sha256::digest(msg.as_bytes()).to_vec()
+        };
+        let offer = Offer {
+            upload_id: format!("{:032x}", 0x1a5_0000 + k),
+            sha256: sha,
+            size: msg.len() as u64,
+            kind: "hl7".into(),
+            lane: yilian_protocol::Lane::Bulk as i32,
+            metadata: Default::default(),
+            received_unix_ms: yilian_proof::disk::now_ms(),
+            source: "test".into(),
+        };
+        let mut p = store.open_partial(&gw, &offer, 0)?;
+        p.append(msg.as_bytes())?;
+        store.commit(&gw, &offer, p, &["lis"])?;
+    }
+
+    wait_for("a quarter delivered", 60, || {
+        seen.lock().unwrap().len() >= n / 4
+    });
+    centrals[holder].take().expect("running").kill9();
+    let killed = Instant::now();
+    let at_kill = seen.lock().unwrap().len();
+    wait_for("the other instance delivering", 30, || {
+        seen.lock().unwrap().len() > at_kill + 1
+    });
+    let resumed = killed.elapsed().as_secs_f64();
+    wait_for("every result at the LIS", 120, || {
+        let s = seen.lock().unwrap();
+        (0..n).all(|k| s.contains(&format!("CTRL{k:03}")))
+    });
+    let s = seen.lock().unwrap().clone();
+    let twice: Vec<&String> = (0..n)
+        .map(|k| format!("CTRL{k:03}"))
+        .filter_map(|id| {
+            let c = s.iter().filter(|x| **x == id).count();
+            (c > 1).then(|| s.iter().find(|x| **x == id)).flatten()
+        })
+        .collect();
+    eprintln!(
+        "LIS held by instance {holder}, killed after {at_kill} messages; instance {other} delivering {resumed:.1} s later; {} messages, sent twice: {twice:?}",
+        s.len()
+    );
+    assert!(
+        twice.len() <= 1,
+        "only the message in flight at the kill may reach the LIS twice: {twice:?}"
+    );
+    assert!(
+        resumed < 15.0,
+        "the dead instance's leased deliveries are taken over at once, not after their lease"
+    );
+    assert!(log(other).contains("this instance delivers to lis"));
+    Ok(())
+}

@@ -128,6 +128,26 @@ impl Store {
         )?)
     }
 
+    /// Makes every pending delivery of `destination` due now: called by
+    /// the instance that has just claimed an ordered destination, whose
+    /// previous holder is gone (it lost its connection to the index, so
+    /// its lock) and whose leased rows would otherwise wait out their
+    /// lease. A row it was sending as it died may reach the destination
+    /// twice, with the same control ID (the LIS's duplicate check); none is
+    /// lost. Backed-off rows are tried again at once too. Returns how many
+    /// rows were made due.
+    pub fn take_over_destination(&self, destination: &str) -> Result<u64, StoreError> {
+        let mut db = self.db();
+        if !db.is_postgres() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        Ok(db.execute(
+            "UPDATE outbox SET next_attempt_ms = ?2 WHERE destination = ?1 AND state = 0 AND next_attempt_ms > ?2",
+            params![destination, now],
+        )? as u64)
+    }
+
     pub fn outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
         self.db().execute(
             "UPDATE outbox SET state = 1, delivered_ms = ?2, last_error = NULL WHERE id = ?1",
