@@ -352,9 +352,10 @@ fn a_box_cloned_across_two_instances_is_caught() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A scripted LIS: reads MLLP frames, records each message's MSH-10 and
-/// answers AA after `delay` (a LIS that takes its time, so an instance is
-/// killed with deliveries in flight).
+/// A scripted LIS: reads MLLP frames, records each message's MSH-10 as it
+/// arrives and answers AA `delay` later (a LIS that takes its time: an
+/// instance killed right after a message arrived dies with that delivery
+/// in flight, unacknowledged).
 fn scripted_lis(
     delay: Duration,
 ) -> anyhow::Result<(
@@ -385,8 +386,8 @@ fn scripted_lis(
                             .and_then(|msh| msh.split('|').nth(9))
                             .unwrap_or_default()
                             .to_owned();
-                        std::thread::sleep(delay);
                         record.lock().unwrap().push(id.clone());
+                        std::thread::sleep(delay);
                         let ack = format!(
                             "MSH|^~\\&|LIS|H|YILIAN|C|20261204120000||ACK|A{id}|P|2.5\rMSA|AA|{id}\r"
                         );
@@ -419,7 +420,7 @@ fn the_lis_is_taken_over_when_its_instance_dies() -> anyhow::Result<()> {
     let pg = Postgres::start("instances-lis")?;
     let fleet = Fleet::create(dir)?;
     let tls = fleet.central("localhost")?;
-    let (lis, seen) = scripted_lis(Duration::from_millis(100))?;
+    let (lis, seen) = scripted_lis(Duration::from_millis(500))?;
     let data = dir.join("central-data");
     let mut centrals = Vec::new();
     for i in 0..2 {
@@ -456,7 +457,7 @@ fn the_lis_is_taken_over_when_its_instance_dies() -> anyhow::Result<()> {
     // Results committed at central (the index both instances share).
     let store = Store::open_backend(&data, &Backend::Postgres(pg.settings("yilian")))?;
     let gw = BoxIdentity::parse("lingshan/xiacun/box-1")?;
-    let n = 60;
+    let n = 30;
     for k in 0..n {
         let msg =
             format!("MSH|^~\\&|LAB|XIACUN|||20261204||ORU^R01|CTRL{k:03}|P|2.5\rPID|1||P{k}\r");
@@ -479,9 +480,9 @@ fn the_lis_is_taken_over_when_its_instance_dies() -> anyhow::Result<()> {
         store.commit(&gw, &offer, p, &["lis"])?;
     }
 
-    wait_for("a quarter delivered", 60, || {
-        seen.lock().unwrap().len() >= n / 4
-    });
+    // Killed within the LIS's 500 ms before its ACK: the last message it
+    // received is in flight, unacknowledged, leased to the dying instance.
+    wait_for("a quarter sent", 60, || seen.lock().unwrap().len() >= n / 4);
     centrals[holder].take().expect("running").kill9();
     let killed = Instant::now();
     let at_kill = seen.lock().unwrap().len();
@@ -508,6 +509,11 @@ fn the_lis_is_taken_over_when_its_instance_dies() -> anyhow::Result<()> {
     assert!(
         twice.len() <= 1,
         "only the message in flight at the kill may reach the LIS twice: {twice:?}"
+    );
+    assert_eq!(
+        s.iter().filter(|x| **x == s[at_kill - 1]).count(),
+        2,
+        "the message in flight at the kill is sent again by the other instance, with its MSH-10"
     );
     assert!(
         resumed < 15.0,
