@@ -782,6 +782,26 @@ fn a_large_upload_resumes_on_another_instance_from_its_last_part() {
         Held::Partial(0)
     ));
     assert_eq!(garage.wait_multipart_uploads(0).expect("bucket info"), 0);
+
+    // Swept while still in use (a box that paused past the limit): the
+    // next part finds its multipart upload gone, the attempt fails, and
+    // the next one starts from zero instead of sending parts to nothing.
+    let mut p = a.open_partial(&gw, &o, 0).expect("open");
+    p.append(&good[..part + 1]).expect("append");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(
+        b.sweep_abandoned(std::time::Duration::from_millis(1))
+            .expect("sweep"),
+        1
+    );
+    let err = p
+        .append(&good[part + 1..2 * part + 2])
+        .expect_err("its multipart upload is gone");
+    assert!(err.to_string().contains("is gone"), "{err}");
+    assert!(matches!(
+        a.held(&gw, &o, &["pacs"]).expect("held"),
+        Held::Partial(0)
+    ));
 }
 
 #[test]

@@ -35,6 +35,10 @@ pub enum BlobError {
     },
     #[error("object store: {0}")]
     S3(String),
+    /// The multipart upload a part was sent to is gone (aborted by a sweep,
+    /// or completed by an instance that died before its commit).
+    #[error("object store: the multipart upload {0} is gone")]
+    UploadGone(String),
     #[error("object store settings: {0}")]
     Config(String),
 }

@@ -216,7 +216,13 @@ impl Store {
             if claimed == 0 {
                 continue;
             }
-            s3.abort_multipart(&key, &multipart)?;
+            // The row is gone either way: an upload still in use finds its
+            // multipart upload gone at its next part and starts over.
+            if let Err(e) = s3.abort_multipart(&key, &multipart) {
+                tracing::warn!(gateway = %gateway, upload = %upload_id, error = %e,
+                    "cannot abort an abandoned multipart upload; its parts stay in the bucket until its own lifecycle rule removes them");
+                continue;
+            }
             tracing::info!(gateway = %gateway, upload = %upload_id, "abandoned partial upload dropped from the bucket");
             dropped += 1;
         }
@@ -260,7 +266,10 @@ impl Store {
                     parts.forget(begun.as_deref().map(|id| (key.as_str(), id)));
                     return Err(e);
                 }
-                parts.finish()?;
+                if let Err(e) = parts.finish() {
+                    parts.forget_if_gone(&e);
+                    return Err(e);
+                }
                 self.insert_row(gateway, offer, &got, destinations)
             }
         }
@@ -520,6 +529,15 @@ impl S3Parts {
         Ok(())
     }
 
+    /// After the multipart upload turned out gone, drops its rows: the next
+    /// attempt starts from zero instead of sending parts to nothing forever.
+    fn forget_if_gone(&mut self, e: &StoreError) {
+        if matches!(e, StoreError::Blob(blobs::BlobError::UploadGone(_))) {
+            tracing::warn!(upload = %self.upload_id, "the upload's multipart upload is gone from the bucket; it starts again from zero");
+            self.forget(None);
+        }
+    }
+
     /// Drops what is held of this upload: the multipart upload (if any)
     /// and its rows. Best effort: an orphan is cleaned up later.
     fn forget(&mut self, begun: Option<(&str, &str)>) {
@@ -572,7 +590,10 @@ impl PartialUpload {
                 self.len += data.len() as u64;
                 let size = parts.s3()?.part_size();
                 while parts.pending.len() >= size {
-                    parts.send_part(&mut self.hasher, size)?;
+                    if let Err(e) = parts.send_part(&mut self.hasher, size) {
+                        parts.forget_if_gone(&e);
+                        return Err(e);
+                    }
                 }
             }
         }

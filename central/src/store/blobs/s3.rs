@@ -153,6 +153,14 @@ fn tls_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, BlobError> {
     Ok(config)
 }
 
+/// A missing multipart upload (S3's NoSuchUpload, a 404) as None.
+fn gone<T>(e: object_store::Error) -> Result<Option<T>, object_store::Error> {
+    match e {
+        object_store::Error::NotFound { .. } => Ok(None),
+        e => Err(e),
+    }
+}
+
 fn s3_error(e: object_store::Error) -> BlobError {
     // The first line of the chain says what failed; the causes say why
     // (a refused checksum, a missing bucket, a timeout).
@@ -348,12 +356,16 @@ impl S3Blobs {
         let store = self.store.clone();
         let path = ObjectPath::from(key);
         let upload = upload.to_owned();
+        let id = upload.clone();
         self.run(async move {
             store
                 .put_part(&path, &upload, index, PutPayload::from(bytes))
                 .await
-        })
+                .map(Some)
+                .or_else(gone)
+        })?
         .map(|p| p.content_id)
+        .ok_or(BlobError::UploadGone(id))
     }
 
     pub(crate) fn complete_multipart(
@@ -369,8 +381,16 @@ impl S3Blobs {
             .into_iter()
             .map(|content_id| PartId { content_id })
             .collect();
-        self.run(async move { store.complete_multipart(&path, &upload, parts).await })
-            .map(|_| ())
+        let id = upload.clone();
+        self.run(async move {
+            store
+                .complete_multipart(&path, &upload, parts)
+                .await
+                .map(Some)
+                .or_else(gone)
+        })?
+        .map(|_| ())
+        .ok_or(BlobError::UploadGone(id))
     }
 
     pub(crate) fn abort_multipart(&self, key: &str, upload: &str) -> Result<(), BlobError> {
