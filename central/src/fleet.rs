@@ -103,7 +103,7 @@ impl Fleet {
             }
             None => None,
         };
-        let token_key = load_or_create_key(&config.server.data_dir.join("token.key"))?;
+        let token_key = token_key(&store, &config.server.data_dir.join("token.key"))?;
         let revoked = Revocations::default();
         for id in store.revoked_identities()? {
             revoked.insert(&id);
@@ -395,6 +395,29 @@ fn check_scope(scope: &str) -> Result<(), FleetError> {
     }
 }
 
+/// The key enrollment tokens are signed with. Instances sharing an index
+/// share it through the index (a token made at one is good at every
+/// other, whatever their data directories); the first to start puts it
+/// there, taken from a county hub's `token.key` when it has one, so tokens
+/// issued before a move stay good. An embedded hub keeps it in its file.
+fn token_key(store: &Store, path: &Path) -> anyhow::Result<TokenKey> {
+    if !store.shares_connections() {
+        return load_or_create_key(path);
+    }
+    let candidate = match std::fs::read(path) {
+        Ok(bytes) if bytes.len() >= 32 => bytes,
+        _ => rand::random::<[u8; 32]>().to_vec(),
+    };
+    let secret = store
+        .shared_secret("token_key", &candidate)
+        .context("reading the token key from the shared index")?;
+    anyhow::ensure!(
+        secret.len() >= 32,
+        "the token key in the shared index is shorter than 32 bytes"
+    );
+    Ok(TokenKey::from_bytes(&secret))
+}
+
 fn load_or_create_key(path: &Path) -> anyhow::Result<TokenKey> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -404,15 +427,39 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<TokenKey> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
+    // Written aside and linked into place whole: of two instances starting
+    // on one directory, the second finds the first's complete key.
     let secret: [u8; 32] = rand::random();
+    let aside = path.with_extension(format!("new.{}", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+        .open(&aside)
+        .with_context(|| format!("creating {}", aside.display()))?;
     f.write_all(&secret)
         .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(TokenKey::from_bytes(&secret))
+        .with_context(|| format!("writing {}", aside.display()))?;
+    let linked = std::fs::hard_link(&aside, path);
+    let _ = std::fs::remove_file(&aside);
+    match linked {
+        Ok(()) => {
+            if let Some(dir) = path.parent() {
+                yilian_proof::disk::sync_dir(dir)
+                    .with_context(|| format!("syncing {}", dir.display()))?;
+            }
+            Ok(TokenKey::from_bytes(&secret))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            anyhow::ensure!(
+                bytes.len() >= 32,
+                "{} is shorter than 32 bytes",
+                path.display()
+            );
+            Ok(TokenKey::from_bytes(&bytes))
+        }
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
 }

@@ -139,21 +139,9 @@ fn failover(garage: Option<&Garage>) -> anyhow::Result<()> {
         &gateway_log,
     )?;
 
-    // Which instance did the box choose?
     wait_for("the link up", 60, || {
         read(&gateway_log).contains("link to central up")
     });
-    let said = read(&gateway_log);
-    let chosen = instances
-        .iter()
-        .position(|c| said.contains(&format!("addr={}", c.listen)))
-        .expect("the box names the instance it connected to");
-    let other = 1 - chosen;
-    eprintln!(
-        "the box chose instance {chosen} ({})",
-        instances[chosen].listen
-    );
-
     let mut written = HashMap::new();
     for i in 0..FILES {
         let name = format!("STUDY{i:02}.DAT");
@@ -164,7 +152,8 @@ fn failover(garage: Option<&Garage>) -> anyhow::Result<()> {
     // Kill the chosen instance with an upload half-way: bytes in the
     // partial file, or parts in the bucket.
     let held = || match garage {
-        None => partial_bytes(&data_of(chosen)),
+        // One directory both instances share.
+        None => partial_bytes(&data_of(0)),
         Some(_) => pg
             .psql("yilian", "SELECT COALESCE(SUM(size), 0) FROM upload_parts")
             .ok()
@@ -172,6 +161,26 @@ fn failover(garage: Option<&Garage>) -> anyhow::Result<()> {
             .unwrap_or(0),
     };
     wait_for("an upload under way", 60, || held() > SIZE / 3);
+    // The instance the box is connected to now: the last "link up" line
+    // names it (under load the box's first tries may have reached both).
+    let up = read(&gateway_log)
+        .lines()
+        .rev()
+        .find(|l| l.contains("link to central up"))
+        .unwrap_or_default()
+        .to_owned();
+    let chosen = instances
+        .iter()
+        .position(|c| {
+            up.contains(&format!("addr={} ", c.listen))
+                || up.ends_with(&format!("addr={}", c.listen))
+        })
+        .expect("the box names the instance it connected to");
+    let other = 1 - chosen;
+    eprintln!(
+        "the box is at instance {chosen} ({})",
+        instances[chosen].listen
+    );
     let held_at_kill = held();
     centrals[chosen].take().expect("running").kill9();
     let killed = Instant::now();
@@ -182,11 +191,25 @@ fn failover(garage: Option<&Garage>) -> anyhow::Result<()> {
 
     let other_log = dir.join(format!("central-{other}.log"));
     let before = read(&other_log).len();
-    wait_for("the box at the other instance", 60, || {
-        read(&other_log)
-            .get(before..)
-            .is_some_and(|new| new.contains("gateway said hello"))
-    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !read(&other_log)
+        .get(before..)
+        .is_some_and(|new| new.contains("gateway said hello"))
+    {
+        if Instant::now() > deadline {
+            let tail = |p: &Path| {
+                let t = read(p);
+                let lines: Vec<&str> = t.lines().collect();
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            };
+            panic!(
+                "the box at the other instance: not within 60 s\n--- instance {other}:\n{}\n--- box:\n{}",
+                tail(&other_log),
+                tail(&gateway_log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     eprintln!(
         "the box reached instance {other} {:.1} s after the kill (idle timeout 3 s)",
         killed.elapsed().as_secs_f64()
@@ -486,9 +509,19 @@ fn the_lis_is_taken_over_when_its_instance_dies() -> anyhow::Result<()> {
     centrals[holder].take().expect("running").kill9();
     let killed = Instant::now();
     let at_kill = seen.lock().unwrap().len();
-    wait_for("the other instance delivering", 30, || {
-        seen.lock().unwrap().len() > at_kill + 1
-    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap().len() <= at_kill + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the other instance delivering: not within 30 s; instance {other}:\n{}",
+            log(other)
+                .lines()
+                .filter(|l| !l.contains("NOTICE"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let resumed = killed.elapsed().as_secs_f64();
     wait_for("every result at the LIS", 120, || {
         let s = seen.lock().unwrap();

@@ -331,6 +331,17 @@ fn two_instances_on_one_postgresql_commit_each_upload_once() {
     let (a, b) = (open("a"), open("b"));
     let stores = [a.join().expect("a"), b.join().expect("b")];
 
+    // The token key: the first instance's stands, the second gets it (a
+    // token made at one is good at the other).
+    let first = stores[0]
+        .shared_secret("token_key", &[1; 32])
+        .expect("secret");
+    let second = stores[1]
+        .shared_secret("token_key", &[2; 32])
+        .expect("secret");
+    assert_eq!(first, vec![1; 32]);
+    assert_eq!(second, first, "one key for every instance");
+
     // Every upload offered to both at once (a box that failed over while
     // its first COMMITTED was in flight).
     let gw = BoxIdentity::parse("lingshan/xiacun/box-1").expect("identity");

@@ -52,6 +52,24 @@ pub(super) async fn control_stream(
             .set(crate::store::now_ms() as f64 / 1000.0);
     }
     tracing::info!(gateway = %identity, software = %hello.software_version, version, "gateway said hello");
+    // With instances sharing the index, the newest connection of a box
+    // wins across them too: the one that said Hello (the box says it only
+    // on the connection it keeps, never on a parallel try it closes) takes
+    // the box's next epoch, and the instance holding an older one closes it
+    // (`close_superseded`).
+    if shared.store.shares_connections() {
+        let store = shared.store.clone();
+        let (gw, from) = (identity.to_string(), conn.remote_address().to_string());
+        match tokio::task::spawn_blocking(move || store.claim_connection(&gw, &from)).await {
+            Ok(Ok(Some((epoch, _)))) => shared.set_epoch(identity, epoch, conn),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(gateway = %identity, error = %e,
+                    "cannot record this connection in the shared index; another instance may hold an older one of this box until its idle timeout");
+            }
+            Err(_) => {}
+        }
+    }
     let ack = Envelope::new(Body::HelloAck(HelloAck {
         protocol_version: version,
         central_version: env!("CARGO_PKG_VERSION").to_owned(),

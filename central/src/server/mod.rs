@@ -81,22 +81,6 @@ async fn handle_connection(conn: quinn::Connection, remote: SocketAddr, shared: 
         old.close(close::SUPERSEDED.into(), b"superseded by a new connection");
         shared.takeover(&identity, remote, old_remote);
     }
-    // With instances sharing the index, the newest connection of a box
-    // wins across them too: this one takes the box's next epoch, and the
-    // instance holding an older one closes it (`close_superseded`).
-    if shared.store.shares_connections() {
-        let store = shared.store.clone();
-        let (gw, from) = (identity.to_string(), remote.to_string());
-        match tokio::task::spawn_blocking(move || store.claim_connection(&gw, &from)).await {
-            Ok(Ok(Some((epoch, _)))) => shared.set_epoch(&identity, epoch, &conn),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(gateway = %identity, error = %e,
-                    "cannot record this connection in the shared index; another instance may hold an older one of this box until its idle timeout");
-            }
-            Err(_) => {}
-        }
-    }
     shared.metrics.connections.inc();
     if watched {
         shared.metrics.gateway_link_up.get_or_create(&labels).set(1);

@@ -54,6 +54,24 @@ impl Store {
         Ok(Some((epoch, previous)))
     }
 
+    /// A secret all instances sharing the index use (the token key): the
+    /// one stored, or `candidate` stored and returned if there is none yet
+    /// (of instances starting together, the first insert wins).
+    pub fn shared_secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut db = self.db();
+        db.execute(
+            "INSERT INTO shared_secrets(name, value) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+            params![name, hex::encode(candidate)],
+        )?;
+        let value: String = db.query_one(
+            "SELECT value FROM shared_secrets WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )?;
+        hex::decode(value)
+            .map_err(|e| StoreError::Inconsistent(format!("shared secret {name} is not hex: {e}")))
+    }
+
     /// Connections claimed (by any instance) at or after `since_ms`.
     pub fn connections_since(&self, since_ms: i64) -> Result<Vec<ClaimedConnection>, StoreError> {
         Ok(self.db().query(

@@ -117,6 +117,11 @@ CREATE TABLE IF NOT EXISTS uploads_begun(
     active_ms INTEGER NOT NULL,
     PRIMARY KEY(gateway, upload_id)
 );
+-- Secrets every instance sharing the index uses (the token key).
+CREATE TABLE IF NOT EXISTS shared_secrets(
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 -- The newest connection of each box, when instances share the index.
 CREATE TABLE IF NOT EXISTS box_connections(
     gateway TEXT PRIMARY KEY,
