@@ -17,6 +17,7 @@ pub mod ecg;
 pub mod fleet;
 pub mod hl7_listener;
 pub mod http;
+mod instances;
 pub mod lis;
 pub mod metrics;
 pub mod orders;
@@ -132,7 +133,14 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
     // Every box central has heard of gets a last-seen series from the start,
     // so a box that stays silent after a central restart is still visible.
     let unwatched = store.unwatched_identities()?;
-    for gw in store.gateways()? {
+    // With instances sharing the index, the fleet exporter shows the boxes
+    // connected nowhere (`instances`).
+    let boxes = if store.shares_connections() {
+        Vec::new()
+    } else {
+        store.gateways()?
+    };
+    for gw in boxes {
         // Revoked and retired boxes are not watched: no series to alert on.
         if unwatched.contains(&gw.identity) {
             continue;
@@ -250,6 +258,7 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
     ));
     if store.shares_connections() {
         tokio::spawn(close_superseded(shared.clone(), stopped.clone()));
+        tokio::spawn(instances::watch(shared.clone(), stopped.clone()));
     }
     if let Some(pacs) = &config.pacs {
         shared.routes.pacs = true;
@@ -283,7 +292,13 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
             _ = stopped.changed() => {}
         }
     });
-    tracing::info!(%quic_addr, %metrics_addr, "central ready");
+    if store.shares_connections() {
+        // The id other instances name this one by (a dead one's deliveries
+        // taken over are logged with it).
+        tracing::info!(%quic_addr, %metrics_addr, instance = %format_args!("{:x}", store.instance_id()), "central ready");
+    } else {
+        tracing::info!(%quic_addr, %metrics_addr, "central ready");
+    }
     Ok(Running {
         quic_addr,
         metrics_addr,

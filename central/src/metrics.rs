@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -69,6 +69,11 @@ type GaugeF = Gauge<f64, AtomicU64>;
 #[derive(Clone)]
 pub struct CentralMetrics {
     pub registry: Arc<Registry>,
+    /// Series read from the index rather than seen by this instance (the
+    /// outboxes, reports waiting): with instances sharing the index, only
+    /// the fleet exporter shows them, so each comes out once.
+    fleet_registry: Arc<Registry>,
+    exports_fleet: Arc<AtomicBool>,
     pub items_committed: Family<LaneLabels, Counter>,
     pub bytes_received: Counter,
     pub bytes_committed: Counter,
@@ -155,8 +160,11 @@ impl CentralMetrics {
 
     pub fn new() -> Self {
         let mut r = Registry::default();
+        let mut f = Registry::default();
         let m = Self {
             registry: Arc::new(Registry::default()),
+            fleet_registry: Arc::new(Registry::default()),
+            exports_fleet: Arc::new(AtomicBool::new(true)),
             items_committed: Family::default(),
             bytes_received: Counter::default(),
             bytes_committed: Counter::default(),
@@ -177,7 +185,7 @@ impl CentralMetrics {
             end_to_end: Family::new_with_constructor(latency_histogram),
             ecg_end_to_end: Family::new_with_constructor(latency_histogram),
             ecg_quarantined: Counter::default(),
-            reports: crate::reports::ReportMetrics::register(&mut r),
+            reports: crate::reports::ReportMetrics::register(&mut r, &mut f),
             fleet: Arc::default(),
             config_versions: Arc::default(),
         };
@@ -272,7 +280,7 @@ impl CentralMetrics {
             "Configuration version (SHA-256 prefix) the gateway reported",
             m.gateway_config.clone(),
         );
-        r.register(
+        f.register(
             "yilian_central_outbox_items",
             "Deliveries to downstream systems (LIS, PACS, ECG system) by state",
             m.outbox_items.clone(),
@@ -282,7 +290,7 @@ impl CentralMetrics {
             "Delivery attempts to downstream systems by result (delivered, retry, parked)",
             m.outbox_results.clone(),
         );
-        r.register_with_unit(
+        f.register_with_unit(
             "yilian_central_outbox_oldest_pending_age",
             "Age of the oldest delivery not yet accepted downstream",
             Unit::Seconds,
@@ -311,8 +319,15 @@ impl CentralMetrics {
         }
         Self {
             registry: Arc::new(r),
+            fleet_registry: Arc::new(f),
             ..m
         }
+    }
+
+    /// Whether this instance shows the fleet-wide series (see
+    /// `fleet_registry`); always on an embedded hub.
+    pub fn set_fleet_exporter(&self, on: bool) {
+        self.exports_fleet.store(on, Ordering::Relaxed);
     }
 
     /// Prepares a destination's series at zero.
@@ -414,11 +429,33 @@ impl CentralMetrics {
     /// must not look current. Its last-seen series stays.
     /// A box no longer watched (revoked, retired): all its series go at
     /// once, so nothing shows it up or pages for it.
+    /// Also a box whose connection to this instance ended while instances
+    /// share the index: the one it moves to shows it, or the fleet
+    /// exporter shows it down.
     pub fn forget_gateway(&self, id: &BoxIdentity) {
         let labels = GatewayLabels::of(id);
         self.gateway_last_seen.remove(&labels);
         self.gateway_link_up.remove(&labels);
         self.gateway_certificate_expiry.remove(&labels);
+        for lane in ["urgent", "clinical", "bulk"] {
+            let l = labels.with_lane(lane);
+            self.gateway_backlog_items.remove(&l);
+            self.gateway_backlog_bytes.remove(&l);
+            self.gateway_oldest_age.remove(&l);
+        }
+        let version = self
+            .config_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&labels);
+        if let Some(version) = version {
+            self.gateway_config.remove(&GatewayConfigLabels {
+                county: labels.county.clone(),
+                clinic: labels.clinic.clone(),
+                gateway: labels.gateway.clone(),
+                version,
+            });
+        }
         self.clear_gateway_snapshot(id);
     }
 
@@ -438,6 +475,14 @@ impl CentralMetrics {
         }
         if let Some(stripped) = out.strip_suffix("# EOF\n") {
             out.truncate(stripped.len());
+        }
+        if self.exports_fleet.load(Ordering::Relaxed) {
+            let mut fleet_wide = String::new();
+            if prometheus_client::encoding::text::encode(&mut fleet_wide, &self.fleet_registry)
+                .is_ok()
+            {
+                out.push_str(fleet_wide.strip_suffix("# EOF\n").unwrap_or(&fleet_wide));
+            }
         }
         let fleet = self.fleet.lock().unwrap_or_else(|p| p.into_inner());
         let mut merged: BTreeMap<&str, MergedFamily<'_>> = BTreeMap::new();

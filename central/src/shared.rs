@@ -146,14 +146,20 @@ impl Shared {
     }
 
     /// Forgets a local connection's epoch when it ends (unless a newer
-    /// local connection replaced it).
-    pub(crate) fn forget_epoch(&self, identity: &BoxIdentity, conn: &quinn::Connection) {
+    /// local connection replaced it): the epoch, if it was still this
+    /// connection's.
+    pub(crate) fn forget_epoch(
+        &self,
+        identity: &BoxIdentity,
+        conn: &quinn::Connection,
+    ) -> Option<i64> {
         let mut epochs = self.epochs.lock().unwrap_or_else(|p| p.into_inner());
-        if epochs
-            .get(identity)
-            .is_some_and(|(_, id)| *id == conn.stable_id())
-        {
-            epochs.remove(identity);
+        match epochs.get(identity) {
+            Some(&(epoch, id)) if id == conn.stable_id() => {
+                epochs.remove(identity);
+                Some(epoch)
+            }
+            _ => None,
         }
     }
 

@@ -54,6 +54,79 @@ fn partial_bytes(data: &Path) -> u64 {
     total
 }
 
+/// Every sample of `family` for `gateway` across the instances' metrics,
+/// as (instance, value): one per box when the fleet's series come out once.
+fn samples(metrics: &[std::net::SocketAddr], family: &str, gateway: &str) -> Vec<(usize, f64)> {
+    let mut found = Vec::new();
+    for (i, addr) in metrics.iter().enumerate() {
+        let Ok(text) = yilian_rig::scrape::http_get(*addr, "/metrics") else {
+            continue;
+        };
+        for line in text.lines() {
+            if line.starts_with(&format!("{family}{{"))
+                && line.contains(&format!("gateway=\"{gateway}\""))
+                && let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse().ok())
+            {
+                found.push((i, v));
+            }
+        }
+    }
+    found
+}
+
+/// How many instances show an unlabelled fleet-wide `family`.
+fn showing(metrics: &[std::net::SocketAddr], family: &str) -> usize {
+    metrics
+        .iter()
+        .filter(|a| {
+            yilian_rig::scrape::http_get(**a, "/metrics")
+                .is_ok_and(|t| t.lines().any(|l| l.starts_with(&format!("{family} "))))
+        })
+        .count()
+}
+
+/// The fleet's series come out once across instances: the connected box
+/// `up` at the instance it is at (`at`, when known), the box connected
+/// nowhere down at exactly one instance, the counts read from the index at
+/// exactly one.
+fn fleet_series_once(metrics: &[std::net::SocketAddr], at: Option<usize>) -> Result<(), String> {
+    let up = samples(metrics, "yilian_gateway_link_up", "box-1");
+    let down = samples(metrics, "yilian_gateway_link_up", "box-2");
+    let seen = samples(
+        metrics,
+        "yilian_gateway_last_seen_timestamp_seconds",
+        "box-2",
+    );
+    let waiting = showing(metrics, "yilian_central_reports_waiting");
+    let ok = up.len() == 1
+        && up[0].1 == 1.0
+        && at.is_none_or(|i| up[0].0 == i)
+        && down.len() == 1
+        && down[0].1 == 0.0
+        && seen.len() == 1
+        && waiting == 1;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "box-1 link_up {up:?}, box-2 link_up {down:?}, box-2 last_seen {seen:?}, reports_waiting at {waiting} instances"
+        ))
+    }
+}
+
+fn wait_fleet_series_once(metrics: &[std::net::SocketAddr], at: Option<usize>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match fleet_series_once(metrics, at) {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => {
+                panic!("the fleet's series once across instances, within 20 s: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 #[test]
 fn a_box_fails_over_to_the_other_instance_and_resumes_its_upload() -> anyhow::Result<()> {
     failover(None)
@@ -105,6 +178,16 @@ fn failover(garage: Option<&Garage>) -> anyhow::Result<()> {
             &dir.join(format!("central-{i}.log")),
         )?));
     }
+
+    // A second box central knows of, connected nowhere.
+    {
+        let s = Store::open_backend(&data_of(0), &Backend::Postgres(pg.settings("yilian")))?;
+        s.touch_gateway(
+            &yilian_protocol::BoxIdentity::parse("test/clinic/box-2")?,
+            Some("0.1.0"),
+        )?;
+    }
+    let metrics: Vec<std::net::SocketAddr> = instances.iter().map(|c| c.metrics).collect();
 
     let drop = dir.join("drop");
     std::fs::create_dir_all(&drop)?;
@@ -181,6 +264,7 @@ fn failover(garage: Option<&Garage>) -> anyhow::Result<()> {
         "the box is at instance {chosen} ({})",
         instances[chosen].listen
     );
+    wait_fleet_series_once(&metrics, Some(chosen));
     let held_at_kill = held();
     centrals[chosen].take().expect("running").kill9();
     let killed = Instant::now();
@@ -214,6 +298,8 @@ fn failover(garage: Option<&Garage>) -> anyhow::Result<()> {
         "the box reached instance {other} {:.1} s after the kill (idle timeout 3 s)",
         killed.elapsed().as_secs_f64()
     );
+    // The survivor shows the whole fleet, whichever instance exported it.
+    wait_fleet_series_once(&metrics, Some(other));
 
     let backend = Backend::Postgres(pg.settings("yilian"));
     let data = data_of(other);
@@ -553,5 +639,193 @@ fn the_lis_is_taken_over_when_its_instance_dies() -> anyhow::Result<()> {
         "the dead instance's leased deliveries are taken over at once, not after their lease"
     );
     assert!(log(other).contains("this instance delivers to lis"));
+    Ok(())
+}
+
+/// A TCP relay to `to` that forwards until `stall` is set, then holds
+/// everything sent through it (a PACS that stopped answering mid-image).
+fn stalling_relay(
+    to: std::net::SocketAddr,
+    stall: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(to) else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                let stall = stall.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    while let Ok(n) = from.read(&mut buf) {
+                        while stall.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        if n == 0 || into.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    Ok(addr)
+}
+
+/// Two instances deliver a study to Orthanc (the PACS takes deliveries in
+/// any order: both instances send). Instance 0's PACS stops answering in
+/// the middle of an image, and instance 0 is SIGKILLed holding that
+/// delivery's lease. The other instance finds it dead (its liveness lock
+/// in PostgreSQL is free) and sends the image within seconds, not after
+/// the 5-minute lease: Orthanc ends with every instance, the outbox with
+/// every delivery done, no lease left.
+#[test]
+fn the_pacs_deliveries_of_a_dead_instance_are_taken_over() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use yilian_protocol::BoxIdentity;
+    use yilian_protocol::messages::Offer;
+    let tmp = tempfile::Builder::new()
+        .prefix("yilian-instances-pacs-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let dir = tmp.path();
+    let pg = Postgres::start("instances-pacs")?;
+    let garage = Garage::start("instances-pacs")?;
+    let orthanc = yilian_rig::orthanc::Orthanc::start(&dir.join("orthanc"))?;
+    let stall = Arc::new(AtomicBool::new(false));
+    let relay = stalling_relay(orthanc.dicom, stall.clone())?;
+    let fleet = Fleet::create(dir)?;
+    let tls = fleet.central("localhost")?;
+    let mut centrals = Vec::new();
+    for (i, pacs) in [relay, orthanc.dicom].iter().enumerate() {
+        let c = CentralSetup {
+            listen: free_udp_port()?,
+            metrics: free_tcp_port()?,
+            data_dir: dir.join(format!("central-data-{i}")),
+            tls: tls.clone(),
+        };
+        let toml = dir.join(format!("central-{i}.toml"));
+        std::fs::write(
+            &toml,
+            format!(
+                "{}\n[pacs]\naddress = \"{pacs}\"\nae_title = \"{}\"\nretry_base = \"200ms\"\n\n{}\n{}",
+                c.toml(),
+                orthanc.ae_title,
+                pg.store_toml("yilian"),
+                garage.blobs_toml()
+            ),
+        )?;
+        centrals.push(Some(Proc::spawn(
+            "yilian-central",
+            &["serve", "--config", toml.to_str().unwrap()],
+            &dir.join(format!("central-{i}.log")),
+        )?));
+    }
+    let log = |i: usize| read(&dir.join(format!("central-{i}.log")));
+    wait_for("both instances ready", 30, || {
+        (0..2).all(|i| log(i).contains("central ready"))
+    });
+    let id0 = log(0)
+        .lines()
+        .find(|l| l.contains("central ready"))
+        .and_then(|l| l.split("instance=").nth(1))
+        .and_then(|v| v.split_whitespace().next())
+        .map(|v| i64::from_str_radix(v, 16))
+        .transpose()?
+        .expect("instance 0 logs its id");
+
+    // The study committed at central (the index and bucket both share).
+    let study = yilian_rig::modality::CtStudy::new(11, 60);
+    let files = study.write(&dir.join("ct"))?;
+    let store = Store::open_with(
+        &dir.join("test-data"),
+        &Backend::Postgres(pg.settings("yilian")),
+        &garage.settings(),
+    )?;
+    let gw = BoxIdentity::parse("lingshan/xiacun/box-1")?;
+    for (k, f) in files.iter().enumerate() {
+        let bytes = std::fs::read(f)?;
+        let sha = {
+            use sha2::Digest;
+            sha2::Sha256::digest(&bytes).to_vec()
+        };
+        let offer = Offer {
+            upload_id: format!("{:032x}", 0xd1c0_0000u64 + k as u64),
+            sha256: sha,
+            size: bytes.len() as u64,
+            kind: "dicom".into(),
+            lane: yilian_protocol::Lane::Bulk as i32,
+            metadata: Default::default(),
+            received_unix_ms: yilian_proof::disk::now_ms(),
+            source: "test".into(),
+        };
+        let mut p = store.open_partial(&gw, &offer, 0)?;
+        p.append(&bytes)?;
+        store.commit(&gw, &offer, p, &["pacs"])?;
+    }
+
+    // Instance 0's PACS stops answering once the study is under way; it is
+    // killed while it holds the delivery it was making.
+    let n = files.len() as u64;
+    wait_for("a quarter of the study in Orthanc", 60, || {
+        orthanc.instance_count().unwrap_or(0) >= n / 4
+    });
+    stall.store(true, Ordering::Relaxed);
+    let leased = || {
+        pg.psql(
+            "yilian",
+            &format!("SELECT COUNT(*) FROM outbox_leases WHERE instance = {id0}"),
+        )
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+    };
+    wait_for("instance 0 stuck in a delivery", 60, || leased() == 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        leased(),
+        1,
+        "instance 0 still holds the delivery it is stuck in"
+    );
+    centrals[0].take().expect("running").kill9();
+    // The relay stays stalled: what the dead instance had sent of its
+    // image never reaches Orthanc, so only the takeover can complete it.
+    let killed = Instant::now();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while orthanc.instance_count().unwrap_or(0) < n {
+        assert!(
+            Instant::now() < deadline,
+            "the whole study in Orthanc within 30 s of the kill: {} of {n}; instance 1:\n{}",
+            orthanc.instance_count().unwrap_or(0),
+            log(1)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = killed.elapsed().as_secs_f64();
+    wait_for("every delivery recorded", 30, || {
+        pg.psql("yilian", "SELECT COUNT(*) FROM outbox WHERE state = 1")
+            .is_ok_and(|v| v == n.to_string())
+    });
+    assert_eq!(
+        pg.psql("yilian", "SELECT COUNT(*) FROM outbox_leases")?,
+        "0",
+        "no lease left"
+    );
+    assert!(
+        log(1).contains("a central instance died with deliveries under way"),
+        "instance 1 says it took the dead instance's delivery over"
+    );
+    eprintln!(
+        "instance 0 killed holding a PACS delivery; the study complete in Orthanc {took:.1} s later"
+    );
+    assert_eq!(orthanc.instance_count()?, n, "each image once in the PACS");
     Ok(())
 }

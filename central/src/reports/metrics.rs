@@ -52,7 +52,8 @@ fn turnaround_histogram() -> Histogram {
 }
 
 impl ReportMetrics {
-    pub fn register(r: &mut Registry) -> Self {
+    /// `fleet` takes the series read from the index (one instance shows them).
+    pub fn register(r: &mut Registry, fleet: &mut Registry) -> Self {
         let m = Self {
             received: Family::default(),
             refused: Counter::default(),
@@ -91,17 +92,17 @@ impl ReportMetrics {
             Unit::Seconds,
             m.down.clone(),
         );
-        r.register(
+        fleet.register(
             "yilian_central_reports_waiting",
             "Reports not yet held by their clinic's box",
             m.waiting.clone(),
         );
-        r.register(
+        fleet.register(
             "yilian_central_reports_unmatched",
             "Reports parked because no clinic could be found for them (`yilian-central reports --unmatched`)",
             m.unmatched.clone(),
         );
-        r.register_with_unit(
+        fleet.register_with_unit(
             "yilian_central_reports_oldest_waiting_age",
             "Age of the oldest report not yet held by its clinic's box",
             Unit::Seconds,

@@ -115,19 +115,36 @@ async fn handle_connection(conn: quinn::Connection, remote: SocketAddr, shared: 
         }
     }
     shared.metrics.connections.dec();
-    shared.forget_epoch(&identity, &conn);
-    let mut conns = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
-    // This connection is over unless a newer one took its place; one that
-    // `disconnect` already removed (a revocation) is over too.
-    let replaced = conns
-        .get(&identity)
-        .is_some_and(|c| c.stable_id() != conn.stable_id());
-    if !replaced {
-        conns.remove(&identity);
-        if shared.watched(&identity) {
-            shared.metrics.gateway_link_up.get_or_create(&labels).set(0);
+    let epoch = shared.forget_epoch(&identity, &conn);
+    {
+        let mut conns = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
+        // This connection is over unless a newer one took its place; one that
+        // `disconnect` already removed (a revocation) is over too.
+        let replaced = conns
+            .get(&identity)
+            .is_some_and(|c| c.stable_id() != conn.stable_id());
+        if !replaced {
+            conns.remove(&identity);
+            if shared.store.shares_connections() {
+                // The instance the box moves to shows it from now on, or
+                // the fleet exporter shows it down: never two instances
+                // with two answers for one box.
+                shared.metrics.forget_gateway(&identity);
+            } else {
+                if shared.watched(&identity) {
+                    shared.metrics.gateway_link_up.get_or_create(&labels).set(0);
+                }
+                shared.metrics.clear_gateway_snapshot(&identity);
+            }
         }
-        shared.metrics.clear_gateway_snapshot(&identity);
+    }
+    if let Some(epoch) = epoch {
+        let store = shared.store.clone();
+        let gw = identity.to_string();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || store.mark_absent(&gw, epoch)).await
+        {
+            tracing::debug!(gateway = %identity, error = %e, "cannot record the end of this connection in the shared index");
+        }
     }
 }
 

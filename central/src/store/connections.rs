@@ -20,7 +20,7 @@ pub struct ClaimedConnection {
 impl Store {
     /// Whether connections are claimed in the index (several instances).
     pub fn shares_connections(&self) -> bool {
-        self.db().is_postgres()
+        self.inner.shared
     }
 
     /// Records a new connection of `gateway` from `remote`: the epoch it
@@ -35,6 +35,7 @@ impl Store {
         if !db.is_postgres() {
             return Ok(None);
         }
+        self.hold_instance_lock(&mut db)?;
         let mut tx = db.transaction()?;
         let previous: Option<String> = tx.query_row(
             "SELECT remote FROM box_connections WHERE gateway = ?1",
@@ -49,6 +50,13 @@ impl Store {
              RETURNING epoch",
             params![gateway, remote, now_ms()],
             |r| r.get(0),
+        )?;
+        // Connected here (for the fleet exporter: see `instances`).
+        tx.execute(
+            "INSERT INTO box_presence(gateway, instance, epoch) VALUES (?1, ?2, ?3)
+             ON CONFLICT(gateway) DO UPDATE SET instance = excluded.instance, epoch = excluded.epoch
+             WHERE box_presence.epoch <= excluded.epoch",
+            params![gateway, self.instance_id(), epoch],
         )?;
         tx.commit()?;
         Ok(Some((epoch, previous)))

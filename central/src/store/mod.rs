@@ -27,6 +27,7 @@ use yilian_protocol::upload::HeldState;
 pub mod blobs;
 mod connections;
 mod ingest;
+mod instances;
 pub mod migrate;
 mod outbox;
 mod reports;
@@ -37,6 +38,7 @@ mod worklist;
 pub use blobs::{BlobBackend, BlobError, LocalBlob};
 pub use connections::ClaimedConnection;
 pub use ingest::PartialUpload;
+pub use instances::TakenOver;
 pub use outbox::{LEASE_MS, OutboxRow, OutboxStats};
 pub use reports::{DownlinkRow, DownlinkStats, ReportRow, Turnaround};
 pub use views::{GatewayRow, ItemRow, StudyRow};
@@ -130,6 +132,18 @@ CREATE TABLE IF NOT EXISTS box_connections(
     at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS box_connections_by_time ON box_connections(at_ms);
+-- Which instance each connected box is at (instances sharing the index).
+CREATE TABLE IF NOT EXISTS box_presence(
+    gateway TEXT PRIMARY KEY,
+    instance INTEGER NOT NULL,
+    epoch INTEGER NOT NULL
+);
+-- Deliveries being made, and by which instance (instances sharing the
+-- index): a dead instance's are taken over at once.
+CREATE TABLE IF NOT EXISTS outbox_leases(
+    outbox_id INTEGER PRIMARY KEY,
+    instance INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS upload_parts(
     gateway TEXT NOT NULL,
     upload_id TEXT NOT NULL,
@@ -231,6 +245,10 @@ struct StoreInner {
     data_dir: PathBuf,
     blobs: blobs::Blobs,
     partial_dir: PathBuf,
+    /// Whether several instances may share the index (PostgreSQL).
+    shared: bool,
+    /// This instance's id among them (see `instances`); 0 when embedded.
+    instance: i64,
 }
 
 impl std::fmt::Debug for Store {
@@ -393,12 +411,21 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let (blob_dir, partial_dir) = Self::prepare_dirs(data_dir)?;
         let db = sql::Db::postgres(settings, &format!("{SCHEMA}{}", reports::SCHEMA))?;
-        Ok(Self::with(db, data_dir, blob_dir, partial_dir))
+        let store = Self::with(db, data_dir, blob_dir, partial_dir);
+        store.hold_instance_lock(&mut store.db())?;
+        Ok(store)
     }
 
     fn with(db: sql::Db, data_dir: &Path, blob_dir: PathBuf, partial_dir: PathBuf) -> Self {
+        let shared = db.is_postgres();
         Self {
             inner: Arc::new(StoreInner {
+                shared,
+                instance: if shared {
+                    instances::new_instance_id()
+                } else {
+                    0
+                },
                 db: Mutex::new(db),
                 data_dir: data_dir.to_owned(),
                 blobs: blobs::Blobs::Dir(blob_dir),

@@ -78,7 +78,8 @@ impl Store {
     /// index on PostgreSQL it is leased to this instance for [`LEASE_MS`]:
     /// its next attempt moves to the lease's end, so another instance
     /// passes it by until the outcome is recorded or the lease runs out
-    /// (this instance died mid-delivery). The claim is an UPDATE that
+    /// (this instance died mid-delivery; or sooner, when another instance
+    /// finds it dead: see `instances`). The claim is an UPDATE that
     /// re-checks the row as it is when the claim runs, so a row another
     /// instance delivered or claimed since our look is not taken. An
     /// embedded index has one instance, with one worker per destination:
@@ -101,11 +102,21 @@ impl Store {
             if !db.is_postgres() {
                 return Ok(Some(row));
             }
-            let claimed = db.execute(
+            self.hold_instance_lock(&mut db)?;
+            let mut tx = db.transaction()?;
+            let claimed = tx.execute(
                 "UPDATE outbox SET next_attempt_ms = ?3 WHERE id = ?1 AND state = 0 AND next_attempt_ms <= ?2",
                 params![row.id, now_ms, now_ms.saturating_add(LEASE_MS)],
             )? == 1;
             if claimed {
+                // Whose lease it is: if this instance dies, another one
+                // takes the delivery over at once (`take_over_dead_leases`).
+                tx.execute(
+                    "INSERT INTO outbox_leases(outbox_id, instance) VALUES (?1, ?2)
+                     ON CONFLICT(outbox_id) DO UPDATE SET instance = excluded.instance",
+                    params![row.id, self.instance_id()],
+                )?;
+                tx.commit()?;
                 return Ok(Some(row));
             }
         }
@@ -149,27 +160,50 @@ impl Store {
     }
 
     pub fn outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
-        self.db().execute(
+        self.outbox_outcome(
+            id,
             "UPDATE outbox SET state = 1, delivered_ms = ?2, last_error = NULL WHERE id = ?1",
             params![id, now_ms()],
-        )?;
-        Ok(())
+        )
     }
 
     pub fn outbox_retry(&self, id: i64, delay_ms: i64, error: &str) -> Result<(), StoreError> {
-        self.db().execute(
+        self.outbox_outcome(
+            id,
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?1",
             params![id, now_ms() + delay_ms, error],
-        )?;
-        Ok(())
+        )
     }
 
     /// Set aside for an operator: the destination refused the content.
     pub fn outbox_park(&self, id: i64, error: &str) -> Result<(), StoreError> {
-        self.db().execute(
+        self.outbox_outcome(
+            id,
             "UPDATE outbox SET state = 2, attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
             params![id, error],
+        )
+    }
+
+    /// Records a delivery's outcome, and ends its lease with it when
+    /// instances share the index (an embedded hub writes one statement).
+    fn outbox_outcome(
+        &self,
+        id: i64,
+        sql: &str,
+        params: &[&dyn sql::ToValue],
+    ) -> Result<(), StoreError> {
+        let mut db = self.db();
+        if !db.is_postgres() {
+            db.execute(sql, params)?;
+            return Ok(());
+        }
+        let mut tx = db.transaction()?;
+        tx.execute(sql, params)?;
+        tx.execute(
+            "DELETE FROM outbox_leases WHERE outbox_id = ?1",
+            params![id],
         )?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -1,0 +1,134 @@
+//! Life among several instances sharing one index: every two seconds,
+//! take over what dead instances leased, and decide which instance shows
+//! the fleet-wide series.
+//!
+//! A box's series come from the instance it is connected to, and from
+//! nowhere else (`server` drops them when the box leaves). The fleet
+//! exporter, one instance fleet-wide, shows the rest once: every watched
+//! box connected to no live instance as down, with its last-seen time and
+//! certificate expiry from the index, and the counts read from the index
+//! (outboxes, reports waiting). Prometheus scraping every instance then
+//! gets one answer per box and per count, whichever instance died.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use yilian_protocol::BoxIdentity;
+
+use crate::metrics::GatewayLabels;
+use crate::shared::Shared;
+
+const ROUND: Duration = Duration::from_secs(2);
+
+pub(crate) async fn watch(shared: Shared, mut stopped: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(ROUND);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Boxes this instance shows as down (as the exporter).
+    let mut shown_down: HashSet<BoxIdentity> = HashSet::new();
+    let mut exporter = None;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let store = shared.store.clone();
+        let round = tokio::task::spawn_blocking(move || {
+            let taken = store.take_over_dead_leases()?;
+            let exporter = store.claim_fleet_exporter()?;
+            let view = if exporter {
+                Some((store.present_boxes()?, store.fleet()?))
+            } else {
+                None
+            };
+            Ok::<_, crate::store::StoreError>((taken, exporter, view))
+        })
+        .await;
+        let (taken, is_exporter, view) = match round {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot read the other instances' state from the shared index");
+                continue;
+            }
+            Err(_) => return,
+        };
+        for t in taken.iter().filter(|t| t.deliveries > 0) {
+            tracing::warn!(
+                instance = format!("{:x}", t.instance),
+                deliveries = t.deliveries,
+                "a central instance died with deliveries under way; they are due again now"
+            );
+        }
+        if exporter != Some(is_exporter) {
+            if is_exporter {
+                tracing::info!(
+                    "this instance shows the fleet-wide series (boxes connected nowhere, outbox and report counts)"
+                );
+            } else {
+                tracing::info!("another instance shows the fleet-wide series");
+            }
+            shared.metrics.set_fleet_exporter(is_exporter);
+            exporter = Some(is_exporter);
+        }
+        let Some((present, fleet)) = view else {
+            for id in shown_down.drain() {
+                drop_down(&shared, &id);
+            }
+            continue;
+        };
+        let mut down = HashSet::new();
+        for row in fleet {
+            if row.revoked.is_some() || row.retired.is_some() {
+                continue;
+            }
+            let Ok(id) = BoxIdentity::parse(&row.identity) else {
+                continue;
+            };
+            if present
+                .get(&row.identity)
+                .is_some_and(|&i| i != shared.store.instance_id())
+            {
+                continue;
+            }
+            // Under the connections lock: a box connecting here at this
+            // moment sets its own series after, never before, this.
+            let conns = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
+            if conns.contains_key(&id) {
+                continue;
+            }
+            let labels = GatewayLabels::of(&id);
+            let m = &shared.metrics;
+            m.gateway_link_up.get_or_create(&labels).set(0);
+            m.gateway_last_seen
+                .get_or_create(&labels)
+                .set(row.last_seen_ms as f64 / 1000.0);
+            if row.certificate_not_after > 0 {
+                m.gateway_certificate_expiry
+                    .get_or_create(&labels)
+                    .set(row.certificate_not_after);
+            }
+            drop(conns);
+            down.insert(id);
+        }
+        // Connected somewhere now: that instance shows it (or this one, if
+        // it connected here: its connection owns its series).
+        for id in shown_down.difference(&down) {
+            let here = shared
+                .connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(id);
+            if !here {
+                drop_down(&shared, id);
+            }
+        }
+        shown_down = down;
+    }
+}
+
+fn drop_down(shared: &Shared, id: &BoxIdentity) {
+    let conns = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
+    if !conns.contains_key(id) {
+        shared.metrics.forget_gateway(id);
+    }
+}
