@@ -10,8 +10,8 @@
 //! (outboxes, reports waiting). Prometheus scraping every instance then
 //! gets one answer per box and per count, whichever instance died.
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use yilian_protocol::BoxIdentity;
@@ -20,6 +20,8 @@ use crate::metrics::GatewayLabels;
 use crate::shared::Shared;
 
 const ROUND: Duration = Duration::from_secs(2);
+/// How long an instance stays dead before its boxes' records are dropped.
+const FORGET_DEAD_AFTER: Duration = Duration::from_secs(60);
 
 pub(crate) async fn watch(shared: Shared, mut stopped: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(ROUND);
@@ -27,6 +29,8 @@ pub(crate) async fn watch(shared: Shared, mut stopped: watch::Receiver<bool>) {
     // Boxes this instance shows as down (as the exporter).
     let mut shown_down: HashSet<BoxIdentity> = HashSet::new();
     let mut exporter = None;
+    // Instances found dead, since when (their records go after a while).
+    let mut dead_since: HashMap<i64, Instant> = HashMap::new();
     loop {
         tokio::select! {
             _ = every.tick() => {}
@@ -70,12 +74,24 @@ pub(crate) async fn watch(shared: Shared, mut stopped: watch::Receiver<bool>) {
             shared.metrics.set_fleet_exporter(is_exporter);
             exporter = Some(is_exporter);
         }
-        let Some((present, fleet)) = view else {
+        let Some(((present, dead), fleet)) = view else {
             for id in shown_down.drain() {
                 drop_down(&shared, &id);
             }
             continue;
         };
+        dead_since.retain(|id, _| dead.contains(id));
+        for id in dead {
+            let since = *dead_since.entry(id).or_insert_with(Instant::now);
+            if since.elapsed() >= FORGET_DEAD_AFTER {
+                let store = shared.store.clone();
+                if let Ok(Ok(())) =
+                    tokio::task::spawn_blocking(move || store.forget_instance(id)).await
+                {
+                    dead_since.remove(&id);
+                }
+            }
+        }
         let mut down = HashSet::new();
         for row in fleet {
             if row.revoked.is_some() || row.retired.is_some() {

@@ -80,6 +80,10 @@ pub struct CentralMetrics {
     pub rejections: Family<ReasonLabels, Counter>,
     pub handshake_failures: Counter,
     pub connections: Gauge,
+    /// Memory reserved for parts gathered for the bucket, and the uploads
+    /// that waited for it.
+    pub upload_buffer: Gauge,
+    pub upload_buffer_waits: Counter,
     pub gateway_last_seen: Family<GatewayLabels, GaugeF>,
     pub gateway_link_up: Family<GatewayLabels, Gauge>,
     pub gateway_backlog_items: Family<GatewayLaneLabels, Gauge>,
@@ -171,6 +175,8 @@ impl CentralMetrics {
             rejections: Family::default(),
             handshake_failures: Counter::default(),
             connections: Gauge::default(),
+            upload_buffer: Gauge::default(),
+            upload_buffer_waits: Counter::default(),
             gateway_last_seen: Family::default(),
             gateway_link_up: Family::default(),
             gateway_backlog_items: Family::default(),
@@ -242,6 +248,17 @@ impl CentralMetrics {
             "yilian_central_gateway_connections",
             "Gateway connections currently open",
             m.connections.clone(),
+        );
+        r.register_with_unit(
+            "yilian_central_upload_buffer",
+            "Memory reserved for parts of uploads being gathered for the bucket ([blobs] buffer_mib)",
+            Unit::Bytes,
+            m.upload_buffer.clone(),
+        );
+        r.register(
+            "yilian_central_upload_buffer_waits",
+            "Uploads that waited for memory to gather their parts in (the budget was in use)",
+            m.upload_buffer_waits.clone(),
         );
         r.register(
             "yilian_gateway_last_seen_timestamp_seconds",

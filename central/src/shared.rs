@@ -52,6 +52,63 @@ pub struct Shared {
     /// claimed, with the connection's stable id (see
     /// [`Shared::superseded_elsewhere`]).
     epochs: Arc<Mutex<HashMap<BoxIdentity, (i64, usize)>>>,
+    /// With payloads in a bucket: the memory budget for parts being
+    /// gathered, shared by every upload in progress.
+    pub(crate) upload_buffer: Option<UploadBuffer>,
+}
+
+/// Memory for the parts uploads gather before sending them to the bucket
+/// (`[blobs] buffer_mib`). Each upload holds one part's worth from its
+/// first byte to its commit; the next ones wait in turn (first come, first
+/// served), their boxes held back by flow control.
+#[derive(Clone)]
+pub(crate) struct UploadBuffer {
+    /// Permits are KiB.
+    budget: Arc<tokio::sync::Semaphore>,
+    part: usize,
+}
+
+/// One upload's share of the budget, given back when dropped.
+pub(crate) struct BufferShare {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    bytes: i64,
+    metrics: CentralMetrics,
+}
+
+impl Drop for BufferShare {
+    fn drop(&mut self) {
+        self.metrics.upload_buffer.dec_by(self.bytes);
+    }
+}
+
+impl UploadBuffer {
+    fn new(part: usize, budget: usize) -> Self {
+        Self {
+            budget: Arc::new(tokio::sync::Semaphore::new(budget / 1024)),
+            part,
+        }
+    }
+
+    /// Waits for the memory of one part of an upload with `left` bytes
+    /// still to come.
+    pub(crate) async fn share(&self, left: u64, metrics: &CentralMetrics) -> Option<BufferShare> {
+        let bytes = (left.min(self.part as u64) as usize).max(1);
+        let kib = u32::try_from(bytes.div_ceil(1024)).ok()?;
+        let permit = match self.budget.clone().try_acquire_many_owned(kib) {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                metrics.upload_buffer_waits.inc();
+                self.budget.clone().acquire_many_owned(kib).await.ok()?
+            }
+            Err(tokio::sync::TryAcquireError::Closed) => return None,
+        };
+        metrics.upload_buffer.inc_by(bytes as i64);
+        Some(BufferShare {
+            _permit: permit,
+            bytes: bytes as i64,
+            metrics: metrics.clone(),
+        })
+    }
 }
 
 /// When a box's connection was taken over, and from where.
@@ -65,7 +122,6 @@ const CLONE_TAKEOVERS: usize = 3;
 impl Shared {
     pub fn new(store: Store, metrics: CentralMetrics, max_upload_bytes: u64, fleet: Fleet) -> Self {
         Self {
-            store,
             metrics,
             max_upload_bytes,
             fleet,
@@ -76,6 +132,10 @@ impl Shared {
             takeovers: Arc::default(),
             reports_wake: Arc::default(),
             epochs: Arc::default(),
+            upload_buffer: store
+                .part_buffer()
+                .map(|(part, budget)| UploadBuffer::new(part, budget)),
+            store,
         }
     }
 

@@ -210,6 +210,7 @@ impl Postgres {
             password_file: Some(self.password_file.clone()),
             ca_file: None,
             connect_timeout: Duration::from_secs(10),
+            pool_size: 4,
         }
     }
 

@@ -829,3 +829,113 @@ fn the_pacs_deliveries_of_a_dead_instance_are_taken_over() -> anyhow::Result<()>
     assert_eq!(orthanc.instance_count()?, n, "each image once in the PACS");
     Ok(())
 }
+
+/// Payloads in a bucket: each upload in progress gathers up to a part in
+/// memory, and the instance's budget for that (`[blobs] buffer_mib`)
+/// bounds them all. A box sending six 12 MB files at once to an instance
+/// with room for two 5 MiB parts: uploads wait their turn (held back by
+/// flow control, not refused), every file arrives whole and once, and the
+/// budget is all given back.
+#[test]
+fn uploads_into_a_bucket_share_a_bounded_memory_budget() -> anyhow::Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("yilian-instances-budget-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let dir = tmp.path();
+    let pg = Postgres::start("instances-budget")?;
+    let garage = Garage::start("instances-budget")?;
+    let fleet = Fleet::create(dir)?;
+    let c = CentralSetup {
+        listen: free_udp_port()?,
+        metrics: free_tcp_port()?,
+        data_dir: dir.join("central-data"),
+        tls: fleet.central("localhost")?,
+    };
+    let toml = dir.join("central.toml");
+    let blobs = garage
+        .blobs_toml()
+        .replace("[blobs]\n", "[blobs]\nbuffer_mib = 10\n");
+    std::fs::write(
+        &toml,
+        format!("{}\n{}\n{blobs}", c.toml(), pg.store_toml("yilian")),
+    )?;
+    let central_log = dir.join("central.log");
+    let mut central = Proc::spawn(
+        "yilian-central",
+        &["serve", "--config", toml.to_str().unwrap()],
+        &central_log,
+    )?;
+    let drop = dir.join("drop");
+    std::fs::create_dir_all(&drop)?;
+    let gateway = GatewaySetup {
+        central: c.listen.to_string(),
+        server_name: "localhost".into(),
+        spool_dir: dir.join("spool"),
+        metrics: free_tcp_port()?,
+        tls: fleet.gateway("test/clinic/box-1")?,
+        folders: vec![FolderSetup {
+            name: "share".into(),
+            path: drop.clone(),
+            lane: "bulk",
+            settle_ms: 300,
+        }],
+        idle_timeout_ms: None,
+        reconnect_max_ms: 1000,
+        quota_bytes: None,
+        extra: String::new(),
+    };
+    let gateway_toml = dir.join("gateway.toml");
+    std::fs::write(
+        &gateway_toml,
+        gateway.toml_with_uplink("max_in_flight = 6\n"),
+    )?;
+    let gateway_log = dir.join("gateway.log");
+    let mut gw = Proc::spawn(
+        "yilian-gateway",
+        &["run", "--config", gateway_toml.to_str().unwrap()],
+        &gateway_log,
+    )?;
+    wait_for("the link up", 60, || {
+        read(&gateway_log).contains("link to central up")
+    });
+    let mut written = Vec::new();
+    for i in 0..6u64 {
+        written.push(write_seeded(
+            &drop.join(format!("SERIES{i}.DAT")),
+            9100 + i,
+            12_000_000,
+            || {},
+        )?);
+    }
+    let backend = Backend::Postgres(pg.settings("yilian"));
+    let store = Store::open_read_only_with(&c.data_dir, &backend, &garage.settings())?;
+    wait_for("every file at central", 180, || {
+        store.items(None, None).map(|v| v.len()).unwrap_or(0) >= written.len()
+    });
+    let items = store.items(None, None)?;
+    assert_eq!(items.len(), written.len(), "each file once");
+    for sha in &written {
+        let item = items
+            .iter()
+            .find(|i| &i.sha256 == sha)
+            .expect("every file at central");
+        use sha2::Digest;
+        assert_eq!(
+            &hex::encode(sha2::Sha256::digest(store.read_blob(&item.sha256)?)),
+            sha
+        );
+    }
+    let metrics = yilian_rig::scrape::http_get(c.metrics, "/metrics")?;
+    let waits = yilian_rig::scrape::sum(&metrics, "yilian_central_upload_buffer_waits_total", &[]);
+    let held = yilian_rig::scrape::sum(&metrics, "yilian_central_upload_buffer_bytes", &[]);
+    let peak = yilian_rig::procs::peak_rss_of(central.pid()).unwrap_or(0);
+    eprintln!(
+        "6 uploads of 12 MB, budget 10 MiB (two 5 MiB parts): {waits} waited for memory; central's peak RSS {:.0} MiB",
+        peak as f64 / 1048576.0
+    );
+    assert!(waits >= 1.0, "uploads beyond the budget wait their turn");
+    assert_eq!(held, 0.0, "the budget is all given back");
+    gw.kill9();
+    central.kill9();
+    Ok(())
+}

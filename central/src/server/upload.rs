@@ -76,6 +76,10 @@ pub(super) async fn upload_stream(
         .map_err(|e| StreamError::Protocol(e.to_string()))?;
     let mut sink: Option<mpsc::Sender<SinkMsg>> = None;
     let mut bytes_this_stream = 0u64;
+    // With payloads in a bucket: the bytes still to come when the upload
+    // opened, and its share of the parts' memory, taken at its first byte.
+    let mut unheld = 0u64;
+    let mut buffer: Option<crate::shared::BufferShare> = None;
 
     loop {
         while let Some(ev) = rx.poll_event() {
@@ -104,6 +108,7 @@ pub(super) async fn upload_stream(
                     match opened {
                         Ok(Ok((held, partial))) => {
                             if let Some(p) = partial {
+                                unheld = offer.size.saturating_sub(p.len());
                                 if !p.is_empty() {
                                     tracing::info!(gateway = %identity, upload = %offer.upload_id, offset = p.len(), size = offer.size, "resuming upload");
                                 }
@@ -143,6 +148,14 @@ pub(super) async fn upload_stream(
                 ReceiverEvent::Data { data, .. } => {
                     shared.metrics.bytes_received.inc_by(data.len() as u64);
                     bytes_this_stream += data.len() as u64;
+                    if buffer.is_none()
+                        && sink.is_some()
+                        && let Some(b) = &shared.upload_buffer
+                    {
+                        // Waiting here holds the box back: this stream is
+                        // not read, and QUIC's flow control stops it.
+                        buffer = b.share(unheld, &shared.metrics).await;
+                    }
                     if let Some(s) = &sink
                         && s.send(SinkMsg::Data(data)).await.is_err()
                     {
@@ -166,6 +179,8 @@ pub(super) async fn upload_stream(
                         }
                         _ => Err(StoreError::WriterStopped),
                     };
+                    // The writer has sent or dropped every byte it held.
+                    buffer = None;
                     match result {
                         Ok(stored) => {
                             let row = &stored.value;

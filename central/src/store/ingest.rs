@@ -148,6 +148,7 @@ impl Store {
             etags: Vec::new(),
             pending: Vec::new(),
             flushed: 0,
+            size: offer.size,
         };
         let resumable = match (&begun, parts.last()) {
             (Some((id, k)), Some((_, end, _, _))) => {
@@ -441,6 +442,8 @@ struct S3Parts {
     pending: Vec<u8>,
     /// Bytes in the parts sent.
     flushed: u64,
+    /// The whole upload's size, as offered.
+    size: u64,
 }
 
 impl S3Parts {
@@ -586,9 +589,17 @@ impl PartialUpload {
                 }
             }
             Sink::Parts(parts) => {
+                let size = parts.s3()?.part_size();
+                if parts.pending.capacity() - parts.pending.len() < data.len() {
+                    // One allocation per part, of the part's size (or what
+                    // is left of the upload): what the server's memory
+                    // budget reserved for it, never a doubling beyond.
+                    let unsent = parts.size.saturating_sub(parts.flushed) as usize;
+                    let want = unsent.min(size).max(parts.pending.len() + data.len());
+                    parts.pending.reserve_exact(want - parts.pending.len());
+                }
                 parts.pending.extend_from_slice(data);
                 self.len += data.len() as u64;
-                let size = parts.s3()?.part_size();
                 while parts.pending.len() >= size {
                     if let Err(e) = parts.send_part(&mut self.hasher, size) {
                         parts.forget_if_gone(&e);

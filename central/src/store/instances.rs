@@ -40,8 +40,9 @@ impl Store {
         self.inner.instance
     }
 
-    /// Takes this instance's liveness lock on the index's current
-    /// connection (again after a reconnect; a no-op count when held).
+    /// Takes this instance's liveness lock on `db` unless a connection of
+    /// this instance holds it already (again after a reconnect lost it).
+    /// Any of the pool's connections holding it keeps the instance alive.
     pub(super) fn hold_instance_lock(&self, db: &mut Db) -> Result<(), StoreError> {
         if db.is_postgres() {
             db.query_one(
@@ -132,26 +133,37 @@ impl Store {
         Ok(())
     }
 
-    /// The boxes connected to a live instance, with that instance's id.
-    pub fn present_boxes(&self) -> Result<HashMap<String, i64>, StoreError> {
+    /// The boxes connected to a live instance, with that instance's id,
+    /// and the instances found dead that still have boxes recorded.
+    pub fn present_boxes(&self) -> Result<(HashMap<String, i64>, HashSet<i64>), StoreError> {
         let mut db = self.db();
         if !db.is_postgres() {
-            return Ok(HashMap::new());
+            return Ok(Default::default());
         }
         let rows: Vec<(String, i64)> = db.query(
             "SELECT gateway, instance FROM box_presence",
             params![],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        let ids = rows.iter().map(|(_, i)| *i).collect();
+        let ids: HashSet<i64> = rows.iter().map(|(_, i)| *i).collect();
         let alive = self.alive(&mut db, &ids)?;
-        let (live, dead): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, i)| alive.contains(i));
-        // A dead instance's rows would be probed every round: dropped
-        // (a box that connects again is recorded afresh).
-        for id in dead.iter().map(|(_, i)| *i).collect::<HashSet<_>>() {
-            db.execute("DELETE FROM box_presence WHERE instance = ?1", params![id])?;
-        }
-        Ok(live.into_iter().collect())
+        let dead = ids.difference(&alive).copied().collect();
+        let live = rows
+            .into_iter()
+            .filter(|(_, i)| alive.contains(i))
+            .collect();
+        Ok((live, dead))
+    }
+
+    /// Drops what an instance dead for a while recorded of its boxes (not
+    /// at the first sight: an instance whose connection to the index blinked
+    /// takes its lock again within a round, and its boxes count again).
+    pub fn forget_instance(&self, instance: i64) -> Result<(), StoreError> {
+        self.db().execute(
+            "DELETE FROM box_presence WHERE instance = ?1",
+            params![instance],
+        )?;
+        Ok(())
     }
 
     /// Whether this instance exports the fleet-wide series (boxes
@@ -159,7 +171,7 @@ impl Store {
     /// sharing the index, for as long as its connection to it lives. True
     /// on an embedded hub.
     pub fn claim_fleet_exporter(&self) -> Result<bool, StoreError> {
-        let mut db = self.db();
+        let mut db = self.primary_db();
         if !db.is_postgres() {
             return Ok(true);
         }

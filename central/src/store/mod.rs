@@ -20,7 +20,8 @@
 use std::fs::{self};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use yilian_protocol::upload::HeldState;
 
@@ -241,7 +242,12 @@ pub struct Store {
 }
 
 struct StoreInner {
-    db: Mutex<sql::Db>,
+    /// The index's connections: one for SQLite (one writer anyway), a pool
+    /// for PostgreSQL whose first member holds this instance's session
+    /// locks (see `primary_db`).
+    db: Vec<Mutex<sql::Db>>,
+    /// Where the next look for a free connection starts.
+    next: AtomicUsize,
     data_dir: PathBuf,
     blobs: blobs::Blobs,
     partial_dir: PathBuf,
@@ -411,8 +417,18 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let (blob_dir, partial_dir) = Self::prepare_dirs(data_dir)?;
         let db = sql::Db::postgres(settings, &format!("{SCHEMA}{}", reports::SCHEMA))?;
-        let store = Self::with(db, data_dir, blob_dir, partial_dir);
-        store.hold_instance_lock(&mut store.db())?;
+        let mut store = Self::with(db, data_dir, blob_dir, partial_dir);
+        let size = settings
+            .pool_size
+            .clamp(*sql::POOL_SIZE.start(), *sql::POOL_SIZE.end());
+        let inner = Arc::get_mut(&mut store.inner)
+            .ok_or_else(|| StoreError::Inconsistent("the store is shared already".into()))?;
+        for _ in 1..size {
+            inner
+                .db
+                .push(Mutex::new(sql::Db::postgres_connection(settings)?));
+        }
+        store.hold_instance_lock(&mut store.primary_db())?;
         Ok(store)
     }
 
@@ -426,7 +442,8 @@ impl Store {
                 } else {
                     0
                 },
-                db: Mutex::new(db),
+                db: vec![Mutex::new(db)],
+                next: AtomicUsize::new(0),
                 data_dir: data_dir.to_owned(),
                 blobs: blobs::Blobs::Dir(blob_dir),
                 partial_dir,
@@ -474,10 +491,38 @@ impl Store {
         ))
     }
 
+    /// A connection of the index: the first free one of the pool, else
+    /// the next in turn once it is free.
     pub(crate) fn db(&self) -> MutexGuard<'_, sql::Db> {
+        let pool = &self.inner.db;
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed) % pool.len();
+        for i in 0..pool.len() {
+            match pool[(start + i) % pool.len()].try_lock() {
+                Ok(g) => return g,
+                // See `primary_db`.
+                Err(TryLockError::Poisoned(p)) => return p.into_inner(),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        pool[start].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection that holds this instance's session locks (being
+    /// alive, the LIS, the fleet exporter): a lock taken on another
+    /// connection of the pool would count as another session's.
+    pub(crate) fn primary_db(&self) -> MutexGuard<'_, sql::Db> {
         // A panic while holding the lock leaves the connection usable
         // (SQLite rolls back the open transaction), so recover the guard.
-        self.inner.db.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.db[0].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// With payloads in a bucket: the part size uploads are sent in, and
+    /// the memory budget for parts being gathered (see `[blobs]`).
+    pub fn part_buffer(&self) -> Option<(usize, usize)> {
+        self.inner
+            .blobs
+            .s3()
+            .map(|s3| (s3.part_size(), s3.buffer_bytes()))
     }
 
     /// Where a payload is, as listings show it (a path, or `s3://…`).

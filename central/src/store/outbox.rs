@@ -128,7 +128,7 @@ impl Store {
     /// a session advisory lock, held while this instance's connection
     /// lives (taken again at no cost when held).
     pub fn claim_destination(&self, destination: &str) -> Result<bool, StoreError> {
-        let mut db = self.db();
+        let mut db = self.primary_db();
         if !db.is_postgres() {
             return Ok(true);
         }

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 mod postgres;
 
-pub use postgres::PostgresSettings;
+pub use postgres::{POOL_SIZE, PostgresSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -238,11 +238,7 @@ impl Db {
     /// Connects, and brings the schema up to date under an advisory lock
     /// so that two instances starting together cannot race.
     pub fn postgres(settings: &PostgresSettings, schema: &str) -> Result<Self, DbError> {
-        let session = postgres::Session::connect(settings)?;
-        let mut db = Self {
-            engine: Engine::Postgres(session),
-            dialect: HashMap::new(),
-        };
+        let mut db = Self::postgres_connection(settings)?;
         // The lock is released at COMMIT, once the tables are visible to
         // the instance waiting for it (whose statements then see them).
         db.batch(&format!(
@@ -250,6 +246,14 @@ impl Db {
             postgres_schema(schema)
         ))?;
         Ok(db)
+    }
+
+    /// One more connection to a server whose schema is up to date.
+    pub fn postgres_connection(settings: &PostgresSettings) -> Result<Self, DbError> {
+        Ok(Self {
+            engine: Engine::Postgres(postgres::Session::connect(settings)?),
+            dialect: HashMap::new(),
+        })
     }
 
     pub fn is_postgres(&self) -> bool {

@@ -44,6 +44,12 @@ pub struct S3Settings {
     /// How long one request may take before it is retried.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// Memory for the parts being gathered, across every upload in
+    /// progress (each holds up to one part until it is sent): uploads
+    /// beyond it wait their turn, their boxes held back by QUIC's flow
+    /// control, instead of a thousand boxes at once exhausting memory.
+    #[serde(default = "default_buffer_mib")]
+    pub buffer_mib: u64,
 }
 
 fn default_region() -> String {
@@ -52,6 +58,9 @@ fn default_region() -> String {
 fn default_part_mib() -> u64 {
     8
 }
+fn default_buffer_mib() -> u64 {
+    512
+}
 fn default_timeout() -> Duration {
     Duration::from_secs(60)
 }
@@ -59,6 +68,11 @@ fn default_timeout() -> Duration {
 impl S3Settings {
     pub fn part_size(&self) -> usize {
         (self.part_size_mib.clamp(5, 512) * 1024 * 1024) as usize
+    }
+
+    /// The parts' memory budget: at least one part.
+    pub fn buffer_bytes(&self) -> usize {
+        ((self.buffer_mib.min(1 << 20) * 1024 * 1024) as usize).max(self.part_size())
     }
 
     fn secret(&self) -> Result<String, BlobError> {
@@ -87,6 +101,7 @@ pub(crate) struct S3Blobs {
     /// `s3://bucket/`, for listings.
     prefix: String,
     part_size: usize,
+    buffer_bytes: usize,
 }
 
 impl std::fmt::Debug for S3Blobs {
@@ -210,6 +225,7 @@ impl S3Blobs {
             runtime: Some(runtime),
             prefix: format!("s3://{}/", settings.bucket),
             part_size: settings.part_size(),
+            buffer_bytes: settings.buffer_bytes(),
         };
         // Fail at start-up, with the reason, rather than at the first commit.
         blobs.head("blobs/.probe")?;
@@ -237,6 +253,10 @@ impl S3Blobs {
 
     pub(crate) fn part_size(&self) -> usize {
         self.part_size
+    }
+
+    pub(crate) fn buffer_bytes(&self) -> usize {
+        self.buffer_bytes
     }
 
     pub(crate) fn location(&self, key: &str) -> String {

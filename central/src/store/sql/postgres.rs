@@ -32,11 +32,24 @@ pub struct PostgresSettings {
     /// How long to wait for the server when connecting.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Connections this instance keeps open: statements of different
+    /// uploads and deliveries run side by side, so that one slow statement
+    /// or a distant server does not queue every other behind it.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
 }
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
+
+fn default_pool_size() -> usize {
+    4
+}
+
+/// Bounds on `pool_size`: one connection at least; a few dozen at most
+/// (each is a server process at PostgreSQL, times the instances).
+pub const POOL_SIZE: std::ops::RangeInclusive<usize> = 1..=64;
 
 type Reply<T> = mpsc::SyncSender<Result<T, DbError>>;
 
