@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use yilian_protocol::BoxIdentity;
 
 use crate::metrics::GatewayLabels;
-use crate::shared::Shared;
+use crate::shared::{Shared, close};
 
 const ROUND: Duration = Duration::from_secs(2);
 /// How long an instance stays dead before its boxes' records are dropped.
@@ -39,16 +39,18 @@ pub(crate) async fn watch(shared: Shared, mut stopped: watch::Receiver<bool>) {
         let store = shared.store.clone();
         let round = tokio::task::spawn_blocking(move || {
             let taken = store.take_over_dead_leases()?;
+            let revoked = store.revoked_identities()?;
+            let unwatched = store.unwatched_identities()?;
             let exporter = store.claim_fleet_exporter()?;
             let view = if exporter {
                 Some((store.present_boxes()?, store.fleet()?))
             } else {
                 None
             };
-            Ok::<_, crate::store::StoreError>((taken, exporter, view))
+            Ok::<_, crate::store::StoreError>((taken, revoked, unwatched, exporter, view))
         })
         .await;
-        let (taken, is_exporter, view) = match round {
+        let (taken, revoked, unwatched, is_exporter, view) = match round {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "cannot read the other instances' state from the shared index");
@@ -63,6 +65,7 @@ pub(crate) async fn watch(shared: Shared, mut stopped: watch::Receiver<bool>) {
                 "a central instance died with deliveries under way; they are due again now"
             );
         }
+        follow_revocations(&shared, revoked, unwatched);
         if exporter != Some(is_exporter) {
             if is_exporter {
                 tracing::info!(
@@ -146,5 +149,33 @@ fn drop_down(shared: &Shared, id: &BoxIdentity) {
     let conns = shared.connections.lock().unwrap_or_else(|p| p.into_inner());
     if !conns.contains_key(id) {
         shared.metrics.forget_gateway(id);
+    }
+}
+
+/// Revocations and retirements made through another instance: a revoked
+/// box is refused here too from now on, and its connection here (a box
+/// that failed over, or a stolen one pointed at this instance) is closed
+/// with the notice; a retired box's series go, a box watched again gets
+/// them back at its next heartbeat.
+fn follow_revocations(shared: &Shared, revoked: Vec<String>, unwatched: HashSet<String>) {
+    for who in revoked {
+        let Ok(id) = BoxIdentity::parse(&who) else {
+            continue;
+        };
+        if shared.fleet.is_revoked(&id) {
+            continue;
+        }
+        shared.fleet.revocations().insert(&who);
+        let notice = shared
+            .store
+            .revocation_notice(&who)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "revoked".into());
+        let was_connected = shared.disconnect(&id, close::REVOKED, notice.as_bytes());
+        tracing::warn!(gateway = %id, was_connected, "box revoked through another central instance; refused here too");
+    }
+    for (id, watched) in shared.watch_changes(&unwatched) {
+        shared.set_watched(&id, watched);
     }
 }

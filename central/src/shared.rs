@@ -159,6 +159,22 @@ impl Shared {
         }
     }
 
+    /// The boxes whose watching differs from `unwatched` (as the index
+    /// has it now): each with whether it is to be watched.
+    pub(crate) fn watch_changes(
+        &self,
+        unwatched: &std::collections::HashSet<String>,
+    ) -> Vec<(BoxIdentity, bool)> {
+        let now = self.unwatched.lock().unwrap_or_else(|p| p.into_inner());
+        now.symmetric_difference(unwatched)
+            .filter_map(|who| BoxIdentity::parse(who).ok())
+            .map(|id| {
+                let watched = !unwatched.contains(&id.to_string());
+                (id, watched)
+            })
+            .collect()
+    }
+
     pub fn load_unwatched(&self, ids: std::collections::HashSet<String>) {
         *self.unwatched.lock().unwrap_or_else(|p| p.into_inner()) = ids;
     }

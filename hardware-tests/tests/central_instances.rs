@@ -452,6 +452,42 @@ fn a_box_cloned_across_two_instances_is_caught() -> anyhow::Result<()> {
         "an instance closed its connection for the other's newer one"
     );
     assert!(logs.contains("two boxes present the same identity"));
+
+    // The operator revokes the identity; the index records it (as a
+    // revocation through either instance does). Both instances learn it
+    // within their round: each clone is cut off with the notice, and
+    // neither is let in again at either instance.
+    let store = Store::open_backend(
+        &dir.join("test-data"),
+        &Backend::Postgres(pg.settings("yilian")),
+    )?;
+    store.revoke("test/clinic/box-1", "admin", "cloned disk")?;
+    let revoked_at = Instant::now();
+    wait_for("both clones told they are revoked", 30, || {
+        (0..2).all(|i| {
+            read(&dir.join(format!("gateway-{i}.log"))).contains("this box was revoked by central")
+        })
+    });
+    eprintln!(
+        "revoked in the index: both clones cut off {:.1} s later",
+        revoked_at.elapsed().as_secs_f64()
+    );
+    let hellos = || {
+        (0..2)
+            .map(|i| {
+                read(&dir.join(format!("central-{i}.log")))
+                    .matches("gateway said hello")
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    let after = hellos();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        hellos(),
+        after,
+        "a revoked box is let in at neither instance"
+    );
     for mut b in boxes {
         b.kill9();
     }
