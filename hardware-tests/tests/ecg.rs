@@ -37,18 +37,25 @@ struct Hub {
 }
 
 async fn hub(dir: &Path, gateway_toml: &str) -> Hub {
-    hub_via(dir, gateway_toml, None).await
+    hub_via(dir, gateway_toml, None, "").await
 }
 
-/// Central, and a gateway reaching it through a shaped relay if asked.
-async fn hub_via(dir: &Path, gateway_toml: &str, shaping: Option<Shaping>) -> Hub {
+/// Central, and a gateway reaching it through a shaped relay if asked;
+/// central's `[store]` and `[blobs]` as `store_toml` says (embedded when
+/// empty).
+async fn hub_via(
+    dir: &Path,
+    gateway_toml: &str,
+    shaping: Option<Shaping>,
+    store_toml: &str,
+) -> Hub {
     let import = dir.join("ecg-import");
     let hub = yilian_rig::hub::Hub::start_with(
         dir,
         HubSpec {
             gateway: "lingshan/xiacun/box-1",
             central_extra: format!(
-                "[ecg]\ndirectory = {:?}\nretry_base = \"200ms\"\n",
+                "[ecg]\ndirectory = {:?}\nretry_base = \"200ms\"\n\n{store_toml}",
                 import.display().to_string()
             ),
             gateway_extra: gateway_toml.to_owned(),
@@ -310,13 +317,31 @@ async fn lrzsz_xmodem_and_ymodem_exports_arrive_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn folder_intake_samples_reports_and_damaged_files() {
+    folder_intake(String::new()).await;
+}
+
+/// The same with central's index on PostgreSQL and its payloads in a real
+/// S3 bucket: each ECG fetched from the bucket to be written out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn folder_intake_with_the_index_on_postgresql_and_payloads_in_a_bucket() {
+    let pg = yilian_rig::postgres::Postgres::start("ecg").expect("PostgreSQL");
+    let garage = yilian_rig::garage::Garage::start("ecg").expect("Garage");
+    folder_intake(format!(
+        "{}\n{}",
+        pg.store_toml("yilian"),
+        garage.blobs_toml()
+    ))
+    .await;
+}
+
+async fn folder_intake(store_toml: String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let drop = dir.path().join("ecg-share");
     let toml = format!(
         "[[folder]]\nname = \"ecg-share\"\npath = {:?}\nprofile = \"ecg\"\nsettle = \"300ms\"\npoll_interval = \"100ms\"\n",
         drop.display().to_string()
     );
-    let hub = hub(dir.path(), &toml).await;
+    let hub = hub_via(dir.path(), &toml, None, &store_toml).await;
     std::fs::create_dir_all(&drop).expect("mkdir");
     let scp = std::fs::read(sample("scp-ecg/ecgtoolkit_Example.scp")).expect("read");
     // Names say nothing: carts name files however they like.
@@ -447,7 +472,7 @@ async fn stat_ecg_overtakes_a_1gb_study_on_a_saturated_uplink() {
         queue: Duration::from_millis(30),
         down_bytes_per_sec: None,
     };
-    let hub = hub_via(dir.path(), &toml, Some(shaping)).await;
+    let hub = hub_via(dir.path(), &toml, Some(shaping), "").await;
     std::fs::create_dir_all(&imaging).expect("mkdir");
     std::fs::create_dir_all(&ecg).expect("mkdir");
     // A 1 GiB study (sparse: the source costs no disk; spool and central
