@@ -236,3 +236,29 @@ impl Drop for Garage {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A city hub's engines for one test: a PostgreSQL server for central's
+/// index and a Garage bucket for its payloads, both real and both gone
+/// when this drops.
+pub struct CityStore {
+    pub pg: crate::postgres::Postgres,
+    pub garage: Garage,
+}
+
+impl CityStore {
+    pub fn start(name: &str) -> std::io::Result<Self> {
+        Ok(Self {
+            pg: crate::postgres::Postgres::start(name)?,
+            garage: Garage::start(name)?,
+        })
+    }
+
+    /// Central's `[store]` and `[blobs]` naming them.
+    pub fn toml(&self) -> String {
+        format!(
+            "{}\n{}",
+            self.pg.store_toml("yilian"),
+            self.garage.blobs_toml()
+        )
+    }
+}

@@ -54,6 +54,49 @@ fn partial_bytes(data: &Path) -> u64 {
     total
 }
 
+/// A box (`test/clinic/box-1`) with a watched folder `dir/drop`, its
+/// uplink to `central` with `uplink_extra`, running; its log is
+/// `dir/gateway.log`, and it is up once this returns.
+fn start_box(
+    dir: &Path,
+    fleet: &Fleet,
+    central: String,
+    idle_timeout_ms: Option<u64>,
+    uplink_extra: &str,
+) -> anyhow::Result<(Proc, std::path::PathBuf)> {
+    let drop = dir.join("drop");
+    std::fs::create_dir_all(&drop)?;
+    let gateway = GatewaySetup {
+        central,
+        server_name: "localhost".into(),
+        spool_dir: dir.join("spool"),
+        metrics: free_tcp_port()?,
+        tls: fleet.gateway("test/clinic/box-1")?,
+        folders: vec![FolderSetup {
+            name: "share".into(),
+            path: drop.clone(),
+            lane: "bulk",
+            settle_ms: 300,
+        }],
+        idle_timeout_ms,
+        reconnect_max_ms: 1000,
+        quota_bytes: None,
+        extra: String::new(),
+    };
+    let gateway_toml = dir.join("gateway.toml");
+    std::fs::write(&gateway_toml, gateway.toml_with_uplink(uplink_extra))?;
+    let gateway_log = dir.join("gateway.log");
+    let gw = Proc::spawn(
+        "yilian-gateway",
+        &["run", "--config", gateway_toml.to_str().unwrap()],
+        &gateway_log,
+    )?;
+    wait_for("the link up", 60, || {
+        read(&gateway_log).contains("link to central up")
+    });
+    Ok((gw, drop))
+}
+
 /// Every sample of `family` for `gateway` across the instances' metrics,
 /// as (instance, value): one per box when the fleet's series come out once.
 fn samples(metrics: &[std::net::SocketAddr], family: &str, gateway: &str) -> Vec<(usize, f64)> {
@@ -189,42 +232,16 @@ fn failover(garage: Option<&Garage>) -> anyhow::Result<()> {
     }
     let metrics: Vec<std::net::SocketAddr> = instances.iter().map(|c| c.metrics).collect();
 
-    let drop = dir.join("drop");
-    std::fs::create_dir_all(&drop)?;
-    let gateway = GatewaySetup {
-        central: format!("{}, {}", instances[0].listen, instances[1].listen),
-        server_name: "localhost".into(),
-        spool_dir: dir.join("spool"),
-        metrics: free_tcp_port()?,
-        tls: fleet.gateway("test/clinic/box-1")?,
-        folders: vec![FolderSetup {
-            name: "share".into(),
-            path: drop.clone(),
-            lane: "bulk",
-            settle_ms: 300,
-        }],
-        idle_timeout_ms: Some(3000),
-        reconnect_max_ms: 1000,
-        quota_bytes: None,
-        extra: String::new(),
-    };
-    let gateway_toml = dir.join("gateway.toml");
     // 80 Mbit/s: each 30 MB file takes about three seconds, so the kill
     // lands in the middle of one.
-    std::fs::write(
-        &gateway_toml,
-        gateway.toml_with_uplink("rate_limit = \"80 Mbit/s\"\n"),
+    let (mut gw, drop) = start_box(
+        dir,
+        &fleet,
+        format!("{}, {}", instances[0].listen, instances[1].listen),
+        Some(3000),
+        "rate_limit = \"80 Mbit/s\"\n",
     )?;
     let gateway_log = dir.join("gateway.log");
-    let mut gw = Proc::spawn(
-        "yilian-gateway",
-        &["run", "--config", gateway_toml.to_str().unwrap()],
-        &gateway_log,
-    )?;
-
-    wait_for("the link up", 60, || {
-        read(&gateway_log).contains("link to central up")
-    });
     let mut written = HashMap::new();
     for i in 0..FILES {
         let name = format!("STUDY{i:02}.DAT");
@@ -901,39 +918,13 @@ fn uploads_into_a_bucket_share_a_bounded_memory_budget() -> anyhow::Result<()> {
         &["serve", "--config", toml.to_str().unwrap()],
         &central_log,
     )?;
-    let drop = dir.join("drop");
-    std::fs::create_dir_all(&drop)?;
-    let gateway = GatewaySetup {
-        central: c.listen.to_string(),
-        server_name: "localhost".into(),
-        spool_dir: dir.join("spool"),
-        metrics: free_tcp_port()?,
-        tls: fleet.gateway("test/clinic/box-1")?,
-        folders: vec![FolderSetup {
-            name: "share".into(),
-            path: drop.clone(),
-            lane: "bulk",
-            settle_ms: 300,
-        }],
-        idle_timeout_ms: None,
-        reconnect_max_ms: 1000,
-        quota_bytes: None,
-        extra: String::new(),
-    };
-    let gateway_toml = dir.join("gateway.toml");
-    std::fs::write(
-        &gateway_toml,
-        gateway.toml_with_uplink("max_in_flight = 6\n"),
+    let (mut gw, drop) = start_box(
+        dir,
+        &fleet,
+        c.listen.to_string(),
+        None,
+        "max_in_flight = 6\n",
     )?;
-    let gateway_log = dir.join("gateway.log");
-    let mut gw = Proc::spawn(
-        "yilian-gateway",
-        &["run", "--config", gateway_toml.to_str().unwrap()],
-        &gateway_log,
-    )?;
-    wait_for("the link up", 60, || {
-        read(&gateway_log).contains("link to central up")
-    });
     let mut written = Vec::new();
     for i in 0..6u64 {
         written.push(write_seeded(

@@ -324,14 +324,8 @@ async fn folder_intake_samples_reports_and_damaged_files() {
 /// S3 bucket: each ECG fetched from the bucket to be written out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn folder_intake_with_the_index_on_postgresql_and_payloads_in_a_bucket() {
-    let pg = yilian_rig::postgres::Postgres::start("ecg").expect("PostgreSQL");
-    let garage = yilian_rig::garage::Garage::start("ecg").expect("Garage");
-    folder_intake(format!(
-        "{}\n{}",
-        pg.store_toml("yilian"),
-        garage.blobs_toml()
-    ))
-    .await;
+    let city = yilian_rig::garage::CityStore::start("ecg").expect("PostgreSQL and Garage");
+    folder_intake(city.toml()).await;
 }
 
 async fn folder_intake(store_toml: String) {

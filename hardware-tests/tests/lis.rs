@@ -130,14 +130,8 @@ async fn results_reach_the_lis_with_retries_same_control_ids_and_refusals_parked
 /// bucket (each message read back from it to be sent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn results_reach_the_lis_with_the_index_on_postgresql() {
-    let pg = yilian_rig::postgres::Postgres::start("lis").expect("PostgreSQL");
-    let garage = yilian_rig::garage::Garage::start("lis").expect("Garage");
-    lis_scenario(format!(
-        "{}\n{}",
-        pg.store_toml("yilian"),
-        garage.blobs_toml()
-    ))
-    .await;
+    let city = yilian_rig::garage::CityStore::start("lis").expect("PostgreSQL and Garage");
+    lis_scenario(city.toml()).await;
 }
 
 async fn lis_scenario(store_toml: String) {

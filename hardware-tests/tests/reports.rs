@@ -177,18 +177,12 @@ async fn reports_come_back_down_to_the_clinic() {
     reports_come_back(String::new()).await;
 }
 
-/// The same with central's index on a real PostgreSQL server.
+/// The same with central's index on a real PostgreSQL server and the
+/// payloads (the reports' messages) in a real S3 bucket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reports_come_back_down_with_the_index_on_postgresql() {
-    let pg = yilian_rig::postgres::Postgres::start("reports").expect("PostgreSQL");
-    // And the payloads (the reports' messages) in a real S3 bucket.
-    let garage = yilian_rig::garage::Garage::start("reports").expect("Garage");
-    reports_come_back(format!(
-        "{}\n{}",
-        pg.store_toml("yilian"),
-        garage.blobs_toml()
-    ))
-    .await;
+    let city = yilian_rig::garage::CityStore::start("reports").expect("PostgreSQL and Garage");
+    reports_come_back(city.toml()).await;
 }
 
 async fn reports_come_back(store_toml: String) {

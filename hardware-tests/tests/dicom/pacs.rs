@@ -11,14 +11,8 @@ async fn a_400_image_ct_study_reaches_orthanc_unchanged() {
 /// S3 bucket: each instance fetched from the bucket to be sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_400_image_ct_study_reaches_orthanc_from_a_bucket() {
-    let pg = yilian_rig::postgres::Postgres::start("pacs").expect("PostgreSQL");
-    let garage = yilian_rig::garage::Garage::start("pacs").expect("Garage");
-    ct_study_to_orthanc(format!(
-        "{}\n{}",
-        pg.store_toml("yilian"),
-        garage.blobs_toml()
-    ))
-    .await;
+    let city = yilian_rig::garage::CityStore::start("pacs").expect("PostgreSQL and Garage");
+    ct_study_to_orthanc(city.toml()).await;
 }
 
 async fn ct_study_to_orthanc(store_toml: String) {
