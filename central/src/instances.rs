@@ -37,9 +37,21 @@ pub(crate) async fn watch(shared: Shared, mut stopped: watch::Receiver<bool>) {
             _ = stopped.changed() => return,
         }
         let store = shared.store.clone();
+        let fleet_now = shared.fleet.clone();
         let round = tokio::task::spawn_blocking(move || {
             let taken = store.take_over_dead_leases()?;
-            let revoked = store.revoked_identities()?;
+            // Revoked since the last round (through another instance),
+            // with the notice the box is told.
+            let mut revoked = Vec::new();
+            for who in store.revoked_identities()? {
+                let Ok(id) = BoxIdentity::parse(&who) else {
+                    continue;
+                };
+                if !fleet_now.is_revoked(&id) {
+                    let notice = store.revocation_notice(&who)?;
+                    revoked.push((id, notice.unwrap_or_else(|| "revoked".into())));
+                }
+            }
             let unwatched = store.unwatched_identities()?;
             let exporter = store.claim_fleet_exporter()?;
             let view = if exporter {
@@ -157,21 +169,13 @@ fn drop_down(shared: &Shared, id: &BoxIdentity) {
 /// that failed over, or a stolen one pointed at this instance) is closed
 /// with the notice; a retired box's series go, a box watched again gets
 /// them back at its next heartbeat.
-fn follow_revocations(shared: &Shared, revoked: Vec<String>, unwatched: HashSet<String>) {
-    for who in revoked {
-        let Ok(id) = BoxIdentity::parse(&who) else {
-            continue;
-        };
-        if shared.fleet.is_revoked(&id) {
-            continue;
-        }
-        shared.fleet.revocations().insert(&who);
-        let notice = shared
-            .store
-            .revocation_notice(&who)
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| "revoked".into());
+fn follow_revocations(
+    shared: &Shared,
+    revoked: Vec<(BoxIdentity, String)>,
+    unwatched: HashSet<String>,
+) {
+    for (id, notice) in revoked {
+        shared.fleet.revocations().insert(&id.to_string());
         let was_connected = shared.disconnect(&id, close::REVOKED, notice.as_bytes());
         tracing::warn!(gateway = %id, was_connected, "box revoked through another central instance; refused here too");
     }

@@ -130,6 +130,9 @@ pub async fn start(config: CentralConfig) -> anyhow::Result<Running> {
         .await?
         .with_context(|| format!("opening the store in {}", config.server.data_dir.display()))?;
     let metrics = CentralMetrics::new();
+    // With instances sharing the index, one of them shows the fleet-wide
+    // series, once its first round has claimed it (`instances`).
+    metrics.set_fleet_exporter(!store.shares_connections());
     // Every box central has heard of gets a last-seen series from the start,
     // so a box that stays silent after a central restart is still visible.
     let unwatched = store.unwatched_identities()?;
