@@ -54,6 +54,25 @@ fn partial_bytes(data: &Path) -> u64 {
     total
 }
 
+/// A temporary directory for one test, under the target directory.
+fn temp_dir(prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?)
+}
+
+/// A `yilian-central` process with `toml` as `dir/NAME.toml`, logging to
+/// `dir/NAME.log`.
+fn spawn_central(dir: &Path, name: &str, toml: String) -> anyhow::Result<Proc> {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, toml)?;
+    Proc::spawn(
+        "yilian-central",
+        &["serve", "--config", path.to_str().unwrap()],
+        &dir.join(format!("{name}.log")),
+    )
+}
+
 /// A box (`test/clinic/box-1`) with a watched folder `dir/drop`, its
 /// uplink to `central` with `uplink_extra`, running; its log is
 /// `dir/gateway.log`, and it is up once this returns.
@@ -183,9 +202,7 @@ fn with_payloads_in_a_bucket_the_upload_resumes_from_the_dead_instances_last_par
 }
 
 fn failover(garage: Option<&Garage>) -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("yilian-instances-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let tmp = temp_dir("yilian-instances-")?;
     let dir = tmp.path();
     let pg = Postgres::start("instances-e2e")?;
     let fleet = Fleet::create(dir)?;
@@ -210,15 +227,10 @@ fn failover(garage: Option<&Garage>) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     let mut centrals = Vec::new();
     for (i, c) in instances.iter().enumerate() {
-        let toml = dir.join(format!("central-{i}.toml"));
-        std::fs::write(
-            &toml,
+        centrals.push(Some(spawn_central(
+            dir,
+            &format!("central-{i}"),
             format!("{}\n{}\n{blobs_toml}", c.toml(), pg.store_toml("yilian")),
-        )?;
-        centrals.push(Some(Proc::spawn(
-            "yilian-central",
-            &["serve", "--config", toml.to_str().unwrap()],
-            &dir.join(format!("central-{i}.log")),
         )?));
     }
 
@@ -385,9 +397,7 @@ fn failover(garage: Option<&Garage>) -> anyhow::Result<()> {
 /// nobody would notice.
 #[test]
 fn a_box_cloned_across_two_instances_is_caught() -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("yilian-instances-clone-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let tmp = temp_dir("yilian-instances-clone-")?;
     let dir = tmp.path();
     let pg = Postgres::start("instances-clone")?;
     let fleet = Fleet::create(dir)?;
@@ -401,12 +411,10 @@ fn a_box_cloned_across_two_instances_is_caught() -> anyhow::Result<()> {
             data_dir: dir.join("central-data"),
             tls: tls.clone(),
         };
-        let toml = dir.join(format!("central-{i}.toml"));
-        std::fs::write(&toml, format!("{}\n{}", c.toml(), pg.store_toml("yilian")))?;
-        centrals.push(Proc::spawn(
-            "yilian-central",
-            &["serve", "--config", toml.to_str().unwrap()],
-            &dir.join(format!("central-{i}.log")),
+        centrals.push(spawn_central(
+            dir,
+            &format!("central-{i}"),
+            format!("{}\n{}", c.toml(), pg.store_toml("yilian")),
         )?);
         instances.push(c);
     }
@@ -575,9 +583,7 @@ fn scripted_lis(
 fn the_lis_is_taken_over_when_its_instance_dies() -> anyhow::Result<()> {
     use yilian_protocol::BoxIdentity;
     use yilian_protocol::messages::Offer;
-    let tmp = tempfile::Builder::new()
-        .prefix("yilian-instances-lis-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let tmp = temp_dir("yilian-instances-lis-")?;
     let dir = tmp.path();
     let pg = Postgres::start("instances-lis")?;
     let fleet = Fleet::create(dir)?;
@@ -592,20 +598,12 @@ fn the_lis_is_taken_over_when_its_instance_dies() -> anyhow::Result<()> {
             data_dir: data.clone(),
             tls: tls.clone(),
         };
-        let toml = dir.join(format!("central-{i}.toml"));
-        std::fs::write(
-            &toml,
-            format!(
-                "{}\n[lis]\naddress = \"{lis}\"\nack_timeout = \"5s\"\nretry_base = \"200ms\"\n\n{}",
-                c.toml(),
-                pg.store_toml("yilian")
-            ),
-        )?;
-        centrals.push(Some(Proc::spawn(
-            "yilian-central",
-            &["serve", "--config", toml.to_str().unwrap()],
-            &dir.join(format!("central-{i}.log")),
-        )?));
+        let toml = format!(
+            "{}\n[lis]\naddress = \"{lis}\"\nack_timeout = \"5s\"\nretry_base = \"200ms\"\n\n{}",
+            c.toml(),
+            pg.store_toml("yilian")
+        );
+        centrals.push(Some(spawn_central(dir, &format!("central-{i}"), toml)?));
     }
     let log = |i: usize| read(&dir.join(format!("central-{i}.log")));
     wait_for("one instance delivering to the LIS", 30, || {
@@ -745,9 +743,7 @@ fn the_pacs_deliveries_of_a_dead_instance_are_taken_over() -> anyhow::Result<()>
     use std::sync::atomic::{AtomicBool, Ordering};
     use yilian_protocol::BoxIdentity;
     use yilian_protocol::messages::Offer;
-    let tmp = tempfile::Builder::new()
-        .prefix("yilian-instances-pacs-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let tmp = temp_dir("yilian-instances-pacs-")?;
     let dir = tmp.path();
     let pg = Postgres::start("instances-pacs")?;
     let garage = Garage::start("instances-pacs")?;
@@ -764,22 +760,14 @@ fn the_pacs_deliveries_of_a_dead_instance_are_taken_over() -> anyhow::Result<()>
             data_dir: dir.join(format!("central-data-{i}")),
             tls: tls.clone(),
         };
-        let toml = dir.join(format!("central-{i}.toml"));
-        std::fs::write(
-            &toml,
-            format!(
-                "{}\n[pacs]\naddress = \"{pacs}\"\nae_title = \"{}\"\nretry_base = \"200ms\"\n\n{}\n{}",
-                c.toml(),
-                orthanc.ae_title,
-                pg.store_toml("yilian"),
-                garage.blobs_toml()
-            ),
-        )?;
-        centrals.push(Some(Proc::spawn(
-            "yilian-central",
-            &["serve", "--config", toml.to_str().unwrap()],
-            &dir.join(format!("central-{i}.log")),
-        )?));
+        let toml = format!(
+            "{}\n[pacs]\naddress = \"{pacs}\"\nae_title = \"{}\"\nretry_base = \"200ms\"\n\n{}\n{}",
+            c.toml(),
+            orthanc.ae_title,
+            pg.store_toml("yilian"),
+            garage.blobs_toml()
+        );
+        centrals.push(Some(spawn_central(dir, &format!("central-{i}"), toml)?));
     }
     let log = |i: usize| read(&dir.join(format!("central-{i}.log")));
     wait_for("both instances ready", 30, || {
@@ -891,9 +879,7 @@ fn the_pacs_deliveries_of_a_dead_instance_are_taken_over() -> anyhow::Result<()>
 /// budget is all given back.
 #[test]
 fn uploads_into_a_bucket_share_a_bounded_memory_budget() -> anyhow::Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("yilian-instances-budget-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))?;
+    let tmp = temp_dir("yilian-instances-budget-")?;
     let dir = tmp.path();
     let pg = Postgres::start("instances-budget")?;
     let garage = Garage::start("instances-budget")?;
@@ -904,19 +890,13 @@ fn uploads_into_a_bucket_share_a_bounded_memory_budget() -> anyhow::Result<()> {
         data_dir: dir.join("central-data"),
         tls: fleet.central("localhost")?,
     };
-    let toml = dir.join("central.toml");
     let blobs = garage
         .blobs_toml()
         .replace("[blobs]\n", "[blobs]\nbuffer_mib = 10\n");
-    std::fs::write(
-        &toml,
+    let mut central = spawn_central(
+        dir,
+        "central",
         format!("{}\n{}\n{blobs}", c.toml(), pg.store_toml("yilian")),
-    )?;
-    let central_log = dir.join("central.log");
-    let mut central = Proc::spawn(
-        "yilian-central",
-        &["serve", "--config", toml.to_str().unwrap()],
-        &central_log,
     )?;
     let (mut gw, drop) = start_box(
         dir,
