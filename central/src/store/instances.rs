@@ -171,13 +171,21 @@ impl Store {
     /// sharing the index, for as long as its connection to it lives. True
     /// on an embedded hub.
     pub fn claim_fleet_exporter(&self) -> Result<bool, StoreError> {
+        self.claim_role(FLEET_EXPORTER)
+    }
+
+    /// Whether this instance holds the role `name` fleet-wide: a session
+    /// advisory lock on the pool's first connection, held while that
+    /// connection lives (asking again while holding it costs nothing and
+    /// keeps it). Always true on an embedded hub, the only instance.
+    pub(super) fn claim_role(&self, name: &str) -> Result<bool, StoreError> {
         let mut db = self.primary_db();
         if !db.is_postgres() {
             return Ok(true);
         }
         Ok(db.query_one(
             "SELECT pg_try_advisory_lock(hashtext(CAST(?1 AS TEXT)))",
-            params![FLEET_EXPORTER],
+            params![name],
             |r| r.get(0),
         )?)
     }

@@ -128,15 +128,7 @@ impl Store {
     /// a session advisory lock, held while this instance's connection
     /// lives (taken again at no cost when held).
     pub fn claim_destination(&self, destination: &str) -> Result<bool, StoreError> {
-        let mut db = self.primary_db();
-        if !db.is_postgres() {
-            return Ok(true);
-        }
-        Ok(db.query_one(
-            "SELECT pg_try_advisory_lock(hashtext('yilian-outbox:' || CAST(?1 AS TEXT)))",
-            params![destination],
-            |r| r.get(0),
-        )?)
+        self.claim_role(&format!("yilian-outbox:{destination}"))
     }
 
     /// Makes every pending delivery of `destination` due now: called by
