@@ -9,7 +9,9 @@
 //! on the box, the store's `Stored` at central.
 //!
 //! [`disk`] holds the filesystem steps every store takes to make data
-//! durable (atomic replacement, directory fsync, owner-only directories).
+//! durable (atomic replacement, directory fsync, owner-only directories);
+//! [`direct`] appends whole blocks past the page cache, for receivers whose
+//! CPU goes into copying bytes there.
 //!
 //! This crate depends on nothing, so that the protocol state machines
 //! (`codecs`, `protocol`) and the stores (`spool`, central's store) can
@@ -29,6 +31,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod direct;
 pub mod disk;
 
 /// Evidence that an item is on stable storage: its bytes synced and its
