@@ -14,6 +14,7 @@ use yilian_protocol::{BoxIdentity, Lane};
 
 use super::{Held, ItemRow, Store, StoreError, Stored, blobs, io, now_ms, rfc3339};
 use sha2::digest::common::hazmat::SerializableState;
+use yilian_proof::direct::DirectAppend;
 use yilian_proof::disk::create_private_dir;
 
 impl Store {
@@ -105,6 +106,8 @@ impl Store {
         }
         file.seek(SeekFrom::Start(offset))
             .map_err(io("seek", &path))?;
+        let direct = DirectAppend::open(&path, &file, offset, DIRECT_CHUNK)
+            .map_err(io("open partial upload for direct writes", &path))?;
         Ok(PartialUpload {
             hasher,
             len: offset,
@@ -112,6 +115,7 @@ impl Store {
                 path,
                 file,
                 kicked: offset,
+                direct,
             },
         })
     }
@@ -246,7 +250,16 @@ impl Store {
         } = partial;
         let expected = hex::encode(&offer.sha256);
         match sink {
-            Sink::File { path, file, .. } => {
+            Sink::File {
+                path,
+                file,
+                mut direct,
+                ..
+            } => {
+                if let Some(d) = direct.as_mut() {
+                    d.finish().map_err(io("write partial upload", &path))?;
+                }
+                drop(direct);
                 let got = hex::encode(hasher.finalize());
                 if let Err(e) = verify(offer, len, &got, &expected) {
                     drop(file);
@@ -404,8 +417,14 @@ fn restore_hash(state: &str) -> Option<Sha256> {
     Sha256::deserialize(array).ok()
 }
 
-/// Bytes received between two starts of writeback (see `append`).
+/// Bytes received between two starts of writeback (see `append`), where
+/// the file system refuses direct writes.
 const WRITEBACK_STEP: u64 = 16 * 1024 * 1024;
+
+/// Bytes of an upload staged before one direct write. At most this much of
+/// what a killed instance received is not in its partial file (the box
+/// resumes from the file's length and sends it again).
+const DIRECT_CHUNK: usize = 1024 * 1024;
 
 /// An upload being received.
 #[derive(Debug)]
@@ -425,6 +444,10 @@ enum Sink {
         file: File,
         /// Bytes before this offset have had their writeback started.
         kicked: u64,
+        /// Whole blocks written straight to the disk, past the page cache
+        /// (whose copy took most of the receiving CPU); None where the
+        /// file system refuses.
+        direct: Option<DirectAppend>,
     },
     /// Parts of a multipart upload in the bucket, recorded in the index.
     Parts(Box<S3Parts>),
@@ -576,7 +599,21 @@ impl PartialUpload {
     /// bucket, each full part is sent and recorded as it completes.
     pub fn append(&mut self, data: &[u8]) -> Result<(), StoreError> {
         match &mut self.sink {
-            Sink::File { path, file, kicked } => {
+            Sink::File {
+                path,
+                direct: Some(d),
+                ..
+            } => {
+                d.append(data).map_err(io("write partial upload", path))?;
+                self.hasher.update(data);
+                self.len += data.len() as u64;
+            }
+            Sink::File {
+                path,
+                file,
+                kicked,
+                direct: None,
+            } => {
                 file.write_all(data)
                     .map_err(io("write partial upload", path))?;
                 self.hasher.update(data);
