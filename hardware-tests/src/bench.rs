@@ -619,7 +619,7 @@ async fn hl7_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Resu
     std::fs::write(&gt, gw_setup.toml())?;
     let gateway = yilian_gateway::start(GatewayConfig::load(&gt)?).await?;
     for connections in [1usize, 16] {
-        let per_connection = if connections == 1 { 400 } else { 100 };
+        let per_connection = if connections == 1 { 2000 } else { 1000 };
         let started = Instant::now();
         let tasks: Vec<_> = (0..connections)
             .map(|c| tokio::spawn(hl7_client(listen, c, per_connection)))
