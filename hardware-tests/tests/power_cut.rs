@@ -39,6 +39,7 @@ use yilian_spool::{Lane, Spool, SpoolConfig};
 /// An ext4 file system in an image file, mounted through a loop device;
 /// unmounted on drop.
 struct LoopDisk {
+    image: PathBuf,
     mount: PathBuf,
 }
 
@@ -61,8 +62,22 @@ impl LoopDisk {
             ],
         );
         LoopDisk {
+            image: image.to_owned(),
             mount: mount.to_owned(),
         }
+    }
+
+    /// The power cut, once the writing process is dead: the disk as the
+    /// loop device has it, copied to `snapshot`; this mount goes.
+    fn power_cut(self, snapshot: &Path) {
+        run(
+            "cp",
+            &[
+                "--sparse=always",
+                &self.image.to_string_lossy(),
+                &snapshot.to_string_lossy(),
+            ],
+        );
     }
 }
 
@@ -195,17 +210,9 @@ fn a_power_cut_keeps_every_acknowledged_image() {
     gateway.kill9();
     let log = std::fs::read_to_string(&log_path).unwrap();
     let snapshot = dir.path().join("after-the-cut.img");
-    run(
-        "cp",
-        &[
-            "--sparse=always",
-            &image.to_string_lossy(),
-            &snapshot.to_string_lossy(),
-        ],
-    );
+    disk.power_cut(&snapshot);
     let _ = scu.kill();
     let _ = scu.wait();
-    drop(disk);
     let acked = acknowledged(&log);
     assert!(
         acked.len() < files.len(),
@@ -353,15 +360,7 @@ fn a_power_cut_at_central_keeps_every_committed_upload() {
     };
     central_proc.kill9();
     let snapshot = dir.path().join("after-the-cut.img");
-    run(
-        "cp",
-        &[
-            "--sparse=always",
-            &image.to_string_lossy(),
-            &snapshot.to_string_lossy(),
-        ],
-    );
-    drop(disk);
+    disk.power_cut(&snapshot);
     assert!(
         (seen.len() as u64) < n,
         "the cut came after the last upload; nothing was tested mid-stream"
