@@ -13,8 +13,10 @@
 //! acknowledgement still waits for that sync.
 //!
 //! Where the file system refuses `O_DIRECT` (tmpfs, some network and FUSE
-//! file systems), at the open or at the first write, the same calls write
-//! through the ordinary file instead.
+//! file systems), at the open or at a write, the same calls write through
+//! the ordinary file instead, starting the writeback of every
+//! [`WRITEBACK_STEP`] so that the final sync waits for the last few
+//! megabytes only.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -25,14 +27,19 @@ use std::path::Path;
 /// the logical block size, which 4096 covers on every disk in use.
 pub const ALIGN: usize = 4096;
 
+/// Bytes written through the page cache between two starts of writeback,
+/// where direct writes are refused.
+pub const WRITEBACK_STEP: u64 = 16 * 1024 * 1024;
+
 /// Appends to one file from a known offset; see the module's text.
 pub struct DirectAppend {
-    /// The file opened with `O_DIRECT`; None once the file system has
-    /// refused a direct write.
+    /// The file opened with `O_DIRECT`; None where the file system
+    /// refuses direct writes.
     direct: Option<File>,
-    /// The same file opened normally: for the unaligned end, and for
-    /// everything after a refusal.
-    buffered: File,
+    /// The same file opened normally: for the unaligned end, for
+    /// everything where direct writes are refused, and for the caller's
+    /// sync.
+    file: File,
     buf: Vec<u8>,
     /// Where the aligned region starts in `buf`.
     start: usize,
@@ -44,6 +51,9 @@ pub struct DirectAppend {
     pos: u64,
     /// The staged bytes are also in the file (written by `finish`).
     tail_written: bool,
+    /// Without direct writes: bytes before this offset have had their
+    /// writeback started.
+    kicked: u64,
 }
 
 impl std::fmt::Debug for DirectAppend {
@@ -57,46 +67,50 @@ impl std::fmt::Debug for DirectAppend {
 }
 
 impl DirectAppend {
-    /// Continues `path` (already `offset` bytes long, also open as
-    /// `buffered` with read and write access) in direct writes of `chunk`
-    /// bytes (rounded up to a whole block). None when the file system
-    /// refuses `O_DIRECT`: the caller writes as it would have.
-    pub fn open(
-        path: &Path,
-        buffered: &File,
-        offset: u64,
-        chunk: usize,
-    ) -> io::Result<Option<Self>> {
-        let direct = match OpenOptions::new()
+    /// Continues `file` (the file at `path`, `offset` bytes long, open for
+    /// reading and writing) in writes of `chunk` bytes (rounded up to a
+    /// whole block), direct where the file system allows them.
+    pub fn open(path: &Path, file: File, offset: u64, chunk: usize) -> io::Result<Self> {
+        let mut direct = match OpenOptions::new()
             .write(true)
             .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
             .open(path)
         {
-            Ok(f) => f,
-            Err(e) if refused(&e) => return Ok(None),
+            Ok(f) => Some(f),
+            Err(e) if refused(&e) => None,
             Err(e) => return Err(e),
         };
         let chunk = chunk.max(1).next_multiple_of(ALIGN);
         let mut buf = vec![0u8; chunk + ALIGN];
-        let start = buf.as_ptr().align_offset(ALIGN);
-        if start > ALIGN {
-            return Ok(None);
-        }
+        let start = match buf.as_ptr().align_offset(ALIGN) {
+            start if start <= ALIGN => start,
+            // No aligned region (never seen): ordinary writes then.
+            _ => {
+                direct = None;
+                0
+            }
+        };
         // A file ending inside a block (a stream cut after `finish`) has
         // that block's start staged again, to be rewritten whole.
         let pos = offset - offset % ALIGN as u64;
         let staged = (offset - pos) as usize;
-        buffered.read_exact_at(&mut buf[start..start + staged], pos)?;
-        Ok(Some(Self {
-            direct: Some(direct),
-            buffered: buffered.try_clone()?,
+        file.read_exact_at(&mut buf[start..start + staged], pos)?;
+        Ok(Self {
+            direct,
+            file,
             buf,
             start,
             chunk,
             staged,
             pos,
             tail_written: true,
-        }))
+            kicked: pos,
+        })
+    }
+
+    /// The file, for its sync (after [`DirectAppend::finish`]).
+    pub fn file(&self) -> &File {
+        &self.file
     }
 
     /// Whether whole blocks still go to the disk directly.
@@ -131,7 +145,7 @@ impl DirectAppend {
             self.write_blocks(whole)?;
         }
         if self.staged > 0 {
-            self.buffered
+            self.file
                 .write_all_at(&self.buf[self.start..self.start + self.staged], self.pos)?;
         }
         self.tail_written = true;
@@ -152,9 +166,13 @@ impl DirectAppend {
         };
         if refused_now || self.direct.is_none() {
             self.direct = None;
-            self.buffered.write_all_at(blocks, self.pos)?;
+            self.file.write_all_at(blocks, self.pos)?;
         }
         self.pos += n as u64;
+        if self.direct.is_none() && self.pos - self.kicked >= WRITEBACK_STEP {
+            crate::disk::start_writeback(&self.file, self.kicked, self.pos - self.kicked);
+            self.kicked = self.pos;
+        }
         self.buf
             .copy_within(self.start + n..self.start + self.staged, self.start);
         self.staged -= n;

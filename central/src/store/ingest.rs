@@ -2,8 +2,8 @@
 //! commit: blob synced and renamed, index row and outbox rows in one
 //! transaction.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
@@ -104,19 +104,13 @@ impl Store {
                 left -= n as u64;
             }
         }
-        file.seek(SeekFrom::Start(offset))
-            .map_err(io("seek", &path))?;
-        let direct = DirectAppend::open(&path, &file, offset, DIRECT_CHUNK)
+        // Every write is at its offset: the file's cursor plays no part.
+        let out = DirectAppend::open(&path, file, offset, DIRECT_CHUNK)
             .map_err(io("open partial upload for direct writes", &path))?;
         Ok(PartialUpload {
             hasher,
             len: offset,
-            sink: Sink::File {
-                path,
-                file,
-                kicked: offset,
-                direct,
-            },
+            sink: Sink::File { path, out },
         })
     }
 
@@ -250,24 +244,18 @@ impl Store {
         } = partial;
         let expected = hex::encode(&offer.sha256);
         match sink {
-            Sink::File {
-                path,
-                file,
-                mut direct,
-                ..
-            } => {
-                if let Some(d) = direct.as_mut() {
-                    d.finish().map_err(io("write partial upload", &path))?;
-                }
-                drop(direct);
+            Sink::File { path, mut out } => {
+                out.finish().map_err(io("write partial upload", &path))?;
                 let got = hex::encode(hasher.finalize());
                 if let Err(e) = verify(offer, len, &got, &expected) {
-                    drop(file);
+                    drop(out);
                     let _ = fs::remove_file(&path);
                     return Err(e);
                 }
-                file.sync_all().map_err(io("fsync partial upload", &path))?;
-                drop(file);
+                out.file()
+                    .sync_all()
+                    .map_err(io("fsync partial upload", &path))?;
+                drop(out);
                 self.inner.blobs.adopt_file(&got, &path)?;
                 self.insert_row(gateway, offer, &got, destinations)
             }
@@ -417,10 +405,6 @@ fn restore_hash(state: &str) -> Option<Sha256> {
     Sha256::deserialize(array).ok()
 }
 
-/// Bytes received between two starts of writeback (see `append`), where
-/// the file system refuses direct writes.
-const WRITEBACK_STEP: u64 = 16 * 1024 * 1024;
-
 /// Bytes of an upload staged before one direct write. At most this much of
 /// what a killed instance received is not in its partial file (the box
 /// resumes from the file's length and sends it again).
@@ -441,13 +425,10 @@ enum Sink {
     /// A file under `data_dir/partial`, renamed into the blobs at the commit.
     File {
         path: PathBuf,
-        file: File,
-        /// Bytes before this offset have had their writeback started.
-        kicked: u64,
         /// Whole blocks written straight to the disk, past the page cache
-        /// (whose copy took most of the receiving CPU); None where the
-        /// file system refuses.
-        direct: Option<DirectAppend>,
+        /// (whose copy took most of the receiving CPU), where the file
+        /// system allows it.
+        out: DirectAppend,
     },
     /// Parts of a multipart upload in the bucket, recorded in the index.
     Parts(Box<S3Parts>),
@@ -599,31 +580,10 @@ impl PartialUpload {
     /// bucket, each full part is sent and recorded as it completes.
     pub fn append(&mut self, data: &[u8]) -> Result<(), StoreError> {
         match &mut self.sink {
-            Sink::File {
-                path,
-                direct: Some(d),
-                ..
-            } => {
-                d.append(data).map_err(io("write partial upload", path))?;
+            Sink::File { path, out } => {
+                out.append(data).map_err(io("write partial upload", path))?;
                 self.hasher.update(data);
                 self.len += data.len() as u64;
-            }
-            Sink::File {
-                path,
-                file,
-                kicked,
-                direct: None,
-            } => {
-                file.write_all(data)
-                    .map_err(io("write partial upload", path))?;
-                self.hasher.update(data);
-                self.len += data.len() as u64;
-                // The commit's sync then waits for the last few megabytes,
-                // not for a whole study's worth of dirty pages.
-                if self.len - *kicked >= WRITEBACK_STEP {
-                    yilian_proof::disk::start_writeback(file, *kicked, self.len - *kicked);
-                    *kicked = self.len;
-                }
             }
             Sink::Parts(parts) => {
                 let size = parts.s3()?.part_size();
