@@ -6,7 +6,7 @@
 //!   concurrent writers beat it);
 //! - bulk upload over loopback QUIC through the real gateway and central,
 //!   beside one raw quinn stream with the same TLS and transport settings;
-//! - DICOM ingest of a 400-image CT study sent by dcmtk `storescu` into the
+//! - DICOM ingest of CT studies (400 images a round, `--ingest-images`) sent by dcmtk `storescu` into the
 //!   gateway (durable: every instance fsynced and indexed before Success),
 //!   beside dcmtk `storescp` (writes files, no fsync) and Orthanc on the
 //!   same files.
@@ -27,6 +27,8 @@ use crate::fleet::Fleet;
 pub struct BenchOptions {
     pub upload_mib: u64,
     pub file_mib: u64,
+    /// CT images per round of the DICOM ingest benchmark.
+    pub ingest_images: usize,
     /// Groups to run; empty runs all.
     pub only: Vec<String>,
     pub link: crate::bench_link::LinkOptions,
@@ -59,7 +61,7 @@ pub async fn run(opts: BenchOptions) -> anyhow::Result<Report> {
         upload_benches(dir.path(), &opts, &mut report).await?;
     }
     if on("dicom") {
-        dicom_benches(dir.path(), &mut report).await?;
+        dicom_benches(dir.path(), opts.ingest_images.max(1), &mut report).await?;
     }
     if on("large") {
         large_instance_bench(dir.path(), &mut report).await?;
@@ -249,7 +251,11 @@ const INGEST_ASSOCIATIONS: [usize; 2] = [1, 4];
 /// Rounds of each ingest benchmark; the figures are their medians.
 const INGEST_ROUNDS: usize = 3;
 
-async fn dicom_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Result<()> {
+async fn dicom_benches(
+    dir: &std::path::Path,
+    images: usize,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     // A study per round: a receiver given the same instances again may
     // take a shortcut (the gateway and Orthanc both recognise a resend).
     // The gateway and storescp take turns, round after round, and each
@@ -261,7 +267,7 @@ async fn dicom_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Re
         let mut studies = Vec::new();
         for (i, _) in INGEST_ASSOCIATIONS.iter().enumerate() {
             let seed = 42 + (round * INGEST_ASSOCIATIONS.len() + i) as u32;
-            let study = crate::modality::CtStudy::new(seed, 400);
+            let study = crate::modality::CtStudy::new(seed, images);
             let d = dir.join(format!("ct-study-{round}-{i}"));
             studies.push(tokio::task::spawn_blocking(move || study.write(&d)).await??);
         }
@@ -393,7 +399,7 @@ async fn dicom_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Re
         };
         report.row(
             &format!(
-                "DICOM ingest, 400 CT images (0.5 MB), storescu → gateway, durable, {n} association{}",
+                "DICOM ingest, {images} CT images (0.5 MB), storescu → gateway, durable, {n} association{}",
                 if *n == 1 { "" } else { "s at once" }
             ),
             format!("{} ({:.0} % of the limit)", figure(ours[i]), rate / limit * 100.0),

@@ -33,6 +33,10 @@ enum Command {
         /// Size of each uploaded item in MiB.
         #[arg(long, default_value_t = 64)]
         file_mib: u64,
+        /// CT images per round in the DICOM ingest benchmark, shared among
+        /// the associations.
+        #[arg(long, default_value_t = 400)]
+        ingest_images: usize,
         /// Also write the table as Markdown here.
         #[arg(long)]
         markdown: Option<PathBuf>,
@@ -180,6 +184,7 @@ fn main() -> ExitCode {
             Command::Bench {
                 upload_mib,
                 file_mib,
+                ingest_images,
                 markdown,
                 report: report_dir,
                 only,
@@ -201,6 +206,7 @@ fn main() -> ExitCode {
                 let report = yilian_rig::bench::run(yilian_rig::bench::BenchOptions {
                     upload_mib,
                     file_mib,
+                    ingest_images,
                     only,
                     link,
                 })
