@@ -130,6 +130,14 @@ fn acknowledged(log: &str) -> Vec<PathBuf> {
 
 #[test]
 fn a_power_cut_keeps_every_acknowledged_image() {
+    // PDUs smaller and larger than the spool's write buffer's pieces: an
+    // image arrives in many small fragments or in few large ones.
+    for pdu in [16_384, 131_072] {
+        cut_while_storescu_sends(pdu);
+    }
+}
+
+fn cut_while_storescu_sends(pdu: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let image = dir.path().join("disk.img");
     let disk = LoopDisk::create(&image, &dir.path().join("disk"), "512M");
@@ -162,7 +170,7 @@ fn a_power_cut_keeps_every_acknowledged_image() {
         reconnect_max_ms: 60_000,
         quota_bytes: None,
         extra: format!(
-            "\n[[dicom]]\nname = \"ct\"\nlisten = \"{listen}\"\nae_title = \"YILIAN_GW\"\nmax_pdu = 65536\n"
+            "\n[[dicom]]\nname = \"ct\"\nlisten = \"{listen}\"\nae_title = \"YILIAN_GW\"\nmax_pdu = 262144\n"
         ),
     };
     let config = dir.path().join("gateway.toml");
@@ -184,7 +192,7 @@ fn a_power_cut_keeps_every_acknowledged_image() {
     let log_path = dir.path().join("storescu.log");
     let mut scu = dcmtk("storescu")
         .args(["-v", "-aet", "CT_ROOM", "-aec", "YILIAN_GW", "--required"])
-        .args(["-nh", "--max-send-pdu", "65536"])
+        .args(["-nh", "--max-send-pdu", &pdu.to_string()])
         .arg(listen.ip().to_string())
         .arg(listen.port().to_string())
         .args(&files)
@@ -249,13 +257,13 @@ fn a_power_cut_keeps_every_acknowledged_image() {
     }
     assert!(
         lost.is_empty(),
-        "{} of {} acknowledged images lost to the power cut:\n{}",
+        "PDU {pdu}: {} of {} acknowledged images lost to the power cut:\n{}",
         lost.len(),
         acked.len(),
         lost.join("\n")
     );
     eprintln!(
-        "{} of {} instances acknowledged before the cut, all kept ({} in the spool)",
+        "PDU {pdu}: {} of {} instances acknowledged before the cut, all kept ({} in the spool)",
         acked.len(),
         files.len(),
         stored.len()
