@@ -1,13 +1,25 @@
 //! Framed [`Envelope`] I/O on QUIC streams.
 
 use bytes::Bytes;
-use yilian_protocol::{Envelope, FrameDecoder, encode_frame};
+use yilian_protocol::{Envelope, FrameDecoder, encode_chunk_frame, encode_frame};
 
 use crate::LinkError;
 
 /// Writes one message.
 pub async fn write_message(send: &mut quinn::SendStream, env: &Envelope) -> Result<(), LinkError> {
     send.write_chunk(encode_frame(env)).await?;
+    Ok(())
+}
+
+/// Writes one [`Chunk`](yilian_protocol::messages::Chunk) message, its
+/// data handed to the stream as it is (not copied into a frame first).
+pub async fn write_chunk_message(
+    send: &mut quinn::SendStream,
+    offset: u64,
+    data: Bytes,
+) -> Result<(), LinkError> {
+    send.write_all_chunks(&mut encode_chunk_frame(offset, data))
+        .await?;
     Ok(())
 }
 

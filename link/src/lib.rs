@@ -23,7 +23,7 @@ pub use congestion::{
     Bounded, BoundedConfig, LineSharing, Model as CongestionModel, PriorityUpload,
 };
 pub use error::LinkError;
-pub use framed::{MessageReader, write_message};
+pub use framed::{MessageReader, write_chunk_message, write_message};
 pub use identity::{
     ADMIN_SCHEME, Peer, certificate_not_after, certificate_validity, connection_peer,
     identity_from_certificate, peer_from_certificate, peer_identity,

@@ -33,6 +33,44 @@ pub fn encode_frame(env: &Envelope) -> Bytes {
     buf.freeze()
 }
 
+/// A [`Chunk`](crate::messages::Chunk)'s frame as two buffers: its head
+/// (the frame length, the envelope's and the chunk's keys, the offset and
+/// the data's length) and the data itself, so that the data goes to the
+/// stream without being copied into a frame. Together they are byte for
+/// byte what [`encode_frame`] makes of the same chunk.
+pub fn encode_chunk_frame(offset: u64, data: Bytes) -> [Bytes; 2] {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    const ENVELOPE_TAG: u32 = 12;
+    const OFFSET_TAG: u32 = 1;
+    const DATA_TAG: u32 = 2;
+    // proto3 leaves fields holding their default value out.
+    let offset_len = if offset == 0 {
+        0
+    } else {
+        key_len(OFFSET_TAG) + encoded_len_varint(offset)
+    };
+    let data_head_len = if data.is_empty() {
+        0
+    } else {
+        key_len(DATA_TAG) + encoded_len_varint(data.len() as u64)
+    };
+    let chunk_len = offset_len + data_head_len + data.len();
+    let envelope_len = key_len(ENVELOPE_TAG) + encoded_len_varint(chunk_len as u64) + chunk_len;
+    let mut head = BytesMut::with_capacity(HEADER_LEN + envelope_len - data.len());
+    head.put_u32(envelope_len as u32);
+    encode_key(ENVELOPE_TAG, WireType::LengthDelimited, &mut head);
+    encode_varint(chunk_len as u64, &mut head);
+    if offset != 0 {
+        encode_key(OFFSET_TAG, WireType::Varint, &mut head);
+        encode_varint(offset, &mut head);
+    }
+    if !data.is_empty() {
+        encode_key(DATA_TAG, WireType::LengthDelimited, &mut head);
+        encode_varint(data.len() as u64, &mut head);
+    }
+    [head.freeze(), data]
+}
+
 /// Incremental frame decoder.
 #[derive(Debug)]
 pub struct FrameDecoder {
@@ -158,7 +196,51 @@ mod tests {
         assert!(matches!(dec.finish(), Err(FrameError::Truncated { .. })));
     }
 
+    fn chunk_frame_matches(offset: u64, len: usize) {
+        let data = Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+        let whole = encode_frame(&Envelope::new(Body::Chunk(Chunk {
+            offset,
+            data: data.clone(),
+        })));
+        let [head, tail] = encode_chunk_frame(offset, data);
+        assert_eq!(
+            [head.as_ref(), tail.as_ref()].concat(),
+            whole.as_ref(),
+            "offset {offset}, {len} bytes"
+        );
+    }
+
+    /// Every varint width of the offset and of the three lengths.
+    #[test]
+    fn chunk_frame_is_the_frame_of_the_chunk() {
+        let offsets = [0, 1, 127, 128, 16_383, 16_384, 1 << 21, 1 << 35, u64::MAX];
+        let lens = [
+            0,
+            1,
+            100,
+            120,
+            127,
+            128,
+            16_370,
+            16_383,
+            16_384,
+            65_536,
+            262_144,
+            1 << 20,
+        ];
+        for offset in offsets {
+            for len in lens {
+                chunk_frame_matches(offset, len);
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn chunk_frame_any(offset in any::<u64>(), len in 0usize..300_000) {
+            chunk_frame_matches(offset, len);
+        }
+
         #[test]
         fn never_panics_on_garbage(data in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let mut dec = FrameDecoder::new(1024);

@@ -21,7 +21,7 @@ pub mod pushed;
 pub mod upload;
 pub mod version;
 
-pub use frame::{FrameDecoder, FrameError, encode_frame};
+pub use frame::{FrameDecoder, FrameError, encode_chunk_frame, encode_frame};
 pub use identity::{BoxIdentity, IdentityError};
 pub use kind::ItemKind;
 pub use messages::{Envelope, Lane, RejectReason, envelope::Body};

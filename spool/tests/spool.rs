@@ -643,3 +643,45 @@ fn an_item_leased_while_its_payload_syncs_reads_whole() {
     }
     assert_eq!(read, 200);
 }
+
+/// The uplink's reads: every piece of an inline and of a file payload,
+/// in chunk sizes on both sides of the inline limit and of a page, read
+/// in order, out of order and past the end.
+#[test]
+fn payload_pieces_read_back_exactly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let spool = Spool::open(config(dir.path())).expect("open");
+    let small: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
+    let big: Vec<u8> = (0..300_001u32).map(|i| (i % 251) as u8).collect();
+    for data in [&small, &big] {
+        spool.append(item(Lane::Clinical), data).expect("append");
+        let lease = spool.lease(&Lane::ALL).expect("lease").expect("item");
+        let p = spool.payload(&lease).expect("payload");
+        for chunk in [1usize, 4095, 4096, 4097, 65_536, 262_144] {
+            let mut got = Vec::new();
+            let mut offset = 0;
+            while offset < data.len() {
+                let len = chunk.min(data.len() - offset);
+                got.extend(p.read_vec_at(offset as u64, len).expect("piece"));
+                offset += len;
+            }
+            assert_eq!(&got, data, "chunks of {chunk}");
+        }
+        let mid = data.len() / 3;
+        assert_eq!(
+            p.read_vec_at(mid as u64, 10).expect("piece"),
+            data[mid..mid + 10]
+        );
+        assert_eq!(p.read_vec_at(0, 7).expect("piece"), data[..7]);
+        assert!(
+            p.read_vec_at(data.len() as u64 - 3, 4).is_err(),
+            "past the end"
+        );
+        assert!(
+            p.read_vec_at(data.len() as u64 + 10, 1).is_err(),
+            "beyond the end"
+        );
+        assert_eq!(p.read_vec_at(data.len() as u64, 0).expect("empty"), b"");
+        spool.ack(lease).expect("ack");
+    }
+}

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use yilian_link::{LinkError, MessageReader, write_message};
-use yilian_protocol::messages::{Chunk, Envelope, Offer, envelope::Body};
+use yilian_link::{LinkError, MessageReader, write_chunk_message, write_message};
+use yilian_protocol::messages::Offer;
 use yilian_protocol::upload::{
     DEFAULT_CHUNK_SIZE, DEFAULT_IDLE_TIMEOUT, SenderTransmit, UploadError, UploadOutcome,
     UploadSender,
@@ -243,11 +243,7 @@ async fn deliver(
             Some(SenderTransmit::Chunk { offset, len }) => {
                 let start = offset as usize;
                 let data = bytes.slice(start..(start + len).min(bytes.len()));
-                write_message(
-                    &mut send,
-                    &Envelope::new(Body::Chunk(Chunk { offset, data })),
-                )
-                .await?;
+                write_chunk_message(&mut send, offset, data).await?;
             }
             None => {
                 let next = match tx.poll_timeout() {

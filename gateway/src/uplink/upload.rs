@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::watch;
-use yilian_link::{LinkError, MessageReader, write_message};
+use yilian_link::{LinkError, MessageReader, write_chunk_message, write_message};
 use yilian_protocol::RejectReason;
-use yilian_protocol::messages::{Chunk, Envelope, Offer, envelope::Body};
+use yilian_protocol::messages::Offer;
 use yilian_protocol::upload::{
     DEFAULT_IDLE_TIMEOUT, SenderTransmit, UploadError, UploadOutcome, UploadSender,
 };
@@ -226,9 +226,8 @@ async fn attempt(
             Some(SenderTransmit::Message(env)) => write_message(&mut send, &env).await,
             Some(SenderTransmit::Chunk { offset, len }) => {
                 let data = read_chunk(payload.clone(), offset, len).await?;
-                let env = Envelope::new(Body::Chunk(Chunk { offset, data }));
                 let urgent = lease.lane == Lane::Urgent;
-                let r = write_paced(&mut send, &env, limiter, urgent, metrics).await;
+                let r = write_paced(&mut send, offset, data, limiter, urgent, metrics).await;
                 if r.is_ok() {
                     metrics.uploaded_bytes.inc_by(len as u64);
                 }
@@ -274,34 +273,35 @@ async fn attempt(
 /// thin line is not flooded in one burst.
 const PACED_PIECE: usize = 16 * 1024;
 
-/// Writes one message, in pieces paced by the bandwidth cap when one is
-/// in force.
+/// Writes one chunk, in pieces paced by the bandwidth cap when one is in
+/// force.
 async fn write_paced(
     send: &mut quinn::SendStream,
-    env: &Envelope,
+    offset: u64,
+    data: Bytes,
     limiter: &Limiter,
     urgent: bool,
     metrics: &GatewayMetrics,
 ) -> Result<(), LinkError> {
     if limiter.current_cap().is_none() {
-        return write_message(send, env).await;
+        return write_chunk_message(send, offset, data).await;
     }
-    let mut frame = yilian_protocol::encode_frame(env);
-    while !frame.is_empty() {
-        let piece = frame.split_to(frame.len().min(PACED_PIECE));
-        let waited = limiter.acquire(piece.len(), urgent).await;
-        metrics.throttled.inc_by(waited.as_secs_f64());
-        send.write_chunk(piece).await.map_err(LinkError::from)?;
+    for mut part in yilian_protocol::encode_chunk_frame(offset, data) {
+        while !part.is_empty() {
+            let piece = part.split_to(part.len().min(PACED_PIECE));
+            let waited = limiter.acquire(piece.len(), urgent).await;
+            metrics.throttled.inc_by(waited.as_secs_f64());
+            send.write_chunk(piece).await.map_err(LinkError::from)?;
+        }
     }
     Ok(())
 }
 
 async fn read_chunk(payload: Arc<Payload>, offset: u64, len: usize) -> Result<Bytes, AttemptError> {
     tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; len];
         payload
-            .read_exact_at(&mut buf, offset)
-            .map(|_| Bytes::from(buf))
+            .read_vec_at(offset, len)
+            .map(Bytes::from)
             .map_err(|e| AttemptError::Payload(format!("read at {offset}: {e}")))
     })
     .await
