@@ -633,6 +633,8 @@ async fn hl7_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Resu
         if !link_up && let Some(c) = central.take() {
             c.shutdown().await;
         }
+        let me = std::process::id();
+        let cpu_before = crate::bench_link::cpu_seconds(me);
         let started = Instant::now();
         let tasks: Vec<_> = (0..connections)
             // Control ids differ from round to round: none is a resend.
@@ -643,10 +645,14 @@ async fn hl7_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Resu
             latencies.extend(t.await??);
         }
         let secs = started.elapsed().as_secs_f64();
+        // Everything in this process: the clients, the gateway and (while
+        // it runs) central.
+        let cpu = crate::bench_link::cpu_seconds(me) - cpu_before;
         latencies.sort();
         let pct =
             |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
         let rate = latencies.len() as f64 / secs;
+        let cpu_per_message = cpu / latencies.len() as f64 * 1e6;
         // The limits: one connection's ACK can wait for no less than the
         // commit's flush (two at worst: a request arriving just after a
         // group began waits for that group and its own); many connections
@@ -663,10 +669,11 @@ async fn hl7_benches(dir: &std::path::Path, report: &mut Report) -> anyhow::Resu
         report.row(
             &format!("HL7 ORU^R01 over MLLP, {connections} connection(s){link}, durable ACK"),
             format!(
-                "{rate:.0} msg/s ({:.1}× the fsync rate), ACK p50 {:.1} ms, p99 {:.1} ms",
+                "{rate:.0} msg/s ({:.1}× the fsync rate), ACK p50 {:.1} ms, p99 {:.1} ms; CPU {cpu_per_message:.0} µs per message, {:.1} cores busy",
                 rate / fsyncs,
                 pct(0.50),
-                pct(0.99)
+                pct(0.99),
+                cpu / secs
             ),
             format!("raw write+fdatasync: {fsyncs:.0}/s{limit}"),
         );
