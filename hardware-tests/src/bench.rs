@@ -4,10 +4,14 @@
 //! - spool append of 4 KiB and 1 MiB items with durable commits, beside the
 //!   machine's raw `write + fdatasync` rate (group commit should let many
 //!   concurrent writers beat it);
+//! - HL7 over MLLP from 1 and 16 connections, with the link up and with
+//!   central stopped, beside the same fsync rate, with the CPU each
+//!   message costs;
 //! - bulk upload over loopback QUIC through the real gateway and central,
 //!   beside one raw quinn stream with the same TLS and transport settings;
-//! - DICOM ingest of CT studies (400 images a round, `--ingest-images`) sent by dcmtk `storescu` into the
-//!   gateway (durable: every instance fsynced and indexed before Success),
+//! - DICOM ingest of CT studies (400 images a round, `--ingest-images`)
+//!   sent by dcmtk `storescu` into the gateway (durable: every instance
+//!   fsynced and indexed before Success),
 //!   beside dcmtk `storescp` (writes files, no fsync) and Orthanc on the
 //!   same files.
 
