@@ -105,9 +105,14 @@ fn rate_delay_and_loss_of_plain_flows_match_the_profile() {
     );
     assert!(within(r.loss_up, 0.05, 0.18), "loss {}", r.loss_up);
     assert!(within(r.rtt_ms_p50, 50.6, 0.03), "rtt p50 {}", r.rtt_ms_p50);
-    // A queue would add up to its 100 ms; the slack above the propagation
-    // delays is the emulator's own timer and scheduling jitter.
-    assert!(r.rtt_ms_p99 < 56.0, "rtt p99 {}", r.rtt_ms_p99);
+    // The median above is the emulator's timing; the tail is whatever the
+    // machine does to three userspace processes (sender, emulator, sink).
+    // On a shared CI VM it reached 58 ms at p99 and 87 ms at worst with no
+    // queue in the model. A standing queue would add up to its 100 ms and
+    // overflow: the tail must stay within a fifth of that, and nothing may
+    // be dropped for want of queue room.
+    assert!(r.rtt_ms_p99 < 50.6 + 20.0, "rtt p99 {}", r.rtt_ms_p99);
+    assert_eq!(wan.up().dropped(DropCause::Queue), 0);
     assert!(r.rtt_ms_min >= 50.0, "rtt min {}", r.rtt_ms_min);
     assert_eq!(r.reordered, 0);
     let lost = wan.up().dropped(DropCause::Loss);
