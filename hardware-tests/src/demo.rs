@@ -144,12 +144,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     };
     let gateway_toml = dir.join("gateway.toml");
     std::fs::write(&gateway_toml, gateway_setup.toml())?;
+    // The devices' folders are there before the box starts, as at a
+    // clinic (a missing one is logged as a fault to fix).
+    for name in ["ecg", "lab", "imaging"] {
+        std::fs::create_dir_all(drop_root.join(name))?;
+    }
     let gateway = yilian_gateway::start(GatewayConfig::load(&gateway_toml)?).await?;
 
     let samples = samples();
     for (folder, name, data) in &samples {
         let path = drop_root.join(folder);
-        std::fs::create_dir_all(&path)?;
         std::fs::write(path.join(name), data)?;
         println!(
             "  dropped {:<18} into drop/{folder:<8} ({} bytes)",
@@ -179,16 +183,28 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     );
     // The county hospital reads the ECG: its reading system exports the
     // report under the ECG's name, and the report comes back down to the
-    // clinic's folder.
-    let mut exported: Vec<String> = std::fs::read_dir(&ecg_import)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".scp"))
-        .collect();
-    exported.sort();
-    let ecg_file = exported
-        .first()
-        .context("the ECG is not in the reading system's import directory")?;
+    // clinic's folder. Central hands the ECG to the reading system after
+    // committing it, so it may not be there yet.
+    let ecg_file = loop {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "the ECG did not reach the reading system's import directory {}; see the log above",
+            ecg_import.display()
+        );
+        let mut exported: Vec<String> = std::fs::read_dir(&ecg_import)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".scp"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        exported.sort();
+        if let Some(first) = exported.into_iter().next() {
+            break first;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let stem = ecg_file.trim_end_matches(".scp");
     let read_at = Instant::now();
     std::fs::create_dir_all(&report_import)?;
