@@ -119,6 +119,7 @@ pub struct UdpResult {
     pub loss_round_trip: f64,
     pub rtt_ms_min: f64,
     pub rtt_ms_p50: f64,
+    pub rtt_ms_p95: f64,
     pub rtt_ms_p99: f64,
     pub rtt_ms_max: f64,
     /// Echoes that came back after a later one.
@@ -202,6 +203,7 @@ pub fn udp_send(to: SocketAddr, count: u64, size: usize, pps: f64) -> anyhow::Re
         loss_round_trip: 1.0 - echoed as f64 / count as f64,
         rtt_ms_min: pct(0.0),
         rtt_ms_p50: pct(0.5),
+        rtt_ms_p95: pct(0.95),
         rtt_ms_p99: pct(0.99),
         rtt_ms_max: pct(1.0),
         reordered,
