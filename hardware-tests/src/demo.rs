@@ -68,11 +68,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let tmp_used = opts.dir.is_none();
     let dir: PathBuf = match opts.dir {
         Some(d) => {
-            std::fs::create_dir_all(&d)?;
+            std::fs::create_dir_all(&d)
+                .with_context(|| format!("making the demo's directory {}", d.display()))?;
             d
         }
         None => {
-            tmp = tempfile::Builder::new().prefix("yilian-demo-").tempdir()?;
+            tmp = tempfile::Builder::new()
+                .prefix("yilian-demo-")
+                .tempdir()
+                .context("making a temporary directory for the demo")?;
             tmp.path().to_owned()
         }
     };
@@ -106,8 +110,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             ecg_import.display().to_string(),
             report_import.display().to_string()
         ),
-    )?;
-    let central = yilian_central::start(CentralConfig::load(&central_toml)?).await?;
+    )
+    .with_context(|| format!("writing {}", central_toml.display()))?;
+    let central = yilian_central::start(CentralConfig::load(&central_toml)?)
+        .await
+        .context("starting central")?;
 
     let drop_root = dir.join("drop");
     let folder = |name: &str, lane| FolderSetup {
@@ -143,18 +150,24 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         ),
     };
     let gateway_toml = dir.join("gateway.toml");
-    std::fs::write(&gateway_toml, gateway_setup.toml())?;
+    std::fs::write(&gateway_toml, gateway_setup.toml())
+        .with_context(|| format!("writing {}", gateway_toml.display()))?;
     // The devices' folders are there before the box starts, as at a
     // clinic (a missing one is logged as a fault to fix).
     for name in ["ecg", "lab", "imaging"] {
-        std::fs::create_dir_all(drop_root.join(name))?;
+        let path = drop_root.join(name);
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("making the device folder {}", path.display()))?;
     }
-    let gateway = yilian_gateway::start(GatewayConfig::load(&gateway_toml)?).await?;
+    let gateway = yilian_gateway::start(GatewayConfig::load(&gateway_toml)?)
+        .await
+        .context("starting the gateway")?;
 
     let samples = samples();
     for (folder, name, data) in &samples {
-        let path = drop_root.join(folder);
-        std::fs::write(path.join(name), data)?;
+        let path = drop_root.join(folder).join(name);
+        std::fs::write(&path, data)
+            .with_context(|| format!("dropping the sample {}", path.display()))?;
         println!(
             "  dropped {:<18} into drop/{folder:<8} ({} bytes)",
             name,
@@ -207,11 +220,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     };
     let stem = ecg_file.trim_end_matches(".scp");
     let read_at = Instant::now();
-    std::fs::create_dir_all(&report_import)?;
-    std::fs::write(
-        report_import.join(format!("{stem}.pdf")),
-        crate::printer::simple_pdf(&["ECG report", "Sinus rhythm. Normal ECG."]),
-    )?;
+    let report = report_import.join(format!("{stem}.pdf"));
+    std::fs::create_dir_all(&report_import)
+        .and_then(|()| {
+            std::fs::write(
+                &report,
+                crate::printer::simple_pdf(&["ECG report", "Sinus rhythm. Normal ECG."]),
+            )
+        })
+        .with_context(|| format!("exporting the ECG report {}", report.display()))?;
     println!("\nThe hospital's ECG report, exported as {stem}.pdf, going back to the clinic:");
     let back = loop {
         anyhow::ensure!(
