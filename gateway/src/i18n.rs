@@ -32,13 +32,19 @@ fn bundle(tag: &str, text: &str) -> FluentBundle<FluentResource> {
 }
 
 impl Catalog {
-    /// The catalogues, parsed at first use.
+    /// The box's catalogues, parsed at first use.
     pub fn get() -> &'static Catalog {
         static CATALOG: OnceLock<Catalog> = OnceLock::new();
-        CATALOG.get_or_init(|| Catalog {
-            zh: bundle("zh-CN", ZH_CN),
-            en: bundle("en", EN),
-        })
+        CATALOG.get_or_init(|| Catalog::new(ZH_CN, EN))
+    }
+
+    /// A catalogue pair of another tool's texts (the bench's demo), with
+    /// the same fallbacks.
+    pub fn new(zh_cn: &str, en: &str) -> Catalog {
+        Catalog {
+            zh: bundle("zh-CN", zh_cn),
+            en: bundle("en", en),
+        }
     }
 
     fn bundles(&self, lang: Language) -> [&FluentBundle<FluentResource>; 2] {
@@ -71,6 +77,19 @@ impl Catalog {
     }
 }
 
+/// The ids of a catalogue's messages in the order written (a test's
+/// check that two catalogues say the same things, and each once).
+pub fn message_ids(text: &str) -> Vec<String> {
+    let resource = FluentResource::try_new(text.to_owned()).unwrap_or_else(|(r, _)| r);
+    resource
+        .entries()
+        .filter_map(|e| match e {
+            fluent_syntax::ast::Entry::Message(m) => Some(m.id.name.to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The language of the CLI: `LANG` when it names one we have a catalogue
 /// for (`zh_CN.UTF-8`, `en_US.UTF-8`), else the configured one (`C.UTF-8`
 /// says nothing about the reader).
@@ -86,14 +105,11 @@ mod tests {
     use super::*;
 
     fn ids(text: &str) -> Vec<String> {
-        let r = FluentResource::try_new(text.to_owned()).expect("the catalogue parses");
-        let mut v: Vec<String> = r
-            .entries()
-            .filter_map(|e| match e {
-                fluent_syntax::ast::Entry::Message(m) => Some(m.id.name.to_owned()),
-                _ => None,
-            })
-            .collect();
+        assert!(
+            FluentResource::try_new(text.to_owned()).is_ok(),
+            "the catalogue parses"
+        );
+        let mut v = message_ids(text);
         v.sort();
         v
     }

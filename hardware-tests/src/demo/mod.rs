@@ -2,6 +2,8 @@
 //! defaults and fresh certificates; sample files go through the drop folder
 //! and the listing of what arrived at central is printed.
 
+mod text;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -11,6 +13,7 @@ use yilian_gateway::GatewayConfig;
 
 use crate::configs::{CentralSetup, FolderSetup, GatewaySetup};
 use crate::fleet::Fleet;
+use text::Say;
 
 pub struct DemoOptions {
     /// Where to keep everything; a temporary directory when `None`.
@@ -64,28 +67,33 @@ fn samples() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 }
 
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    let say = Say::from_env();
     let tmp;
     let tmp_used = opts.dir.is_none();
     let dir: PathBuf = match opts.dir {
         Some(d) => {
             std::fs::create_dir_all(&d)
-                .with_context(|| format!("making the demo's directory {}", d.display()))?;
+                .with_context(|| say.t("demo-err-dir", &[("path", &d.display().to_string())]))?;
             d
         }
         None => {
             tmp = tempfile::Builder::new()
                 .prefix("yilian-demo-")
                 .tempdir()
-                .context("making a temporary directory for the demo")?;
+                .with_context(|| say.t("demo-err-tmp", &[]))?;
             tmp.path().to_owned()
         }
     };
     if opts.exit && tmp_used {
-        println!("Yilian demo (in a temporary directory, removed when it ends)");
+        println!("{}", say.t("demo-title-temporary", &[]));
     } else {
-        println!("Yilian demo in {}", dir.display());
+        println!(
+            "{}",
+            say.t("demo-title", &[("dir", &dir.display().to_string())])
+        );
     }
-    let fleet = Fleet::create(&dir).context("creating the fleet CA")?;
+    let fleet = Fleet::create(&dir)
+        .with_context(|| say.t("demo-err-fleet", &[("path", &dir.display().to_string())]))?;
     let identity = "demo-county/demo-clinic/box-1";
 
     // Real ports, written into the files: the `status` command printed
@@ -111,10 +119,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             report_import.display().to_string()
         ),
     )
-    .with_context(|| format!("writing {}", central_toml.display()))?;
+    .with_context(|| {
+        say.t(
+            "demo-err-write",
+            &[("path", &central_toml.display().to_string())],
+        )
+    })?;
     let central = yilian_central::start(CentralConfig::load(&central_toml)?)
         .await
-        .context("starting central")?;
+        .with_context(|| say.t("demo-err-central", &[]))?;
 
     let drop_root = dir.join("drop");
     let folder = |name: &str, lane| FolderSetup {
@@ -150,49 +163,68 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         ),
     };
     let gateway_toml = dir.join("gateway.toml");
-    std::fs::write(&gateway_toml, gateway_setup.toml())
-        .with_context(|| format!("writing {}", gateway_toml.display()))?;
+    std::fs::write(&gateway_toml, gateway_setup.toml()).with_context(|| {
+        say.t(
+            "demo-err-write",
+            &[("path", &gateway_toml.display().to_string())],
+        )
+    })?;
     // The devices' folders are there before the box starts, as at a
     // clinic (a missing one is logged as a fault to fix).
     for name in ["ecg", "lab", "imaging"] {
         let path = drop_root.join(name);
         std::fs::create_dir_all(&path)
-            .with_context(|| format!("making the device folder {}", path.display()))?;
+            .with_context(|| say.t("demo-err-folder", &[("path", &path.display().to_string())]))?;
     }
     let gateway = yilian_gateway::start(GatewayConfig::load(&gateway_toml)?)
         .await
-        .context("starting the gateway")?;
+        .with_context(|| say.t("demo-err-gateway", &[]))?;
 
     let samples = samples();
     for (folder, name, data) in &samples {
         let path = drop_root.join(folder).join(name);
         std::fs::write(&path, data)
-            .with_context(|| format!("dropping the sample {}", path.display()))?;
+            .with_context(|| say.t("demo-err-drop", &[("path", &path.display().to_string())]))?;
         println!(
-            "  dropped {:<18} into drop/{folder:<8} ({} bytes)",
-            name,
-            data.len()
+            "  {}",
+            say.t(
+                "demo-dropped",
+                &[
+                    ("name", &format!("{name:<18}")),
+                    ("folder", &format!("{folder:<8}")),
+                    ("bytes", &data.len().to_string()),
+                ]
+            )
         );
     }
 
     let started = Instant::now();
     let store = central.store.clone();
     let mut seen = std::collections::HashSet::new();
-    println!("\nArriving at central:");
+    println!("\n{}", say.t("demo-arriving", &[]));
     while seen.len() < samples.len() {
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(120),
-            "only {} of {} samples reached central; see the log above",
-            seen.len(),
-            samples.len()
+            say.t(
+                "demo-err-missing",
+                &[
+                    ("got", &seen.len().to_string()),
+                    ("total", &samples.len().to_string())
+                ]
+            )
         );
-        print_arrivals(&store, &mut seen, started).await?;
+        print_arrivals(say, &store, &mut seen, started).await?;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!(
-        "All {} samples at central after {:.1} s.",
-        samples.len(),
-        started.elapsed().as_secs_f64()
+        "{}",
+        say.t(
+            "demo-all-arrived",
+            &[
+                ("count", &samples.len().to_string()),
+                ("secs", &format!("{:.1}", started.elapsed().as_secs_f64()))
+            ]
+        )
     );
     // The county hospital reads the ECG: its reading system exports the
     // report under the ECG's name, and the report comes back down to the
@@ -201,8 +233,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let ecg_file = loop {
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(120),
-            "the ECG did not reach the reading system's import directory {}; see the log above",
-            ecg_import.display()
+            say.t(
+                "demo-err-ecg",
+                &[("path", &ecg_import.display().to_string())]
+            )
         );
         let mut exported: Vec<String> = std::fs::read_dir(&ecg_import)
             .map(|rd| {
@@ -228,12 +262,26 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
                 crate::printer::simple_pdf(&["ECG report", "Sinus rhythm. Normal ECG."]),
             )
         })
-        .with_context(|| format!("exporting the ECG report {}", report.display()))?;
-    println!("\nThe hospital's ECG report, exported as {stem}.pdf, going back to the clinic:");
+        .with_context(|| {
+            say.t(
+                "demo-err-export",
+                &[("path", &report.display().to_string())],
+            )
+        })?;
+    println!(
+        "\n{}",
+        say.t(
+            "demo-report-going-back",
+            &[("file", &format!("{stem}.pdf"))]
+        )
+    );
     let back = loop {
         anyhow::ensure!(
             read_at.elapsed() < Duration::from_secs(60),
-            "the report did not reach the clinic's folder; see the log above"
+            say.t(
+                "demo-err-report",
+                &[("path", &clinic_reports.display().to_string())]
+            )
         );
         let found = std::fs::read_dir(&clinic_reports).ok().and_then(|rd| {
             rd.filter_map(|e| e.ok())
@@ -246,9 +294,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     println!(
-        "  in the clinic's folder after {:.1} s: {}",
-        read_at.elapsed().as_secs_f64(),
-        clinic_reports.join(&back).display()
+        "  {}",
+        say.t(
+            "demo-report-back",
+            &[
+                ("secs", &format!("{:.1}", read_at.elapsed().as_secs_f64())),
+                ("path", &clinic_reports.join(&back).display().to_string())
+            ]
+        )
     );
     if opts.exit {
         // Everything below would name servers that stop now.
@@ -258,39 +311,87 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     }
     let bin = |name: &str| exe_hint(name);
     if let Some(page) = gateway.page_addr {
-        println!("\nThe box's page: http://{page}/   (English: http://{page}/?lang=en)");
+        println!(
+            "\n{}",
+            say.t(
+                "demo-page",
+                &[
+                    ("url", &format!("http://{page}/")),
+                    ("url_en", &format!("http://{page}/?lang=en"))
+                ]
+            )
+        );
     }
     println!(
-        "\nMetrics:  gateway http://{}/metrics   central http://{}/metrics",
-        gateway.metrics_addr, central.metrics_addr
+        "\n{}",
+        say.t(
+            "demo-metrics",
+            &[
+                (
+                    "gateway",
+                    &format!("http://{}/metrics", gateway.metrics_addr)
+                ),
+                (
+                    "central",
+                    &format!("http://{}/metrics", central.metrics_addr)
+                )
+            ]
+        )
     );
-    println!(
-        "Status:   {} status --config {}",
-        bin("yilian-gateway"),
-        gateway_toml.display()
-    );
-    println!(
-        "ECGs:     {} items --config {} --ecg   (files for the reading system: {})",
-        bin("yilian-central"),
-        central_toml.display(),
-        ecg_import.display()
-    );
-    println!(
-        "Items:    {} items --config {} --json",
-        bin("yilian-central"),
-        central_toml.display()
-    );
-    println!(
-        "Reports:  {} reports --config {}   (the clinic's copies: {})",
-        bin("yilian-central"),
-        central_toml.display(),
-        clinic_reports.display()
-    );
+    let gateway_toml = gateway_toml.display().to_string();
+    let central_toml = central_toml.display().to_string();
+    let ecg_import = ecg_import.display().to_string();
+    let command = |binary: &str, rest: &str, config: &str| {
+        format!("{} {rest} --config {config}", bin(binary))
+    };
+    let lines = [
+        (
+            "demo-status",
+            command("yilian-gateway", "status", &gateway_toml),
+            None,
+        ),
+        (
+            "demo-ecgs",
+            format!(
+                "{} --ecg",
+                command("yilian-central", "items", &central_toml)
+            ),
+            Some(ecg_import.clone()),
+        ),
+        (
+            "demo-items",
+            format!(
+                "{} --json",
+                command("yilian-central", "items", &central_toml)
+            ),
+            None,
+        ),
+        (
+            "demo-reports",
+            command("yilian-central", "reports", &central_toml),
+            Some(clinic_reports.display().to_string()),
+        ),
+    ];
+    for (id, command, dir) in &lines {
+        let mut args = vec![("command", command.as_str())];
+        if let Some(dir) = dir {
+            args.push(("dir", dir.as_str()));
+        }
+        println!("{}", say.t(id, &args));
+    }
 
     println!(
-        "\nDrop more files into {}/{{ecg,lab,imaging}}; each is printed as it reaches central, ECGs appear in {}; Ctrl-C to stop.",
-        drop_root.display(),
-        ecg_import.display()
+        "\n{}",
+        say.t(
+            "demo-more",
+            &[
+                (
+                    "dir",
+                    &format!("{}/{{ecg,lab,imaging}}", drop_root.display())
+                ),
+                ("ecg", &ecg_import)
+            ]
+        )
     );
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -298,7 +399,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         tokio::select! {
             _ = &mut ctrl_c => break,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                print_arrivals(&store, &mut seen, started).await?;
+                print_arrivals(say, &store, &mut seen, started).await?;
             }
         }
     }
@@ -309,6 +410,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
 /// Prints the items central holds that were not printed yet.
 async fn print_arrivals(
+    say: Say,
     store: &yilian_central::store::Store,
     seen: &mut std::collections::HashSet<String>,
     started: Instant,
@@ -325,14 +427,19 @@ async fn print_arrivals(
                 .unwrap_or("-")
                 .to_owned();
             println!(
-                "  +{:>5.1} s  {:<20} {:<8} {:<9} {:>9} B  from {} of {}",
-                started.elapsed().as_secs_f64(),
-                name,
-                item.kind,
-                item.lane,
-                item.size,
-                item.source,
-                item.gateway
+                "  {}",
+                say.t(
+                    "demo-arrival",
+                    &[
+                        ("secs", &format!("{:>5.1}", started.elapsed().as_secs_f64())),
+                        ("name", &format!("{name:<20}")),
+                        ("kind", &format!("{:<8}", item.kind)),
+                        ("lane", &format!("{:<9}", item.lane)),
+                        ("size", &format!("{:>9}", item.size)),
+                        ("source", &item.source),
+                        ("gateway", &item.gateway)
+                    ]
+                )
             );
         }
     }

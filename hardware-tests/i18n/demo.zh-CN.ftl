@@ -1,0 +1,29 @@
+# `yilian-rig demo`，中文（默认）。
+demo-title-temporary = 医联演示（在临时目录中运行，结束时删除）
+demo-title = 医联演示，目录：{ $dir }
+demo-dropped = 已将 { $name } 放入 drop/{ $folder }（{ $bytes } 字节）
+demo-arriving = 到达中心的数据：
+demo-arrival = +{ $secs } 秒  { $name } { $kind } { $lane } { $size } 字节  来自 { $gateway } 的 { $source }
+demo-all-arrived = 全部 { $count } 个样例已到达中心，用时 { $secs } 秒。
+demo-report-going-back = 县医院的心电图报告（导出为 { $file }）正在回传到诊所：
+demo-report-back = { $secs } 秒后已到诊所的报告文件夹：{ $path }
+demo-page = 盒子的页面：{ $url }   （英文：{ $url_en }）
+demo-metrics = 监控指标：网关 { $gateway }   中心 { $central }
+demo-status = 盒子状态：{ $command }
+demo-ecgs = 心电图：  { $command }   （给阅片系统的文件：{ $dir }）
+demo-items = 全部数据：{ $command }
+demo-reports = 报告：    { $command }   （诊所收到的副本：{ $dir }）
+demo-more = 可以继续把文件放进 { $dir }；每个文件到达中心时都会打印出来，心电图出现在 { $ecg }；按 Ctrl-C 停止。
+
+demo-err-dir = 无法创建演示目录 { $path }
+demo-err-tmp = 无法为演示创建临时目录
+demo-err-fleet = 无法在 { $path } 创建演示用的证书颁发机构
+demo-err-write = 无法写入 { $path }
+demo-err-central = 中心无法启动
+demo-err-folder = 无法创建设备文件夹 { $path }
+demo-err-gateway = 网关无法启动
+demo-err-drop = 无法放入样例 { $path }
+demo-err-missing = 只有 { $got } / { $total } 个样例到达中心；请看上面的日志
+demo-err-ecg = 心电图没有到达阅片系统的导入目录 { $path }；请看上面的日志
+demo-err-export = 无法导出心电图报告 { $path }
+demo-err-report = 报告没有到达诊所的文件夹 { $path }；请看上面的日志
