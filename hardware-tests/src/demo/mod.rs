@@ -230,28 +230,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     // report under the ECG's name, and the report comes back down to the
     // clinic's folder. Central hands the ECG to the reading system after
     // committing it, so it may not be there yet.
-    let ecg_file = loop {
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(120),
+    let ecg_file = first_file_in(&ecg_import, ".scp", started, Duration::from_secs(120))
+        .await
+        .with_context(|| {
             say.t(
                 "demo-err-ecg",
-                &[("path", &ecg_import.display().to_string())]
+                &[("path", &ecg_import.display().to_string())],
             )
-        );
-        let mut exported: Vec<String> = std::fs::read_dir(&ecg_import)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.ends_with(".scp"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        exported.sort();
-        if let Some(first) = exported.into_iter().next() {
-            break first;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        })?;
     let stem = ecg_file.trim_end_matches(".scp");
     let read_at = Instant::now();
     let report = report_import.join(format!("{stem}.pdf"));
@@ -275,24 +261,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             &[("file", &format!("{stem}.pdf"))]
         )
     );
-    let back = loop {
-        anyhow::ensure!(
-            read_at.elapsed() < Duration::from_secs(60),
+    let back = first_file_in(&clinic_reports, ".pdf", read_at, Duration::from_secs(60))
+        .await
+        .with_context(|| {
             say.t(
                 "demo-err-report",
-                &[("path", &clinic_reports.display().to_string())]
+                &[("path", &clinic_reports.display().to_string())],
             )
-        );
-        let found = std::fs::read_dir(&clinic_reports).ok().and_then(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .find(|n| n.ends_with(".pdf"))
-        });
-        if let Some(f) = found {
-            break f;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        })?;
     println!(
         "  {}",
         say.t(
@@ -406,6 +382,35 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     gateway.shutdown().await;
     central.shutdown().await;
     Ok(())
+}
+
+/// The first name (in sorted order) ending in `suffix` in `dir`, waited
+/// for until `since` is `limit` old (`None` then); the directory may not
+/// exist yet.
+async fn first_file_in(
+    dir: &std::path::Path,
+    suffix: &str,
+    since: Instant,
+    limit: Duration,
+) -> Option<String> {
+    loop {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(suffix))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        if let Some(first) = names.into_iter().next() {
+            return Some(first);
+        }
+        if since.elapsed() >= limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Prints the items central holds that were not printed yet.
